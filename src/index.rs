@@ -1,0 +1,313 @@
+//! The sled index: the only module that imports sled.
+//!
+//! The index is derived data (rebuilt from packs, manifests and events by `recover::rebuild`).
+//! Everything lives in one sled tree so that one `Batch` updates it atomically:
+//!
+//! | key | value |
+//! |---|---|
+//! | `c` chunk id (32) | `ChunkLoc` (33 bytes) |
+//! | `v` version id (16) | the version's `FileRecord` as JSON |
+//! | `p` ns `\0` project `\0` experiment `\0` path `\0` filename `\0` version (u32 BE) | version id |
+//! | `d` ns `\0` ... filename `\0` | highest version ever deleted (u32 BE), kept after gc |
+//! | `k` pack id (16) | committed length of the pack (u64 LE) |
+//! | `m` name | store metadata: `format`, `active_pack`, `last_id`, `pending` |
+
+use std::path::Path;
+
+use crate::digest::ChunkId;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::pack::ChunkLoc;
+use crate::path::FileKey;
+use crate::record::FileRecord;
+
+pub const INDEX_FORMAT: u32 = 1;
+
+#[derive(Clone)]
+pub struct Index {
+    db: sled::Db,
+}
+
+fn ie(e: sled::Error) -> Error {
+    Error::Index(e.to_string())
+}
+
+fn path_prefix(parts: &[&str]) -> Vec<u8> {
+    let mut k = vec![b'p'];
+    for p in parts {
+        k.extend_from_slice(p.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+fn file_key_bytes(tag: u8, key: &FileKey) -> Vec<u8> {
+    let mut k = path_prefix(&[
+        &key.namespace,
+        &key.project,
+        &key.experiment,
+        &key.path,
+        &key.filename,
+    ]);
+    k[0] = tag;
+    k
+}
+
+fn id_from(b: &[u8]) -> Result<Id> {
+    b.try_into()
+        .map(Id)
+        .map_err(|_| Error::Index("bad id value".into()))
+}
+
+/// Which versions to scan: any leading part of (namespace, project, experiment).
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub namespace: Option<String>,
+    pub project: Option<String>,
+    pub experiment: Option<String>,
+}
+
+impl Scope {
+    fn key_prefix(&self) -> Vec<u8> {
+        let mut parts: Vec<&str> = vec![];
+        for p in [&self.namespace, &self.project, &self.experiment] {
+            match p {
+                Some(s) => parts.push(s),
+                None => break,
+            }
+        }
+        path_prefix(&parts)
+    }
+
+    pub fn matches(&self, r: &FileRecord) -> bool {
+        self.namespace.as_ref().is_none_or(|n| *n == r.namespace)
+            && self.project.as_ref().is_none_or(|p| *p == r.project)
+            && self.experiment.as_ref().is_none_or(|e| *e == r.experiment)
+    }
+}
+
+impl Index {
+    /// Open (or create) the index in `dir`.
+    pub fn open(dir: &Path) -> Result<Index> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .flush_every_ms(None)
+            .open()
+            .map_err(ie)?;
+        let ix = Index { db };
+        match ix.meta("format")? {
+            None => {
+                ix.db
+                    .insert(b"mformat", &INDEX_FORMAT.to_le_bytes())
+                    .map_err(ie)?;
+            }
+            Some(v) if v == INDEX_FORMAT.to_le_bytes() => {}
+            Some(_) => return Err(Error::Index("unsupported index format".into())),
+        }
+        Ok(ix)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(ie)
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let mut k = vec![b'm'];
+        k.extend_from_slice(name.as_bytes());
+        Ok(self.db.get(k).map_err(ie)?.map(|v| v.to_vec()))
+    }
+
+    pub fn meta_id(&self, name: &str) -> Result<Option<Id>> {
+        self.meta(name)?.map(|v| id_from(&v)).transpose()
+    }
+
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+        let mut k = [0u8; 33];
+        k[0] = b'c';
+        k[1..].copy_from_slice(id.as_bytes());
+        match self.db.get(k).map_err(ie)? {
+            None => Ok(None),
+            Some(v) => ChunkLoc::decode(&v)
+                .map(Some)
+                .ok_or_else(|| Error::Index(format!("bad location for chunk {id}"))),
+        }
+    }
+
+    pub fn chunks(&self) -> impl Iterator<Item = Result<(ChunkId, ChunkLoc)>> + '_ {
+        self.db.scan_prefix(b"c").map(|kv| {
+            let (k, v) = kv.map_err(ie)?;
+            let id = ChunkId(crate::digest::Digest(
+                k[1..]
+                    .try_into()
+                    .map_err(|_| Error::Index("bad chunk key".into()))?,
+            ));
+            let loc = ChunkLoc::decode(&v)
+                .ok_or_else(|| Error::Index(format!("bad location for chunk {id}")))?;
+            Ok((id, loc))
+        })
+    }
+
+    pub fn version(&self, id: Id) -> Result<Option<FileRecord>> {
+        let mut k = vec![b'v'];
+        k.extend_from_slice(&id.0);
+        match self.db.get(k).map_err(ie)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::Index(e.to_string())),
+        }
+    }
+
+    /// Every version of one path: `(version, id)` ascending.
+    pub fn versions_of(&self, key: &FileKey) -> Result<Vec<(u32, Id)>> {
+        let prefix = file_key_bytes(b'p', key);
+        self.db
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(ie)?;
+                let ver = k[prefix.len()..]
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| Error::Index("bad path key".into()))?;
+                Ok((ver, id_from(&v)?))
+            })
+            .collect()
+    }
+
+    /// Highest version number of a path ever deleted (kept after gc drops the versions).
+    pub fn deleted_up_to(&self, key: &FileKey) -> Result<u32> {
+        Ok(self
+            .db
+            .get(file_key_bytes(b'd', key))
+            .map_err(ie)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// All versions in scope, in (namespace, project, experiment, path, filename, version) order.
+    pub fn scan_versions(&self, scope: &Scope) -> impl Iterator<Item = Result<FileRecord>> + '_ {
+        let scope = scope.clone();
+        self.db
+            .scan_prefix(scope.key_prefix())
+            .filter_map(move |kv| {
+                let r = (|| {
+                    let (_, v) = kv.map_err(ie)?;
+                    let id = id_from(&v)?;
+                    self.version(id)?
+                        .ok_or_else(|| Error::Index(format!("path entry without version {id}")))
+                })();
+                match r {
+                    Ok(rec) if !scope.matches(&rec) => None,
+                    other => Some(other),
+                }
+            })
+    }
+
+    pub fn pack_len(&self, id: Id) -> Result<Option<u64>> {
+        let mut k = vec![b'k'];
+        k.extend_from_slice(&id.0);
+        Ok(self
+            .db
+            .get(k)
+            .map_err(ie)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes)))
+    }
+
+    pub fn packs(&self) -> Result<Vec<(Id, u64)>> {
+        self.db
+            .scan_prefix(b"k")
+            .map(|kv| {
+                let (k, v) = kv.map_err(ie)?;
+                let len = v
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| Error::Index("bad pack entry".into()))?;
+                Ok((id_from(&k[1..])?, len))
+            })
+            .collect()
+    }
+
+    /// Apply a batch atomically and make it durable.
+    pub fn apply(&self, batch: IndexBatch) -> Result<()> {
+        self.db.apply_batch(batch.0).map_err(ie)?;
+        self.flush()
+    }
+
+    /// Remove every entry (used by rebuild).
+    pub fn clear(&self) -> Result<()> {
+        self.db.clear().map_err(ie)?;
+        self.db
+            .insert(b"mformat", &INDEX_FORMAT.to_le_bytes())
+            .map_err(ie)?;
+        self.flush()
+    }
+}
+
+/// A set of index changes applied atomically by `Index::apply`.
+#[derive(Default)]
+pub struct IndexBatch(sled::Batch);
+
+impl IndexBatch {
+    pub fn put_chunk(&mut self, id: &ChunkId, loc: &ChunkLoc) {
+        let mut k = vec![b'c'];
+        k.extend_from_slice(id.as_bytes());
+        self.0.insert(k, &loc.encode()[..]);
+    }
+
+    pub fn remove_chunk(&mut self, id: &ChunkId) {
+        let mut k = vec![b'c'];
+        k.extend_from_slice(id.as_bytes());
+        self.0.remove(k);
+    }
+
+    /// Insert or replace a version's record and its path entry.
+    pub fn put_version(&mut self, r: &FileRecord) {
+        let mut k = vec![b'v'];
+        k.extend_from_slice(&r.id.0);
+        self.0
+            .insert(k, serde_json::to_vec(r).expect("record serializes"));
+        let mut pk = file_key_bytes(b'p', &r.key());
+        pk.extend_from_slice(&r.version.to_be_bytes());
+        self.0.insert(pk, &r.id.0[..]);
+    }
+
+    pub fn remove_version(&mut self, r: &FileRecord) {
+        let mut k = vec![b'v'];
+        k.extend_from_slice(&r.id.0);
+        self.0.remove(k);
+        let mut pk = file_key_bytes(b'p', &r.key());
+        pk.extend_from_slice(&r.version.to_be_bytes());
+        self.0.remove(pk);
+    }
+
+    pub fn set_deleted_up_to(&mut self, key: &FileKey, version: u32) {
+        self.0
+            .insert(file_key_bytes(b'd', key), &version.to_be_bytes()[..]);
+    }
+
+    pub fn put_pack(&mut self, id: Id, len: u64) {
+        let mut k = vec![b'k'];
+        k.extend_from_slice(&id.0);
+        self.0.insert(k, &len.to_le_bytes()[..]);
+    }
+
+    pub fn remove_pack(&mut self, id: Id) {
+        let mut k = vec![b'k'];
+        k.extend_from_slice(&id.0);
+        self.0.remove(k);
+    }
+
+    pub fn set_meta(&mut self, name: &str, value: &[u8]) {
+        let mut k = vec![b'm'];
+        k.extend_from_slice(name.as_bytes());
+        self.0.insert(k, value);
+    }
+
+    pub fn remove_meta(&mut self, name: &str) {
+        let mut k = vec![b'm'];
+        k.extend_from_slice(name.as_bytes());
+        self.0.remove(k);
+    }
+}

@@ -1,0 +1,294 @@
+//! The ingest pipeline: bytes in, chunks in packs and a chunk list out.
+//!
+//! ```text
+//! reader thread ──windows──▶ SHA-256 thread                      (whole-file checksum)
+//!      │ chunk cuts (FastCDC)
+//!      └──batches──▶ worker: rayon { BLAKE3, index lookup, compress? } ─▶ pack appends
+//!                                                     rotated packs ─▶ fsync thread
+//! ```
+//! Windows come from a fixed pool of buffers (`POOL` × `WINDOW`), so memory is bounded whatever
+//! the file size and a slow stage applies back-pressure to the reader. Chunks are `Bytes` slices
+//! of those buffers (no copy); a buffer returns to the pool when its last chunk is dropped.
+//! Nothing here touches manifests or the index beyond lookups: `store.rs` commits the result.
+
+use std::collections::HashSet;
+use std::io::{ErrorKind, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use rayon::prelude::*;
+use sha2::Digest as _;
+
+use crate::chunker::Chunker;
+use crate::codec::{self, Codec, Compression};
+use crate::digest::{ChunkId, Digest, Sha256};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::Index;
+use crate::pack::{ChunkLoc, PackWriter, RECORD_HEADER_LEN};
+
+const WINDOW: usize = 8 << 20;
+const POOL: usize = 6;
+
+/// What an ingest produced. Nothing is visible until the caller commits it.
+pub struct Ingested {
+    pub checksum: Sha256,
+    pub size: u64,
+    pub chunks: Vec<(ChunkId, u32)>,
+    /// Chunks this ingest appended, with their locations.
+    pub new_chunks: Vec<(ChunkId, ChunkLoc)>,
+    /// Packs written to and their final lengths (all fsynced).
+    pub packs: Vec<(Id, u64)>,
+    /// Stored bytes added (record headers included).
+    pub new_bytes: u64,
+}
+
+/// Where appends go and how.
+pub struct IngestConfig<'a> {
+    pub packs_dir: &'a Path,
+    pub chunker: &'a Chunker,
+    pub compression: Compression,
+    pub pack_target: u64,
+    /// The pack to continue, if the index has one open.
+    pub active: Option<(Id, u64)>,
+    pub progress: Option<&'a AtomicU64>,
+}
+
+struct PoolBuf {
+    buf: Vec<u8>,
+    len: usize,
+    home: Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for PoolBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PoolBuf {
+    fn drop(&mut self) {
+        let _ = self.home.try_send(std::mem::take(&mut self.buf));
+    }
+}
+
+enum Processed {
+    Known(ChunkId, u32),
+    New {
+        id: ChunkId,
+        raw: Bytes,
+        packed: Option<Vec<u8>>,
+    },
+}
+
+/// Read `src` to the end, chunk, dedup against `index`, and append new chunks to packs.
+pub fn ingest<R: Read + Send>(
+    mut src: R,
+    index: &Index,
+    cfg: &IngestConfig<'_>,
+) -> Result<Ingested> {
+    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(POOL);
+    for _ in 0..POOL {
+        pool_tx.send(Vec::new()).expect("pool has room");
+    }
+    let (sha_tx, sha_rx) = bounded::<Bytes>(POOL);
+    let (batch_tx, batch_rx) = bounded::<Vec<Bytes>>(2);
+
+    std::thread::scope(|s| {
+        let sha = s.spawn(move || {
+            let mut h = sha2::Sha256::new();
+            let mut n = 0u64;
+            for b in sha_rx {
+                h.update(&b);
+                n += b.len() as u64;
+            }
+            (Sha256(Digest(h.finalize().into())), n)
+        });
+        let worker = s.spawn(move || write_chunks(batch_rx, index, cfg));
+        let read = read_windows(&mut src, cfg, pool_tx, pool_rx, sha_tx, batch_tx);
+        let written = worker
+            .join()
+            .map_err(|_| Error::Index("ingest worker panicked".into()))?;
+        let (checksum, size) = sha
+            .join()
+            .map_err(|_| Error::Index("hash thread panicked".into()))?;
+        read?;
+        let mut out = written?;
+        out.checksum = checksum;
+        out.size = size;
+        Ok(out)
+    })
+}
+
+fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn read_windows(
+    src: &mut impl Read,
+    cfg: &IngestConfig<'_>,
+    pool_tx: Sender<Vec<u8>>,
+    pool_rx: Receiver<Vec<u8>>,
+    sha_tx: Sender<Bytes>,
+    batch_tx: Sender<Vec<Bytes>>,
+) -> Result<()> {
+    let mut carry: Option<Bytes> = None;
+    let mut cuts = Vec::new();
+    loop {
+        let Ok(mut buf) = pool_rx.recv() else {
+            return Ok(());
+        };
+        buf.resize(WINDOW, 0);
+        let carried = carry.as_ref().map_or(0, |c| c.len());
+        if let Some(c) = carry.take() {
+            buf[..carried].copy_from_slice(&c);
+        }
+        let fresh = read_full(src, &mut buf[carried..]).map_err(|e| Error::io("<source>", e))?;
+        let eof = carried + fresh < WINDOW;
+        let len = carried + fresh;
+        let window = Bytes::from_owner(PoolBuf {
+            buf,
+            len,
+            home: pool_tx.clone(),
+        });
+        if fresh > 0 {
+            if let Some(p) = cfg.progress {
+                p.fetch_add(fresh as u64, Ordering::Relaxed);
+            }
+            if sha_tx.send(window.slice(carried..)).is_err() {
+                return Ok(());
+            }
+        }
+        cuts.clear();
+        let used = cfg.chunker.cuts(&window, eof, &mut cuts);
+        let mut pos = 0;
+        let batch: Vec<Bytes> = cuts
+            .iter()
+            .map(|&l| {
+                pos += l;
+                window.slice(pos - l..pos)
+            })
+            .collect();
+        if used < len {
+            carry = Some(window.slice(used..));
+        }
+        if !batch.is_empty() && batch_tx.send(batch).is_err() {
+            return Ok(()); // the worker failed; its error is reported
+        }
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+fn process(chunk: Bytes, index: &Index, compression: Compression) -> Result<Processed> {
+    let id = ChunkId::of(&chunk);
+    if index.chunk(&id)?.is_some() {
+        return Ok(Processed::Known(id, chunk.len() as u32));
+    }
+    let packed = codec::encode(&chunk, compression);
+    Ok(Processed::New {
+        id,
+        raw: chunk,
+        packed,
+    })
+}
+
+fn write_chunks(
+    batches: Receiver<Vec<Bytes>>,
+    index: &Index,
+    cfg: &IngestConfig<'_>,
+) -> Result<Ingested> {
+    let mut out = Ingested {
+        checksum: Sha256::default(),
+        size: 0,
+        chunks: Vec::new(),
+        new_chunks: Vec::new(),
+        packs: Vec::new(),
+        new_bytes: 0,
+    };
+    let mut seen: HashSet<ChunkId> = HashSet::new();
+    let mut writer: Option<PackWriter> = None;
+    let (sync_tx, sync_rx) = bounded::<PackWriter>(4);
+    std::thread::scope(|s| {
+        let syncer = s.spawn(move || -> Result<Vec<(Id, u64)>> {
+            let mut done = Vec::new();
+            let mut first_err = None;
+            for mut w in sync_rx {
+                match w.sync() {
+                    Ok(()) => done.push((w.id, w.len())),
+                    Err(e) => first_err = first_err.or(Some(e)),
+                }
+            }
+            first_err.map_or(Ok(done), Err)
+        });
+        let res = (|| -> Result<()> {
+            for batch in batches {
+                let processed: Vec<Result<Processed>> = batch
+                    .into_par_iter()
+                    .map(|c| process(c, index, cfg.compression))
+                    .collect();
+                for p in processed {
+                    match p? {
+                        Processed::Known(id, len) => out.chunks.push((id, len)),
+                        Processed::New { id, raw, packed } => {
+                            out.chunks.push((id, raw.len() as u32));
+                            if !seen.insert(id) {
+                                continue;
+                            }
+                            let (codec, stored): (Codec, &[u8]) = match &packed {
+                                Some(c) => (Codec::Zstd, c),
+                                None => (Codec::Raw, &raw),
+                            };
+                            let need = (RECORD_HEADER_LEN + stored.len()) as u64;
+                            let w = match writer.take() {
+                                Some(w) if w.is_empty() || w.len() + need <= cfg.pack_target => w,
+                                Some(full) => {
+                                    sync_tx.send(full).map_err(|_| {
+                                        Error::Index("pack sync thread stopped".into())
+                                    })?;
+                                    PackWriter::create(cfg.packs_dir)?
+                                }
+                                None => match cfg.active {
+                                    Some((id, len)) if len + need <= cfg.pack_target => {
+                                        match PackWriter::reopen(cfg.packs_dir, id, len)? {
+                                            Some(w) => w,
+                                            None => PackWriter::create(cfg.packs_dir)?,
+                                        }
+                                    }
+                                    _ => PackWriter::create(cfg.packs_dir)?,
+                                },
+                            };
+                            let w = writer.insert(w);
+                            let loc = w.append(id, raw.len() as u32, codec, stored)?;
+                            out.new_bytes += loc.record_len();
+                            out.new_chunks.push((id, loc));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Some(w) = writer.take() {
+            let _ = sync_tx.send(w);
+        }
+        drop(sync_tx);
+        let synced = syncer
+            .join()
+            .map_err(|_| Error::Index("pack sync thread panicked".into()))?;
+        res?;
+        out.packs = synced?;
+        Ok(out)
+    })
+}

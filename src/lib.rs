@@ -1,0 +1,25 @@
+//! ml-dash: a content-addressed artifact store for machine-learning experiments.
+//!
+//! Files are cut by content-defined chunking, each chunk named by its BLAKE3 digest, compressed
+//! with zstd when that pays, and appended to pack files; a sled index maps experiment paths to
+//! versions whose manifests carry the SHA-256, tags and metadata. See `ARCHITECTURE.md`.
+
+pub mod chunker;
+pub mod codec;
+pub mod digest;
+pub mod durable;
+pub mod error;
+pub mod id;
+pub mod index;
+pub mod ingest;
+pub mod manifest;
+pub mod pack;
+pub mod path;
+pub mod record;
+pub mod recover;
+pub mod store;
+pub mod time;
+
+pub use error::{Error, Result};
+pub use record::FileRecord;
+pub use store::{ListFilter, NewVersion, Store, StoreOptions};

@@ -1,0 +1,231 @@
+//! Durable descriptions of versions (manifests) and of later changes to them (events).
+//!
+//! Both are small files written once through `durable::write_atomic` and never modified:
+//! `manifests/<version id>.manifest` and `events/<event id>.event`. Each file is
+//! `<magic> <BLAKE3 hex of body>\n<body JSON>`, so any damage is detected before the body is
+//! trusted. Together with the packs they are the whole truth of a store: the sled index is
+//! rebuilt from them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::ChunkId;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::record::FileRecord;
+
+pub const MANIFEST_MAGIC: &str = "MLDMAN1";
+pub const EVENT_MAGIC: &str = "MLDEVT1";
+pub const FORMAT: u32 = 1;
+/// Refuse to parse anything larger (a 5 GB file at 16 KiB chunks is ~30 MB of manifest).
+pub const MAX_FILE_LEN: usize = 256 << 20;
+
+/// One version: its record as of upload and its ordered chunk list `(id, raw length)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub record: FileRecord,
+    pub chunks: Vec<(ChunkId, u32)>,
+}
+
+/// A change to existing versions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Event {
+    /// Soft delete: hides every version of the path up to and including `up_to_version`.
+    #[serde(rename_all = "camelCase")]
+    Delete {
+        id: Id,
+        namespace: String,
+        project: String,
+        experiment: String,
+        path: String,
+        filename: String,
+        up_to_version: u32,
+        at: String,
+    },
+    /// New description / tags / metadata for one version (absent fields stay as they were).
+    #[serde(rename_all = "camelCase")]
+    Update {
+        id: Id,
+        version_id: Id,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "double_option"
+        )]
+        description: Option<Option<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tags: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<serde_json::Value>,
+        at: String,
+    },
+}
+
+/// `null` → `Some(None)` (set to null), absent → `None` (unchanged).
+fn double_option<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl Event {
+    pub fn id(&self) -> Id {
+        match self {
+            Event::Delete { id, .. } | Event::Update { id, .. } => *id,
+        }
+    }
+}
+
+fn frame(magic: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 80);
+    out.extend_from_slice(magic.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(blake3::hash(body).to_hex().as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out
+}
+
+fn unframe<'a>(magic: &str, bytes: &'a [u8], what: &str) -> Result<&'a [u8]> {
+    let bad = |r: &str| Error::corrupt(what.to_string(), r.to_string());
+    if bytes.len() > MAX_FILE_LEN {
+        return Err(bad("file too large"));
+    }
+    let head_len = magic.len() + 1 + 64 + 1;
+    if bytes.len() < head_len
+        || &bytes[..magic.len()] != magic.as_bytes()
+        || bytes[magic.len()] != b' '
+        || bytes[head_len - 1] != b'\n'
+    {
+        return Err(bad("bad header"));
+    }
+    let body = &bytes[head_len..];
+    if blake3::hash(body).to_hex().as_bytes() != &bytes[magic.len() + 1..head_len - 1] {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok(body)
+}
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        frame(
+            MANIFEST_MAGIC,
+            &serde_json::to_vec(self).expect("manifest serializes"),
+        )
+    }
+
+    /// Decode and check a manifest file's bytes; `what` names it in errors.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<Manifest> {
+        let body = unframe(MANIFEST_MAGIC, bytes, what)?;
+        let m: Manifest = serde_json::from_slice(body)
+            .map_err(|e| Error::corrupt(what.to_string(), e.to_string()))?;
+        if m.format != FORMAT {
+            return Err(Error::corrupt(
+                what.to_string(),
+                format!("unsupported manifest format {}", m.format),
+            ));
+        }
+        let sum: u64 = m.chunks.iter().map(|(_, l)| *l as u64).sum();
+        if sum != m.record.size_bytes {
+            return Err(Error::corrupt(
+                what.to_string(),
+                "chunk lengths do not add up to the file size",
+            ));
+        }
+        Ok(m)
+    }
+}
+
+pub fn encode_event(e: &Event) -> Vec<u8> {
+    frame(
+        EVENT_MAGIC,
+        &serde_json::to_vec(e).expect("event serializes"),
+    )
+}
+
+pub fn decode_event(bytes: &[u8], what: &str) -> Result<Event> {
+    let body = unframe(EVENT_MAGIC, bytes, what)?;
+    serde_json::from_slice(body).map_err(|e| Error::corrupt(what.to_string(), e.to_string()))
+}
+
+pub fn manifest_file_name(id: Id) -> String {
+    format!("{id}.manifest")
+}
+
+pub fn event_file_name(id: Id) -> String {
+    format!("{id}.event")
+}
+
+/// Parse `<32 hex>.<ext>`.
+pub fn parse_file_name(name: &str, ext: &str) -> Option<Id> {
+    name.strip_suffix(ext)?.strip_suffix('.')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        let data = b"hello";
+        Manifest {
+            format: FORMAT,
+            record: FileRecord {
+                id: Id::generate(),
+                namespace: "local".into(),
+                project: "p".into(),
+                experiment: "e".into(),
+                path: "/models".into(),
+                filename: "m.pth".into(),
+                version: 1,
+                size_bytes: 5,
+                checksum: "0".repeat(64).parse().unwrap(),
+                content_type: "application/octet-stream".into(),
+                description: None,
+                tags: vec!["a".into()],
+                metadata: serde_json::json!({"epoch": 1}),
+                uploaded_at: crate::time::now_iso(),
+                updated_at: crate::time::now_iso(),
+                deleted_at: None,
+                new_bytes: 5,
+            },
+            chunks: vec![(ChunkId::of(data), 5)],
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_any_flip_detected() {
+        let m = sample();
+        let enc = m.encode();
+        assert_eq!(Manifest::decode(&enc, "m").unwrap(), m);
+        for i in (0..enc.len()).step_by(7) {
+            let mut b = enc.clone();
+            b[i] ^= 1;
+            assert!(Manifest::decode(&b, "m").is_err(), "flip at {i} undetected");
+        }
+        assert!(Manifest::decode(&enc[..enc.len() - 1], "m").is_err());
+    }
+
+    #[test]
+    fn size_mismatch_is_corrupt() {
+        let mut m = sample();
+        m.record.size_bytes = 6;
+        assert!(Manifest::decode(&m.encode(), "m").is_err());
+    }
+
+    #[test]
+    fn events_roundtrip() {
+        let e = Event::Update {
+            id: Id::generate(),
+            version_id: Id::generate(),
+            description: Some(None),
+            tags: None,
+            metadata: Some(serde_json::json!({"x": 1})),
+            at: crate::time::now_iso(),
+        };
+        assert_eq!(decode_event(&encode_event(&e), "e").unwrap(), e);
+        assert!(decode_event(&sample().encode(), "e").is_err());
+    }
+}

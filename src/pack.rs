@@ -1,0 +1,454 @@
+//! Pack files: append-only, self-describing containers of chunks.
+//!
+//! ```text
+//! pack   := header record*
+//! header := "MLDPACK\0" format:u32le(=1) reserved:u32le pack_id:[16]        (32 bytes)
+//! record := "CHNK" codec:u8 reserved:[3] raw_len:u32le stored_len:u32le
+//!           chunk_id:[32] check:u32le data:[stored_len]                      (52 + stored_len)
+//! ```
+//! `check` is the first 4 bytes of BLAKE3 over the 48 header bytes before it, so a damaged
+//! header is detected before its lengths are trusted; the data is proven by the chunk id
+//! (BLAKE3 of the decoded bytes). A pack is never rewritten in place: `gc` copies live chunks to
+//! a new pack and deletes the old one. A crash can leave an incomplete record at the very end of
+//! a pack (a torn tail); nothing is ever appended after a torn tail (see `PackWriter::open`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::chunker::MAX_CHUNK_LIMIT;
+use crate::codec::{self, Codec};
+use crate::digest::{ChunkId, Digest};
+use crate::error::{Error, IoContext, Result};
+use crate::id::Id;
+
+pub const PACK_MAGIC: &[u8; 8] = b"MLDPACK\0";
+pub const PACK_FORMAT: u32 = 1;
+pub const PACK_HEADER_LEN: u64 = 32;
+pub const RECORD_MAGIC: &[u8; 4] = b"CHNK";
+pub const RECORD_HEADER_LEN: usize = 52;
+/// Stored bytes may exceed raw bytes by zstd's worst-case overhead; anything larger is corrupt.
+const MAX_STORED: usize = MAX_CHUNK_LIMIT + MAX_CHUNK_LIMIT / 64 + 1024;
+
+/// Where a chunk lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLoc {
+    pub pack: Id,
+    /// Offset of the record header in the pack.
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+impl ChunkLoc {
+    pub const ENCODED_LEN: usize = 33;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut b = [0u8; Self::ENCODED_LEN];
+        b[..16].copy_from_slice(&self.pack.0);
+        b[16..24].copy_from_slice(&self.offset.to_le_bytes());
+        b[24..28].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[28..32].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[32] = self.codec as u8;
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<ChunkLoc> {
+        if b.len() != Self::ENCODED_LEN {
+            return None;
+        }
+        Some(ChunkLoc {
+            pack: Id(b[..16].try_into().ok()?),
+            offset: u64::from_le_bytes(b[16..24].try_into().ok()?),
+            stored_len: u32::from_le_bytes(b[24..28].try_into().ok()?),
+            raw_len: u32::from_le_bytes(b[28..32].try_into().ok()?),
+            codec: Codec::from_u8(b[32])?,
+        })
+    }
+
+    /// Bytes this chunk takes in its pack, header included.
+    pub fn record_len(&self) -> u64 {
+        RECORD_HEADER_LEN as u64 + self.stored_len as u64
+    }
+}
+
+pub fn pack_file_name(id: Id) -> String {
+    format!("{id}.pack")
+}
+
+/// Parse `<32 hex>.pack`.
+pub fn parse_pack_file_name(name: &str) -> Option<Id> {
+    name.strip_suffix(".pack")?.parse().ok()
+}
+
+fn header_check(h: &[u8]) -> u32 {
+    let d = blake3::hash(&h[..48]);
+    u32::from_le_bytes(d.as_bytes()[..4].try_into().expect("4 bytes"))
+}
+
+/// A decoded record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub stored_len: u32,
+    pub id: ChunkId,
+}
+
+pub fn encode_record_header(h: &RecordHeader) -> [u8; RECORD_HEADER_LEN] {
+    let mut b = [0u8; RECORD_HEADER_LEN];
+    b[..4].copy_from_slice(RECORD_MAGIC);
+    b[4] = h.codec as u8;
+    b[8..12].copy_from_slice(&h.raw_len.to_le_bytes());
+    b[12..16].copy_from_slice(&h.stored_len.to_le_bytes());
+    b[16..48].copy_from_slice(h.id.as_bytes());
+    let check = header_check(&b);
+    b[48..52].copy_from_slice(&check.to_le_bytes());
+    b
+}
+
+/// Decode and check a record header; `Err(reason)` if it is not a valid header.
+pub fn decode_record_header(b: &[u8]) -> std::result::Result<RecordHeader, &'static str> {
+    if b.len() < RECORD_HEADER_LEN {
+        return Err("short record header");
+    }
+    if &b[..4] != RECORD_MAGIC {
+        return Err("bad record magic");
+    }
+    if u32::from_le_bytes(b[48..52].try_into().expect("4")) != header_check(b) {
+        return Err("record header checksum mismatch");
+    }
+    let codec = Codec::from_u8(b[4]).ok_or("unknown codec")?;
+    if b[5..8] != [0, 0, 0] {
+        return Err("reserved bytes set");
+    }
+    let raw_len = u32::from_le_bytes(b[8..12].try_into().expect("4"));
+    let stored_len = u32::from_le_bytes(b[12..16].try_into().expect("4"));
+    if raw_len as usize > MAX_CHUNK_LIMIT || stored_len as usize > MAX_STORED {
+        return Err("record length out of bounds");
+    }
+    if codec == Codec::Raw && raw_len != stored_len {
+        return Err("raw record with stored length != raw length");
+    }
+    let id = ChunkId(Digest(b[16..48].try_into().expect("32")));
+    Ok(RecordHeader {
+        codec,
+        raw_len,
+        stored_len,
+        id,
+    })
+}
+
+fn encode_pack_header(id: Id) -> [u8; PACK_HEADER_LEN as usize] {
+    let mut b = [0u8; PACK_HEADER_LEN as usize];
+    b[..8].copy_from_slice(PACK_MAGIC);
+    b[8..12].copy_from_slice(&PACK_FORMAT.to_le_bytes());
+    b[16..32].copy_from_slice(&id.0);
+    b
+}
+
+fn check_pack_header(b: &[u8], expect: Id) -> std::result::Result<(), String> {
+    if b.len() < PACK_HEADER_LEN as usize || &b[..8] != PACK_MAGIC {
+        return Err("bad pack magic".into());
+    }
+    let format = u32::from_le_bytes(b[8..12].try_into().expect("4"));
+    if format != PACK_FORMAT {
+        return Err(format!("unsupported pack format {format}"));
+    }
+    if b[16..32] != expect.0 {
+        return Err("pack id in header does not match its file name".into());
+    }
+    Ok(())
+}
+
+/// Decode a whole record's data (header already parsed) and prove it against the chunk id.
+pub fn decode_and_verify(
+    h: &RecordHeader,
+    stored: &[u8],
+    location: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    let raw = codec::decode(h.codec, stored, h.raw_len as usize, location)?;
+    if ChunkId::of(&raw) != h.id {
+        return Err(Error::corrupt(
+            location(),
+            format!("chunk {} fails its BLAKE3 check", h.id),
+        ));
+    }
+    Ok(raw)
+}
+
+/// Read one chunk at a known location, check it is the expected chunk, and return raw bytes.
+pub fn read_chunk(
+    file: &File,
+    loc: &ChunkLoc,
+    id: &ChunkId,
+    location: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; loc.record_len() as usize];
+    file.read_exact_at(&mut buf, loc.offset)
+        .map_err(|e| Error::corrupt(location(), format!("cannot read chunk {id}: {e}")))?;
+    let h = decode_record_header(&buf)
+        .map_err(|r| Error::corrupt(location(), format!("chunk {id}: {r}")))?;
+    if h.id != *id
+        || h.stored_len != loc.stored_len
+        || h.raw_len != loc.raw_len
+        || h.codec != loc.codec
+    {
+        return Err(Error::corrupt(
+            location(),
+            format!("chunk {id}: record header does not match the index"),
+        ));
+    }
+    decode_and_verify(&h, &buf[RECORD_HEADER_LEN..], location)
+}
+
+/// Appends records to one pack. Bytes are durable only after `sync`.
+pub struct PackWriter {
+    pub id: Id,
+    path: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+    created: bool,
+}
+
+impl PackWriter {
+    /// Start a new pack in `dir`.
+    pub fn create(dir: &Path) -> Result<PackWriter> {
+        let id = Id::generate();
+        let path = dir.join(pack_file_name(id));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at(&path)?;
+        let mut w = PackWriter {
+            id,
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            len: 0,
+            created: true,
+        };
+        w.out.write_all(&encode_pack_header(id)).at(&w.path)?;
+        w.len = PACK_HEADER_LEN;
+        Ok(w)
+    }
+
+    /// Reopen an existing pack to append, only if its length on disk is exactly `committed`
+    /// (what the index knows). Anything else means a crashed writer left bytes behind:
+    /// returns `None` and the caller starts a new pack, so nothing follows a torn tail.
+    pub fn reopen(dir: &Path, id: Id, committed: u64) -> Result<Option<PackWriter>> {
+        let path = dir.join(pack_file_name(id));
+        let file = match OpenOptions::new().append(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let on_disk = file.metadata().at(&path)?.len();
+        if on_disk != committed {
+            return Ok(None);
+        }
+        Ok(Some(PackWriter {
+            id,
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            len: committed,
+            created: false,
+        }))
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len <= PACK_HEADER_LEN
+    }
+
+    /// Append a chunk; returns its location.
+    pub fn append(
+        &mut self,
+        id: ChunkId,
+        raw_len: u32,
+        codec: Codec,
+        stored: &[u8],
+    ) -> Result<ChunkLoc> {
+        let h = RecordHeader {
+            codec,
+            raw_len,
+            stored_len: stored.len() as u32,
+            id,
+        };
+        let offset = self.len;
+        self.out
+            .write_all(&encode_record_header(&h))
+            .at(&self.path)?;
+        self.out.write_all(stored).at(&self.path)?;
+        self.len += RECORD_HEADER_LEN as u64 + stored.len() as u64;
+        Ok(ChunkLoc {
+            pack: self.id,
+            offset,
+            stored_len: h.stored_len,
+            raw_len,
+            codec,
+        })
+    }
+
+    /// Flush and fsync (and fsync the directory if this writer created the pack).
+    /// An error here must poison the store: the bytes' fate is unknown.
+    pub fn sync(&mut self) -> Result<()> {
+        self.out.flush().at(&self.path)?;
+        self.out.get_ref().sync_data().at(&self.path)?;
+        if self.created {
+            crate::durable::fsync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+            self.created = false;
+        }
+        Ok(())
+    }
+}
+
+/// One record found by `scan`.
+pub struct Scanned {
+    pub header: RecordHeader,
+    pub offset: u64,
+    /// Present only when scanning with `verify`: whether the data decodes to the chunk id.
+    pub data_ok: Option<bool>,
+}
+
+/// How a scan ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// Clean end of file after the last record.
+    Clean,
+    /// The last record is incomplete (a crash during an append). Harmless.
+    TornTail { offset: u64 },
+    /// A damaged header at `offset`; records after it cannot be located.
+    Damaged { offset: u64, reason: String },
+}
+
+/// Read every record of a pack in order. With `verify`, decode and hash each record's data.
+pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Result<ScanEnd> {
+    let file = File::open(path).at(path)?;
+    let total = file.metadata().at(path)?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut head = [0u8; PACK_HEADER_LEN as usize];
+    if total < PACK_HEADER_LEN {
+        return Ok(ScanEnd::TornTail { offset: 0 });
+    }
+    r.read_exact(&mut head).at(path)?;
+    if let Err(reason) = check_pack_header(&head, id) {
+        return Ok(ScanEnd::Damaged { offset: 0, reason });
+    }
+    let mut offset = PACK_HEADER_LEN;
+    let mut data = Vec::new();
+    loop {
+        if offset == total {
+            return Ok(ScanEnd::Clean);
+        }
+        if total - offset < RECORD_HEADER_LEN as u64 {
+            return Ok(ScanEnd::TornTail { offset });
+        }
+        let mut hb = [0u8; RECORD_HEADER_LEN];
+        r.read_exact(&mut hb).at(path)?;
+        let header = match decode_record_header(&hb) {
+            Ok(h) => h,
+            Err(reason) => {
+                return Ok(ScanEnd::Damaged {
+                    offset,
+                    reason: reason.to_string(),
+                });
+            }
+        };
+        let end = offset + RECORD_HEADER_LEN as u64 + header.stored_len as u64;
+        if end > total {
+            return Ok(ScanEnd::TornTail { offset });
+        }
+        let data_ok = if verify {
+            data.resize(header.stored_len as usize, 0);
+            r.read_exact(&mut data).at(path)?;
+            Some(decode_and_verify(&header, &data, &String::new).is_ok())
+        } else {
+            r.seek_relative(header.stored_len as i64).at(path)?;
+            None
+        };
+        f(Scanned {
+            header,
+            offset,
+            data_ok,
+        });
+        offset = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_scan_read_roundtrip_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path()).unwrap();
+        let a = b"hello chunk".to_vec();
+        let b = vec![3u8; 5000];
+        let la = w
+            .append(ChunkId::of(&a), a.len() as u32, Codec::Raw, &a)
+            .unwrap();
+        let cb = codec::encode(&b, codec::Compression::Always(1)).unwrap();
+        let lb = w
+            .append(ChunkId::of(&b), b.len() as u32, Codec::Zstd, &cb)
+            .unwrap();
+        w.sync().unwrap();
+        let path = dir.path().join(pack_file_name(w.id));
+        let f = File::open(&path).unwrap();
+        assert_eq!(
+            read_chunk(&f, &la, &ChunkId::of(&a), &String::new).unwrap(),
+            a
+        );
+        assert_eq!(
+            read_chunk(&f, &lb, &ChunkId::of(&b), &String::new).unwrap(),
+            b
+        );
+        assert!(read_chunk(&f, &la, &ChunkId::of(&b), &String::new).is_err());
+        let mut seen = vec![];
+        assert_eq!(
+            scan(&path, w.id, true, |s| seen.push((s.offset, s.data_ok))).unwrap(),
+            ScanEnd::Clean
+        );
+        assert_eq!(seen, vec![(la.offset, Some(true)), (lb.offset, Some(true))]);
+        assert_eq!(ChunkLoc::decode(&lb.encode()), Some(lb));
+
+        // Torn tail: cut the last record short.
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let mut n = 0;
+        assert_eq!(
+            scan(&path, w.id, false, |_| n += 1).unwrap(),
+            ScanEnd::TornTail { offset: lb.offset }
+        );
+        assert_eq!(n, 1);
+        assert!(PackWriter::reopen(dir.path(), w.id, len).unwrap().is_none());
+    }
+
+    #[test]
+    fn every_header_byte_flip_is_detected() {
+        let h = RecordHeader {
+            codec: Codec::Raw,
+            raw_len: 10,
+            stored_len: 10,
+            id: ChunkId::of(b"x"),
+        };
+        let enc = encode_record_header(&h);
+        assert_eq!(decode_record_header(&enc), Ok(h));
+        for i in 0..RECORD_HEADER_LEN {
+            let mut b = enc;
+            b[i] ^= 0x40;
+            assert!(decode_record_header(&b).is_err(), "flip at {i} undetected");
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! A store: one directory, opened per operation under a lock.
+//!
+//! ```text
+//! <root>/FORMAT        {"format":1,...}: which on-disk format this is
+//! <root>/lock          flock'd for the length of each operation
+//! <root>/packs/        <pack id>.pack       chunk records (pack.rs)
+//! <root>/manifests/    <version id>.manifest (manifest.rs)
+//! <root>/events/       <event id>.event      deletes and updates (manifest.rs)
+//! <root>/index/        sled, derived: rebuilt from the three above (recover.rs)
+//! ```
+//! sled admits one process at a time, so every operation takes the exclusive lock on
+//! `<root>/lock`, opens the index, does its work, flushes and closes the index, and releases the
+//! lock. A `Store` value (or an `Experiment`) holds no lock between operations, so a training run
+//! that keeps its experiment open for days never locks out `ml-dash list` in another terminal;
+//! concurrent callers wait for the lock (up to `lock_timeout`) instead of failing.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::chunker::{Chunker, ChunkerConfig};
+use crate::codec::Compression;
+use crate::durable;
+use crate::error::{Error, IoContext, Result};
+use crate::id::Id;
+use crate::index::{Index, IndexBatch, Scope};
+use crate::ingest::{self, IngestConfig, Ingested};
+use crate::manifest::{self, Event, Manifest};
+use crate::path::FileKey;
+use crate::record::{self, FileRecord};
+
+pub const STORE_FORMAT: u32 = 1;
+const FORMAT_FILE: &str = "FORMAT";
+
+/// Store settings. Builder-style setters document their defaults.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub(crate) chunker: ChunkerConfig,
+    pub(crate) compression: Compression,
+    pub(crate) pack_target: u64,
+    pub(crate) lock_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            chunker: ChunkerConfig::default(),
+            compression: Compression::default(),
+            pack_target: 64 << 20,
+            lock_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Chunk sizes (default min 16 KiB / avg 64 KiB / max 256 KiB). Changing them on an existing
+    /// store is allowed but new uploads then dedup poorly against old ones.
+    pub fn chunker(mut self, c: ChunkerConfig) -> Self {
+        self.chunker = c;
+        self
+    }
+    /// Chunk compression (default `Compression::Auto(1)`).
+    pub fn compression(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+    /// Size at which a pack is closed and a new one started (default 64 MiB).
+    pub fn pack_target(mut self, bytes: u64) -> Self {
+        self.pack_target = bytes.max(1 << 20);
+        self
+    }
+    /// How long an operation waits for another process's operation (default 10 minutes).
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
+    }
+}
+
+/// What to record with a new version.
+#[derive(Clone, Debug, Default)]
+pub struct NewVersion {
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: serde_json::Value,
+}
+
+/// An open store. Cheap to clone; holds no lock between operations.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) root: PathBuf,
+    pub(crate) opts: StoreOptions,
+    pub(crate) chunker: Chunker,
+    poisoned: Arc<Mutex<Option<String>>>,
+}
+
+/// One operation's hold on the store: the lock and the open index.
+pub(crate) struct Session<'a> {
+    pub store: &'a Store,
+    pub index: Index,
+    _lock: File,
+}
+
+impl Store {
+    /// Open the store at `root`, creating it if the directory is missing or empty.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(root, StoreOptions::default())
+    }
+
+    pub fn open_with(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        let root = root.as_ref().to_path_buf();
+        let bad = |reason: String| Error::BadStore {
+            root: root.clone(),
+            reason,
+        };
+        match fs::metadata(&root) {
+            Ok(m) if !m.is_dir() => return Err(bad("exists and is not a directory".into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(&root).map_err(|e| bad(format!("cannot create it: {e}")))?;
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let format_path = root.join(FORMAT_FILE);
+        match fs::read(&format_path) {
+            Ok(b) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&b).map_err(|_| bad("FORMAT file is damaged".into()))?;
+                if v.get("format").and_then(|f| f.as_u64()) != Some(STORE_FORMAT as u64) {
+                    return Err(bad(format!("unsupported store format {}", v["format"])));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let entries = fs::read_dir(&root).map_err(|e| bad(e.to_string()))?;
+                if entries.flatten().any(|e| {
+                    e.file_name() != "lock"
+                        && !e.file_name().to_string_lossy().starts_with(".FORMAT")
+                }) {
+                    return Err(bad(
+                        "directory is not empty and has no FORMAT file: not an ml-dash store"
+                            .into(),
+                    ));
+                }
+                for d in ["packs", "manifests", "events", "index"] {
+                    fs::create_dir_all(root.join(d))
+                        .map_err(|e| bad(format!("cannot create {d}/: {e}")))?;
+                }
+                durable::fsync_dir(&root)?;
+                let body = serde_json::json!({"format": STORE_FORMAT, "kind": "ml-dash artifact store", "packFormat": crate::pack::PACK_FORMAT, "manifestFormat": manifest::FORMAT});
+                durable::write_atomic(&format_path, format!("{body}\n").as_bytes())?;
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let chunker = Chunker::new(opts.chunker)?;
+        Ok(Store {
+            root,
+            opts,
+            chunker,
+            poisoned: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub(crate) fn manifest_path(&self, id: Id) -> PathBuf {
+        self.dir("manifests").join(manifest::manifest_file_name(id))
+    }
+
+    pub(crate) fn event_path(&self, id: Id) -> PathBuf {
+        self.dir("events").join(manifest::event_file_name(id))
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Mark the store unusable for writes after a failed durable step (never retry an fsync).
+    pub(crate) fn poison<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+            p.get_or_insert_with(|| e.to_string());
+        }
+        r
+    }
+
+    /// Take the store lock (waiting up to `lock_timeout`).
+    pub(crate) fn lock(&self) -> Result<File> {
+        let lock_path = self.root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        let start = Instant::now();
+        let mut wait = Duration::from_millis(2);
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if start.elapsed() >= self.opts.lock_timeout {
+                        return Err(Error::LockTimeout {
+                            path: lock_path,
+                            secs: self.opts.lock_timeout.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+            }
+        }
+        Ok(lock)
+    }
+
+    /// Take the lock, open the index and finish any commit a crash interrupted.
+    pub(crate) fn session(&self) -> Result<Session<'_>> {
+        let lock = self.lock()?;
+        let index = Index::open(&self.dir("index")).map_err(|e| {
+            Error::Index(format!("{e} (run `ml-dash repair` to rebuild the index)"))
+        })?;
+        let s = Session {
+            store: self,
+            index,
+            _lock: lock,
+        };
+        crate::recover::finish_pending(&s)?;
+        Ok(s)
+    }
+
+    /// Store a file from disk as a new version of `key`. Symlinks are followed; directories,
+    /// FIFOs, sockets and devices are refused. If the file changes while it is read (size or
+    /// mtime differ before and after), nothing is recorded and `SourceChanged` is returned.
+    pub fn put_file(
+        &self,
+        src: &Path,
+        key: &FileKey,
+        v: NewVersion,
+        progress: Option<&AtomicU64>,
+    ) -> Result<FileRecord> {
+        check_new(key, &v)?;
+        let meta = fs::metadata(src).at(src)?;
+        if meta.is_dir() {
+            return Err(Error::invalid(
+                "source",
+                src.display().to_string(),
+                "is a directory",
+            ));
+        }
+        if !meta.is_file() {
+            return Err(Error::invalid(
+                "source",
+                src.display().to_string(),
+                "is not a regular file (FIFO, socket or device)",
+            ));
+        }
+        let file = File::open(src).at(src)?;
+        let before = file.metadata().at(src)?;
+        let changed = |reason: String| Error::SourceChanged {
+            path: src.to_path_buf(),
+            reason,
+        };
+        self.put_stream(file, key, v, progress, |got| {
+            let after =
+                fs::metadata(src).map_err(|e| changed(format!("cannot stat it again: {e}")))?;
+            if after.len() != before.len() || got != before.len() {
+                return Err(changed(format!(
+                    "size was {} bytes, read {got}, now {}",
+                    before.len(),
+                    after.len()
+                )));
+            }
+            if after.modified().ok() != before.modified().ok() {
+                return Err(changed("modification time changed".into()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Store everything `src` yields as a new version of `key` (e.g. standard input).
+    pub fn put_reader(
+        &self,
+        src: impl Read + Send,
+        key: &FileKey,
+        v: NewVersion,
+        progress: Option<&AtomicU64>,
+    ) -> Result<FileRecord> {
+        check_new(key, &v)?;
+        self.put_stream(src, key, v, progress, |_| Ok(()))
+    }
+
+    fn put_stream(
+        &self,
+        src: impl Read + Send,
+        key: &FileKey,
+        v: NewVersion,
+        progress: Option<&AtomicU64>,
+        check_source: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<FileRecord> {
+        self.check_poison()?;
+        let s = self.session()?;
+        let ix = &s.index;
+        let active = match ix.meta_id("active_pack")? {
+            Some(id) => ix.pack_len(id)?.map(|len| (id, len)),
+            None => None,
+        };
+        let packs_dir = self.dir("packs");
+        let cfg = IngestConfig {
+            packs_dir: &packs_dir,
+            chunker: &self.chunker,
+            compression: self.opts.compression,
+            pack_target: self.opts.pack_target,
+            active,
+            progress,
+        };
+        let ing = ingest::ingest(src, ix, &cfg).map_err(|e| match e {
+            e @ Error::Io { .. } if is_store_path(&e, &packs_dir) => {
+                self.poison::<()>(Err(e)).unwrap_err()
+            }
+            e => e,
+        })?;
+        check_source(ing.size)?;
+
+        let version = next_version(ix, key)?;
+        let vid = Id::generate_after(ix.meta_id("last_id")?);
+        if ix.version(vid)?.is_some() {
+            return Err(Error::Index(format!("version id {vid} already exists")));
+        }
+        let now = crate::time::now_iso();
+        let rec = FileRecord {
+            id: vid,
+            namespace: key.namespace.clone(),
+            project: key.project.clone(),
+            experiment: key.experiment.clone(),
+            path: key.path.clone(),
+            filename: key.filename.clone(),
+            version,
+            size_bytes: ing.size,
+            checksum: ing.checksum,
+            content_type: record::content_type(&key.filename).to_string(),
+            description: v.description,
+            tags: v.tags,
+            metadata: v.metadata,
+            uploaded_at: now.clone(),
+            updated_at: now,
+            deleted_at: None,
+            new_bytes: ing.new_bytes,
+        };
+        self.poison(commit_version(&s, &rec, ing))?;
+        Ok(rec)
+    }
+
+    /// Versions matching `f`, in path order (ascending version within a path).
+    pub fn list(&self, f: &ListFilter) -> Result<Vec<FileRecord>> {
+        let s = self.session()?;
+        let mut out: Vec<FileRecord> = Vec::new();
+        let mut group: Vec<FileRecord> = Vec::new();
+        let flush = |group: &mut Vec<FileRecord>, out: &mut Vec<FileRecord>| {
+            if f.all_versions {
+                out.extend(
+                    group
+                        .drain(..)
+                        .filter(|r| f.include_deleted || !r.is_deleted()),
+                );
+            } else {
+                let latest = group
+                    .iter()
+                    .rev()
+                    .find(|r| f.include_deleted || !r.is_deleted())
+                    .cloned();
+                out.extend(latest);
+                group.clear();
+            }
+        };
+        for r in s.index.scan_versions(&f.scope) {
+            let r = r?;
+            if !f.matches_path(&r) {
+                continue;
+            }
+            if group.last().is_some_and(|g| g.key() != r.key()) {
+                flush(&mut group, &mut out);
+            }
+            group.push(r);
+        }
+        flush(&mut group, &mut out);
+        out.retain(|r| f.tags.iter().all(|t| r.tags.contains(t)));
+        Ok(out)
+    }
+
+    /// One version of a path: `version` or the latest live one.
+    pub fn resolve(&self, key: &FileKey, version: Option<u32>) -> Result<FileRecord> {
+        let s = self.session()?;
+        resolve_in(&s, key, version)
+    }
+
+    /// Soft-delete every version of a path. Returns the versions hidden.
+    pub fn delete(&self, key: &FileKey) -> Result<Vec<FileRecord>> {
+        self.check_poison()?;
+        let s = self.session()?;
+        let live: Vec<FileRecord> = s
+            .index
+            .versions_of(key)?
+            .into_iter()
+            .filter_map(|(_, id)| s.index.version(id).transpose())
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|r| !r.is_deleted())
+            .collect();
+        let Some(last) = live.last() else {
+            return Err(Error::NotFound(key.display()));
+        };
+        let event = Event::Delete {
+            id: Id::generate_after(s.index.meta_id("last_id")?),
+            namespace: key.namespace.clone(),
+            project: key.project.clone(),
+            experiment: key.experiment.clone(),
+            path: key.path.clone(),
+            filename: key.filename.clone(),
+            up_to_version: last.version,
+            at: crate::time::now_iso(),
+        };
+        self.poison(commit_event(&s, &event))?;
+        Ok(live)
+    }
+
+    /// Change description, tags or metadata of one version (absent arguments stay as they are).
+    pub fn update(
+        &self,
+        version_id: Id,
+        description: Option<Option<String>>,
+        tags: Option<Vec<String>>,
+        metadata: Option<serde_json::Value>,
+    ) -> Result<FileRecord> {
+        if let Some(t) = &tags {
+            record::check_tags(t)?;
+        }
+        if let Some(m) = &metadata {
+            record::check_metadata(m)?;
+        }
+        self.check_poison()?;
+        let s = self.session()?;
+        let rec = s
+            .index
+            .version(version_id)?
+            .ok_or_else(|| Error::NotFound(format!("version {version_id}")))?;
+        if rec.is_deleted() {
+            return Err(Error::NotFound(format!(
+                "{} (deleted)",
+                rec.key().display()
+            )));
+        }
+        let event = Event::Update {
+            id: Id::generate_after(s.index.meta_id("last_id")?),
+            version_id,
+            description,
+            tags,
+            metadata,
+            at: crate::time::now_iso(),
+        };
+        self.poison(commit_event(&s, &event))?;
+        s.index
+            .version(version_id)?
+            .ok_or_else(|| Error::NotFound(format!("version {version_id}")))
+    }
+}
+
+fn is_store_path(e: &Error, dir: &Path) -> bool {
+    matches!(e, Error::Io { path, .. } if path.starts_with(dir))
+}
+
+fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
+    // Keys come from `path::` constructors, but a FileKey is a plain struct: check again.
+    for (what, s) in [
+        ("namespace", &key.namespace),
+        ("project", &key.project),
+        ("experiment", &key.experiment),
+        ("file name", &key.filename),
+    ] {
+        crate::path::segment(what, s)?;
+    }
+    if crate::path::prefix(&key.path)? != key.path {
+        return Err(Error::invalid(
+            "prefix",
+            key.path.clone(),
+            "is not normalized",
+        ));
+    }
+    record::check_tags(&v.tags)?;
+    record::check_metadata(&v.metadata)?;
+    if let Some(d) = &v.description
+        && d.len() > 64 * 1024
+    {
+        return Err(Error::invalid(
+            "description",
+            format!("{} bytes", d.len()),
+            "is larger than 64 KiB",
+        ));
+    }
+    Ok(())
+}
+
+fn next_version(ix: &Index, key: &FileKey) -> Result<u32> {
+    let last = ix.versions_of(key)?.last().map_or(0, |(v, _)| *v);
+    Ok(last.max(ix.deleted_up_to(key)?) + 1)
+}
+
+pub(crate) fn resolve_in(
+    s: &Session<'_>,
+    key: &FileKey,
+    version: Option<u32>,
+) -> Result<FileRecord> {
+    let versions = s.index.versions_of(key)?;
+    for (v, id) in versions.iter().rev() {
+        if version.is_some_and(|want| want != *v) {
+            continue;
+        }
+        let r = s
+            .index
+            .version(*id)?
+            .ok_or_else(|| Error::Index(format!("missing version {id}")))?;
+        if !r.is_deleted() {
+            return Ok(r);
+        }
+        if version.is_some() {
+            return Err(Error::NotFound(format!(
+                "{} version {} (deleted)",
+                key.display(),
+                v
+            )));
+        }
+    }
+    Err(Error::NotFound(match version {
+        Some(v) => format!("{} version {v}", key.display()),
+        None => key.display(),
+    }))
+}
+
+/// Write order: packs fsynced (by ingest) → chunk locations + pending marker in the index →
+/// manifest durable → version in the index. A crash between steps leaves either nothing visible
+/// or, via the pending marker, a version that `finish_pending` completes on the next open.
+fn commit_version(s: &Session<'_>, rec: &FileRecord, ing: Ingested) -> Result<()> {
+    let mut b = IndexBatch::default();
+    for (id, loc) in &ing.new_chunks {
+        b.put_chunk(id, loc);
+    }
+    for (id, len) in &ing.packs {
+        b.put_pack(*id, *len);
+    }
+    if let Some((id, _)) = ing.packs.last() {
+        b.set_meta("active_pack", &id.0);
+    }
+    b.set_meta("pending", &rec.id.0);
+    b.set_meta("last_id", &rec.id.0);
+    s.index.apply(b)?;
+    let m = Manifest {
+        format: manifest::FORMAT,
+        record: rec.clone(),
+        chunks: ing.chunks,
+    };
+    durable::write_atomic(&s.store.manifest_path(rec.id), &m.encode())?;
+    let mut b = IndexBatch::default();
+    b.put_version(rec);
+    b.remove_meta("pending");
+    s.index.apply(b)
+}
+
+fn commit_event(s: &Session<'_>, e: &Event) -> Result<()> {
+    let mut b = IndexBatch::default();
+    b.set_meta("pending", &e.id().0);
+    b.set_meta("last_id", &e.id().0);
+    s.index.apply(b)?;
+    durable::write_atomic(&s.store.event_path(e.id()), &manifest::encode_event(e))?;
+    let mut b = crate::recover::event_batch(&s.index, e)?;
+    b.remove_meta("pending");
+    s.index.apply(b)
+}
+
+/// What `list` shows.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub scope: Scope,
+    /// A normalized prefix; matches whole segments.
+    pub prefix: Option<String>,
+    /// Every tag must be present.
+    pub tags: Vec<String>,
+    /// Matched against the full path (`/a/b/name`), or the file name when it has no `/`.
+    pub glob: Option<globset::GlobMatcher>,
+    pub all_versions: bool,
+    pub include_deleted: bool,
+}
+
+impl ListFilter {
+    fn matches_path(&self, r: &FileRecord) -> bool {
+        if let Some(p) = &self.prefix
+            && !crate::path::under(&r.path, p)
+        {
+            return false;
+        }
+        if let Some(g) = &self.glob {
+            let has_slash = g.glob().glob().contains('/');
+            let target = if has_slash {
+                r.full_path()
+            } else {
+                r.filename.clone()
+            };
+            if !g.is_match(target) {
+                return false;
+            }
+        }
+        true
+    }
+}

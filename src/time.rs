@@ -1,0 +1,60 @@
+//! Timestamps as ISO-8601 UTC with microseconds and a literal `Z` (ml-dash's format).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now, as `2026-11-26T21:52:58.303680Z`.
+pub fn now_iso() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format_micros(d.as_secs() as i64, d.subsec_micros())
+}
+
+/// Format seconds since the epoch plus microseconds.
+pub fn format_micros(secs: i64, micros: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Milliseconds since the epoch as an ISO timestamp (used for ids).
+pub fn from_millis(ms: u64) -> String {
+    format_micros((ms / 1000) as i64, ((ms % 1000) * 1000) as u32)
+}
+
+// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_instants() {
+        assert_eq!(format_micros(0, 0), "1970-01-01T00:00:00.000000Z");
+        // 2026-11-26T21:52:58.303680Z
+        assert_eq!(
+            format_micros(1_795_730_000 - 1_795_730_000 % 86_400 + 78_778, 303_680),
+            "2026-11-26T21:52:58.303680Z"
+        );
+        assert_eq!(format_micros(951_782_400, 1), "2000-02-29T00:00:00.000001Z");
+        assert!(now_iso().ends_with('Z'));
+    }
+}
