@@ -185,6 +185,10 @@ impl Store {
         }
     }
 
+    pub(crate) fn check_poison_pub(&self) -> Result<()> {
+        self.check_poison()
+    }
+
     /// Mark the store unusable for writes after a failed durable step (never retry an fsync).
     pub(crate) fn poison<T>(&self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {

@@ -1,0 +1,442 @@
+//! One function per command.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use ml_dash::index::Scope;
+use ml_dash::path::{self, ExperimentKey, FileKey};
+use ml_dash::{FileRecord, ListFilter, NewVersion, Store};
+
+use super::progress::Progress;
+use super::{Cli, Cmd, DAMAGE, ExpArgs, ScopeArgs};
+
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    let root = cli.root;
+    match cli.cmd {
+        Cmd::Upload {
+            files,
+            exp,
+            prefix,
+            to,
+            description,
+            tags,
+            metadata,
+            json,
+        } => upload(
+            &root,
+            files,
+            exp,
+            prefix,
+            to,
+            description,
+            tags,
+            metadata,
+            json,
+        ),
+        Cmd::List {
+            scope,
+            prefix,
+            tags,
+            glob,
+            all_versions,
+            deleted,
+            json,
+        } => list(
+            &root,
+            scope,
+            prefix,
+            tags,
+            glob,
+            all_versions,
+            deleted,
+            json,
+        ),
+        Cmd::Download {
+            exp,
+            path,
+            version,
+            output,
+            json,
+        } => download(&root, exp, &path, version, output, json),
+        Cmd::Delete { exp, path, json } => {
+            let key = file_key(&exp, &path)?;
+            let store = open(&root)?;
+            let hidden = store.delete(&key)?;
+            let mut out = io::stdout().lock();
+            for r in &hidden {
+                if json {
+                    print_json(&mut out, r)?;
+                }
+            }
+            if !json {
+                writeln!(
+                    out,
+                    "deleted {} ({} version{})",
+                    key.full_path(),
+                    hidden.len(),
+                    if hidden.len() == 1 { "" } else { "s" }
+                )?;
+            }
+            Ok(0)
+        }
+        Cmd::Update {
+            exp,
+            path,
+            description,
+            tags,
+            metadata,
+            json,
+        } => {
+            let key = file_key(&exp, &path)?;
+            let metadata = metadata.map(|m| parse_metadata(&m)).transpose()?;
+            let store = open(&root)?;
+            let rec = store.resolve(&key, None)?;
+            let tags = (!tags.is_empty()).then_some(tags);
+            let rec = store.update(rec.id, description.map(Some), tags, metadata)?;
+            print_record(&mut io::stdout().lock(), &rec, json)?;
+            Ok(0)
+        }
+        Cmd::Verify { json } => {
+            let rep = open(&root)?.verify()?;
+            let mut out = io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
+            } else {
+                for f in &rep.damaged_files {
+                    writeln!(out, "DAMAGED {f}")?;
+                }
+                for p in &rep.problems {
+                    writeln!(out, "problem: {p}")?;
+                }
+                for n in &rep.notes {
+                    writeln!(out, "note: {n}")?;
+                }
+                writeln!(
+                    out,
+                    "{}: {} packs, {} chunks, {} versions, {} events checked",
+                    if rep.ok { "ok" } else { "DAMAGE FOUND" },
+                    rep.packs,
+                    rep.chunks,
+                    rep.versions,
+                    rep.events
+                )?;
+            }
+            Ok(if rep.ok { 0 } else { DAMAGE })
+        }
+        Cmd::Gc {
+            dry_run,
+            threshold,
+            json,
+        } => {
+            if !(0.0..=1.0).contains(&threshold) {
+                bail!("--threshold must be between 0 and 1");
+            }
+            let rep = open(&root)?.gc(dry_run, threshold)?;
+            let mut out = io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
+            } else {
+                let verb = if dry_run { "would free" } else { "freed" };
+                writeln!(
+                    out,
+                    "{verb} {} bytes: {} deleted versions, {} garbage chunks ({} bytes), {} packs deleted, {} rewritten; {} garbage bytes left below the threshold",
+                    rep.reclaimed_bytes,
+                    rep.deleted_versions,
+                    rep.garbage_chunks,
+                    rep.garbage_bytes,
+                    rep.packs_deleted,
+                    rep.packs_rewritten,
+                    rep.remaining_garbage_bytes
+                )?;
+            }
+            Ok(0)
+        }
+        Cmd::Stats { scope, json } => {
+            let st = open(&root)?.stats(&scope_of(&scope)?)?;
+            let mut out = io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&st)?)?;
+            } else {
+                writeln!(out, "files            {}", st.files)?;
+                writeln!(
+                    out,
+                    "versions         {} (+{} deleted)",
+                    st.versions, st.deleted_versions
+                )?;
+                writeln!(out, "logical bytes    {}", st.logical_bytes)?;
+                writeln!(out, "unique bytes     {}", st.unique_bytes)?;
+                writeln!(out, "stored bytes     {}", st.stored_bytes)?;
+                writeln!(out, "chunks           {}", st.chunks)?;
+                writeln!(out, "saving ratio     {:.2}x", st.saving_ratio)?;
+                writeln!(
+                    out,
+                    "packs            {} ({} bytes)",
+                    st.packs, st.pack_bytes
+                )?;
+            }
+            Ok(0)
+        }
+        Cmd::Repair { json } => {
+            let rep = open(&root)?.rebuild_index()?;
+            let mut out = io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
+            } else {
+                for d in &rep.damaged {
+                    writeln!(out, "damaged: {d}")?;
+                }
+                writeln!(
+                    out,
+                    "rebuilt index: {} packs, {} chunks, {} versions, {} events",
+                    rep.packs, rep.chunks, rep.versions, rep.events
+                )?;
+            }
+            Ok(if rep.damaged.is_empty() { 0 } else { DAMAGE })
+        }
+    }
+}
+
+fn open(root: &Path) -> Result<Store> {
+    Ok(Store::open(root)?)
+}
+
+fn exp_key(e: &ExpArgs) -> Result<ExperimentKey> {
+    Ok(ExperimentKey::new(&e.namespace, &e.project, &e.experiment)?)
+}
+
+fn file_key(e: &ExpArgs, full: &str) -> Result<FileKey> {
+    let (p, name) = path::split_full(full)?;
+    Ok(exp_key(e)?.file(p, name))
+}
+
+fn scope_of(s: &ScopeArgs) -> Result<Scope> {
+    for (what, v) in [
+        ("namespace", &s.namespace),
+        ("project", &s.project),
+        ("experiment", &s.experiment),
+    ] {
+        if let Some(v) = v {
+            path::segment(what, v)?;
+        }
+    }
+    Ok(Scope {
+        namespace: s.namespace.clone(),
+        project: s.project.clone(),
+        experiment: s.experiment.clone(),
+    })
+}
+
+fn parse_metadata(s: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(s).with_context(|| format!("--metadata is not valid JSON: {s:?}"))?;
+    ml_dash::record::check_metadata(&v)?;
+    Ok(v)
+}
+
+fn print_json(out: &mut impl Write, r: &FileRecord) -> Result<()> {
+    writeln!(out, "{}", serde_json::to_string(r)?)?;
+    Ok(())
+}
+
+fn print_record(out: &mut impl Write, r: &FileRecord, json: bool) -> Result<()> {
+    if json {
+        return print_json(out, r);
+    }
+    writeln!(
+        out,
+        "{}/{}/{}{}  v{}  {} bytes  sha256:{}  new {} bytes{}",
+        r.namespace,
+        r.project,
+        r.experiment,
+        r.full_path(),
+        r.version,
+        r.size_bytes,
+        r.checksum,
+        r.new_bytes,
+        if r.tags.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", r.tags.join(", "))
+        }
+    )?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn upload(
+    root: &Path,
+    files: Vec<PathBuf>,
+    exp: ExpArgs,
+    prefix: String,
+    to: Option<String>,
+    description: Option<String>,
+    tags: Vec<String>,
+    metadata: Option<String>,
+    json: bool,
+) -> Result<i32> {
+    // Check every argument and every source before storing anything.
+    let ek = exp_key(&exp)?;
+    let prefix = path::prefix(&prefix)?;
+    let metadata = metadata
+        .map(|m| parse_metadata(&m))
+        .transpose()?
+        .unwrap_or(serde_json::Value::Null);
+    ml_dash::record::check_tags(&tags)?;
+    if to.is_some() && files.len() > 1 {
+        bail!("--to names one file, but {} files were given", files.len());
+    }
+    let stdin_count = files.iter().filter(|f| f.as_os_str() == "-").count();
+    if stdin_count > 1 {
+        bail!("standard input (`-`) can be given only once");
+    }
+    let mut plan = Vec::new();
+    for f in &files {
+        let name = match (&to, f.as_os_str() == "-") {
+            (Some(t), _) => t.clone(),
+            (None, true) => bail!("uploading standard input (`-`) needs --to NAME"),
+            (None, false) => f
+                .file_name()
+                .with_context(|| format!("{} has no file name", f.display()))?
+                .to_str()
+                .with_context(|| {
+                    format!(
+                        "{}: file name is not UTF-8; give a name with --to",
+                        f.display()
+                    )
+                })?
+                .to_string(),
+        };
+        if f.as_os_str() != "-" {
+            let m = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+            if m.is_dir() {
+                bail!("{} is a directory", f.display());
+            }
+            if !m.is_file() {
+                bail!(
+                    "{} is not a regular file (FIFO, socket or device)",
+                    f.display()
+                );
+            }
+        }
+        let (dir, filename) = path::target(&prefix, &name)?;
+        plan.push((f.clone(), ek.file(dir, filename)));
+    }
+    let store = open(root)?;
+    let mut out = io::stdout().lock();
+    for (src, key) in plan {
+        let v = NewVersion {
+            description: description.clone(),
+            tags: tags.clone(),
+            metadata: metadata.clone(),
+        };
+        let rec = if src.as_os_str() == "-" {
+            let p = Progress::start(&key.filename, None, !json);
+            store.put_reader(io::stdin(), &key, v, Some(&p.counter))?
+        } else {
+            let total = std::fs::metadata(&src).map(|m| m.len()).ok();
+            let p = Progress::start(&key.filename, total, !json);
+            store.put_file(&src, &key, v, Some(&p.counter))?
+        };
+        print_record(&mut out, &rec, json)?;
+    }
+    Ok(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn list(
+    root: &Path,
+    scope: ScopeArgs,
+    prefix: Option<String>,
+    tags: Vec<String>,
+    glob: Option<String>,
+    all_versions: bool,
+    deleted: bool,
+    json: bool,
+) -> Result<i32> {
+    let glob = glob
+        .map(|g| {
+            globset::GlobBuilder::new(&g)
+                .literal_separator(true)
+                .build()
+                .map(|g| g.compile_matcher())
+        })
+        .transpose()
+        .context("bad --glob pattern")?;
+    let f = ListFilter {
+        scope: scope_of(&scope)?,
+        prefix: prefix.map(|p| path::prefix(&p)).transpose()?,
+        tags,
+        glob,
+        all_versions,
+        include_deleted: deleted,
+    };
+    let recs = open(root)?.list(&f)?;
+    let mut out = io::stdout().lock();
+    for r in &recs {
+        if json {
+            print_json(&mut out, r)?;
+        } else {
+            writeln!(
+                out,
+                "{}/{}/{}{}\tv{}\t{}\t{}\t{}{}{}",
+                r.namespace,
+                r.project,
+                r.experiment,
+                r.full_path(),
+                r.version,
+                r.size_bytes,
+                &r.checksum.to_hex()[..16],
+                r.uploaded_at,
+                if r.tags.is_empty() {
+                    String::new()
+                } else {
+                    format!("\t[{}]", r.tags.join(","))
+                },
+                if r.deleted_at.is_some() {
+                    "\tDELETED"
+                } else {
+                    ""
+                }
+            )?;
+        }
+    }
+    Ok(0)
+}
+
+fn download(
+    root: &Path,
+    exp: ExpArgs,
+    full: &str,
+    version: Option<u32>,
+    output: Option<String>,
+    json: bool,
+) -> Result<i32> {
+    let key = file_key(&exp, full)?;
+    let store = open(root)?;
+    let rec = match output.as_deref() {
+        Some("-") => {
+            let mut so = io::BufWriter::with_capacity(1 << 20, io::stdout());
+            store.download_to(&key, version, &mut so)?
+        }
+        other => {
+            let dest = PathBuf::from(other.unwrap_or(&key.filename));
+            let r = store.download(&key, version, &dest)?;
+            if json {
+                print_json(&mut io::stdout().lock(), &r)?;
+            } else if io::IsTerminal::is_terminal(&io::stdout()) {
+                writeln!(
+                    io::stdout().lock(),
+                    "{} -> {} ({} bytes, sha256 {})",
+                    r.full_path(),
+                    dest.display(),
+                    r.size_bytes,
+                    r.checksum
+                )?;
+            }
+            r
+        }
+    };
+    let _ = rec;
+    Ok(0)
+}

@@ -1,0 +1,194 @@
+//! Argument parsing, output and exit codes. Errors print one line on stderr and exit 2;
+//! `verify` exits 1 when it finds damage; a closed stdout (broken pipe) exits 0.
+
+mod commands;
+mod progress;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ml-dash",
+    version,
+    about = "Content-addressed artifact store for ML experiments"
+)]
+pub struct Cli {
+    /// Store directory.
+    #[arg(
+        long,
+        global = true,
+        env = "ML_DASH_ROOT",
+        default_value = "./.ml-dash"
+    )]
+    pub root: PathBuf,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct ExpArgs {
+    #[arg(long)]
+    pub project: String,
+    #[arg(long)]
+    pub experiment: String,
+    #[arg(long, default_value = "local")]
+    pub namespace: String,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct ScopeArgs {
+    #[arg(long)]
+    pub project: Option<String>,
+    #[arg(long)]
+    pub experiment: Option<String>,
+    #[arg(long)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Store files as new versions (FILE `-` reads standard input; then --to is required).
+    Upload {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        exp: ExpArgs,
+        #[arg(long, default_value = "/")]
+        prefix: String,
+        /// Store under this name (relative; only with one FILE).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// A JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List files (latest live version of each path unless --all-versions).
+    List {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Matches whole path segments: /models matches /models/x, not /models_old.
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Glob on the full path (/a/*.pth) or, without `/`, on the file name (*.pth).
+        #[arg(long)]
+        glob: Option<String>,
+        #[arg(long)]
+        all_versions: bool,
+        /// Include deleted versions.
+        #[arg(long)]
+        deleted: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file's bytes (verified) to OUT, `-` for standard output (default: ./FILENAME).
+    Download {
+        #[command(flatten)]
+        exp: ExpArgs,
+        /// /a/b/name
+        path: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(short = 'o', long = "output")]
+        output: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Soft-delete every version of a path (gc reclaims the space).
+    Delete {
+        #[command(flatten)]
+        exp: ExpArgs,
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change description, tags or metadata of the latest version of a path.
+    Update {
+        #[command(flatten)]
+        exp: ExpArgs,
+        path: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Replaces all tags (repeat for several).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        metadata: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every pack, manifest and record; exit 1 and name damaged files if any.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reclaim space of deleted versions and unreferenced chunks.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite a pack when at least this fraction of it is garbage.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Files, versions, logical / unique / stored bytes.
+    Stats {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the index from packs, manifests and events.
+    Repair {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code for "ran, and found damage" (verify).
+pub const DAMAGE: i32 = 1;
+
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return 0;
+            }
+            let mut msg = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(&format!(": {c}"));
+                }
+            }
+            let _ = writeln!(std::io::stderr(), "{msg}");
+            2
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(c.downcast_ref::<ml_dash::Error>(), Some(ml_dash::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

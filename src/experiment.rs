@@ -1,0 +1,229 @@
+//! The user-facing API of the seed: an `Experiment` and its `file(...)` builder.
+//!
+//! ```no_run
+//! use ml_dash::Experiment;
+//! let exp = Experiment::new("my-experiment", "project").local_path(".ml-dash").open()?;
+//! let rec = exp.file("model.pth").prefix("/models").tags(["best"]).save()?;
+//! println!("{} {} {}", rec.filename, rec.size_bytes, rec.checksum);
+//! # Ok::<(), ml_dash::Error>(())
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::Scope;
+use crate::path::{self, ExperimentKey, FileKey};
+use crate::read::FileReader;
+use crate::record::FileRecord;
+use crate::store::{ListFilter, NewVersion, Store, StoreOptions};
+
+/// Settings for opening an experiment.
+pub struct ExperimentBuilder {
+    name: String,
+    project: String,
+    namespace: String,
+    local_path: PathBuf,
+    options: StoreOptions,
+}
+
+impl ExperimentBuilder {
+    /// Namespace (default `local`).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+    /// Store directory (default `.ml-dash`).
+    pub fn local_path(mut self, p: impl Into<PathBuf>) -> Self {
+        self.local_path = p.into();
+        self
+    }
+    /// Store options (default `StoreOptions::default()`).
+    pub fn options(mut self, o: StoreOptions) -> Self {
+        self.options = o;
+        self
+    }
+    /// Open (creating the store if needed). Takes no lock that outlives a call.
+    pub fn open(self) -> Result<Experiment> {
+        let key = ExperimentKey::new(&self.namespace, &self.project, &self.name)?;
+        let store = Store::open_with(&self.local_path, self.options)?;
+        Ok(Experiment { store, key })
+    }
+}
+
+/// One experiment in a store.
+#[derive(Clone)]
+pub struct Experiment {
+    store: Store,
+    key: ExperimentKey,
+}
+
+impl Experiment {
+    pub fn new(name: impl Into<String>, project: impl Into<String>) -> ExperimentBuilder {
+        ExperimentBuilder {
+            name: name.into(),
+            project: project.into(),
+            namespace: "local".into(),
+            local_path: PathBuf::from(".ml-dash"),
+            options: StoreOptions::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn key(&self) -> &ExperimentKey {
+        &self.key
+    }
+
+    /// Start an upload of the file at `path`; finish with `.save()`.
+    pub fn file(&self, path: impl AsRef<Path>) -> FileUpload<'_> {
+        FileUpload {
+            exp: self,
+            src: path.as_ref().to_path_buf(),
+            prefix: "/".into(),
+            to: None,
+            v: NewVersion::default(),
+        }
+    }
+
+    /// `/a/b/name` in this experiment.
+    pub fn file_key(&self, full_path: &str) -> Result<FileKey> {
+        let (p, name) = path::split_full(full_path)?;
+        Ok(self.key.file(p, name))
+    }
+
+    /// Latest live version of every file (at or under `prefix`, `/` for all).
+    pub fn files(&self, prefix: &str) -> Result<Vec<FileRecord>> {
+        self.list(ListFilter {
+            prefix: Some(path::prefix(prefix)?),
+            ..Default::default()
+        })
+    }
+
+    /// Files matching a filter (its scope is set to this experiment).
+    pub fn list(&self, mut f: ListFilter) -> Result<Vec<FileRecord>> {
+        f.scope = Scope {
+            namespace: Some(self.key.namespace.clone()),
+            project: Some(self.key.project.clone()),
+            experiment: Some(self.key.experiment.clone()),
+        };
+        self.store.list(&f)
+    }
+
+    /// Latest live version (or `version`) of `/a/b/name`.
+    pub fn get(&self, full_path: &str, version: Option<u32>) -> Result<FileRecord> {
+        self.store.resolve(&self.file_key(full_path)?, version)
+    }
+
+    /// Download to a path (atomic: temp file + rename after every chunk verified).
+    pub fn download(&self, full_path: &str, dest: impl AsRef<Path>) -> Result<FileRecord> {
+        self.store
+            .download(&self.file_key(full_path)?, None, dest.as_ref())
+    }
+
+    /// Download a given version into a writer.
+    pub fn download_to(
+        &self,
+        full_path: &str,
+        version: Option<u32>,
+        out: &mut (dyn Write + Send),
+    ) -> Result<FileRecord> {
+        self.store
+            .download_to(&self.file_key(full_path)?, version, out)
+    }
+
+    /// Open for reading (`Read + Seek`).
+    pub fn open(&self, full_path: &str, version: Option<u32>) -> Result<FileReader> {
+        self.store.open_file(&self.file_key(full_path)?, version)
+    }
+
+    /// Soft-delete every version of a path.
+    pub fn delete(&self, full_path: &str) -> Result<Vec<FileRecord>> {
+        self.store.delete(&self.file_key(full_path)?)
+    }
+
+    /// Replace description / tags / metadata of the latest live version of a path.
+    pub fn update(
+        &self,
+        full_path: &str,
+        description: Option<Option<String>>,
+        tags: Option<Vec<String>>,
+        metadata: Option<serde_json::Value>,
+    ) -> Result<FileRecord> {
+        let rec = self.get(full_path, None)?;
+        self.store.update(rec.id, description, tags, metadata)
+    }
+
+    /// Replace metadata of a version by id.
+    pub fn update_version(&self, id: Id, metadata: serde_json::Value) -> Result<FileRecord> {
+        self.store.update(id, None, None, Some(metadata))
+    }
+}
+
+/// An upload being described; nothing happens until `save`.
+pub struct FileUpload<'a> {
+    exp: &'a Experiment,
+    src: PathBuf,
+    prefix: String,
+    to: Option<String>,
+    v: NewVersion,
+}
+
+impl FileUpload<'_> {
+    /// Directory in the experiment (default `/`).
+    pub fn prefix(mut self, p: impl Into<String>) -> Self {
+        self.prefix = p.into();
+        self
+    }
+    /// Store under another name (a relative path; default: the source's file name).
+    pub fn to(mut self, name: impl Into<String>) -> Self {
+        self.to = Some(name.into());
+        self
+    }
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.v.description = Some(d.into());
+        self
+    }
+    pub fn tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.v.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+    /// A JSON object (default null).
+    pub fn metadata(mut self, m: serde_json::Value) -> Self {
+        self.v.metadata = m;
+        self
+    }
+
+    /// Check everything, then store the file as a new version.
+    pub fn save(self) -> Result<FileRecord> {
+        let prefix = path::prefix(&self.prefix)?;
+        let name = match &self.to {
+            Some(t) => t.clone(),
+            None => self
+                .src
+                .file_name()
+                .ok_or_else(|| {
+                    Error::invalid("source", self.src.display().to_string(), "has no file name")
+                })?
+                .to_str()
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "source",
+                        self.src.display().to_string(),
+                        "file name is not UTF-8; give a name with `to`",
+                    )
+                })?
+                .to_string(),
+        };
+        let (dir, filename) = path::target(&prefix, &name)?;
+        let key = self.exp.key.file(dir, filename);
+        self.exp.store.put_file(&self.src, &key, self.v, None)
+    }
+}

@@ -1,0 +1,166 @@
+//! `verify`: check every pack, every manifest and every record, and name damaged files.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::digest::ChunkId;
+use crate::error::Result;
+use crate::id::Id;
+use crate::manifest;
+use crate::pack::{self, ScanEnd};
+use crate::recover::list_ids;
+use crate::store::Store;
+
+/// What `verify` found. Healthy when `damaged_files` and `problems` are both empty.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub packs: usize,
+    pub chunks: usize,
+    pub versions: usize,
+    pub events: usize,
+    /// `ns/project/experiment/path/name vN` of every version whose bytes cannot be read back.
+    pub damaged_files: Vec<String>,
+    /// Damage that does not (yet) affect a file, and inconsistencies, one line each.
+    pub problems: Vec<String>,
+    /// Harmless leftovers (a torn pack tail after a crash), reported for information.
+    pub notes: Vec<String>,
+}
+
+impl Store {
+    /// Read and check everything: O(store size).
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let s = self.session()?;
+        let mut rep = VerifyReport::default();
+        // 1. Every record of every pack: header check, decode, BLAKE3.
+        let mut good: HashSet<(Id, u64, ChunkId)> = HashSet::new();
+        let mut pack_lens: HashMap<Id, u64> = HashMap::new();
+        for (pid, path) in list_ids(&self.dir("packs"), "pack")? {
+            rep.packs += 1;
+            let mut bad_in_pack = Vec::new();
+            let how = pack::scan(&path, pid, true, |r| {
+                if r.data_ok == Some(true) {
+                    good.insert((pid, r.offset, r.header.id));
+                } else {
+                    bad_in_pack.push(format!(
+                        "{}: chunk {} at offset {} fails its check",
+                        path.display(),
+                        r.header.id,
+                        r.offset
+                    ));
+                }
+            })?;
+            rep.problems.extend(bad_in_pack);
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            pack_lens.insert(pid, len);
+            match how {
+                ScanEnd::Clean => {}
+                ScanEnd::TornTail { offset } => {
+                    let committed = s.index.pack_len(pid)?.unwrap_or(0);
+                    if offset < committed {
+                        rep.problems.push(format!(
+                            "{}: truncated at {offset}, index expects {committed} bytes",
+                            path.display()
+                        ));
+                    } else {
+                        rep.notes.push(format!("{}: incomplete record after offset {offset} (interrupted write, harmless)", path.display()));
+                    }
+                }
+                ScanEnd::Damaged { offset, reason } => rep.problems.push(format!(
+                    "{}: {reason} at offset {offset}; later records unreadable",
+                    path.display()
+                )),
+            }
+        }
+        // 2. Every indexed chunk must sit at a good record.
+        let mut bad_chunks: HashSet<ChunkId> = HashSet::new();
+        for c in s.index.chunks() {
+            let (id, loc) = c?;
+            rep.chunks += 1;
+            if !good.contains(&(loc.pack, loc.offset, id)) {
+                bad_chunks.insert(id);
+            }
+        }
+        // 3. Every version: manifest readable, consistent, and all its chunks good.
+        let mut indexed: HashSet<Id> = HashSet::new();
+        for r in s.index.scan_versions(&Default::default()) {
+            let r = r?;
+            rep.versions += 1;
+            indexed.insert(r.id);
+            let name = format!("{} v{}", r.key().display(), r.version);
+            match crate::read::load_manifest(&s, &r) {
+                Err(e) => {
+                    if !r.is_deleted() {
+                        rep.damaged_files.push(format!("{name}: {e}"));
+                    }
+                }
+                Ok(m) => {
+                    let same = m.record.key() == r.key()
+                        && m.record.version == r.version
+                        && m.record.content_type == r.content_type;
+                    if !same {
+                        rep.damaged_files
+                            .push(format!("{name}: manifest record differs from the index"));
+                    } else if let Some((id, _)) = m.chunks.iter().find(|(id, _)| {
+                        bad_chunks.contains(id) || s.index.chunk(id).ok().flatten().is_none()
+                    }) {
+                        rep.damaged_files
+                            .push(format!("{name}: chunk {id} is damaged or missing"));
+                    }
+                }
+            }
+        }
+        // 4. Manifests the index does not know (other than deleted ones gc is removing).
+        for (id, path) in list_ids(&self.dir("manifests"), "manifest")? {
+            if indexed.contains(&id) {
+                continue;
+            }
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| manifest::Manifest::decode(&b, "").map_err(|e| e.to_string()))
+            {
+                Ok(m) if m.record.version <= s.index.deleted_up_to(&m.record.key())? => {}
+                Ok(_) => rep.problems.push(format!(
+                    "{}: manifest not in the index (run `ml-dash repair`)",
+                    path.display()
+                )),
+                Err(e) => rep
+                    .problems
+                    .push(format!("{}: unreadable manifest: {e}", path.display())),
+            }
+        }
+        // 5. Events.
+        for (id, path) in list_ids(&self.dir("events"), "event")? {
+            rep.events += 1;
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| manifest::decode_event(&b, "").map_err(|e| e.to_string()))
+            {
+                Ok(e) if e.id() == id => {}
+                Ok(_) => rep.problems.push(format!(
+                    "{}: event id does not match its name",
+                    path.display()
+                )),
+                Err(e) => rep
+                    .problems
+                    .push(format!("{}: unreadable event: {e}", path.display())),
+            }
+        }
+        for (pid, committed) in s.index.packs()? {
+            match pack_lens.get(&pid) {
+                None => rep
+                    .problems
+                    .push(format!("pack {pid} is in the index but missing on disk")),
+                Some(len) if *len < committed => rep
+                    .problems
+                    .push(format!("pack {pid} is shorter than the index says")),
+                _ => {}
+            }
+        }
+        rep.damaged_files.sort();
+        rep.ok = rep.damaged_files.is_empty() && rep.problems.is_empty();
+        Ok(rep)
+    }
+}
