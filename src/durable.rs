@@ -56,14 +56,30 @@ impl AtomicFile {
     }
 
     /// Flush, fsync, rename over the destination and fsync its directory.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.finish(true)
+    }
+
+    /// Flush and rename into place without fsync: the destination shows the old content or the
+    /// complete new content, never partial bytes, but a power loss may lose the new content.
+    /// For copies the store can always make again (downloads), like `cp`.
+    pub fn commit_no_sync(self) -> Result<()> {
+        self.finish(false)
+    }
+
+    fn finish(mut self, durable: bool) -> Result<()> {
         let out = self.out.take().expect("commit once");
         let file = out
             .into_inner()
             .map_err(|e| Error::io(&self.temp, e.into_error()))?;
-        file.sync_all().at(&self.temp)?;
+        if durable {
+            file.sync_all().at(&self.temp)?;
+        }
         drop(file);
         fs::rename(&self.temp, &self.dest).at(&self.dest)?;
+        if !durable {
+            return Ok(());
+        }
         let dir = match self.dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

@@ -223,7 +223,8 @@ impl Store {
     }
 
     /// Download a version to `dest`. The bytes land under a temporary name and are renamed into
-    /// place only when every chunk has been verified, so `dest` never holds wrong bytes.
+    /// place only when every chunk has been verified, so `dest` never holds wrong bytes. Like
+    /// `cp`, the copy is not fsynced (the store can always make it again).
     pub fn download(&self, key: &FileKey, version: Option<u32>, dest: &Path) -> Result<FileRecord> {
         let r = self.open_file(key, version)?;
         if dest.is_dir() {
@@ -235,7 +236,7 @@ impl Store {
         }
         let mut out = AtomicFile::create(dest)?;
         r.copy_to(&mut out)?;
-        out.commit()?;
+        out.commit_no_sync()?;
         Ok(r.record)
     }
 
