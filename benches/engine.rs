@@ -1,1 +1,152 @@
-fn main() {}
+//! Criterion benches per stage: chunker, BLAKE3, SHA-256, compression decision, pack writes,
+//! end-to-end ingest (new and already-stored data) and verified download.
+//!
+//! `cargo bench --bench engine`; `cargo bench --bench engine -- --test` runs each once (CI).
+
+use std::hint::black_box;
+use std::io::Cursor;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ml_dash::chunker::{Chunker, ChunkerConfig};
+use ml_dash::codec::{self, Compression};
+use ml_dash::path::ExperimentKey;
+use ml_dash::{NewVersion, Store};
+use sha2::Digest as _;
+
+const MIB: usize = 1 << 20;
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// fp32 weights, roughly normal: what checkpoints hold.
+fn floats(n: usize) -> Vec<u8> {
+    let raw = noise(n * 2, 99);
+    raw.chunks(8)
+        .flat_map(|c| {
+            let u: f32 = c.iter().map(|&b| b as f32 / 255.0).sum::<f32>() / 8.0;
+            ((u - 0.5) * 0.1).to_le_bytes()
+        })
+        .take(n)
+        .collect()
+}
+
+fn stages(c: &mut Criterion) {
+    let data = noise(64 * MIB, 1);
+    let mut g = c.benchmark_group("stage");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.sample_size(10);
+    let chunker = Chunker::new(ChunkerConfig::default()).unwrap();
+    g.bench_function("fastcdc_64MiB", |b| {
+        b.iter(|| {
+            let mut cuts = Vec::new();
+            black_box(chunker.cuts(&data, true, &mut cuts))
+        })
+    });
+    g.bench_function("blake3_64MiB", |b| {
+        b.iter(|| black_box(blake3::hash(&data)))
+    });
+    g.bench_function("sha256_64MiB", |b| {
+        b.iter(|| black_box(sha2::Sha256::digest(&data)))
+    });
+    let fl = floats(64 * MIB);
+    g.bench_function("codec_auto_random_64MiB", |b| {
+        b.iter(|| {
+            data.chunks(64 * 1024)
+                .filter(|c| codec::encode(c, Compression::Auto(1)).is_some())
+                .count()
+        })
+    });
+    g.bench_function("codec_auto_fp32_64MiB", |b| {
+        b.iter(|| {
+            fl.chunks(64 * 1024)
+                .filter_map(|c| codec::encode(c, Compression::Auto(1)))
+                .map(|v| v.len())
+                .sum::<usize>()
+        })
+    });
+    g.bench_function("pack_append_64MiB", |b| {
+        b.iter_with_setup(
+            || tempfile::tempdir().unwrap(),
+            |dir| {
+                let mut w = ml_dash::pack::PackWriter::create(dir.path()).unwrap();
+                for c in data.chunks(64 * 1024) {
+                    w.append(
+                        ml_dash::digest::ChunkId::default(),
+                        c.len() as u32,
+                        ml_dash::codec::Codec::Raw,
+                        c,
+                    )
+                    .unwrap();
+                }
+                w.sync().unwrap();
+            },
+        )
+    });
+    g.finish();
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let size = 128 * MIB;
+    let data = noise(size, 2);
+    let key = ExperimentKey::new("local", "bench", "e")
+        .unwrap()
+        .file("/".into(), "f.bin".into());
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Bytes(size as u64));
+    g.sample_size(10);
+    g.bench_function("ingest_new_128MiB", |b| {
+        b.iter_with_setup(
+            || tempfile::tempdir().unwrap(),
+            |dir| {
+                let s = Store::open(dir.path()).unwrap();
+                s.put_reader(Cursor::new(&data), &key, NewVersion::default(), None)
+                    .unwrap();
+            },
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.put_reader(Cursor::new(&data), &key, NewVersion::default(), None)
+        .unwrap();
+    g.bench_function("ingest_known_128MiB", |b| {
+        b.iter(|| {
+            s.put_reader(Cursor::new(&data), &key, NewVersion::default(), None)
+                .unwrap()
+        })
+    });
+    g.bench_function("download_verified_128MiB", |b| {
+        b.iter(|| {
+            let mut sink = std::io::sink();
+            s.download_to(&key, Some(1), &mut sink).unwrap()
+        })
+    });
+    g.finish();
+
+    // Dedup ratio on a shifted copy (reported, not timed).
+    let mut shifted = b"inserted header bytes".to_vec();
+    shifted.extend_from_slice(&data[..32 * MIB]);
+    let k2 = ExperimentKey::new("local", "bench", "e")
+        .unwrap()
+        .file("/".into(), "shifted.bin".into());
+    let r = s
+        .put_reader(Cursor::new(&shifted), &k2, NewVersion::default(), None)
+        .unwrap();
+    eprintln!(
+        "dedup on a 32 MiB copy shifted by 21 bytes: {} new bytes ({:.2}% of the file)",
+        r.new_bytes,
+        100.0 * r.new_bytes as f64 / shifted.len() as f64
+    );
+}
+
+criterion_group!(benches, stages, end_to_end);
+criterion_main!(benches);

@@ -44,9 +44,9 @@ impl Chunker {
             && (1024..=MAX_CHUNK_LIMIT).contains(&cfg.max)
             && cfg.min < cfg.avg
             && cfg.avg < cfg.max
-            && cfg.min % 2 == 0
-            && cfg.avg % 2 == 0
-            && cfg.max % 2 == 0;
+            && cfg.min.is_multiple_of(2)
+            && cfg.avg.is_multiple_of(2)
+            && cfg.max.is_multiple_of(2);
         if !ok {
             return Err(Error::invalid(
                 "chunker config",

@@ -60,6 +60,9 @@ pub struct Experiment {
 }
 
 impl Experiment {
+    /// Describe an experiment; finish with `.open()`. (Returns a builder, mirroring the seed's
+    /// `Experiment(name=, project=, local_path=)` keyword arguments.)
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(name: impl Into<String>, project: impl Into<String>) -> ExperimentBuilder {
         ExperimentBuilder {
             name: name.into(),

@@ -88,13 +88,30 @@ impl Scope {
 
 impl Index {
     /// Open (or create) the index in `dir`.
+    ///
+    /// Callers hold the store lock, so no other process has the index open. sled drops its own
+    /// file lock asynchronously (a background thread may hold the last reference for a moment
+    /// after `Db` is dropped), so a `WouldBlock` here means our own previous handle is still
+    /// closing: retry for up to 10 s.
     pub fn open(dir: &Path) -> Result<Index> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 << 20)
-            .flush_every_ms(None)
-            .open()
-            .map_err(ie)?;
+        let start = std::time::Instant::now();
+        let db = loop {
+            let r = sled::Config::new()
+                .path(dir)
+                .cache_capacity(64 << 20)
+                .flush_every_ms(None)
+                .open();
+            match r {
+                Err(sled::Error::Io(e))
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
+                        && start.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                other => break other.map_err(ie)?,
+            }
+        };
         let ix = Index { db };
         match ix.meta("format")? {
             None => {

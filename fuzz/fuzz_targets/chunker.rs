@@ -1,0 +1,32 @@
+//! Chunker: chunks concatenate to the input, respect the bounds, and streaming in windows of
+//! any size gives the same cuts as chunking at once.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use ml_dash::chunker::{Chunker, ChunkerConfig};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let window = 1024 + data[0] as usize * 64;
+    let c = Chunker::new(ChunkerConfig {
+        min: 64,
+        avg: 256,
+        max: 1024,
+    })
+    .unwrap();
+    let mut whole = Vec::new();
+    assert_eq!(c.cuts(data, true, &mut whole), data.len());
+    assert!(whole.iter().all(|&l| l <= 1024));
+    let mut streamed = Vec::new();
+    let (mut start, mut end) = (0, 0);
+    loop {
+        end = (end + window).min(data.len());
+        let eof = end == data.len();
+        start += c.cuts(&data[start..end], eof, &mut streamed);
+        if eof {
+            break;
+        }
+    }
+    assert_eq!(whole, streamed);
+});
