@@ -145,17 +145,19 @@ fn read_windows(
 ) -> Result<()> {
     let mut carry: Option<Bytes> = None;
     let mut cuts = Vec::new();
+    // The carried tail is shorter than one max-size chunk; keep windows well above that.
+    let window_len = WINDOW.max(4 * cfg.chunker.config().max);
     loop {
         let Ok(mut buf) = pool_rx.recv() else {
             return Ok(());
         };
-        buf.resize(WINDOW, 0);
+        buf.resize(window_len, 0);
         let carried = carry.as_ref().map_or(0, |c| c.len());
         if let Some(c) = carry.take() {
             buf[..carried].copy_from_slice(&c);
         }
         let fresh = read_full(src, &mut buf[carried..]).map_err(|e| Error::io("<source>", e))?;
-        let eof = carried + fresh < WINDOW;
+        let eof = carried + fresh < window_len;
         let len = carried + fresh;
         let window = Bytes::from_owner(PoolBuf {
             buf,

@@ -56,7 +56,11 @@ pub enum Event {
         description: Option<Option<String>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tags: Option<Vec<String>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
         metadata: Option<serde_json::Value>,
         at: String,
     },
@@ -69,6 +73,14 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// A present value (even `null`) → `Some`; absent → `None` via `default`.
+fn present<'de, D>(d: D) -> std::result::Result<Option<serde_json::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 impl Event {

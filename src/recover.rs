@@ -83,11 +83,18 @@ pub(crate) fn finish_pending(s: &Session<'_>) -> Result<()> {
     let mut b = IndexBatch::default();
     let mp = s.store.manifest_path(id);
     let ep = s.store.event_path(id);
+    // A file that exists under its final name was renamed there complete; if it does not
+    // decode anyway (disk damage), drop the marker and leave the report to `verify`.
     if let Some(bytes) = read_if_exists(&mp)? {
-        let m = Manifest::decode(&bytes, &mp.display().to_string())?;
-        b.put_version(&m.record);
-    } else if let Some(bytes) = read_if_exists(&ep)? {
-        let e = manifest::decode_event(&bytes, &ep.display().to_string())?;
+        if let Ok(m) = Manifest::decode(&bytes, &mp.display().to_string())
+            && m.record.id == id
+        {
+            b.put_version(&m.record);
+        }
+    } else if let Some(bytes) = read_if_exists(&ep)?
+        && let Ok(e) = manifest::decode_event(&bytes, &ep.display().to_string())
+        && e.id() == id
+    {
         b = event_batch(&s.index, &e)?;
     }
     b.remove_meta("pending");
@@ -136,9 +143,16 @@ impl Store {
     /// the index is missing, damaged, or will not open.
     pub fn rebuild_index(&self) -> Result<RebuildReport> {
         let _lock = self.lock()?;
+        self.rebuild_locked()
+    }
+
+    /// The rebuild itself; the caller holds the store lock.
+    pub(crate) fn rebuild_locked(&self) -> Result<RebuildReport> {
         let dir = self.dir("index");
-        if dir.exists() {
-            fs::remove_dir_all(&dir).at(&dir)?;
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&dir).at(&dir)?,
+            Ok(_) => fs::remove_file(&dir).at(&dir)?,
+            Err(_) => {}
         }
         let ix = Index::open(&dir)?;
         let mut rep = RebuildReport::default();

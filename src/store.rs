@@ -110,7 +110,16 @@ impl Store {
     }
 
     pub fn open_with(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
-        let root = root.as_ref().to_path_buf();
+        Store::open_inner(root.as_ref(), opts, true)
+    }
+
+    /// Open an existing store; never creates one (for read-only commands).
+    pub fn open_existing(root: impl AsRef<Path>) -> Result<Store> {
+        Store::open_inner(root.as_ref(), StoreOptions::default(), false)
+    }
+
+    fn open_inner(root: &Path, opts: StoreOptions, create: bool) -> Result<Store> {
+        let root = root.to_path_buf();
         let bad = |reason: String| Error::BadStore {
             root: root.clone(),
             reason,
@@ -118,38 +127,45 @@ impl Store {
         match fs::metadata(&root) {
             Ok(m) if !m.is_dir() => return Err(bad("exists and is not a directory".into())),
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 fs::create_dir_all(&root).map_err(|e| bad(format!("cannot create it: {e}")))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(bad(
+                    "no ml-dash store here (the first upload creates one)".into()
+                ));
             }
             Err(e) => return Err(bad(e.to_string())),
         }
         let format_path = root.join(FORMAT_FILE);
+        let check_format = |b: &[u8]| -> Result<()> {
+            let v: serde_json::Value =
+                serde_json::from_slice(b).map_err(|_| bad("FORMAT file is damaged".into()))?;
+            if v.get("format").and_then(|f| f.as_u64()) != Some(STORE_FORMAT as u64) {
+                return Err(bad(format!("unsupported store format {}", v["format"])));
+            }
+            Ok(())
+        };
         match fs::read(&format_path) {
-            Ok(b) => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&b).map_err(|_| bad("FORMAT file is damaged".into()))?;
-                if v.get("format").and_then(|f| f.as_u64()) != Some(STORE_FORMAT as u64) {
-                    return Err(bad(format!("unsupported store format {}", v["format"])));
-                }
+            Ok(b) => check_format(&b)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                return Err(bad(
+                    "no ml-dash store here (the first upload creates one)".into()
+                ));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let entries = fs::read_dir(&root).map_err(|e| bad(e.to_string()))?;
-                if entries.flatten().any(|e| {
-                    e.file_name() != "lock"
-                        && !e.file_name().to_string_lossy().starts_with(".FORMAT")
-                }) {
-                    return Err(bad(
-                        "directory is not empty and has no FORMAT file: not an ml-dash store"
-                            .into(),
-                    ));
+                // Refuse a foreign directory before creating anything in it.
+                check_empty_for_create(&root)?;
+                // Create under the store lock so that processes racing to create the same
+                // store agree: the loser finds FORMAT when it gets the lock.
+                let _lock = acquire_lock(&root.join("lock"), opts.lock_timeout)?;
+                match fs::read(&format_path) {
+                    Ok(b) => check_format(&b)?,
+                    Err(_) => create_layout(&root).map_err(|e| match e {
+                        Error::BadStore { .. } => e,
+                        other => bad(other.to_string()),
+                    })?,
                 }
-                for d in ["packs", "manifests", "events", "index"] {
-                    fs::create_dir_all(root.join(d))
-                        .map_err(|e| bad(format!("cannot create {d}/: {e}")))?;
-                }
-                durable::fsync_dir(&root)?;
-                let body = serde_json::json!({"format": STORE_FORMAT, "kind": "ml-dash artifact store", "packFormat": crate::pack::PACK_FORMAT, "manifestFormat": manifest::FORMAT});
-                durable::write_atomic(&format_path, format!("{body}\n").as_bytes())?;
             }
             Err(e) => return Err(bad(e.to_string())),
         }
@@ -160,6 +176,18 @@ impl Store {
             chunker,
             poisoned: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Does any pack, manifest or event exist?
+    fn has_durable_data(&self) -> Result<bool> {
+        for d in ["packs", "manifests", "events"] {
+            let dir = self.dir(d);
+            let mut it = fs::read_dir(&dir).at(&dir)?;
+            if it.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub fn root(&self) -> &Path {
@@ -200,38 +228,19 @@ impl Store {
 
     /// Take the store lock (waiting up to `lock_timeout`).
     pub(crate) fn lock(&self) -> Result<File> {
-        let lock_path = self.root.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .at(&lock_path)?;
-        let start = Instant::now();
-        let mut wait = Duration::from_millis(2);
-        loop {
-            match lock.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    if start.elapsed() >= self.opts.lock_timeout {
-                        return Err(Error::LockTimeout {
-                            path: lock_path,
-                            secs: self.opts.lock_timeout.as_secs(),
-                        });
-                    }
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_millis(50));
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
-            }
-        }
-        Ok(lock)
+        acquire_lock(&self.root.join("lock"), self.opts.lock_timeout)
     }
 
     /// Take the lock, open the index and finish any commit a crash interrupted.
+    ///
+    /// The index is derived data: if it is missing (deleted, or never built by this version)
+    /// while the store holds packs, manifests or events, it is rebuilt here first, so a lost
+    /// index never looks like an empty store (and never restarts version numbers).
     pub(crate) fn session(&self) -> Result<Session<'_>> {
         let lock = self.lock()?;
+        if !self.dir("index").join("conf").exists() && self.has_durable_data()? {
+            self.rebuild_locked()?;
+        }
         let index = Index::open(&self.dir("index")).map_err(|e| {
             Error::Index(format!("{e} (run `ml-dash repair` to rebuild the index)"))
         })?;
@@ -478,6 +487,78 @@ impl Store {
             .version(version_id)?
             .ok_or_else(|| Error::NotFound(format!("version {version_id}")))
     }
+}
+
+/// Take an exclusive flock on `lock_path`, polling with backoff for up to `timeout`.
+fn acquire_lock(lock_path: &Path, timeout: Duration) -> Result<File> {
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(lock_path)
+        .at(lock_path)?;
+    let start = Instant::now();
+    let mut wait = Duration::from_millis(2);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if start.elapsed() >= timeout {
+                    return Err(Error::LockTimeout {
+                        path: lock_path.to_path_buf(),
+                        secs: timeout.as_secs(),
+                    });
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(lock_path, e)),
+        }
+    }
+}
+
+/// Lay out a new store in `root` (caller holds the lock). Refuses a directory holding anything
+/// but what an interrupted creation leaves: the lock, a FORMAT temp file, our empty directories.
+fn create_layout(root: &Path) -> Result<()> {
+    check_empty_for_create(root)?;
+    let bad = |reason: String| Error::BadStore {
+        root: root.to_path_buf(),
+        reason,
+    };
+    for d in ["packs", "manifests", "events", "index"] {
+        fs::create_dir_all(root.join(d)).map_err(|e| bad(format!("cannot create {d}/: {e}")))?;
+    }
+    durable::fsync_dir(root)?;
+    let body = serde_json::json!({
+        "format": STORE_FORMAT,
+        "kind": "ml-dash artifact store",
+        "packFormat": crate::pack::PACK_FORMAT,
+        "manifestFormat": manifest::FORMAT,
+    });
+    durable::write_atomic(&root.join(FORMAT_FILE), format!("{body}\n").as_bytes())
+}
+
+fn check_empty_for_create(root: &Path) -> Result<()> {
+    let bad = |reason: String| Error::BadStore {
+        root: root.to_path_buf(),
+        reason,
+    };
+    let leftover = |e: &fs::DirEntry| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name == "lock"
+            || name.starts_with(".FORMAT")
+            || (["packs", "manifests", "events", "index"].contains(&name.as_ref())
+                && fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none()))
+    };
+    let entries = fs::read_dir(root).map_err(|e| bad(e.to_string()))?;
+    if entries.flatten().any(|e| !leftover(&e)) {
+        return Err(bad(
+            "directory is not empty and has no FORMAT file: not an ml-dash store".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn is_store_path(e: &Error, dir: &Path) -> bool {

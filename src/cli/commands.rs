@@ -197,8 +197,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Open an existing store (read commands never create one).
 fn open(root: &Path) -> Result<Store> {
-    Ok(Store::open(root)?)
+    Ok(Store::open_existing(root)?)
 }
 
 fn exp_key(e: &ExpArgs) -> Result<ExperimentKey> {
@@ -322,7 +323,7 @@ fn upload(
         let (dir, filename) = path::target(&prefix, &name)?;
         plan.push((f.clone(), ek.file(dir, filename)));
     }
-    let store = open(root)?;
+    let store = Store::open(root)?;
     let mut out = io::stdout().lock();
     for (src, key) in plan {
         let v = NewVersion {

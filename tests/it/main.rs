@@ -1,0 +1,13 @@
+//! Integration tests of ml-dash: the library API and the `ml-dash` binary.
+//!
+//! One test binary (`cargo test --test it`) with a module per topic; `util` holds the shared
+//! helpers (temp dirs, deterministic data, running the binary, inspecting packs).
+
+mod cli;
+mod dedup;
+mod gc;
+mod ingest;
+mod recovery;
+mod util;
+mod verify;
+mod versions;

@@ -1,0 +1,398 @@
+//! Shared helpers: temp dirs, deterministic data, the built binary, and on-disk inspection.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ml_dash::index::Scope;
+use ml_dash::{Experiment, FileRecord, ListFilter, Store};
+use sha2::Digest as _;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ml-dash");
+
+/// A fresh temporary directory (removed on drop).
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ml-dash-it-")
+        .tempdir()
+        .expect("create temp dir")
+}
+
+/// xorshift64: a small, seedable, deterministic generator (no `rand` crate).
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        // Spread small seeds and never start at 0 (a fixed point of xorshift).
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        if s == 0 {
+            s = 1;
+        }
+        let mut r = XorShift(s);
+        for _ in 0..4 {
+            r.next_u64();
+        }
+        r
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform-enough integer in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0);
+        self.next_u64() % n
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut chunks = buf.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        let last = self.next_u64().to_le_bytes();
+        let n = rest.len();
+        rest.copy_from_slice(&last[..n]);
+    }
+}
+
+/// `len` pseudo-random (incompressible) bytes from `seed`.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    XorShift::new(seed).fill(&mut v);
+    v
+}
+
+/// SHA-256 as 64 lowercase hex digits.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let d = sha2::Sha256::digest(data);
+    ml_dash::digest::hex_encode(d.as_slice())
+}
+
+/// Write `data` to `dir/name` (creating parent directories) and return the path.
+pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(&p, data).unwrap();
+    p
+}
+
+/// Open experiment `experiment` of `project` (namespace `local`) in the store at `root`.
+pub fn experiment(root: &Path, project: &str, experiment: &str) -> Experiment {
+    Experiment::new(experiment, project)
+        .local_path(root)
+        .open()
+        .expect("open experiment")
+}
+
+/// Every version in the store, deleted ones included.
+pub fn list_everything(store: &Store) -> Vec<FileRecord> {
+    store
+        .list(&ListFilter {
+            scope: Scope::default(),
+            all_versions: true,
+            include_deleted: true,
+            ..Default::default()
+        })
+        .expect("list")
+}
+
+/// Latest live version of every path in the store.
+pub fn list_live(store: &Store) -> Vec<FileRecord> {
+    store.list(&ListFilter::default()).expect("list")
+}
+
+/// Read a whole version through the `Read` implementation.
+pub fn read_via_reader(exp: &Experiment, full_path: &str, version: Option<u32>) -> Vec<u8> {
+    use std::io::Read;
+    let mut r = exp.open(full_path, version).expect("open for reading");
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).expect("read_to_end");
+    v
+}
+
+/// Read a whole version through the parallel download path.
+pub fn read_via_download(exp: &Experiment, full_path: &str, version: Option<u32>) -> Vec<u8> {
+    let mut v = Vec::new();
+    exp.download_to(full_path, version, &mut v)
+        .expect("download_to");
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary.
+
+/// Exit code, stdout, stderr of one run.
+pub type Run = (i32, String, String);
+
+fn command(root: Option<&Path>, cwd: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("ML_DASH_ROOT").current_dir(cwd);
+    if let Some(r) = root {
+        c.arg("--root").arg(r);
+    }
+    c.args(args);
+    c
+}
+
+fn code_of(s: std::process::ExitStatus) -> i32 {
+    // Killed by a signal (e.g. an abort) shows as -1, which no assertion accepts as success.
+    s.code().unwrap_or(-1)
+}
+
+/// Run the binary with `--root root`, in `root`'s parent directory, stdin empty.
+pub fn run(root: &Path, args: &[&str]) -> Run {
+    let (code, out, err) = run_bytes(root, args, None);
+    (code, String::from_utf8(out).expect("stdout is UTF-8"), err)
+}
+
+/// Like `run`, with stdout as raw bytes and optional bytes on stdin.
+pub fn run_bytes(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8>, String) {
+    let cwd = root.parent().expect("root has a parent");
+    run_cmd(command(Some(root), cwd, args), stdin)
+}
+
+/// Run the binary without `--root`, in `cwd`, with extra environment variables.
+pub fn run_env(cwd: &Path, envs: &[(&str, &Path)], args: &[&str]) -> Run {
+    let mut c = command(None, cwd, args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let (code, out, err) = run_cmd(c, None);
+    (code, String::from_utf8(out).expect("stdout is UTF-8"), err)
+}
+
+fn run_cmd(mut c: Command, stdin: Option<&[u8]>) -> (i32, Vec<u8>, String) {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn ml-dash");
+    let mut pipe = child.stdin.take().expect("stdin pipe");
+    let input = stdin.map(<[u8]>::to_vec).unwrap_or_default();
+    let writer = std::thread::spawn(move || {
+        // The child may exit without reading (an argument error): ignore a broken pipe.
+        let _ = pipe.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait for ml-dash");
+    writer.join().expect("stdin writer");
+    (
+        code_of(out.status),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Start the binary in the background (stdin closed, output captured).
+pub fn spawn(root: &Path, args: &[&str]) -> std::process::Child {
+    let cwd = root.parent().expect("root has a parent");
+    command(Some(root), cwd, args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ml-dash")
+}
+
+/// Assert a run succeeded (exit 0), showing its stderr otherwise.
+#[track_caller]
+pub fn ok(r: &Run) -> &str {
+    assert_eq!(r.0, 0, "expected success; stderr: {}", r.2);
+    assert!(!r.2.contains("panicked"), "stderr: {}", r.2);
+    &r.1
+}
+
+/// Assert a run failed cleanly: non-zero exit, exactly one line on stderr, no panic.
+#[track_caller]
+pub fn refused(r: &Run, what: &str) {
+    assert_ne!(
+        r.0, 0,
+        "{what}: expected failure, got success; stdout: {}",
+        r.1
+    );
+    assert_ne!(r.0, 101, "{what}: exit 101 is a panic; stderr: {}", r.2);
+    assert!(!r.2.contains("panicked"), "{what}: panic: {}", r.2);
+    let lines: Vec<&str> = r.2.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: stderr must be one line, got {lines:?}"
+    );
+    assert!(!lines[0].trim().is_empty(), "{what}: empty error line");
+}
+
+/// Parse `--json` output: one JSON object per non-empty line.
+#[track_caller]
+pub fn json_lines(stdout: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    assert!(
+        stdout.is_empty() || stdout.ends_with('\n'),
+        "output must end with a newline: {stdout:?}"
+    );
+    stdout
+        .lines()
+        .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(serde_json::Value::Object(m)) => m,
+            other => panic!("line is not a JSON object: {l:?} ({other:?})"),
+        })
+        .collect()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`.
+pub fn is_iso_utc(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 20 || !s.ends_with('Z') {
+        return false;
+    }
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let shape = digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    let rest = &s[19..s.len() - 1];
+    let frac_ok = rest.is_empty()
+        || (rest.len() > 1
+            && rest.starts_with('.')
+            && rest[1..].bytes().all(|c| c.is_ascii_digit()));
+    let month: u32 = s[5..7].parse().unwrap_or(0);
+    let day: u32 = s[8..10].parse().unwrap_or(0);
+    shape && frac_ok && (1..=12).contains(&month) && (1..=31).contains(&day)
+}
+
+// ---------------------------------------------------------------------------------------------
+// On-disk inspection.
+
+/// `<root>/packs/*.pack`, sorted.
+pub fn pack_files(root: &Path) -> Vec<PathBuf> {
+    files_with_ext(&root.join("packs"), "pack")
+}
+
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("read_dir {}: {e}", dir.display()),
+    };
+    v.sort();
+    v
+}
+
+/// Total size of every pack file.
+pub fn packs_total(root: &Path) -> u64 {
+    pack_files(root)
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// Content of packs/, manifests/ and events/ (every file, name → bytes).
+pub fn snapshot_durable(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for d in ["packs", "manifests", "events"] {
+        let dir = root.join(d);
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            m.insert(
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                fs::read(&p).unwrap(),
+            );
+        }
+    }
+    m
+}
+
+pub const PACK_HEADER_LEN: u64 = 32;
+pub const RECORD_HEADER_LEN: u64 = 52;
+
+/// One chunk record of a pack: where its header starts and how many data bytes follow it.
+#[derive(Clone, Copy, Debug)]
+pub struct PackRecord {
+    pub offset: u64,
+    pub stored_len: u64,
+    pub codec: u8,
+}
+
+impl PackRecord {
+    pub fn data_start(&self) -> u64 {
+        self.offset + RECORD_HEADER_LEN
+    }
+    pub fn end(&self) -> u64 {
+        self.data_start() + self.stored_len
+    }
+}
+
+/// Walk a pack's complete records (format in src/pack.rs); stops at a torn tail.
+pub fn pack_records(path: &Path) -> Vec<PackRecord> {
+    let b = fs::read(path).unwrap();
+    assert!(b.len() as u64 >= PACK_HEADER_LEN, "pack too short");
+    assert_eq!(&b[..8], b"MLDPACK\0", "pack magic");
+    let mut out = Vec::new();
+    let mut off = PACK_HEADER_LEN as usize;
+    while off + RECORD_HEADER_LEN as usize <= b.len() {
+        let h = &b[off..off + RECORD_HEADER_LEN as usize];
+        assert_eq!(&h[..4], b"CHNK", "record magic at {off}");
+        let stored = u32::from_le_bytes(h[12..16].try_into().unwrap()) as u64;
+        let rec = PackRecord {
+            offset: off as u64,
+            stored_len: stored,
+            codec: h[4],
+        };
+        if rec.end() as usize > b.len() {
+            break;
+        }
+        off = rec.end() as usize;
+        out.push(rec);
+    }
+    out
+}
+
+/// XOR one byte of a file in place.
+pub fn flip_byte(path: &Path, offset: u64) {
+    let mut b = fs::read(path).unwrap();
+    b[offset as usize] ^= 0x5a;
+    fs::write(path, b).unwrap();
+}
+
+/// Names of the entries of a directory, sorted.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Compare byte strings without dumping megabytes on failure: report lengths and the first
+/// differing offset.
+#[track_caller]
+pub fn same_bytes(got: impl AsRef<[u8]>, want: &(impl AsRef<[u8]> + ?Sized), what: &str) {
+    let (got, want) = (got.as_ref(), want.as_ref());
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: bytes differ (got {} bytes, want {}; first difference at {:?})",
+            got.len(),
+            want.len(),
+            first.or(Some(got.len().min(want.len())))
+        );
+    }
+}
