@@ -246,6 +246,12 @@ impl Index {
             .collect()
     }
 
+    /// Apply a batch atomically without waiting for it to be durable (a later `apply` or
+    /// `flush` makes it so).
+    pub fn apply_unflushed(&self, batch: IndexBatch) -> Result<()> {
+        self.db.apply_batch(batch.0).map_err(ie)
+    }
+
     /// Apply a batch atomically and make it durable.
     pub fn apply(&self, batch: IndexBatch) -> Result<()> {
         self.db.apply_batch(batch.0).map_err(ie)?;

@@ -26,7 +26,7 @@ use crate::codec::{self, Codec, Compression};
 use crate::digest::{ChunkId, Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::index::Index;
+use crate::index::{Index, IndexBatch};
 use crate::pack::{ChunkLoc, PackWriter, RECORD_HEADER_LEN};
 
 const WINDOW: usize = 8 << 20;
@@ -37,9 +37,8 @@ pub struct Ingested {
     pub checksum: Sha256,
     pub size: u64,
     pub chunks: Vec<(ChunkId, u32)>,
-    /// Chunks this ingest appended, with their locations.
-    pub new_chunks: Vec<(ChunkId, ChunkLoc)>,
-    /// Packs written to and their final lengths (all fsynced).
+    /// Packs written to and their final lengths. All are fsynced, and the index already holds
+    /// their lengths and the locations of the chunks in them (applied, not yet flushed).
     pub packs: Vec<(Id, u64)>,
     /// Stored bytes added (record headers included).
     pub new_bytes: u64,
@@ -216,24 +215,34 @@ fn write_chunks(
         checksum: Sha256::default(),
         size: 0,
         chunks: Vec::new(),
-        new_chunks: Vec::new(),
         packs: Vec::new(),
         new_bytes: 0,
     };
     let mut seen: HashSet<ChunkId> = HashSet::new();
     let mut writer: Option<PackWriter> = None;
-    let (sync_tx, sync_rx) = bounded::<PackWriter>(4);
+    // Locations of the chunks appended to `writer`, recorded once that pack is fsynced.
+    let mut locs: Vec<(ChunkId, ChunkLoc)> = Vec::new();
+    let (sync_tx, sync_rx) = bounded::<(PackWriter, Vec<(ChunkId, ChunkLoc)>)>(4);
     std::thread::scope(|s| {
+        // fsync full packs while the next one fills, then record their chunks in the index
+        // (in small batches: one sled batch per 50k entries costs ~200 MB).
         let syncer = s.spawn(move || -> Result<Vec<(Id, u64)>> {
             let mut done = Vec::new();
-            let mut first_err = None;
-            for mut w in sync_rx {
-                match w.sync() {
-                    Ok(()) => done.push((w.id, w.len())),
-                    Err(e) => first_err = first_err.or(Some(e)),
+            for (mut w, locs) in sync_rx {
+                w.sync()?;
+                for part in locs.chunks(256) {
+                    let mut b = IndexBatch::default();
+                    for (id, loc) in part {
+                        b.put_chunk(id, loc);
+                    }
+                    index.apply_unflushed(b)?;
                 }
+                let mut b = IndexBatch::default();
+                b.put_pack(w.id, w.len());
+                index.apply_unflushed(b)?;
+                done.push((w.id, w.len()));
             }
-            first_err.map_or(Ok(done), Err)
+            Ok(done)
         });
         let res = (|| -> Result<()> {
             for batch in batches {
@@ -257,9 +266,9 @@ fn write_chunks(
                             let w = match writer.take() {
                                 Some(w) if w.is_empty() || w.len() + need <= cfg.pack_target => w,
                                 Some(full) => {
-                                    sync_tx.send(full).map_err(|_| {
-                                        Error::Index("pack sync thread stopped".into())
-                                    })?;
+                                    sync_tx.send((full, std::mem::take(&mut locs))).map_err(
+                                        |_| Error::Index("pack sync thread stopped".into()),
+                                    )?;
                                     PackWriter::create(cfg.packs_dir)?
                                 }
                                 None => match cfg.active {
@@ -275,7 +284,7 @@ fn write_chunks(
                             let w = writer.insert(w);
                             let loc = w.append(id, raw.len() as u32, codec, stored)?;
                             out.new_bytes += loc.record_len();
-                            out.new_chunks.push((id, loc));
+                            locs.push((id, loc));
                         }
                     }
                 }
@@ -283,7 +292,7 @@ fn write_chunks(
             Ok(())
         })();
         if let Some(w) = writer.take() {
-            let _ = sync_tx.send(w);
+            let _ = sync_tx.send((w, locs));
         }
         drop(sync_tx);
         let synced = syncer

@@ -632,17 +632,14 @@ pub(crate) fn resolve_in(
     }))
 }
 
-/// Write order: packs fsynced (by ingest) → chunk locations + pending marker in the index →
+/// Write order: packs fsynced and their chunk locations recorded (by ingest) → pending marker
+/// and index flush →
 /// manifest durable → version in the index. A crash between steps leaves either nothing visible
 /// or, via the pending marker, a version that `finish_pending` completes on the next open.
 fn commit_version(s: &Session<'_>, rec: &FileRecord, ing: Ingested) -> Result<()> {
+    // Chunk locations and pack lengths are already in the index (ingest records them after each
+    // pack's fsync); this flush makes them durable together with the pending marker.
     let mut b = IndexBatch::default();
-    for (id, loc) in &ing.new_chunks {
-        b.put_chunk(id, loc);
-    }
-    for (id, len) in &ing.packs {
-        b.put_pack(*id, *len);
-    }
     if let Some((id, _)) = ing.packs.last() {
         b.set_meta("active_pack", &id.0);
     }
