@@ -78,7 +78,8 @@ fn stages(c: &mut Criterion) {
         b.iter_with_setup(
             || tempfile::tempdir().unwrap(),
             |dir| {
-                let mut w = ml_dash::pack::PackWriter::create(dir.path()).unwrap();
+                let mut w =
+                    ml_dash::pack::PackWriter::create(dir.path(), &Default::default()).unwrap();
                 for c in data.chunks(64 * 1024) {
                     w.append(
                         ml_dash::digest::ChunkId::default(),

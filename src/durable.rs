@@ -9,6 +9,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+use crate::fault::{FaultKind, Faults};
 use crate::id::Id;
 
 /// fsync a directory so that a rename or create inside it survives a crash.
@@ -26,8 +27,10 @@ fn temp_name(dest: &Path) -> PathBuf {
 
 /// Durably replace `dest` with `bytes`: after this returns, a crash leaves either the old
 /// content or the new, never a mix, and the new content survives.
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(dest: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
     let mut f = AtomicFile::create(dest)?;
+    f.faults = faults.clone();
+    faults.check(FaultKind::Write, &f.temp)?;
     f.write_all(bytes).at(dest)?;
     f.commit()
 }
@@ -38,6 +41,7 @@ pub struct AtomicFile {
     dest: PathBuf,
     temp: PathBuf,
     out: Option<BufWriter<File>>,
+    faults: Faults,
 }
 
 impl AtomicFile {
@@ -52,6 +56,7 @@ impl AtomicFile {
             dest: dest.to_path_buf(),
             temp,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
+            faults: Faults::none(),
         })
     }
 
@@ -73,9 +78,11 @@ impl AtomicFile {
             .into_inner()
             .map_err(|e| Error::io(&self.temp, e.into_error()))?;
         if durable {
+            self.faults.check(FaultKind::Sync, &self.temp)?;
             file.sync_all().at(&self.temp)?;
         }
         drop(file);
+        self.faults.check(FaultKind::Write, &self.dest)?;
         fs::rename(&self.temp, &self.dest).at(&self.dest)?;
         if !durable {
             return Ok(());
@@ -84,6 +91,7 @@ impl AtomicFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        self.faults.check(FaultKind::Sync, &dir)?;
         fsync_dir(&dir)
     }
 }
@@ -123,7 +131,7 @@ mod tests {
         }
         assert_eq!(fs::read(&dest).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        write_atomic(&dest, b"new").unwrap();
+        write_atomic(&dest, b"new", &Faults::none()).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

@@ -112,7 +112,7 @@ impl Store {
                     }
                     self.poison(ix.apply(b))?;
                     let p = packs_dir.join(pack::pack_file_name(pid));
-                    self.poison(std::fs::remove_file(&p).at(&p))?;
+                    self.poison(self.remove_file(&p))?;
                 }
             } else if garbage_here as f64 >= rewrite_threshold * len as f64 {
                 rep.packs_rewritten += 1;
@@ -126,7 +126,12 @@ impl Store {
             }
         }
         if !dry_run {
-            self.poison(fsync_dir(&packs_dir))?;
+            self.poison(
+                self.opts
+                    .faults
+                    .check(crate::fault::FaultKind::Sync, &packs_dir)
+                    .and_then(|()| fsync_dir(&packs_dir)),
+            )?;
         }
         Ok(rep)
     }
@@ -144,10 +149,8 @@ impl Store {
         s.index.apply(b)?;
         for r in dead {
             let p = self.manifest_path(r.id);
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(crate::Error::io(&p, e)),
+            if p.exists() {
+                self.remove_file(&p)?;
             }
         }
         fsync_dir(&self.dir("manifests"))?;
@@ -168,7 +171,7 @@ impl Store {
         let dir = self.dir("packs");
         let old_path = dir.join(pack::pack_file_name(old));
         let file = File::open(&old_path).at(&old_path)?;
-        let mut w = PackWriter::create(&dir)?;
+        let mut w = PackWriter::create(&dir, &self.opts.faults)?;
         let mut b = IndexBatch::default();
         let mut sorted = live.to_vec();
         sorted.sort_by_key(|(_, l)| l.offset);
@@ -190,6 +193,11 @@ impl Store {
             b.set_meta("active_pack", &w.id.0);
         }
         s.index.apply(b)?;
-        std::fs::remove_file(&old_path).at(&old_path)
+        self.remove_file(&old_path)
+    }
+
+    fn remove_file(&self, p: &std::path::Path) -> Result<()> {
+        self.opts.faults.check(crate::fault::FaultKind::Write, p)?;
+        std::fs::remove_file(p).at(p)
     }
 }

@@ -26,6 +26,7 @@ pub const INDEX_FORMAT: u32 = 1;
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
+    faults: crate::fault::Faults,
 }
 
 fn ie(e: sled::Error) -> Error {
@@ -112,7 +113,10 @@ impl Index {
                 other => break other.map_err(ie)?,
             }
         };
-        let ix = Index { db };
+        let ix = Index {
+            db,
+            faults: Default::default(),
+        };
         match ix.meta("format")? {
             None => {
                 ix.db
@@ -125,7 +129,15 @@ impl Index {
         Ok(ix)
     }
 
+    /// Route this handle's flushes through an injected-fault plan (tests).
+    pub fn with_faults(mut self, faults: crate::fault::Faults) -> Index {
+        self.faults = faults;
+        self
+    }
+
     pub fn flush(&self) -> Result<()> {
+        self.faults
+            .check(crate::fault::FaultKind::Sync, Path::new("index"))?;
         self.db.flush().map(|_| ()).map_err(ie)
     }
 

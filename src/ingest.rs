@@ -53,6 +53,7 @@ pub struct IngestConfig<'a> {
     /// The pack to continue, if the index has one open.
     pub active: Option<(Id, u64)>,
     pub progress: Option<&'a AtomicU64>,
+    pub faults: &'a crate::fault::Faults,
 }
 
 struct PoolBuf {
@@ -269,16 +270,21 @@ fn write_chunks(
                                     sync_tx.send((full, std::mem::take(&mut locs))).map_err(
                                         |_| Error::Index("pack sync thread stopped".into()),
                                     )?;
-                                    PackWriter::create(cfg.packs_dir)?
+                                    PackWriter::create(cfg.packs_dir, cfg.faults)?
                                 }
                                 None => match cfg.active {
                                     Some((id, len)) if len + need <= cfg.pack_target => {
-                                        match PackWriter::reopen(cfg.packs_dir, id, len)? {
+                                        match PackWriter::reopen(
+                                            cfg.packs_dir,
+                                            id,
+                                            len,
+                                            cfg.faults,
+                                        )? {
                                             Some(w) => w,
-                                            None => PackWriter::create(cfg.packs_dir)?,
+                                            None => PackWriter::create(cfg.packs_dir, cfg.faults)?,
                                         }
                                     }
-                                    _ => PackWriter::create(cfg.packs_dir)?,
+                                    _ => PackWriter::create(cfg.packs_dir, cfg.faults)?,
                                 },
                             };
                             let w = writer.insert(w);

@@ -21,6 +21,7 @@ use crate::chunker::MAX_CHUNK_LIMIT;
 use crate::codec::{self, Codec};
 use crate::digest::{ChunkId, Digest};
 use crate::error::{Error, IoContext, Result};
+use crate::fault::{FaultKind, Faults};
 use crate::id::Id;
 
 pub const PACK_MAGIC: &[u8; 8] = b"MLDPACK\0";
@@ -211,13 +212,15 @@ pub struct PackWriter {
     out: BufWriter<File>,
     len: u64,
     created: bool,
+    faults: Faults,
 }
 
 impl PackWriter {
     /// Start a new pack in `dir`.
-    pub fn create(dir: &Path) -> Result<PackWriter> {
+    pub fn create(dir: &Path, faults: &Faults) -> Result<PackWriter> {
         let id = Id::generate();
         let path = dir.join(pack_file_name(id));
+        faults.check(FaultKind::Write, &path)?;
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -229,6 +232,7 @@ impl PackWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             len: 0,
             created: true,
+            faults: faults.clone(),
         };
         w.out.write_all(&encode_pack_header(id)).at(&w.path)?;
         w.len = PACK_HEADER_LEN;
@@ -238,7 +242,12 @@ impl PackWriter {
     /// Reopen an existing pack to append, only if its length on disk is exactly `committed`
     /// (what the index knows). Anything else means a crashed writer left bytes behind:
     /// returns `None` and the caller starts a new pack, so nothing follows a torn tail.
-    pub fn reopen(dir: &Path, id: Id, committed: u64) -> Result<Option<PackWriter>> {
+    pub fn reopen(
+        dir: &Path,
+        id: Id,
+        committed: u64,
+        faults: &Faults,
+    ) -> Result<Option<PackWriter>> {
         let path = dir.join(pack_file_name(id));
         let file = match OpenOptions::new().append(true).open(&path) {
             Ok(f) => f,
@@ -255,6 +264,7 @@ impl PackWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             len: committed,
             created: false,
+            faults: faults.clone(),
         }))
     }
 
@@ -281,6 +291,7 @@ impl PackWriter {
             id,
         };
         let offset = self.len;
+        self.faults.check(FaultKind::Write, &self.path)?;
         self.out
             .write_all(&encode_record_header(&h))
             .at(&self.path)?;
@@ -298,6 +309,7 @@ impl PackWriter {
     /// Flush and fsync (and fsync the directory if this writer created the pack).
     /// An error here must poison the store: the bytes' fate is unknown.
     pub fn sync(&mut self) -> Result<()> {
+        self.faults.check(FaultKind::Sync, &self.path)?;
         self.out.flush().at(&self.path)?;
         self.out.get_ref().sync_data().at(&self.path)?;
         if self.created {
@@ -388,7 +400,7 @@ mod tests {
     #[test]
     fn write_scan_read_roundtrip_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::create(dir.path()).unwrap();
+        let mut w = PackWriter::create(dir.path(), &Faults::none()).unwrap();
         let a = b"hello chunk".to_vec();
         let b = vec![3u8; 5000];
         let la = w
@@ -432,7 +444,11 @@ mod tests {
             ScanEnd::TornTail { offset: lb.offset }
         );
         assert_eq!(n, 1);
-        assert!(PackWriter::reopen(dir.path(), w.id, len).unwrap().is_none());
+        assert!(
+            PackWriter::reopen(dir.path(), w.id, len, &Faults::none())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

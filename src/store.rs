@@ -42,6 +42,7 @@ pub struct StoreOptions {
     pub(crate) compression: Compression,
     pub(crate) pack_target: u64,
     pub(crate) lock_timeout: Duration,
+    pub(crate) faults: crate::fault::Faults,
 }
 
 impl Default for StoreOptions {
@@ -51,6 +52,7 @@ impl Default for StoreOptions {
             compression: Compression::default(),
             pack_target: 64 << 20,
             lock_timeout: Duration::from_secs(600),
+            faults: Default::default(),
         }
     }
 }
@@ -70,6 +72,11 @@ impl StoreOptions {
     /// Size at which a pack is closed and a new one started (default 64 MiB).
     pub fn pack_target(mut self, bytes: u64) -> Self {
         self.pack_target = bytes.max(1 << 20);
+        self
+    }
+    /// Inject I/O failures (tests; default none). See `fault.rs`.
+    pub fn faults(mut self, f: crate::fault::Faults) -> Self {
+        self.faults = f;
         self
     }
     /// How long an operation waits for another process's operation (default 10 minutes).
@@ -241,9 +248,9 @@ impl Store {
         if !self.dir("index").join("conf").exists() && self.has_durable_data()? {
             self.rebuild_locked()?;
         }
-        let index = Index::open(&self.dir("index")).map_err(|e| {
-            Error::Index(format!("{e} (run `ml-dash repair` to rebuild the index)"))
-        })?;
+        let index = Index::open(&self.dir("index"))
+            .map_err(|e| Error::Index(format!("{e} (run `ml-dash repair` to rebuild the index)")))?
+            .with_faults(self.opts.faults.clone());
         let s = Session {
             store: self,
             index,
@@ -337,6 +344,7 @@ impl Store {
             pack_target: self.opts.pack_target,
             active,
             progress,
+            faults: &self.opts.faults,
         };
         let ing = ingest::ingest(src, ix, &cfg).map_err(|e| match e {
             e @ Error::Io { .. } if is_store_path(&e, &packs_dir) => {
@@ -536,7 +544,11 @@ fn create_layout(root: &Path) -> Result<()> {
         "packFormat": crate::pack::PACK_FORMAT,
         "manifestFormat": manifest::FORMAT,
     });
-    durable::write_atomic(&root.join(FORMAT_FILE), format!("{body}\n").as_bytes())
+    durable::write_atomic(
+        &root.join(FORMAT_FILE),
+        format!("{body}\n").as_bytes(),
+        &Default::default(),
+    )
 }
 
 fn check_empty_for_create(root: &Path) -> Result<()> {
@@ -651,7 +663,11 @@ fn commit_version(s: &Session<'_>, rec: &FileRecord, ing: Ingested) -> Result<()
         record: rec.clone(),
         chunks: ing.chunks,
     };
-    durable::write_atomic(&s.store.manifest_path(rec.id), &m.encode())?;
+    durable::write_atomic(
+        &s.store.manifest_path(rec.id),
+        &m.encode(),
+        &s.store.opts.faults,
+    )?;
     let mut b = IndexBatch::default();
     b.put_version(rec);
     b.remove_meta("pending");
@@ -663,7 +679,11 @@ fn commit_event(s: &Session<'_>, e: &Event) -> Result<()> {
     b.set_meta("pending", &e.id().0);
     b.set_meta("last_id", &e.id().0);
     s.index.apply(b)?;
-    durable::write_atomic(&s.store.event_path(e.id()), &manifest::encode_event(e))?;
+    durable::write_atomic(
+        &s.store.event_path(e.id()),
+        &manifest::encode_event(e),
+        &s.store.opts.faults,
+    )?;
     let mut b = crate::recover::event_batch(&s.index, e)?;
     b.remove_meta("pending");
     s.index.apply(b)

@@ -5,6 +5,7 @@
 
 mod cli;
 mod dedup;
+mod faults;
 mod gc;
 mod ingest;
 mod recovery;
