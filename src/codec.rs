@@ -1,7 +1,7 @@
 //! Per-chunk compression: zstd when it pays, raw otherwise. No I/O here.
 //!
 //! Deciding must be cheaper than trying: `Compression::Auto` first estimates the order-0 entropy
-//! of a 16 KiB sample of the chunk. zstd's gain on data without long matches (weights, already
+//! of a 4 KiB sample of the chunk. zstd's gain on data without long matches (weights, already
 //! compressed media) is close to what entropy coding alone gives, `(8 - H) / 8`; when that
 //! predicts less than 5 %, the chunk is stored raw without calling zstd at all. Otherwise the
 //! chunk is compressed, and kept compressed only if it saved at least 1/16 of its size (below
@@ -46,10 +46,10 @@ impl Default for Compression {
     }
 }
 
-const SAMPLE_SPAN: usize = 4096;
+const SAMPLE_SPAN: usize = 1024;
 const SAMPLE_SPANS: usize = 4;
 
-/// Order-0 entropy in bits per byte of up to 16 KiB sampled evenly from `data`.
+/// Order-0 entropy in bits per byte of up to 4 KiB sampled evenly from `data`.
 pub fn sample_entropy(data: &[u8]) -> f64 {
     let mut hist = [0u32; 256];
     let mut n = 0u32;

@@ -13,7 +13,7 @@
 //! a pack (a torn tail); nothing is ever appended after a torn tail (see `PackWriter::open`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -209,7 +209,7 @@ pub fn read_chunk(
 pub struct PackWriter {
     pub id: Id,
     path: PathBuf,
-    out: BufWriter<File>,
+    out: File,
     len: u64,
     created: bool,
     faults: Faults,
@@ -229,7 +229,7 @@ impl PackWriter {
         let mut w = PackWriter {
             id,
             path,
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: file,
             len: 0,
             created: true,
             faults: faults.clone(),
@@ -261,7 +261,7 @@ impl PackWriter {
         Ok(Some(PackWriter {
             id,
             path,
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: file,
             len: committed,
             created: false,
             faults: faults.clone(),
@@ -292,10 +292,24 @@ impl PackWriter {
         };
         let offset = self.len;
         self.faults.check(FaultKind::Write, &self.path)?;
-        self.out
-            .write_all(&encode_record_header(&h))
-            .at(&self.path)?;
-        self.out.write_all(stored).at(&self.path)?;
+        // Header and data in one writev, straight from the chunk's memory (no buffer copy).
+        let header = encode_record_header(&h);
+        let mut bufs = [
+            std::io::IoSlice::new(&header),
+            std::io::IoSlice::new(stored),
+        ];
+        let mut bufs = &mut bufs[..];
+        while !bufs.is_empty() {
+            match self.out.write_vectored(bufs) {
+                Ok(0) => {
+                    let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "pack write");
+                    return Err(Error::io(&self.path, e));
+                }
+                Ok(n) => std::io::IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&self.path, e)),
+            }
+        }
         self.len += RECORD_HEADER_LEN as u64 + stored.len() as u64;
         Ok(ChunkLoc {
             pack: self.id,
@@ -310,8 +324,7 @@ impl PackWriter {
     /// An error here must poison the store: the bytes' fate is unknown.
     pub fn sync(&mut self) -> Result<()> {
         self.faults.check(FaultKind::Sync, &self.path)?;
-        self.out.flush().at(&self.path)?;
-        self.out.get_ref().sync_data().at(&self.path)?;
+        self.out.sync_data().at(&self.path)?;
         if self.created {
             crate::durable::fsync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
             self.created = false;
