@@ -30,6 +30,9 @@ pub enum Error {
     Poisoned(String),
     #[error("index error: {0}")]
     Index(String),
+    /// The index's own files are damaged (it is derived data: `rebuild_index` recreates it).
+    #[error("index is damaged: {0}")]
+    IndexDamaged(String),
     #[error("timed out after {secs} s waiting for the store lock at {path}")]
     LockTimeout { path: PathBuf, secs: u64 },
 }

@@ -110,6 +110,9 @@ impl Index {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
+                Err(e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))) => {
+                    return Err(Error::IndexDamaged(e.to_string()));
+                }
                 other => break other.map_err(ie)?,
             }
         };

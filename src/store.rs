@@ -241,16 +241,24 @@ impl Store {
     /// Take the lock, open the index and finish any commit a crash interrupted.
     ///
     /// The index is derived data: if it is missing (deleted, or never built by this version)
-    /// while the store holds packs, manifests or events, it is rebuilt here first, so a lost
-    /// index never looks like an empty store (and never restarts version numbers).
+    /// while the store holds packs, manifests or events, or sled reports its files damaged, it
+    /// is rebuilt here first, so a lost index never looks like an empty store (and never
+    /// restarts version numbers).
     pub(crate) fn session(&self) -> Result<Session<'_>> {
         let lock = self.lock()?;
         if !self.dir("index").join("conf").exists() && self.has_durable_data()? {
             self.rebuild_locked()?;
         }
-        let index = Index::open(&self.dir("index"))
-            .map_err(|e| Error::Index(format!("{e} (run `ml-dash repair` to rebuild the index)")))?
-            .with_faults(self.opts.faults.clone());
+        let index = match Index::open(&self.dir("index")) {
+            // Derived data that sled itself reports damaged (e.g. after a full disk): rebuild.
+            Err(Error::IndexDamaged(_)) => {
+                self.rebuild_locked()?;
+                Index::open(&self.dir("index"))
+            }
+            other => other,
+        }
+        .map_err(|e| Error::Index(format!("{e} (run `ml-dash repair` to rebuild the index)")))?
+        .with_faults(self.opts.faults.clone());
         let s = Session {
             store: self,
             index,

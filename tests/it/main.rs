@@ -12,3 +12,4 @@ mod recovery;
 mod util;
 mod verify;
 mod versions;
+mod badinput;
