@@ -6,8 +6,8 @@
 //! `experiment.file(...)`. At the end it prints the records and a dedup / compression summary.
 //!
 //! Run: `cargo run --release --example training_checkpoints` (store: `./.ml-dash`, or
-//! `ML_DASH_ROOT`). Parameters, logs and metrics (`experiment.parameters()`, `.log`, `.metric`)
-//! arrive with issue B; until then this example prints them instead of storing them.
+//! `ML_DASH_ROOT`). Parameters, log lines and metrics are stored too (`ml-dash params|logs|
+//! metrics --project cv --experiment resnet-training`).
 
 use std::path::Path;
 
@@ -58,8 +58,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .local_path(&root)
         .open()?;
     println!("store: {root}  experiment: cv/resnet-training");
-    println!("parameters: model=resnet50 epochs=100   (stored once issue B lands)");
-    println!("log: Starting training");
+    experiment
+        .parameters()
+        .set(&json!({"model": "resnet50", "epochs": 100}))?;
+    experiment.log("Starting training")?;
 
     let mut rng = Rng(0x5eed);
     let backbone: Vec<f32> = (0..BACKBONE_FLOATS).map(|_| rng.weight()).collect();
@@ -75,6 +77,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let val_accuracy =
             1.0 - 0.5 * (-(epoch as f64) / 30.0).exp() - 0.02 * ((epoch * 7 % 11) as f64 / 11.0);
+        let train_loss = 0.5 * (-(epoch as f64) / 25.0).exp() + 0.01;
+
+        // Metric metrics
+        experiment
+            .metric("train_loss")
+            .append(&json!({"value": train_loss, "epoch": epoch}))?;
+        experiment
+            .metric("val_accuracy")
+            .append(&json!({"value": val_accuracy, "epoch": epoch}))?;
 
         if (epoch + 1) % 10 == 0 {
             let checkpoint_path = work
@@ -100,11 +111,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .tags(["best"])
                 .metadata(json!({"epoch": epoch + 1, "accuracy": best_accuracy}))
                 .save()?;
-            println!("log: New best model saved (accuracy: {best_accuracy:.4})");
+            experiment.log(format!(
+                "New best model saved (accuracy: {best_accuracy:.4})"
+            ))?;
             records.push(rec);
         }
     }
-    println!("log: Training complete");
+    experiment.log("Training complete")?;
     let elapsed = started.elapsed().as_secs_f64();
 
     println!(

@@ -14,7 +14,8 @@ fn main() -> ml_dash::Result<()> {
     let experiment = Experiment::new("my-experiment", "project")
         .local_path(root)
         .open()?;
-    // Parameters (`experiment.parameters().set(...)`) are stored once issue B lands.
+    // Metric as parameters
+    experiment.parameters().set(&config)?;
 
     // Also save as file
     let text = serde_json::to_string_pretty(&config).expect("config serializes");
@@ -29,5 +30,10 @@ fn main() -> ml_dash::Result<()> {
         .tags(["config"])
         .save()?;
     println!("{} {} bytes {}", r.full_path(), r.size_bytes, r.checksum);
+    let params = experiment.parameters().get()?.unwrap_or_default();
+    println!(
+        "parameters: {}",
+        serde_json::to_string(&params.data).expect("params serialize")
+    );
     Ok(())
 }

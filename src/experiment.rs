@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::Scope;
+use crate::journal::{LogEntry, MetricPoint, Params};
 use crate::path::{self, ExperimentKey, FileKey};
 use crate::read::FileReader;
 use crate::record::FileRecord;
@@ -160,9 +161,86 @@ impl Experiment {
         self.store.update(rec.id, description, tags, metadata)
     }
 
+    /// This experiment's parameters: `experiment.parameters().set(&json!({...}))`.
+    pub fn parameters(&self) -> Parameters<'_> {
+        Parameters { exp: self }
+    }
+
+    /// Append an `info` log line.
+    pub fn log(&self, message: impl AsRef<str>) -> Result<LogEntry> {
+        self.store.log(&self.key, "info", message.as_ref(), None)
+    }
+
+    /// Append a log line with a level (debug, info, warn, error, critical) and metadata.
+    pub fn log_with(
+        &self,
+        level: &str,
+        message: impl AsRef<str>,
+        metadata: Option<serde_json::Value>,
+    ) -> Result<LogEntry> {
+        self.store.log(&self.key, level, message.as_ref(), metadata)
+    }
+
+    /// All log lines, in order.
+    pub fn logs(&self) -> Result<Vec<LogEntry>> {
+        Ok(self.store.journal(&self.key)?.logs)
+    }
+
+    /// A metric series: `experiment.metric("train_loss").append(&json!({"value": l, "epoch": e}))`.
+    pub fn metric(&self, name: impl Into<String>) -> Metric<'_> {
+        Metric {
+            exp: self,
+            name: name.into(),
+        }
+    }
+
     /// Replace metadata of a version by id.
     pub fn update_version(&self, id: Id, metadata: serde_json::Value) -> Result<FileRecord> {
         self.store.update(id, None, None, Some(metadata))
+    }
+}
+
+/// Handle on an experiment's parameters.
+pub struct Parameters<'a> {
+    exp: &'a Experiment,
+}
+
+impl Parameters<'_> {
+    /// Merge a JSON object into the parameters; nested keys are flattened with dots
+    /// (`{"model": {"arch": "x"}}` sets `model.arch`). Durable when it returns.
+    pub fn set(&self, values: &serde_json::Value) -> Result<Params> {
+        self.exp.store.set_params(&self.exp.key, values)
+    }
+
+    /// Current parameters (None before the first `set`).
+    pub fn get(&self) -> Result<Option<Params>> {
+        Ok(self.exp.store.journal(&self.exp.key)?.params)
+    }
+}
+
+/// Handle on one metric series.
+pub struct Metric<'a> {
+    exp: &'a Experiment,
+    name: String,
+}
+
+impl Metric<'_> {
+    /// Append a point of named fields (`{"value": 0.5, "epoch": 3}`). Durable when it returns.
+    pub fn append(&self, fields: &serde_json::Value) -> Result<MetricPoint> {
+        self.exp
+            .store
+            .append_metric(&self.exp.key, &self.name, fields)
+    }
+
+    /// All points, in order.
+    pub fn points(&self) -> Result<Vec<MetricPoint>> {
+        Ok(self
+            .exp
+            .store
+            .journal(&self.exp.key)?
+            .metrics
+            .remove(&self.name)
+            .unwrap_or_default())
     }
 }
 

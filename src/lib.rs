@@ -15,6 +15,7 @@ pub mod gc;
 pub mod id;
 pub mod index;
 pub mod ingest;
+pub mod journal;
 pub mod manifest;
 pub mod pack;
 pub mod path;

@@ -148,6 +148,23 @@ impl Store {
                     .push(format!("{}: unreadable event: {e}", path.display())),
             }
         }
+        // 6. Journals: every complete line must pass its checksum (a torn last line is harmless).
+        for exp in self.journal_experiments()? {
+            let j = self.journal_from_disk(&exp)?;
+            let name = format!("{}/{}/{}", exp.namespace, exp.project, exp.experiment);
+            if j.bad_lines > 0 {
+                rep.problems.push(format!(
+                    "journal of {name}: {} damaged line(s) skipped",
+                    j.bad_lines
+                ));
+            }
+            if j.torn_lines > 0 {
+                rep.notes.push(format!(
+                    "journal of {name}: {} line(s) torn by an interrupted append (harmless)",
+                    j.torn_lines
+                ));
+            }
+        }
         for (pid, committed) in s.index.packs()? {
             match pack_lens.get(&pid) {
                 None => rep

@@ -177,6 +177,63 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Params { exp, json } => {
+            let j = open(&root)?.journal(&exp_key(&exp)?)?;
+            let mut out = io::stdout().lock();
+            match (json, j.params) {
+                (true, p) => writeln!(out, "{}", serde_json::to_string(&p.unwrap_or_default())?)?,
+                (false, Some(p)) => {
+                    for (k, v) in &p.data {
+                        writeln!(out, "{k} = {v}")?;
+                    }
+                }
+                (false, None) => {}
+            }
+            Ok(0)
+        }
+        Cmd::Logs { exp, json } => {
+            let j = open(&root)?.journal(&exp_key(&exp)?)?;
+            let mut out = io::stdout().lock();
+            for l in &j.logs {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(l)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} {:>5} {:>8} {}",
+                        l.timestamp,
+                        l.sequence_number,
+                        l.level.to_uppercase(),
+                        l.message
+                    )?;
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Metrics { exp, name, json } => {
+            let j = open(&root)?.journal(&exp_key(&exp)?)?;
+            let mut out = io::stdout().lock();
+            for (n, points) in &j.metrics {
+                if name.as_ref().is_some_and(|want| want != n) {
+                    continue;
+                }
+                for p in points {
+                    if json {
+                        let line = serde_json::json!({"name": n, "index": p.index, "data": p.data, "createdAt": p.created_at});
+                        writeln!(out, "{line}")?;
+                    } else {
+                        let fields: Vec<String> = p
+                            .data
+                            .iter()
+                            .filter(|(k, _)| *k != "_ts")
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        writeln!(out, "{n}[{}] {}", p.index, fields.join(" "))?;
+                    }
+                }
+            }
+            Ok(0)
+        }
         Cmd::Repair { json } => {
             let rep = open(&root)?.rebuild_index()?;
             let mut out = io::stdout().lock();

@@ -149,6 +149,29 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show an experiment's parameters (flattened keys).
+    Params {
+        #[command(flatten)]
+        exp: ExpArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an experiment's log lines.
+    Logs {
+        #[command(flatten)]
+        exp: ExpArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an experiment's metrics (all series, or --name N).
+    Metrics {
+        #[command(flatten)]
+        exp: ExpArgs,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the index from packs, manifests and events.
     Repair {
         #[arg(long)]

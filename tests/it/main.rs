@@ -13,3 +13,4 @@ mod util;
 mod verify;
 mod versions;
 mod badinput;
+mod journal;

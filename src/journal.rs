@@ -1,0 +1,497 @@
+//! Per-experiment journals: parameters, log lines and metric points.
+//!
+//! ```text
+//! <root>/journals/<first 32 hex of BLAKE3(namespace \0 project \0 experiment)>.jsonl
+//! line := <first 16 hex of BLAKE3(json)> " " <json> "\n"
+//! json := {"namespace","project","experiment","kind":"params"|"log"|"metric", ...}
+//! ```
+//! Appends are durable before they return (write + fdatasync) and serialized by an flock on
+//! the journal file itself, so they never wait for the store lock or the index. A crash can
+//! leave a torn last line: readers skip any line whose checksum fails, and the next append
+//! first terminates a torn line, so a torn write never hides later records. Journals are
+//! their own durable truth: the index does not need them and a rebuild leaves them alone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, IoContext, Result};
+use crate::path::ExperimentKey;
+use crate::store::Store;
+
+/// Current parameters of an experiment: every `set` merged, keys flattened with dots.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Params {
+    /// Number of `set` calls so far.
+    pub version: u64,
+    pub data: BTreeMap<String, Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    /// 1, 2, 3, ... per experiment.
+    pub sequence_number: u64,
+    pub timestamp: String,
+    pub level: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricPoint {
+    /// 0, 1, 2, ... per metric.
+    pub index: u64,
+    /// The named fields of the point (`value`, `epoch`, ..., and `_ts`, Unix seconds).
+    pub data: Map<String, Value>,
+    pub created_at: String,
+}
+
+/// One journal line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+enum Entry {
+    Params {
+        at: String,
+        data: BTreeMap<String, Value>,
+    },
+    Log(LogEntry),
+    #[serde(rename_all = "camelCase")]
+    Metric {
+        name: String,
+        point: MetricPoint,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Line {
+    namespace: String,
+    project: String,
+    experiment: String,
+    #[serde(flatten)]
+    entry: Entry,
+}
+
+/// Everything in one experiment's journal.
+#[derive(Clone, Debug, Default)]
+pub struct JournalContents {
+    pub params: Option<Params>,
+    pub logs: Vec<LogEntry>,
+    pub metrics: BTreeMap<String, Vec<MetricPoint>>,
+    /// Complete lines that failed their checksum or did not parse: damage.
+    pub bad_lines: usize,
+    /// Lines torn by a crashed append (terminated by a later append, or still at the end):
+    /// harmless, their appends never returned.
+    pub torn_lines: usize,
+}
+
+/// How an append ends a torn line left by a crashed writer.
+const TORN_MARK: &[u8] = b" <torn>\n";
+
+impl JournalContents {
+    fn apply(&mut self, e: Entry) {
+        match e {
+            Entry::Params { at, data } => {
+                let p = self.params.get_or_insert_with(|| Params {
+                    created_at: at.clone(),
+                    ..Default::default()
+                });
+                p.version += 1;
+                p.data.extend(data);
+                p.updated_at = at;
+            }
+            Entry::Log(l) => self.logs.push(l),
+            Entry::Metric { name, point } => self.metrics.entry(name).or_default().push(point),
+        }
+    }
+}
+
+/// Flatten nested objects into dotted keys: `{"a":{"b":1}}` → `{"a.b":1}`.
+pub fn flatten(v: &Value) -> Result<BTreeMap<String, Value>> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+        match v {
+            Value::Object(m) if !m.is_empty() || prefix.is_empty() => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.clone());
+            }
+        }
+    }
+    if !v.is_object() {
+        return Err(Error::invalid(
+            "parameters",
+            v.to_string(),
+            "must be a JSON object",
+        ));
+    }
+    crate::record::check_metadata(v)?;
+    let mut out = BTreeMap::new();
+    walk("", v, &mut out);
+    if let Some(k) = out
+        .keys()
+        .find(|k| k.is_empty() || k.chars().any(char::is_control))
+    {
+        return Err(Error::invalid(
+            "parameter name",
+            k.clone(),
+            "must be non-empty without control characters",
+        ));
+    }
+    Ok(out)
+}
+
+fn checksum(json: &[u8]) -> String {
+    blake3::hash(json).to_hex()[..16].to_string()
+}
+
+fn parse_line(line: &[u8]) -> Option<Line> {
+    let text = std::str::from_utf8(line).ok()?;
+    let (sum, json) = text.split_once(' ')?;
+    if sum != checksum(json.as_bytes()) {
+        return None;
+    }
+    serde_json::from_str(json).ok()
+}
+
+/// Per-process cache of journal contents, keyed by path, valid up to `len` bytes.
+static CACHE: Mutex<Option<HashMap<PathBuf, (u64, JournalContents)>>> = Mutex::new(None);
+
+/// Bring `(len, contents)` up to date with the file from `len` on (lines are only appended).
+fn catch_up(file: &File, path: &Path, len: &mut u64, c: &mut JournalContents) -> Result<()> {
+    let mut r = BufReader::new(file);
+    r.seek(SeekFrom::Start(*len)).at(path)?;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = r.read_until(b'\n', &mut buf).at(path)?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            // End, or a torn last line: stop before it (it is terminated by the next append).
+            return Ok(());
+        }
+        *len += n as u64;
+        match parse_line(&buf[..n - 1]) {
+            Some(l) => c.apply(l.entry),
+            None if buf.ends_with(TORN_MARK) => c.torn_lines += 1,
+            None => c.bad_lines += 1,
+        }
+    }
+}
+
+impl Store {
+    fn journal_path(&self, exp: &ExperimentKey) -> PathBuf {
+        let key = format!("{}\0{}\0{}", exp.namespace, exp.project, exp.experiment);
+        let name = &blake3::hash(key.as_bytes()).to_hex()[..32];
+        self.dir("journals").join(format!("{name}.jsonl"))
+    }
+
+    /// Read an experiment's journal (empty if it has none). Lines already read by this process
+    /// are served from memory (the file is append-only).
+    pub fn journal(&self, exp: &ExperimentKey) -> Result<JournalContents> {
+        self.read_journal(exp, true)
+    }
+
+    /// Read an experiment's journal entirely from disk (for `verify`).
+    pub fn journal_from_disk(&self, exp: &ExperimentKey) -> Result<JournalContents> {
+        self.read_journal(exp, false)
+    }
+
+    fn read_journal(&self, exp: &ExperimentKey, use_cache: bool) -> Result<JournalContents> {
+        let path = self.journal_path(exp);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(JournalContents::default());
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        file.lock_shared().at(&path)?;
+        let (mut len, mut c) = if use_cache {
+            cached(&path)
+        } else {
+            Default::default()
+        };
+        catch_up(&file, &path, &mut len, &mut c)?;
+        let torn = file.metadata().at(&path)?.len() > len;
+        if use_cache {
+            store_cache(&path, len, &c);
+        }
+        if torn {
+            c.torn_lines += 1;
+        }
+        Ok(c)
+    }
+
+    fn append(
+        &self,
+        exp: &ExperimentKey,
+        make: impl FnOnce(&JournalContents) -> Entry,
+    ) -> Result<Entry> {
+        self.check_poison_pub()?;
+        let dir = self.dir("journals");
+        if !dir.exists() {
+            fs::create_dir_all(&dir).at(&dir)?;
+            crate::durable::fsync_dir(&self.root)?;
+        }
+        let path = self.journal_path(exp);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .at(&path)?;
+        file.lock().at(&path)?;
+        let (mut len, mut c) = cached(&path);
+        catch_up(&file, &path, &mut len, &mut c)?;
+        let size = file.metadata().at(&path)?.len();
+        let mut out = Vec::new();
+        if size > len {
+            // A torn line from a crashed writer: end it so it stays one bad line.
+            let mut last = [0u8; 1];
+            file.read_exact_at(&mut last, size - 1).at(&path)?;
+            if last[0] != b'\n' {
+                out.extend_from_slice(TORN_MARK);
+                c.torn_lines += 1;
+            }
+        }
+        let entry = make(&c);
+        let line = Line {
+            namespace: exp.namespace.clone(),
+            project: exp.project.clone(),
+            experiment: exp.experiment.clone(),
+            entry: entry.clone(),
+        };
+        let json = serde_json::to_vec(&line).expect("journal line serializes");
+        out.extend_from_slice(checksum(&json).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(&json);
+        out.push(b'\n');
+        let r = self
+            .opts
+            .faults
+            .check(crate::fault::FaultKind::Write, &path)
+            .and_then(|()| file.write_all(&out).at(&path));
+        self.poison(r)?;
+        let r = self
+            .opts
+            .faults
+            .check(crate::fault::FaultKind::Sync, &path)
+            .and_then(|()| file.sync_data().at(&path));
+        self.poison(r)?;
+        if size == 0 {
+            self.poison(crate::durable::fsync_dir(&dir))?;
+        }
+        c.apply(entry.clone());
+        store_cache(&path, size + out.len() as u64, &c);
+        Ok(entry)
+    }
+
+    /// Merge parameters (a JSON object; nested keys are flattened with dots).
+    pub fn set_params(&self, exp: &ExperimentKey, values: &Value) -> Result<Params> {
+        let data = flatten(values)?;
+        self.append(exp, |_| Entry::Params {
+            at: crate::time::now_iso(),
+            data,
+        })?;
+        Ok(self.journal(exp)?.params.unwrap_or_default())
+    }
+
+    /// Append a log line. `level`: debug, info, warn, error (default info).
+    pub fn log(
+        &self,
+        exp: &ExperimentKey,
+        level: &str,
+        message: &str,
+        metadata: Option<Value>,
+    ) -> Result<LogEntry> {
+        if !["debug", "info", "warn", "warning", "error", "critical"].contains(&level) {
+            return Err(Error::invalid(
+                "log level",
+                level,
+                "use debug, info, warn, error or critical",
+            ));
+        }
+        if let Some(m) = &metadata {
+            crate::record::check_metadata(m)?;
+        }
+        let e = self.append(exp, |c| {
+            Entry::Log(LogEntry {
+                sequence_number: c.logs.len() as u64 + 1,
+                timestamp: crate::time::now_iso(),
+                level: level.to_string(),
+                message: message.to_string(),
+                metadata,
+            })
+        })?;
+        match e {
+            Entry::Log(l) => Ok(l),
+            _ => unreachable!("appended a log entry"),
+        }
+    }
+
+    /// Append a point to metric `name`: named fields such as `{"value": 0.5, "epoch": 3}`.
+    pub fn append_metric(
+        &self,
+        exp: &ExperimentKey,
+        name: &str,
+        fields: &Value,
+    ) -> Result<MetricPoint> {
+        crate::path::segment("metric name", name)?;
+        let Value::Object(data) = fields else {
+            return Err(Error::invalid(
+                "metric point",
+                fields.to_string(),
+                "must be a JSON object of named fields",
+            ));
+        };
+        crate::record::check_metadata(fields)?;
+        let mut data = data.clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        data.entry("_ts")
+            .or_insert_with(|| serde_json::json!(now.as_secs_f64()));
+        let e = self.append(exp, |c| Entry::Metric {
+            name: name.to_string(),
+            point: MetricPoint {
+                index: c.metrics.get(name).map_or(0, |v| v.len() as u64),
+                data,
+                created_at: crate::time::now_iso(),
+            },
+        })?;
+        match e {
+            Entry::Metric { point, .. } => Ok(point),
+            _ => unreachable!("appended a metric point"),
+        }
+    }
+
+    /// Every experiment that has a journal (from each journal's first intact line).
+    pub fn journal_experiments(&self) -> Result<Vec<ExperimentKey>> {
+        let dir = self.dir("journals");
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        for e in entries {
+            let path = e.at(&dir)?.path();
+            if path.extension().is_none_or(|x| x != "jsonl") {
+                continue;
+            }
+            let f = File::open(&path).at(&path)?;
+            for line in BufReader::new(f).split(b'\n') {
+                if let Some(l) = parse_line(&line.at(&path)?) {
+                    out.push(ExperimentKey {
+                        namespace: l.namespace,
+                        project: l.project,
+                        experiment: l.experiment,
+                    });
+                    break;
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.namespace, &a.project, &a.experiment).cmp(&(
+                &b.namespace,
+                &b.project,
+                &b.experiment,
+            ))
+        });
+        Ok(out)
+    }
+
+    /// Import helpers: append already-formed records verbatim (keeping their timestamps).
+    pub fn import_params(
+        &self,
+        exp: &ExperimentKey,
+        at: &str,
+        data: BTreeMap<String, Value>,
+    ) -> Result<()> {
+        self.append(exp, |_| Entry::Params {
+            at: at.to_string(),
+            data,
+        })
+        .map(drop)
+    }
+
+    pub fn import_log(&self, exp: &ExperimentKey, entry: LogEntry) -> Result<()> {
+        self.append(exp, |_| Entry::Log(entry)).map(drop)
+    }
+
+    pub fn import_metric(&self, exp: &ExperimentKey, name: &str, point: MetricPoint) -> Result<()> {
+        crate::path::segment("metric name", name)?;
+        self.append(exp, |_| Entry::Metric {
+            name: name.to_string(),
+            point,
+        })
+        .map(drop)
+    }
+}
+
+fn cached(path: &Path) -> (u64, JournalContents) {
+    let g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    g.as_ref()
+        .and_then(|m| m.get(path).cloned())
+        .unwrap_or_default()
+}
+
+fn store_cache(path: &Path, len: u64, c: &JournalContents) {
+    let mut g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    g.get_or_insert_with(HashMap::new)
+        .insert(path.to_path_buf(), (len, c.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flatten_nested() {
+        let f = flatten(&serde_json::json!({"model": {"arch": "resnet50", "pretrained": true}, "lr": 0.1, "empty": {}})).unwrap();
+        assert_eq!(f["model.arch"], "resnet50");
+        assert_eq!(f["model.pretrained"], true);
+        assert_eq!(f["lr"], 0.1);
+        assert_eq!(f["empty"], serde_json::json!({}));
+        assert!(flatten(&serde_json::json!([1])).is_err());
+    }
+
+    #[test]
+    fn lines_checksum() {
+        let l = Line {
+            namespace: "n".into(),
+            project: "p".into(),
+            experiment: "e".into(),
+            entry: Entry::Params {
+                at: "t".into(),
+                data: BTreeMap::new(),
+            },
+        };
+        let json = serde_json::to_vec(&l).unwrap();
+        let mut line = checksum(&json).into_bytes();
+        line.push(b' ');
+        line.extend_from_slice(&json);
+        assert!(parse_line(&line).is_some());
+        let n = line.len();
+        line[n - 3] ^= 1;
+        assert!(parse_line(&line).is_none());
+    }
+}
