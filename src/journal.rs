@@ -232,7 +232,7 @@ impl Store {
         catch_up(&file, &path, &mut len, &mut c)?;
         let torn = file.metadata().at(&path)?.len() > len;
         if use_cache {
-            store_cache(&path, len, &c);
+            store_cache(&path, len, c.clone());
         }
         if torn {
             c.torn_lines += 1;
@@ -259,7 +259,9 @@ impl Store {
             .open(&path)
             .at(&path)?;
         file.lock().at(&path)?;
-        let (mut len, mut c) = cached(&path);
+        // Taken out of the cache, not cloned (a clone per append made appends quadratic); put
+        // back below. We hold the journal's exclusive flock, so no other caller needs it.
+        let (mut len, mut c) = take_cached(&path);
         catch_up(&file, &path, &mut len, &mut c)?;
         let size = file.metadata().at(&path)?.len();
         let mut out = Vec::new();
@@ -300,7 +302,7 @@ impl Store {
             self.poison(crate::durable::fsync_dir(&dir))?;
         }
         c.apply(entry.clone());
-        store_cache(&path, size + out.len() as u64, &c);
+        store_cache(&path, size + out.len() as u64, c);
         Ok(entry)
     }
 
@@ -454,10 +456,15 @@ fn cached(path: &Path) -> (u64, JournalContents) {
         .unwrap_or_default()
 }
 
-fn store_cache(path: &Path, len: u64, c: &JournalContents) {
+fn take_cached(path: &Path) -> (u64, JournalContents) {
+    let mut g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    g.as_mut().and_then(|m| m.remove(path)).unwrap_or_default()
+}
+
+fn store_cache(path: &Path, len: u64, c: JournalContents) {
     let mut g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     g.get_or_insert_with(HashMap::new)
-        .insert(path.to_path_buf(), (len, c.clone()));
+        .insert(path.to_path_buf(), (len, c));
 }
 
 #[cfg(test)]

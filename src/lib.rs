@@ -10,6 +10,7 @@ pub mod digest;
 pub mod durable;
 pub mod error;
 pub mod experiment;
+pub mod export;
 pub mod fault;
 pub mod gc;
 pub mod id;

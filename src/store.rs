@@ -94,6 +94,18 @@ pub struct NewVersion {
     pub metadata: serde_json::Value,
 }
 
+/// What an import keeps from the record it copies (`Store::put_file_imported`, used only by
+/// `ml-dash import`): the original timestamps, and the size and SHA-256 the bytes must have.
+#[derive(Clone, Debug)]
+pub struct ImportedVersion {
+    /// Recorded as given (the caller checks the format).
+    pub uploaded_at: String,
+    pub updated_at: String,
+    /// The bytes read must hash to this and have this length, else nothing is recorded.
+    pub checksum: crate::digest::Sha256,
+    pub size_bytes: u64,
+}
+
 /// An open store. Cheap to clone; holds no lock between operations.
 #[derive(Clone)]
 pub struct Store {
@@ -278,6 +290,31 @@ impl Store {
         v: NewVersion,
         progress: Option<&AtomicU64>,
     ) -> Result<FileRecord> {
+        self.put_file_inner(src, key, v, progress, None)
+    }
+
+    /// Import: store a file as a new version keeping the timestamps of `imported`. The bytes are
+    /// checked against its size and SHA-256 before anything is recorded: on a mismatch the
+    /// version is not created (`Error::Corrupt`; chunks already appended are garbage for `gc`).
+    pub fn put_file_imported(
+        &self,
+        src: &Path,
+        key: &FileKey,
+        v: NewVersion,
+        imported: &ImportedVersion,
+        progress: Option<&AtomicU64>,
+    ) -> Result<FileRecord> {
+        self.put_file_inner(src, key, v, progress, Some(imported))
+    }
+
+    fn put_file_inner(
+        &self,
+        src: &Path,
+        key: &FileKey,
+        v: NewVersion,
+        progress: Option<&AtomicU64>,
+        imported: Option<&ImportedVersion>,
+    ) -> Result<FileRecord> {
         check_new(key, &v)?;
         let meta = fs::metadata(src).at(src)?;
         if meta.is_dir() {
@@ -300,7 +337,7 @@ impl Store {
             path: src.to_path_buf(),
             reason,
         };
-        self.put_stream(file, key, v, progress, |got| {
+        self.put_stream(file, key, v, progress, imported, |got| {
             let after =
                 fs::metadata(src).map_err(|e| changed(format!("cannot stat it again: {e}")))?;
             if after.len() != before.len() || got != before.len() {
@@ -326,7 +363,7 @@ impl Store {
         progress: Option<&AtomicU64>,
     ) -> Result<FileRecord> {
         check_new(key, &v)?;
-        self.put_stream(src, key, v, progress, |_| Ok(()))
+        self.put_stream(src, key, v, progress, None, |_| Ok(()))
     }
 
     fn put_stream(
@@ -335,6 +372,7 @@ impl Store {
         key: &FileKey,
         v: NewVersion,
         progress: Option<&AtomicU64>,
+        imported: Option<&ImportedVersion>,
         check_source: impl FnOnce(u64) -> Result<()>,
     ) -> Result<FileRecord> {
         self.check_poison()?;
@@ -361,6 +399,17 @@ impl Store {
             e => e,
         })?;
         check_source(ing.size)?;
+        if let Some(imp) = imported
+            && (imp.checksum != ing.checksum || imp.size_bytes != ing.size)
+        {
+            return Err(Error::corrupt(
+                key.display(),
+                format!(
+                    "the record says {} bytes with SHA-256 {}, the bytes are {} with {}",
+                    imp.size_bytes, imp.checksum, ing.size, ing.checksum
+                ),
+            ));
+        }
 
         let version = next_version(ix, key)?;
         let vid = Id::generate_after(ix.meta_id("last_id")?);
@@ -368,6 +417,10 @@ impl Store {
             return Err(Error::Index(format!("version id {vid} already exists")));
         }
         let now = crate::time::now_iso();
+        let (uploaded_at, updated_at) = match imported {
+            Some(imp) => (imp.uploaded_at.clone(), imp.updated_at.clone()),
+            None => (now.clone(), now),
+        };
         let rec = FileRecord {
             id: vid,
             namespace: key.namespace.clone(),
@@ -382,8 +435,8 @@ impl Store {
             description: v.description,
             tags: v.tags,
             metadata: v.metadata,
-            uploaded_at: now.clone(),
-            updated_at: now,
+            uploaded_at,
+            updated_at,
             deleted_at: None,
             new_bytes: ing.new_bytes,
         };

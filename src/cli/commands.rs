@@ -9,7 +9,7 @@ use ml_dash::path::{self, ExperimentKey, FileKey};
 use ml_dash::{FileRecord, ListFilter, NewVersion, Store};
 
 use super::progress::Progress;
-use super::{Cli, Cmd, DAMAGE, ExpArgs, ScopeArgs};
+use super::{Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, ScopeArgs};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let root = cli.root;
@@ -234,6 +234,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Export {
+            dir,
+            scope,
+            layout,
+            json,
+        } => export(&root, &dir, &scope, layout, json),
+        Cmd::Import { dir, json } => import(&root, &dir, json),
         Cmd::Repair { json } => {
             let rep = open(&root)?.rebuild_index()?;
             let mut out = io::stdout().lock();
@@ -497,4 +504,78 @@ fn download(
     };
     let _ = rec;
     Ok(0)
+}
+
+fn export(
+    root: &Path,
+    dir: &Path,
+    scope: &ScopeArgs,
+    layout: LayoutArg,
+    json: bool,
+) -> Result<i32> {
+    use ml_dash::export::{ExportPlan, Layout};
+    let layout = match layout {
+        LayoutArg::Tree => Layout::Tree,
+        LayoutArg::MlDash => Layout::MlDash,
+    };
+    let store = open(root)?;
+    let plan = ExportPlan::new(&store, &scope_of(scope)?, layout)?;
+    let sum = {
+        let p = Progress::start("export", Some(plan.total_bytes()), !json);
+        plan.run(&store, dir, Some(&p.counter))?
+    };
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&sum)?)?;
+    } else {
+        for p in &sum.problems {
+            writeln!(out, "problem: {p}")?;
+        }
+        writeln!(
+            out,
+            "exported {} files of {} experiments to {}: {} written ({} bytes), {} already there{}",
+            sum.files,
+            sum.experiments,
+            dir.display(),
+            sum.written,
+            sum.bytes,
+            sum.skipped,
+            if sum.removed > 0 {
+                format!(", {} no longer exported removed", sum.removed)
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    Ok(if sum.problems.is_empty() { 0 } else { DAMAGE })
+}
+
+fn import(root: &Path, dir: &Path, json: bool) -> Result<i32> {
+    let store = Store::open(root)?;
+    let sum = {
+        let p = Progress::start("import", None, !json);
+        ml_dash::export::import(&store, dir, Some(&p.counter))?
+    };
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&sum)?)?;
+    } else {
+        for p in &sum.problems {
+            writeln!(out, "problem: {p}")?;
+        }
+        writeln!(
+            out,
+            "imported {} experiments: {} of {} files ({} bytes; {} already present, {} deleted not imported), {} parameter sets, {} log lines, {} metric points",
+            sum.experiments,
+            sum.imported,
+            sum.files,
+            sum.bytes,
+            sum.skipped,
+            sum.deleted,
+            sum.params,
+            sum.logs,
+            sum.metric_points
+        )?;
+    }
+    Ok(if sum.problems.is_empty() { 0 } else { DAMAGE })
 }

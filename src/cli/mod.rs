@@ -172,11 +172,45 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Copy files (latest live version of each path) into DIR, byte-exact and incremental.
+    ///
+    /// --layout tree: DIR/<project>/<experiment>/files/<prefix>/<filename>, plus the records in
+    /// .ml-dash-records.json. --layout ml-dash: the ml-dash 0.11 local layout
+    /// DIR/<namespace>/<project>/<experiment>/ with parameters, logs and metrics. Files already
+    /// there are skipped; files export did not write are never touched. Exits 1 if something
+    /// could not be exported (listed).
+    Export {
+        dir: PathBuf,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(long, value_enum, default_value = "tree")]
+        layout: LayoutArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import an ml-dash 0.11 local tree: files with their records, parameters, logs, metrics.
+    ///
+    /// DIR/<namespace>/<project>/<experiment>/ (or the older DIR/<project>/<experiment>/).
+    /// Checksums are verified; damage is listed and exits 1 after everything else is imported.
+    /// Importing twice adds nothing.
+    Import {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the index from packs, manifests and events.
     Repair {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `export --layout`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LayoutArg {
+    Tree,
+    #[value(name = "ml-dash")]
+    MlDash,
 }
 
 /// Exit code for "ran, and found damage" (verify).

@@ -14,3 +14,4 @@ mod verify;
 mod versions;
 mod badinput;
 mod journal;
+mod export;

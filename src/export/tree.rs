@@ -1,0 +1,119 @@
+//! The `tree` layout: the seed's documented `project/experiment/files/<prefix>/<filename>`.
+//!
+//! The latest live version of each path, plus `.ml-dash-records.json` beside `files/`: every
+//! live version's record (the JSON of `list --json`), as one array. The namespace is not part
+//! of the path (the seed omits it), so two namespaces holding the same project/experiment are
+//! refused unless the scope names one. The records file doubles as the ledger: the latest
+//! record of each path names a file this export wrote.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use super::safe::{self, Entry, Ledger};
+use super::{Doc, ExpPlan, FileJob, LedgerKind};
+use crate::error::{Error, Result};
+use crate::index::Scope;
+use crate::record::FileRecord;
+use crate::store::{ListFilter, Store};
+
+pub(crate) const RECORDS_FILE: &str = ".ml-dash-records.json";
+
+type ExpId = (String, String, String);
+
+pub(super) fn plan(store: &Store, scope: &Scope) -> Result<Vec<ExpPlan>> {
+    let all = store.list(&ListFilter {
+        scope: scope.clone(),
+        all_versions: true,
+        include_deleted: true,
+        ..Default::default()
+    })?;
+    let mut by_exp: BTreeMap<ExpId, Vec<FileRecord>> = BTreeMap::new();
+    for r in all {
+        by_exp
+            .entry((r.namespace.clone(), r.project.clone(), r.experiment.clone()))
+            .or_default()
+            .push(r);
+    }
+    let mut namespaces: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    for (ns, p, e) in by_exp.keys() {
+        namespaces.entry((p, e)).or_default().insert(ns);
+    }
+    if let Some(((p, e), ns)) = namespaces.iter().find(|(_, ns)| ns.len() > 1) {
+        return Err(Error::invalid(
+            "export",
+            format!("{p}/{e}"),
+            format!(
+                "namespaces {} all hold this project/experiment and the tree layout has no \
+                 namespace level; pass --namespace (or use --layout ml-dash)",
+                ns.iter().copied().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let mut plans = Vec::new();
+    for ((_, project, experiment), versions) in by_exp {
+        let live: Vec<FileRecord> = versions.into_iter().filter(|r| !r.is_deleted()).collect();
+        let files = latest(&live)
+            .into_iter()
+            .map(|rec| FileJob {
+                rel: file_rel(rec),
+                rec: rec.clone(),
+            })
+            .collect::<Vec<_>>();
+        let mut bytes = serde_json::to_vec_pretty(&live).expect("records serialize");
+        bytes.push(b'\n');
+        plans.push(ExpPlan {
+            dir: vec![project, experiment],
+            only_if_present: files.is_empty(),
+            files,
+            docs: vec![Doc {
+                rel: vec![RECORDS_FILE.to_string()],
+                bytes,
+            }],
+            ledger: LedgerKind::Records,
+        });
+    }
+    Ok(plans)
+}
+
+/// `files/<prefix segments>/<filename>`.
+fn file_rel(r: &FileRecord) -> Vec<String> {
+    let mut rel = vec!["files".to_string()];
+    rel.extend(safe::prefix_segments(&r.path));
+    rel.push(r.filename.clone());
+    rel
+}
+
+/// The highest version of each path.
+fn latest(records: &[FileRecord]) -> Vec<&FileRecord> {
+    let mut m: BTreeMap<(&str, &str), &FileRecord> = BTreeMap::new();
+    for r in records {
+        let slot = m.entry((&r.path, &r.filename)).or_insert(r);
+        if r.version > slot.version {
+            *slot = r;
+        }
+    }
+    m.into_values().collect()
+}
+
+/// What an earlier tree export wrote here, from its records file (empty if none or unreadable).
+pub(super) fn read_ledger(exp_dir: &Path) -> Ledger {
+    let path = exp_dir.join(RECORDS_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ledger::default();
+    };
+    let Ok(records) = serde_json::from_slice::<Vec<FileRecord>>(&bytes) else {
+        return Ledger::default();
+    };
+    let mut l = Ledger::default();
+    for r in latest(&records) {
+        l.0.insert(
+            file_rel(r).join("/"),
+            Entry {
+                size: r.size_bytes,
+                sha256: r.checksum,
+            },
+        );
+    }
+    l.0.insert(RECORDS_FILE.to_string(), Entry::of(&bytes));
+    l
+}
