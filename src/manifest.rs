@@ -131,7 +131,11 @@ impl Manifest {
 
     /// Decode and check a manifest file's bytes; `what` names it in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let body = unframe(MANIFEST_MAGIC, bytes, what)?;
+        Manifest::decode_body(unframe(MANIFEST_MAGIC, bytes, what)?, what)
+    }
+
+    /// Decode and check a manifest body (the JSON after the checksum line).
+    pub fn decode_body(body: &[u8], what: &str) -> Result<Manifest> {
         let m: Manifest = serde_json::from_slice(body)
             .map_err(|e| Error::corrupt(what.to_string(), e.to_string()))?;
         if m.format != FORMAT {
@@ -159,7 +163,11 @@ pub fn encode_event(e: &Event) -> Vec<u8> {
 }
 
 pub fn decode_event(bytes: &[u8], what: &str) -> Result<Event> {
-    let body = unframe(EVENT_MAGIC, bytes, what)?;
+    decode_event_body(unframe(EVENT_MAGIC, bytes, what)?, what)
+}
+
+/// Decode an event body (the JSON after the checksum line).
+pub fn decode_event_body(body: &[u8], what: &str) -> Result<Event> {
     serde_json::from_slice(body).map_err(|e| Error::corrupt(what.to_string(), e.to_string()))
 }
 
