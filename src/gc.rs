@@ -98,9 +98,7 @@ impl Store {
         }
         for (pid, len, live_bytes) in plan {
             let garbage_here = len.saturating_sub(live_bytes + pack::PACK_HEADER_LEN);
-            if garbage_here == 0 {
-                continue;
-            }
+            // A pack with nothing live goes whole, even an empty one (a killed creation).
             if live_bytes == 0 {
                 rep.packs_deleted += 1;
                 rep.reclaimed_bytes += len;
@@ -114,6 +112,8 @@ impl Store {
                     let p = packs_dir.join(pack::pack_file_name(pid));
                     self.poison(self.remove_file(&p))?;
                 }
+            } else if garbage_here == 0 {
+                continue;
             } else if garbage_here as f64 >= rewrite_threshold * len as f64 {
                 rep.packs_rewritten += 1;
                 rep.reclaimed_bytes += garbage_here;
@@ -142,18 +142,41 @@ impl Store {
         dead: &[crate::FileRecord],
         garbage: &[(ChunkId, ChunkLoc)],
     ) -> Result<()> {
-        let mut b = IndexBatch::default();
-        for r in dead {
-            b.remove_version(r);
-        }
-        s.index.apply(b)?;
+        // Manifests first, then the index: a crash in between leaves deleted versions in the
+        // index without manifests, which the next gc drops (and verify accepts for deleted
+        // versions). The other order would leave manifests that no later gc could find.
         for r in dead {
             let p = self.manifest_path(r.id);
             if p.exists() {
                 self.remove_file(&p)?;
             }
         }
+        // Manifests an older, interrupted gc left behind: not in the index, covered by a delete.
+        for (id, p) in crate::recover::list_ids(&self.dir("manifests"), "manifest")? {
+            if s.index.version(id)?.is_some() {
+                continue;
+            }
+            let covered = std::fs::read(&p)
+                .ok()
+                .and_then(|b| crate::manifest::Manifest::decode(&b, "").ok())
+                .is_some_and(|m| {
+                    s.index
+                        .deleted_up_to(&m.record.key())
+                        .is_ok_and(|d| m.record.version <= d)
+                });
+            if covered {
+                self.remove_file(&p)?;
+            }
+        }
+        self.opts
+            .faults
+            .check(crate::fault::FaultKind::Sync, &self.dir("manifests"))?;
         fsync_dir(&self.dir("manifests"))?;
+        let mut b = IndexBatch::default();
+        for r in dead {
+            b.remove_version(r);
+        }
+        s.index.apply(b)?;
         let mut b = IndexBatch::default();
         for (id, _) in garbage {
             b.remove_chunk(id);

@@ -30,6 +30,9 @@ use crate::index::{Index, IndexBatch};
 use crate::pack::{ChunkLoc, PackWriter, RECORD_HEADER_LEN};
 
 const WINDOW: usize = 8 << 20;
+
+/// The path named in errors reading the caller's source (not the store).
+pub const SOURCE: &str = "<source>";
 const POOL: usize = 6;
 
 /// What an ingest produced. Nothing is visible until the caller commits it.
@@ -156,7 +159,7 @@ fn read_windows(
         if let Some(c) = carry.take() {
             buf[..carried].copy_from_slice(&c);
         }
-        let fresh = read_full(src, &mut buf[carried..]).map_err(|e| Error::io("<source>", e))?;
+        let fresh = read_full(src, &mut buf[carried..]).map_err(|e| Error::io(SOURCE, e))?;
         let eof = carried + fresh < window_len;
         let len = carried + fresh;
         let window = Bytes::from_owner(PoolBuf {
@@ -304,8 +307,10 @@ fn write_chunks(
         let synced = syncer
             .join()
             .map_err(|_| Error::Index("pack sync thread panicked".into()))?;
-        res?;
+        // A failed fsync is the root cause when both failed (the worker then only saw the
+        // sync thread stop): report it first.
         out.packs = synced?;
+        res?;
         Ok(out)
     })
 }

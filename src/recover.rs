@@ -183,12 +183,16 @@ impl Store {
                     ));
                 }
             })?;
-            if let ScanEnd::Damaged { offset, reason } = how {
+            if let ScanEnd::Damaged { offset, reason } = &how {
                 rep.damaged
                     .push(format!("{}: {reason} at offset {offset}", path.display()));
             }
             rep.chunks += seen.len();
-            b.put_pack(pid, end);
+            // A pack shorter than its header (killed right after creation) holds nothing:
+            // leave it unregistered for gc to delete.
+            if how != (ScanEnd::TornTail { offset: 0 }) {
+                b.put_pack(pid, end);
+            }
             ix.apply(b)?;
             rep.packs += 1;
         }

@@ -392,11 +392,11 @@ impl Store {
             progress,
             faults: &self.opts.faults,
         };
+        // Any failure other than reading the source happened while writing packs: the fate of
+        // those bytes is unknown, so the store stops taking writes until reopened.
         let ing = ingest::ingest(src, ix, &cfg).map_err(|e| match e {
-            e @ Error::Io { .. } if is_store_path(&e, &packs_dir) => {
-                self.poison::<()>(Err(e)).unwrap_err()
-            }
-            e => e,
+            e @ Error::Io { .. } if is_source_error(&e) => e,
+            e => self.poison::<()>(Err(e)).unwrap_err(),
         })?;
         check_source(ing.size)?;
         if let Some(imp) = imported
@@ -634,8 +634,8 @@ fn check_empty_for_create(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_store_path(e: &Error, dir: &Path) -> bool {
-    matches!(e, Error::Io { path, .. } if path.starts_with(dir))
+fn is_source_error(e: &Error) -> bool {
+    matches!(e, Error::Io { path, .. } if path == Path::new(ingest::SOURCE))
 }
 
 fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {

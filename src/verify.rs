@@ -90,12 +90,18 @@ impl Store {
             rep.versions += 1;
             indexed.insert(r.id);
             let name = format!("{} v{}", r.key().display(), r.version);
+            let manifest_exists = self.manifest_path(r.id).exists();
             match crate::read::load_manifest(&s, &r) {
-                Err(e) => {
-                    if !r.is_deleted() {
-                        rep.damaged_files.push(format!("{name}: {e}"));
-                    }
+                // A deleted version whose manifest gc already removed: fine.
+                Err(_) if r.is_deleted() && !manifest_exists => {}
+                Err(e) if r.is_deleted() => {
+                    rep.problems.push(format!("{name} (deleted): {e}"));
                 }
+                Err(e) => {
+                    rep.damaged_files.push(format!("{name}: {e}"));
+                }
+                // A deleted version's chunks are garbage: gc may already have taken them.
+                Ok(_) if r.is_deleted() => {}
                 Ok(m) => {
                     let same = m.record.key() == r.key()
                         && m.record.version == r.version

@@ -3,15 +3,17 @@
 //! One test binary (`cargo test --test it`) with a module per topic; `util` holds the shared
 //! helpers (temp dirs, deterministic data, running the binary, inspecting packs).
 
+mod badinput;
 mod cli;
+mod corruption;
+mod crash;
 mod dedup;
+mod export;
 mod faults;
 mod gc;
 mod ingest;
+mod journal;
 mod recovery;
 mod util;
 mod verify;
 mod versions;
-mod badinput;
-mod journal;
-mod export;
