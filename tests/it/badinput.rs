@@ -184,13 +184,23 @@ impl Mount {
         Mount(at.to_path_buf())
     }
 
+    /// Remount with `opts`. A read-only remount fails (EBUSY) while a file on it is open for
+    /// writing, and sled's background thread closes the index files a moment after the store
+    /// drops them: retry for a few seconds.
     fn remount(&self, opts: &str) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,{opts}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(st.success(), "remount {opts}");
+        for _ in 0..100 {
+            let st = Command::new("mount")
+                .args(["-o", &format!("remount,{opts}")])
+                .arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            if st.success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("remount {opts} of {} kept failing", self.0.display());
     }
 }
 
