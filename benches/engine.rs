@@ -70,7 +70,7 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             fl.chunks(64 * 1024)
                 .filter_map(|c| codec::encode(c, Compression::Auto(1)))
-                .map(|(_, v)| v.len())
+                .map(|v| v.len())
                 .sum::<usize>()
         })
     });
