@@ -34,26 +34,12 @@ use crate::index::Scope;
 use crate::journal::JournalContents;
 use crate::path::ExperimentKey;
 use crate::record::FileRecord;
-use crate::store::{ListFilter, Store};
+use crate::store::Store;
 
 pub(crate) const LEDGER_FILE: &str = ".ml-dash-export.json";
 
-type ExpId = (String, String, String);
-
 pub(super) fn plan(store: &Store, scope: &Scope) -> Result<(Vec<ExpPlan>, Vec<String>)> {
-    let all = store.list(&ListFilter {
-        scope: scope.clone(),
-        all_versions: true,
-        include_deleted: true,
-        ..Default::default()
-    })?;
-    let mut by_exp: BTreeMap<ExpId, Vec<FileRecord>> = BTreeMap::new();
-    for r in all {
-        by_exp
-            .entry((r.namespace.clone(), r.project.clone(), r.experiment.clone()))
-            .or_default()
-            .push(r);
-    }
+    let mut by_exp = super::records_by_experiment(store, scope)?;
     for k in store.journal_experiments()? {
         let in_scope = scope.namespace.as_ref().is_none_or(|n| *n == k.namespace)
             && scope.project.as_ref().is_none_or(|p| *p == k.project)

@@ -69,6 +69,30 @@ pub struct ExportSummary {
     pub problems: Vec<String>,
 }
 
+/// (namespace, project, experiment).
+pub(super) type ExpId = (String, String, String);
+
+/// Every version in scope (deleted ones too), grouped by experiment, in path order.
+pub(super) fn records_by_experiment(
+    store: &Store,
+    scope: &Scope,
+) -> Result<std::collections::BTreeMap<ExpId, Vec<FileRecord>>> {
+    let all = store.list(&crate::store::ListFilter {
+        scope: scope.clone(),
+        all_versions: true,
+        include_deleted: true,
+        ..Default::default()
+    })?;
+    let mut by_exp: std::collections::BTreeMap<ExpId, Vec<FileRecord>> = Default::default();
+    for r in all {
+        by_exp
+            .entry((r.namespace.clone(), r.project.clone(), r.experiment.clone()))
+            .or_default()
+            .push(r);
+    }
+    Ok(by_exp)
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

@@ -14,26 +14,12 @@ use super::{Doc, ExpPlan, FileJob, LedgerKind};
 use crate::error::{Error, Result};
 use crate::index::Scope;
 use crate::record::FileRecord;
-use crate::store::{ListFilter, Store};
+use crate::store::Store;
 
 pub(crate) const RECORDS_FILE: &str = ".ml-dash-records.json";
 
-type ExpId = (String, String, String);
-
 pub(super) fn plan(store: &Store, scope: &Scope) -> Result<Vec<ExpPlan>> {
-    let all = store.list(&ListFilter {
-        scope: scope.clone(),
-        all_versions: true,
-        include_deleted: true,
-        ..Default::default()
-    })?;
-    let mut by_exp: BTreeMap<ExpId, Vec<FileRecord>> = BTreeMap::new();
-    for r in all {
-        by_exp
-            .entry((r.namespace.clone(), r.project.clone(), r.experiment.clone()))
-            .or_default()
-            .push(r);
-    }
+    let by_exp = super::records_by_experiment(store, scope)?;
     let mut namespaces: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
     for (ns, p, e) in by_exp.keys() {
         namespaces.entry((p, e)).or_default().insert(ns);
