@@ -173,8 +173,13 @@ impl Store {
                 ));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Refuse a foreign directory before creating anything in it.
-                check_empty_for_create(&root)?;
+                // Refuse a foreign directory before creating anything in it; unless another
+                // process finished creating the store since we looked (FORMAT exists now).
+                if let Err(refused) = check_empty_for_create(&root) {
+                    let b = fs::read(&format_path).map_err(|_| refused)?;
+                    check_format(&b)?;
+                    return Store::finish_open(root, opts);
+                }
                 // Create under the store lock so that processes racing to create the same
                 // store agree: the loser finds FORMAT when it gets the lock.
                 let _lock = acquire_lock(&root.join("lock"), opts.lock_timeout)?;
@@ -188,6 +193,10 @@ impl Store {
             }
             Err(e) => return Err(bad(e.to_string())),
         }
+        Store::finish_open(root, opts)
+    }
+
+    fn finish_open(root: PathBuf, opts: StoreOptions) -> Result<Store> {
         let chunker = Chunker::new(opts.chunker)?;
         Ok(Store {
             root,
