@@ -56,11 +56,6 @@ impl Faults {
             .is_some_and(|p| p.seen.load(Ordering::SeqCst) >= p.fail_at)
     }
 
-    /// Operations of the plan's kind seen so far.
-    pub fn count(&self) -> u64 {
-        self.0.as_ref().map_or(0, |p| p.seen.load(Ordering::SeqCst))
-    }
-
     /// Called before an operation of `kind` on `path`: `Err` if this is the one to fail.
     pub(crate) fn check(&self, kind: FaultKind, path: &Path) -> Result<()> {
         let Some(p) = &self.0 else { return Ok(()) };

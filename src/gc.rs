@@ -45,7 +45,7 @@ impl Store {
     /// garbage (0.0 rewrites every pack with any garbage; the CLI default is 0.5).
     pub fn gc(&self, dry_run: bool, rewrite_threshold: f64) -> Result<GcReport> {
         if !dry_run {
-            self.check_poison_pub()?;
+            self.check_poison()?;
         }
         let s = self.session()?;
         let ix = &s.index;

@@ -272,15 +272,6 @@ impl Index {
         self.db.apply_batch(batch.0).map_err(ie)?;
         self.flush()
     }
-
-    /// Remove every entry (used by rebuild).
-    pub fn clear(&self) -> Result<()> {
-        self.db.clear().map_err(ie)?;
-        self.db
-            .insert(b"mformat", &INDEX_FORMAT.to_le_bytes())
-            .map_err(ie)?;
-        self.flush()
-    }
 }
 
 /// A set of index changes applied atomically by `Index::apply`.

@@ -245,7 +245,7 @@ impl Store {
         exp: &ExperimentKey,
         make: impl FnOnce(&JournalContents) -> Entry,
     ) -> Result<Entry> {
-        self.check_poison_pub()?;
+        self.check_poison()?;
         let dir = self.dir("journals");
         if !dir.exists() {
             fs::create_dir_all(&dir).at(&dir)?;

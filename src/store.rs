@@ -234,15 +234,11 @@ impl Store {
         self.dir("events").join(manifest::event_file_name(id))
     }
 
-    fn check_poison(&self) -> Result<()> {
+    pub(crate) fn check_poison(&self) -> Result<()> {
         match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(why) => Err(Error::Poisoned(why.clone())),
             None => Ok(()),
         }
-    }
-
-    pub(crate) fn check_poison_pub(&self) -> Result<()> {
-        self.check_poison()
     }
 
     /// Mark the store unusable for writes after a failed durable step (never retry an fsync).

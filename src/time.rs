@@ -23,11 +23,6 @@ pub fn format_micros(secs: i64, micros: u32) -> String {
     )
 }
 
-/// Milliseconds since the epoch as an ISO timestamp (used for ids).
-pub fn from_millis(ms: u64) -> String {
-    format_micros((ms / 1000) as i64, ((ms % 1000) * 1000) as u32)
-}
-
 // Howard Hinnant's days-to-civil algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
