@@ -33,6 +33,10 @@ pub enum Error {
     /// The index's own files are damaged (it is derived data: `rebuild_index` recreates it).
     #[error("index is damaged: {0}")]
     IndexDamaged(String),
+    /// A remote (S3-compatible object storage) refused or failed a request, or holds data this
+    /// version cannot use. Never carries credentials.
+    #[error("remote {remote}: {reason}")]
+    Remote { remote: String, reason: String },
     #[error("timed out after {secs} s waiting for the store lock at {path}")]
     LockTimeout { path: PathBuf, secs: u64 },
 }

@@ -27,9 +27,17 @@ pub struct ExperimentBuilder {
     namespace: String,
     local_path: PathBuf,
     options: StoreOptions,
+    #[cfg(feature = "remote")]
+    remote: Option<crate::remote::RemoteConfig>,
 }
 
 impl ExperimentBuilder {
+    /// Push the store to this remote when the experiment is closed (`Experiment::close`).
+    #[cfg(feature = "remote")]
+    pub fn remote(mut self, r: crate::remote::RemoteConfig) -> Self {
+        self.remote = Some(r);
+        self
+    }
     /// Namespace (default `local`).
     pub fn namespace(mut self, ns: impl Into<String>) -> Self {
         self.namespace = ns.into();
@@ -49,7 +57,12 @@ impl ExperimentBuilder {
     pub fn open(self) -> Result<Experiment> {
         let key = ExperimentKey::new(&self.namespace, &self.project, &self.name)?;
         let store = Store::open_with(&self.local_path, self.options)?;
-        Ok(Experiment { store, key })
+        Ok(Experiment {
+            store,
+            key,
+            #[cfg(feature = "remote")]
+            remote: self.remote,
+        })
     }
 }
 
@@ -58,6 +71,8 @@ impl ExperimentBuilder {
 pub struct Experiment {
     store: Store,
     key: ExperimentKey,
+    #[cfg(feature = "remote")]
+    remote: Option<crate::remote::RemoteConfig>,
 }
 
 impl Experiment {
@@ -71,6 +86,21 @@ impl Experiment {
             namespace: "local".into(),
             local_path: PathBuf::from(".ml-dash"),
             options: StoreOptions::default(),
+            #[cfg(feature = "remote")]
+            remote: None,
+        }
+    }
+
+    /// Finish: push the store to the remote given to the builder, if any. Everything was
+    /// already durable locally; closing without a remote does nothing.
+    #[cfg(feature = "remote")]
+    pub fn close(&self) -> Result<Option<crate::remote::PushReport>> {
+        match &self.remote {
+            Some(cfg) => {
+                let r = crate::remote::Remote::open(cfg)?;
+                Ok(Some(self.store.push(&r, None)?))
+            }
+            None => Ok(None),
         }
     }
 

@@ -23,6 +23,8 @@ pub mod path;
 pub mod read;
 pub mod record;
 pub mod recover;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod stats;
 pub mod store;
 pub mod time;

@@ -142,7 +142,7 @@ pub fn decode_record_header(b: &[u8]) -> std::result::Result<RecordHeader, &'sta
     })
 }
 
-fn encode_pack_header(id: Id) -> [u8; PACK_HEADER_LEN as usize] {
+pub(crate) fn encode_pack_header(id: Id) -> [u8; PACK_HEADER_LEN as usize] {
     let mut b = [0u8; PACK_HEADER_LEN as usize];
     b[..8].copy_from_slice(PACK_MAGIC);
     b[8..12].copy_from_slice(&PACK_FORMAT.to_le_bytes());
@@ -150,7 +150,7 @@ fn encode_pack_header(id: Id) -> [u8; PACK_HEADER_LEN as usize] {
     b
 }
 
-fn check_pack_header(b: &[u8], expect: Id) -> std::result::Result<(), String> {
+pub(crate) fn check_pack_header(b: &[u8], expect: Id) -> std::result::Result<(), String> {
     if b.len() < PACK_HEADER_LEN as usize || &b[..8] != PACK_MAGIC {
         return Err("bad pack magic".into());
     }
@@ -187,6 +187,32 @@ pub fn read_chunk(
     id: &ChunkId,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
+    let buf = read_record_unverified(file, loc, id, location)?;
+    let h = decode_record_header(&buf).expect("checked by read_record_unverified");
+    decode_and_verify(&h, &buf[RECORD_HEADER_LEN..], location)
+}
+
+/// Read one whole record (header and stored bytes, as in the pack) and prove it holds chunk
+/// `id` before returning it: for copying records verbatim (push to a remote).
+pub fn read_record(
+    file: &File,
+    loc: &ChunkLoc,
+    id: &ChunkId,
+    location: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    let buf = read_record_unverified(file, loc, id, location)?;
+    let h = decode_record_header(&buf).expect("checked by read_record_unverified");
+    decode_and_verify(&h, &buf[RECORD_HEADER_LEN..], location)?;
+    Ok(buf)
+}
+
+/// The record bytes at `loc`, with a header that is valid and matches `loc` and `id`.
+fn read_record_unverified(
+    file: &File,
+    loc: &ChunkLoc,
+    id: &ChunkId,
+    location: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.record_len() as usize];
     file.read_exact_at(&mut buf, loc.offset)
         .map_err(|e| Error::corrupt(location(), format!("cannot read chunk {id}: {e}")))?;
@@ -202,7 +228,7 @@ pub fn read_chunk(
             format!("chunk {id}: record header does not match the index"),
         ));
     }
-    decode_and_verify(&h, &buf[RECORD_HEADER_LEN..], location)
+    Ok(buf)
 }
 
 /// Appends records to one pack. Bytes are durable only after `sync`.

@@ -74,17 +74,29 @@ pub(crate) fn event_batch(ix: &Index, e: &Event) -> Result<IndexBatch> {
     Ok(b)
 }
 
-/// Complete the commit a crash interrupted, if any: the `pending` marker names a version or
-/// event whose file may or may not have become durable.
+/// Complete the commits a crash interrupted, if any: the `pending` marker names one or more
+/// versions or events (16-byte ids, in apply order; a pull commits many at once) whose files
+/// may or may not have become durable.
 pub(crate) fn finish_pending(s: &Session<'_>) -> Result<()> {
-    let Some(id) = s.index.meta_id("pending")? else {
+    let Some(raw) = s.index.meta("pending")? else {
         return Ok(());
     };
+    for id in raw.chunks_exact(16) {
+        let id = Id(id.try_into().expect("16 bytes"));
+        s.index.apply_unflushed(commit_batch(s, id)?)?;
+    }
+    let mut b = IndexBatch::default();
+    b.remove_meta("pending");
+    s.index.apply(b)
+}
+
+/// The index changes that make version or event `id` visible, if its file is complete.
+fn commit_batch(s: &Session<'_>, id: Id) -> Result<IndexBatch> {
     let mut b = IndexBatch::default();
     let mp = s.store.manifest_path(id);
     let ep = s.store.event_path(id);
     // A file that exists under its final name was renamed there complete; if it does not
-    // decode anyway (disk damage), drop the marker and leave the report to `verify`.
+    // decode anyway (disk damage), skip it and leave the report to `verify`.
     if let Some(bytes) = read_if_exists(&mp)? {
         if let Ok(m) = Manifest::decode(&bytes, &mp.display().to_string())
             && m.record.id == id
@@ -97,8 +109,7 @@ pub(crate) fn finish_pending(s: &Session<'_>) -> Result<()> {
     {
         b = event_batch(&s.index, &e)?;
     }
-    b.remove_meta("pending");
-    s.index.apply(b)
+    Ok(b)
 }
 
 fn read_if_exists(p: &Path) -> Result<Option<Vec<u8>>> {

@@ -134,7 +134,11 @@ impl Store {
 
     /// Open an existing store; never creates one (for read-only commands).
     pub fn open_existing(root: impl AsRef<Path>) -> Result<Store> {
-        Store::open_inner(root.as_ref(), StoreOptions::default(), false)
+        Store::open_existing_with(root, StoreOptions::default())
+    }
+
+    pub fn open_existing_with(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        Store::open_inner(root.as_ref(), opts, false)
     }
 
     fn open_inner(root: &Path, opts: StoreOptions, create: bool) -> Result<Store> {

@@ -241,6 +241,15 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             json,
         } => export(&root, &dir, &scope, layout, json),
         Cmd::Import { dir, json } => import(&root, &dir, json),
+        #[cfg(feature = "remote")]
+        Cmd::Push {
+            url,
+            remote,
+            layout,
+            json,
+        } => push(&root, &url, &remote, layout, json),
+        #[cfg(feature = "remote")]
+        Cmd::Pull { url, remote, json } => pull(&root, &url, &remote, json),
         Cmd::Repair { json } => {
             let rep = open(&root)?.rebuild_index()?;
             let mut out = io::stdout().lock();
@@ -261,9 +270,22 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Store options from the environment: `ML_DASH_PACK_TARGET` (bytes per pack, for tests
+/// that want many small packs).
+fn options() -> ml_dash::StoreOptions {
+    let o = ml_dash::StoreOptions::default();
+    match std::env::var("ML_DASH_PACK_TARGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => o.pack_target(n),
+        None => o,
+    }
+}
+
 /// Open an existing store (read commands never create one).
 fn open(root: &Path) -> Result<Store> {
-    Ok(Store::open_existing(root)?)
+    Ok(Store::open_existing_with(root, options())?)
 }
 
 fn exp_key(e: &ExpArgs) -> Result<ExperimentKey> {
@@ -387,7 +409,7 @@ fn upload(
         let (dir, filename) = path::target(&prefix, &name)?;
         plan.push((f.clone(), ek.file(dir, filename)));
     }
-    let store = Store::open(root)?;
+    let store = Store::open_with(root, options())?;
     let mut out = io::stdout().lock();
     for (src, key) in plan {
         let v = NewVersion {
@@ -551,7 +573,7 @@ fn export(
 }
 
 fn import(root: &Path, dir: &Path, json: bool) -> Result<i32> {
-    let store = Store::open(root)?;
+    let store = Store::open_with(root, options())?;
     let sum = {
         let p = Progress::start("import", None, !json);
         ml_dash::export::import(&store, dir, Some(&p.counter))?
@@ -578,4 +600,99 @@ fn import(root: &Path, dir: &Path, json: bool) -> Result<i32> {
         )?;
     }
     Ok(if sum.problems.is_empty() { 0 } else { DAMAGE })
+}
+
+#[cfg(feature = "remote")]
+fn connect(url: &str, a: &super::RemoteArgs) -> Result<ml_dash::remote::Remote> {
+    let cfg = ml_dash::remote::RemoteConfig {
+        url: url.to_string(),
+        endpoint: a.endpoint.clone(),
+        access_key_id: a.access_key_id.clone(),
+        secret_access_key: a.secret_access_key.clone(),
+        region: a.region.clone(),
+    };
+    Ok(ml_dash::remote::Remote::open(&cfg)?)
+}
+
+#[cfg(feature = "remote")]
+fn push(
+    root: &Path,
+    url: &str,
+    a: &super::RemoteArgs,
+    layout: super::PushLayout,
+    json: bool,
+) -> Result<i32> {
+    let store = open(root)?;
+    let remote = connect(url, a)?;
+    let mut out = io::stdout().lock();
+    match layout {
+        super::PushLayout::Packs => {
+            let rep = {
+                let p = Progress::start("push", None, !json);
+                store.push(&remote, Some(&p.counter))?
+            };
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "pushed to {}: {} packs ({} chunks, {} bytes), {} manifests, {} events; {} chunks were already there",
+                    rep.remote,
+                    rep.packs,
+                    rep.chunks,
+                    rep.bytes,
+                    rep.manifests,
+                    rep.events,
+                    rep.chunks_already_remote
+                )?;
+            }
+        }
+        super::PushLayout::Files => {
+            let rep = {
+                let p = Progress::start("push", None, !json);
+                store.push_files(&remote, Some(&p.counter))?
+            };
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "pushed {} files to {}: {} uploaded ({} bytes), {} already there",
+                    rep.files, rep.remote, rep.uploaded, rep.bytes, rep.skipped
+                )?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(feature = "remote")]
+fn pull(root: &Path, url: &str, a: &super::RemoteArgs, json: bool) -> Result<i32> {
+    let remote = connect(url, a)?;
+    let store = Store::open_with(root, options())?;
+    let rep = {
+        let p = Progress::start("pull", None, !json);
+        store.pull(&remote, Some(&p.counter))?
+    };
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&rep)?)?;
+    } else {
+        for c in &rep.conflicts {
+            writeln!(out, "conflict: {c}")?;
+        }
+        for d in &rep.damaged {
+            writeln!(out, "damaged: {d}")?;
+        }
+        writeln!(
+            out,
+            "pulled from {}: {} versions, {} events, {} chunks ({} bytes); {} chunks were already here",
+            rep.remote, rep.manifests, rep.events, rep.chunks, rep.bytes, rep.chunks_already_local
+        )?;
+    }
+    Ok(if rep.damaged.is_empty() && rep.conflicts.is_empty() {
+        0
+    } else {
+        DAMAGE
+    })
 }

@@ -198,11 +198,64 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Send the store to S3-compatible storage: only what the remote lacks (deduplicated
+    /// packs, then manifests and events). Re-running after an interruption resumes.
+    ///
+    /// --layout files instead writes one plain object per live version at
+    /// PREFIX/files/<namespace>/<project>/<experiment>/<file id>/<filename> with its record in
+    /// <file id>.json, skipping objects already there with the same SHA-256.
+    #[cfg(feature = "remote")]
+    Push {
+        /// s3://BUCKET/PREFIX (or file:///DIR).
+        url: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long, value_enum, default_value = "packs")]
+        layout: PushLayout,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge a pushed remote into this store (creating it if needed), fetching only the
+    /// versions, events and chunks it lacks.
+    #[cfg(feature = "remote")]
+    Pull {
+        /// s3://BUCKET/PREFIX (or file:///DIR).
+        url: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the index from packs, manifests and events.
     Repair {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How to reach a remote. Credentials default to the standard AWS environment variables and
+/// are never printed.
+#[derive(Args, Clone)]
+pub struct RemoteArgs {
+    /// S3 endpoint URL, e.g. http://127.0.0.1:3900 (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// Default: AWS_REGION (then AWS_DEFAULT_REGION, then us-east-1).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub secret_access_key: Option<String>,
+}
+
+/// `push --layout`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PushLayout {
+    /// Content-addressed packs, manifests and events (what `pull` reads).
+    Packs,
+    /// One plain object per live version plus its JSON record.
+    Files,
 }
 
 /// `export --layout`.

@@ -14,6 +14,7 @@ mod gc;
 mod ingest;
 mod journal;
 mod recovery;
+mod remote;
 mod util;
 mod verify;
 mod versions;

@@ -1,0 +1,537 @@
+//! Push and pull a store to S3-compatible object storage (or a directory, `file://`).
+//!
+//! Remote layout under `s3://BUCKET/PREFIX` (every name is immutable and unique, so machines
+//! pushing to one PREFIX at the same time never overwrite each other's data):
+//! ```text
+//! PREFIX/ml-dash-remote.json          {"format":"ml-dash remote","version":1}
+//! PREFIX/packs/<id>.pack              chunk records + their index + footer (rpack.rs)
+//! PREFIX/manifests/<id>.manifest      the local manifest file, verbatim (checksummed)
+//! PREFIX/events/<id>.event            the local event file, verbatim (checksummed)
+//! PREFIX/files/<ns>/<project>/<experiment>/<file id>/<filename>   push --layout files
+//! PREFIX/files/<ns>/<project>/<experiment>/<file id>.json         its record
+//! ```
+//! Push order: packs (each complete before it is visible), then manifests, then events; so a
+//! manifest on the remote implies its chunks are there. A push computes what the remote lacks
+//! (chunk ids from the pack indexes, cached locally under `cache/remote/`), so a second push of
+//! an unchanged store writes nothing, and an interrupted push resends at most the packs that
+//! were in flight. A pull fetches manifests and events it lacks, then only the chunk records
+//! it lacks (coalesced ranged GETs), checks each against its BLAKE3 id, writes them to local
+//! packs, and commits the versions and events with the same write order as an upload.
+
+mod files;
+mod pull;
+mod push;
+pub mod rpack;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as OPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::digest::ChunkId;
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+pub use files::FilesReport;
+pub use pull::PullReport;
+pub use push::PushReport;
+
+const MARKER: &str = "ml-dash-remote.json";
+const MARKER_BODY: &str = "{\"format\":\"ml-dash remote\",\"version\":1}\n";
+/// Requests in flight for small objects (manifests, events, pack index tails).
+const SMALL_CONCURRENCY: usize = 16;
+
+/// Where a remote is and how to reach it. Secrets are never shown by `Debug`.
+#[derive(Clone, Default)]
+pub struct RemoteConfig {
+    /// `s3://BUCKET[/PREFIX]` or `file:///DIR[/PREFIX]`.
+    pub url: String,
+    /// S3 endpoint, e.g. `http://127.0.0.1:3900` (default: `AWS_ENDPOINT_URL`, then AWS).
+    pub endpoint: Option<String>,
+    /// Default: `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// Default: `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<String>,
+    /// Default: `AWS_REGION`, then `AWS_DEFAULT_REGION`, then `us-east-1`.
+    pub region: Option<String>,
+}
+
+impl fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteConfig")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("credentials", &"<not shown>")
+            .finish()
+    }
+}
+
+impl RemoteConfig {
+    pub fn new(url: impl Into<String>) -> RemoteConfig {
+        RemoteConfig {
+            url: url.into(),
+            ..RemoteConfig::default()
+        }
+    }
+}
+
+/// An open connection to a remote: an object store, a key prefix and a runtime to drive it.
+pub struct Remote {
+    pub(crate) os: Arc<dyn ObjectStore>,
+    prefix: String,
+    url: String,
+    pub(crate) rt: tokio::runtime::Runtime,
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
+}
+
+/// Split `scheme://BUCKET/PREFIX` into `(bucket, prefix)`; the prefix is normalized to
+/// segments without empty, `.` or `..` parts.
+pub fn parse_url(url: &str) -> Result<(&'static str, String, String)> {
+    let bad = |reason: &str| Error::invalid("remote URL", url, reason);
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("s3://") {
+        ("s3", r)
+    } else if let Some(r) = url.strip_prefix("file://") {
+        ("file", r)
+    } else {
+        return Err(bad("expected s3://BUCKET/PREFIX or file:///DIR"));
+    };
+    if scheme == "file" {
+        if !rest.starts_with('/') {
+            return Err(bad("file:// URLs need an absolute directory (file:///DIR)"));
+        }
+        return Ok((scheme, rest.to_string(), String::new()));
+    }
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty()
+        || !bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err(bad(
+            "bucket names are lowercase letters, digits, '-' and '.'",
+        ));
+    }
+    let mut segs = Vec::new();
+    for s in prefix.split('/').filter(|s| !s.is_empty()) {
+        if s == "." || s == ".." || s.chars().any(|c| c.is_control()) {
+            return Err(bad(
+                "prefix segments must not be '.', '..' or hold control characters",
+            ));
+        }
+        segs.push(s);
+    }
+    Ok((scheme, bucket.to_string(), segs.join("/")))
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Remote {
+    /// Connect to `cfg.url` (nothing is sent until the first request).
+    pub fn open(cfg: &RemoteConfig) -> Result<Remote> {
+        let (scheme, bucket, prefix) = parse_url(&cfg.url)?;
+        let err = |reason: String| Error::Remote {
+            remote: cfg.url.clone(),
+            reason,
+        };
+        let os: Arc<dyn ObjectStore> = if scheme == "file" {
+            std::fs::create_dir_all(&bucket).map_err(|e| Error::io(&bucket, e))?;
+            Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(&bucket)
+                    .map_err(|e| err(e.to_string()))?,
+            )
+        } else {
+            let endpoint = cfg
+                .endpoint
+                .clone()
+                .or_else(|| env("AWS_ENDPOINT_URL"))
+                .or_else(|| env("AWS_ENDPOINT"));
+            let region = cfg
+                .region
+                .clone()
+                .or_else(|| env("AWS_REGION"))
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into());
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(&bucket)
+                .with_region(region)
+                .with_retry(object_store::RetryConfig {
+                    backoff: object_store::BackoffConfig {
+                        init_backoff: Duration::from_millis(100),
+                        max_backoff: Duration::from_secs(15),
+                        base: 2.0,
+                    },
+                    max_retries: 8,
+                    retry_timeout: Duration::from_secs(180),
+                });
+            if let Some(e) = endpoint {
+                // Self-hosted servers (Garage, MinIO, Ceph) use path-style requests.
+                b = b
+                    .with_allow_http(e.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false)
+                    .with_endpoint(e);
+            }
+            if let Some(k) = &cfg.access_key_id {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(s) = &cfg.secret_access_key {
+                b = b.with_secret_access_key(s);
+            }
+            Arc::new(b.build().map_err(|e| err(e.to_string()))?)
+        };
+        let prefix = if scheme == "file" {
+            String::new()
+        } else {
+            prefix
+        };
+        Remote::with_object_store(os, prefix, cfg.url.clone())
+    }
+
+    /// Use any `ObjectStore` (e.g. `InMemory` in tests) with keys under `prefix`.
+    pub fn with_object_store(
+        os: Arc<dyn ObjectStore>,
+        prefix: String,
+        url: String,
+    ) -> Result<Remote> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ml-dash-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("tokio runtime", e))?;
+        Ok(Remote {
+            os,
+            prefix,
+            url,
+            rt,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The object key for `rel` under the prefix.
+    pub(crate) fn key(&self, rel: &str) -> OPath {
+        if self.prefix.is_empty() {
+            OPath::from(rel)
+        } else {
+            OPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    pub(crate) fn err(&self, what: impl fmt::Display, e: object_store::Error) -> Error {
+        Error::Remote {
+            remote: self.url.clone(),
+            reason: format!("{what}: {e}"),
+        }
+    }
+
+    pub(crate) fn damaged(&self, what: impl fmt::Display, reason: impl fmt::Display) -> Error {
+        Error::Remote {
+            remote: self.url.clone(),
+            reason: format!("{what} is damaged: {reason}"),
+        }
+    }
+
+    /// Names (the part after `dir/`) and sizes of every object under `dir/`.
+    pub(crate) async fn list_dir(&self, dir: &str) -> Result<Vec<(String, u64)>> {
+        let base = self.key(dir);
+        let metas: Vec<_> = self
+            .os
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(format!("listing {dir}/"), e))?;
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            let parts: Vec<_> = m
+                .location
+                .prefix_match(&base)
+                .into_iter()
+                .flatten()
+                .collect();
+            let name = parts
+                .iter()
+                .map(|p| p.as_ref())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((name, m.size));
+        }
+        Ok(out)
+    }
+
+    /// Ids of objects named `<id>.<ext>` under `dir/`.
+    pub(crate) async fn list_ids(&self, dir: &str, ext: &str) -> Result<Vec<(Id, u64)>> {
+        let mut v: Vec<(Id, u64)> = self
+            .list_dir(dir)
+            .await?
+            .into_iter()
+            .filter_map(|(n, size)| Some((crate::manifest::parse_file_name(&n, ext)?, size)))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Put an object that must never change: `Create` where the server honours it; an object
+    /// already there under an immutable name holds the same bytes.
+    pub(crate) async fn put_immutable(&self, key: &OPath, bytes: Vec<u8>) -> Result<()> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self.os.put_opts(key, PutPayload::from(bytes), opts).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(self.err(format!("writing {key}"), e)),
+        }
+    }
+
+    pub(crate) async fn get_bytes(&self, key: &OPath) -> Result<bytes::Bytes> {
+        let r = self
+            .os
+            .get(key)
+            .await
+            .map_err(|e| self.err(format!("reading {key}"), e))?;
+        r.bytes()
+            .await
+            .map_err(|e| self.err(format!("reading {key}"), e))
+    }
+
+    /// Check the remote's format marker; write it when `create` and it is missing.
+    pub(crate) async fn check_marker(&self, create: bool) -> Result<bool> {
+        let key = self.key(MARKER);
+        match self.os.get(&key).await {
+            Ok(r) => {
+                let b = r
+                    .bytes()
+                    .await
+                    .map_err(|e| self.err(format!("reading {key}"), e))?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&b).map_err(|e| self.damaged(MARKER, e.to_string()))?;
+                if v.get("format").and_then(|f| f.as_str()) != Some("ml-dash remote")
+                    || v.get("version").and_then(|f| f.as_u64()) != Some(1)
+                {
+                    return Err(self.damaged(MARKER, "unsupported remote format"));
+                }
+                Ok(true)
+            }
+            Err(object_store::Error::NotFound { .. }) if create => {
+                self.put_immutable(&key, MARKER_BODY.as_bytes().to_vec())
+                    .await?;
+                Ok(false)
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err(format!("reading {key}"), e)),
+        }
+    }
+
+    /// Every chunk in every remote pack, read from the packs' index blocks (fetched once and
+    /// cached under `cache`; a cached block is checked again on every use).
+    pub(crate) async fn chunk_map(&self, cache: &Path) -> Result<RemoteChunks> {
+        let packs = self.list_ids("packs", "pack").await?;
+        std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
+        let results: Vec<Result<(Id, Vec<rpack::Entry>)>> = futures::stream::iter(packs)
+            .map(|(id, size)| async move { Ok((id, self.pack_index(cache, id, size).await?)) })
+            .buffer_unordered(SMALL_CONCURRENCY)
+            .collect()
+            .await;
+        let mut map = RemoteChunks::default();
+        for r in results {
+            let (pack, entries) = r?;
+            map.packs += 1;
+            for e in entries {
+                map.bytes += e.record_len();
+                map.chunks.entry(e.id).or_insert((pack, e));
+            }
+        }
+        Ok(map)
+    }
+
+    async fn pack_index(&self, cache: &Path, id: Id, size: u64) -> Result<Vec<rpack::Entry>> {
+        let cpath = cache.join(format!("{id}.idx"));
+        let what = || format!("pack {id}");
+        if let Ok(b) = std::fs::read(&cpath)
+            && b.len() >= 40
+        {
+            let off = u64::from_le_bytes(b[32..40].try_into().expect("8"));
+            let check: [u8; 32] = b[..32].try_into().expect("32");
+            if let Ok(es) = rpack::decode_index(&b[40..], &check, off) {
+                return Ok(es);
+            }
+            // A damaged cache entry is just fetched again.
+        }
+        let key = self.key(&format!("packs/{}", rpack::object_name(id)));
+        let tail_len = size.min(1 << 20);
+        let tail = self
+            .os
+            .get_range(&key, size - tail_len..size)
+            .await
+            .map_err(|e| self.err(format!("reading {key}"), e))?;
+        if tail.len() as u64 != tail_len {
+            return Err(self.damaged(what(), "short read of its tail"));
+        }
+        let footer = &tail[tail.len() - rpack::FOOTER_LEN as usize..];
+        let (off, len, check) =
+            rpack::decode_footer(footer, size).map_err(|r| self.damaged(what(), r))?;
+        let idx = if len + rpack::FOOTER_LEN <= tail_len {
+            let start = (tail_len - rpack::FOOTER_LEN - len) as usize;
+            tail.slice(start..start + len as usize)
+        } else {
+            self.os
+                .get_range(&key, off..off + len)
+                .await
+                .map_err(|e| self.err(format!("reading {key}"), e))?
+        };
+        let entries =
+            rpack::decode_index(&idx, &check, off).map_err(|r| self.damaged(what(), r))?;
+        let mut c = Vec::with_capacity(40 + idx.len());
+        c.extend_from_slice(&check);
+        c.extend_from_slice(&off.to_le_bytes());
+        c.extend_from_slice(&idx);
+        // The cache is derived data: written atomically, not fsynced.
+        if let Ok(f) = crate::durable::AtomicFile::create(&cpath) {
+            let mut f = f;
+            if std::io::Write::write_all(&mut f, &c).is_ok() {
+                let _ = f.commit_no_sync();
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// What a remote holds (`Remote::inventory`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    pub packs: u64,
+    /// Bytes of all pack objects.
+    pub pack_bytes: u64,
+    /// Chunk records in all packs, and how many distinct chunks they hold.
+    pub chunk_records: u64,
+    pub distinct_chunks: u64,
+    pub manifests: u64,
+    pub events: u64,
+    /// Objects of the plain layout (`push --layout files`), data and records.
+    pub file_objects: u64,
+    pub file_bytes: u64,
+}
+
+impl Remote {
+    /// Count what the remote holds, reading every pack's index (not cached).
+    pub fn inventory(&self) -> Result<Inventory> {
+        self.rt.block_on(async {
+            let packs = self.list_ids("packs", "pack").await?;
+            let mut inv = Inventory {
+                packs: packs.len() as u64,
+                pack_bytes: packs.iter().map(|p| p.1).sum(),
+                ..Inventory::default()
+            };
+            let scratch = tempdir_for_inventory()?;
+            let mut distinct = std::collections::HashSet::new();
+            for (id, size) in packs {
+                for e in self.pack_index(&scratch, id, size).await? {
+                    inv.chunk_records += 1;
+                    distinct.insert(e.id);
+                }
+            }
+            let _ = std::fs::remove_dir_all(&scratch);
+            inv.distinct_chunks = distinct.len() as u64;
+            inv.manifests = self.list_ids("manifests", "manifest").await?.len() as u64;
+            inv.events = self.list_ids("events", "event").await?.len() as u64;
+            let files = self.list_dir("files").await?;
+            inv.file_objects = files.len() as u64;
+            inv.file_bytes = files.iter().map(|f| f.1).sum();
+            Ok(inv)
+        })
+    }
+}
+
+fn tempdir_for_inventory() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("ml-dash-inventory-{}", Id::generate()));
+    std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+    Ok(d)
+}
+
+/// What the remote holds: each chunk id with one pack holding it.
+#[derive(Default)]
+pub(crate) struct RemoteChunks {
+    pub chunks: HashMap<ChunkId, (Id, rpack::Entry)>,
+    pub packs: u64,
+    /// Bytes of chunk records in all packs (duplicates included).
+    pub bytes: u64,
+}
+
+/// Part size for a multipart upload of `len` bytes: at least 8 MiB, and large enough that the
+/// upload needs at most 9,000 parts (S3 and compatible servers allow 10,000, each <= 5 GiB).
+pub fn part_size_for(len: u64) -> usize {
+    const MIB: u64 = 1 << 20;
+    let need = len.div_ceil(9_000).div_ceil(MIB) * MIB;
+    need.clamp(8 * MIB, 5 * 1024 * MIB) as usize
+}
+
+impl crate::store::Store {
+    /// Where remote pack indexes are cached for `remote`.
+    pub(crate) fn remote_cache(&self, remote: &Remote) -> PathBuf {
+        let h = blake3::hash(remote.url.as_bytes());
+        self.dir("cache")
+            .join("remote")
+            .join(crate::digest::hex_encode(&h.as_bytes()[..8]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_bad_ones_are_refused() {
+        let (s, b, p) = parse_url("s3://bucket-1/a//b/").unwrap();
+        assert_eq!((s, b.as_str(), p.as_str()), ("s3", "bucket-1", "a/b"));
+        let (_, b, p) = parse_url("s3://bucket").unwrap();
+        assert_eq!((b.as_str(), p.as_str()), ("bucket", ""));
+        for bad in [
+            "http://x/y",
+            "s3://",
+            "s3:///p",
+            "s3://Bucket/p",
+            "s3://b/../p",
+            "s3://b/./p",
+            "file://relative",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn part_sizes_stay_inside_part_limits() {
+        for len in [0u64, 1, 8 << 20, 100 << 30, 1 << 40, 5 << 40] {
+            let p = part_size_for(len) as u64;
+            assert!(p >= 8 << 20);
+            assert!(len.div_ceil(p) <= 9_000, "{len}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let c = RemoteConfig {
+            url: "s3://b/p".into(),
+            access_key_id: Some("AKIDSECRET".into()),
+            secret_access_key: Some("SUPERSECRET".into()),
+            ..RemoteConfig::default()
+        };
+        let s = format!("{c:?}");
+        assert!(!s.contains("SECRET"), "{s}");
+    }
+}

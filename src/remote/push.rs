@@ -1,0 +1,373 @@
+//! `push`: send the remote what it lacks (packs of missing chunks, then manifests, then events).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{self, File};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::MultipartUpload;
+use object_store::path::Path as OPath;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{Remote, SMALL_CONCURRENCY, part_size_for, rpack};
+use crate::digest::ChunkId;
+use crate::error::{Error, IoContext, Result};
+use crate::id::Id;
+use crate::manifest::{self, Manifest};
+use crate::pack::{self, ChunkLoc};
+use crate::recover::list_ids;
+use crate::store::Store;
+
+/// What a push did.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushReport {
+    pub remote: String,
+    /// Packs uploaded by this push.
+    pub packs: u64,
+    /// Chunks uploaded (each one the remote did not have).
+    pub chunks: u64,
+    /// Bytes of pack objects uploaded.
+    pub bytes: u64,
+    pub manifests: u64,
+    pub events: u64,
+    /// Chunks the new manifests use that the remote already had.
+    pub chunks_already_remote: u64,
+    /// The remote after the push: packs and bytes of chunk records in them.
+    pub remote_packs: u64,
+    pub remote_bytes: u64,
+}
+
+/// Part uploads of one multipart object, at most `MAX_IN_FLIGHT` at a time.
+pub(crate) struct PartUploader<'a> {
+    remote: &'a Remote,
+    key: OPath,
+    up: Box<dyn MultipartUpload>,
+    buf: Vec<u8>,
+    part: usize,
+    in_flight: VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
+}
+
+const MAX_IN_FLIGHT: usize = 4;
+
+impl<'a> PartUploader<'a> {
+    pub(crate) fn start(remote: &'a Remote, key: OPath, total: u64) -> Result<PartUploader<'a>> {
+        let up = remote
+            .rt
+            .block_on(object_store::ObjectStoreExt::put_multipart(
+                &*remote.os,
+                &key,
+            ))
+            .map_err(|e| remote.err(format!("starting upload of {key}"), e))?;
+        let part = part_size_for(total);
+        Ok(PartUploader {
+            remote,
+            key,
+            up,
+            buf: Vec::with_capacity(part),
+            part,
+            in_flight: VecDeque::new(),
+        })
+    }
+
+    pub(crate) fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let n = (self.part - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == self.part {
+                self.send_part()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send_part(&mut self) -> Result<()> {
+        while self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.wait_one()?;
+        }
+        let body = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part));
+        let fut = self.up.put_part(body.into());
+        self.in_flight.push_back(self.remote.rt.spawn(fut));
+        Ok(())
+    }
+
+    fn wait_one(&mut self) -> Result<()> {
+        if let Some(h) = self.in_flight.pop_front() {
+            let r = self.remote.rt.block_on(h).map_err(|e| Error::Remote {
+                remote: self.remote.url.clone(),
+                reason: format!("part upload of {} stopped: {e}", self.key),
+            })?;
+            r.map_err(|e| {
+                self.remote
+                    .err(format!("uploading a part of {}", self.key), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> Result<()> {
+        let r = (|| {
+            if !self.buf.is_empty() {
+                self.send_part()?;
+            }
+            while !self.in_flight.is_empty() {
+                self.wait_one()?;
+            }
+            self.remote
+                .rt
+                .block_on(self.up.complete())
+                .map(|_| ())
+                .map_err(|e| self.remote.err(format!("completing {}", self.key), e))
+        })();
+        if r.is_err() {
+            self.abort();
+        }
+        r
+    }
+
+    /// Give up: the parts sent are discarded by the server (never a visible object).
+    pub(crate) fn abort(mut self) {
+        for h in self.in_flight.drain(..) {
+            h.abort();
+        }
+        let _ = self.remote.rt.block_on(self.up.abort());
+    }
+}
+
+/// An object written either in one PUT (small) or as a multipart upload.
+pub(crate) enum ObjectWriter<'a> {
+    Whole(&'a Remote, OPath, Vec<u8>),
+    Parts(PartUploader<'a>),
+}
+
+impl<'a> ObjectWriter<'a> {
+    pub(crate) fn start(remote: &'a Remote, key: OPath, total: u64) -> Result<ObjectWriter<'a>> {
+        if total <= part_size_for(total) as u64 {
+            Ok(ObjectWriter::Whole(
+                remote,
+                key,
+                Vec::with_capacity(total as usize),
+            ))
+        } else {
+            Ok(ObjectWriter::Parts(PartUploader::start(
+                remote, key, total,
+            )?))
+        }
+    }
+
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            ObjectWriter::Whole(_, _, b) => {
+                b.extend_from_slice(data);
+                Ok(())
+            }
+            ObjectWriter::Parts(p) => p.write(data),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<()> {
+        match self {
+            ObjectWriter::Whole(r, key, b) => r.rt.block_on(r.put_immutable(&key, b)),
+            ObjectWriter::Parts(p) => p.finish(),
+        }
+    }
+
+    pub(crate) fn abort(self) {
+        if let ObjectWriter::Parts(p) = self {
+            p.abort();
+        }
+    }
+}
+
+/// What a push sends, read under the store lock.
+struct Plan {
+    manifests: Vec<(Id, Vec<u8>)>,
+    events: Vec<(Id, Vec<u8>)>,
+    chunks: Vec<(ChunkId, ChunkLoc)>,
+    /// Open handles: a pack deleted by a concurrent gc stays readable.
+    files: HashMap<Id, Arc<File>>,
+    already_remote: u64,
+}
+
+impl Store {
+    /// Push everything the remote lacks. Safe to interrupt and re-run: only whole packs become
+    /// visible, and manifests go up only after every chunk they use is there.
+    pub fn push(&self, remote: &Remote, progress: Option<&AtomicU64>) -> Result<PushReport> {
+        remote.rt.block_on(remote.check_marker(true))?;
+        let known = remote
+            .rt
+            .block_on(remote.chunk_map(&self.remote_cache(remote)))?;
+        let (rman, rev) = remote.rt.block_on(async {
+            futures::try_join!(
+                remote.list_ids("manifests", "manifest"),
+                remote.list_ids("events", "event")
+            )
+        })?;
+        let rman: HashSet<Id> = rman.into_iter().map(|(id, _)| id).collect();
+        let rev: HashSet<Id> = rev.into_iter().map(|(id, _)| id).collect();
+        let plan = self.push_plan(&known.chunks, &rman, &rev)?;
+
+        let mut rep = PushReport {
+            remote: remote.url.clone(),
+            chunks_already_remote: plan.already_remote,
+            remote_packs: known.packs,
+            remote_bytes: known.bytes,
+            ..PushReport::default()
+        };
+        let target = self.opts.pack_target;
+        let mut group: Vec<(ChunkId, ChunkLoc)> = Vec::new();
+        let mut group_len = 0u64;
+        for (i, c) in plan.chunks.iter().enumerate() {
+            group.push(*c);
+            group_len += c.1.record_len();
+            if group_len >= target || i + 1 == plan.chunks.len() {
+                let n = self.upload_pack(remote, &plan.files, &group, progress)?;
+                rep.packs += 1;
+                rep.chunks += group.len() as u64;
+                rep.bytes += n;
+                rep.remote_packs += 1;
+                rep.remote_bytes += group_len;
+                group.clear();
+                group_len = 0;
+            }
+        }
+        for (dir, items) in [("manifests", &plan.manifests), ("events", &plan.events)] {
+            let ext = if dir == "manifests" {
+                "manifest"
+            } else {
+                "event"
+            };
+            remote.rt.block_on(
+                futures::stream::iter(items.iter())
+                    .map(|(id, b)| {
+                        let key = remote.key(&format!("{dir}/{id}.{ext}"));
+                        async move { remote.put_immutable(&key, b.clone()).await }
+                    })
+                    .buffer_unordered(SMALL_CONCURRENCY)
+                    .try_collect::<Vec<()>>(),
+            )?;
+        }
+        rep.manifests = plan.manifests.len() as u64;
+        rep.events = plan.events.len() as u64;
+        Ok(rep)
+    }
+
+    fn push_plan(
+        &self,
+        known: &HashMap<ChunkId, (Id, rpack::Entry)>,
+        rman: &HashSet<Id>,
+        rev: &HashSet<Id>,
+    ) -> Result<Plan> {
+        let s = self.session()?;
+        let mut plan = Plan {
+            manifests: Vec::new(),
+            events: Vec::new(),
+            chunks: Vec::new(),
+            files: HashMap::new(),
+            already_remote: 0,
+        };
+        let mut seen = HashSet::new();
+        for (id, path) in list_ids(&self.dir("manifests"), "manifest")? {
+            if rman.contains(&id) {
+                continue;
+            }
+            let bytes = fs::read(&path).at(&path)?;
+            // Never spread damage: a manifest that does not decode stops the push.
+            let m = Manifest::decode(&bytes, &path.display().to_string())?;
+            for (cid, _) in &m.chunks {
+                if !seen.insert(*cid) {
+                    continue;
+                }
+                if known.contains_key(cid) {
+                    plan.already_remote += 1;
+                    continue;
+                }
+                let loc = s.index.chunk(cid)?.ok_or_else(|| {
+                    Error::corrupt(
+                        path.display().to_string(),
+                        format!("chunk {cid} is not in the store (run `ml-dash verify`)"),
+                    )
+                })?;
+                if let std::collections::hash_map::Entry::Vacant(v) = plan.files.entry(loc.pack) {
+                    let p = self.dir("packs").join(pack::pack_file_name(loc.pack));
+                    v.insert(Arc::new(File::open(&p).at(&p)?));
+                }
+                plan.chunks.push((*cid, loc));
+            }
+            plan.manifests.push((id, bytes));
+        }
+        for (id, path) in list_ids(&self.dir("events"), "event")? {
+            if rev.contains(&id) {
+                continue;
+            }
+            let bytes = fs::read(&path).at(&path)?;
+            manifest::decode_event(&bytes, &path.display().to_string())?;
+            plan.events.push((id, bytes));
+        }
+        Ok(plan)
+    }
+
+    /// Upload one remote pack holding `chunks` (records copied verbatim after their BLAKE3
+    /// check). Returns the object's size.
+    fn upload_pack(
+        &self,
+        remote: &Remote,
+        files: &HashMap<Id, Arc<File>>,
+        chunks: &[(ChunkId, ChunkLoc)],
+        progress: Option<&AtomicU64>,
+    ) -> Result<u64> {
+        let id = Id::generate();
+        let key = remote.key(&format!("packs/{}", rpack::object_name(id)));
+        let records: u64 = chunks.iter().map(|c| c.1.record_len()).sum();
+        let total = pack::PACK_HEADER_LEN
+            + records
+            + 12
+            + (chunks.len() * rpack::ENTRY_LEN) as u64
+            + rpack::FOOTER_LEN;
+        let mut w = ObjectWriter::start(remote, key, total)?;
+        let r = (|| {
+            w.write(&pack::encode_pack_header(id))?;
+            let mut entries = Vec::with_capacity(chunks.len());
+            let mut offset = pack::PACK_HEADER_LEN;
+            // Read and check a batch in parallel, then send it in order.
+            for batch in chunks.chunks(64) {
+                let bufs: Vec<Vec<u8>> = batch
+                    .par_iter()
+                    .map(|(cid, loc)| {
+                        let p = self.dir("packs").join(pack::pack_file_name(loc.pack));
+                        pack::read_record(&files[&loc.pack], loc, cid, &|| p.display().to_string())
+                    })
+                    .collect::<Result<_>>()?;
+                for ((cid, loc), buf) in batch.iter().zip(bufs) {
+                    entries.push(rpack::Entry {
+                        id: *cid,
+                        offset,
+                        stored_len: loc.stored_len,
+                        raw_len: loc.raw_len,
+                        codec: loc.codec,
+                    });
+                    offset += buf.len() as u64;
+                    w.write(&buf)?;
+                    if let Some(p) = progress {
+                        p.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            let idx = rpack::encode_index(&entries);
+            w.write(&idx)?;
+            w.write(&rpack::encode_footer(offset, &idx))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => w.finish()?,
+            Err(e) => {
+                w.abort();
+                return Err(e);
+            }
+        }
+        Ok(total)
+    }
+}

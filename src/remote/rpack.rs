@@ -1,0 +1,165 @@
+//! Remote pack objects: a local-format pack (header and chunk records copied verbatim) followed
+//! by an index of its records and a footer, so one object describes itself:
+//!
+//! ```text
+//! "MLDPACK\0" u32 1 u32 0 [16] id           pack header (as in packs/*.pack)
+//! "CHNK" ... records ...                    exactly the local record bytes
+//! "MLDRIDX1" u32 count                      the index block:
+//!     count x ([32] chunk id, u64 offset, u32 stored_len, u32 raw_len, u8 codec)
+//! u64 index_offset  [32] BLAKE3(index block)  "MLDREND\0"    footer, 48 bytes
+//! ```
+//! A multipart upload becomes visible only when complete, so a pack object that exists is whole.
+//! Readers fetch the footer and index with one ranged GET of the tail, check the BLAKE3, and
+//! cache the index block locally (objects are immutable). Every chunk fetched later is checked
+//! again against its record header and its BLAKE3 id.
+
+use crate::codec::Codec;
+use crate::digest::{ChunkId, Digest};
+use crate::id::Id;
+
+pub const INDEX_MAGIC: &[u8; 8] = b"MLDRIDX1";
+pub const FOOTER_MAGIC: &[u8; 8] = b"MLDREND\0";
+pub const FOOTER_LEN: u64 = 48;
+pub const ENTRY_LEN: usize = 49;
+
+/// One chunk record in a remote pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: ChunkId,
+    /// Offset of the record header in the object.
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+impl Entry {
+    pub fn record_len(&self) -> u64 {
+        crate::pack::RECORD_HEADER_LEN as u64 + self.stored_len as u64
+    }
+}
+
+/// The index block for `entries`.
+pub fn encode_index(entries: &[Entry]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(12 + entries.len() * ENTRY_LEN);
+    b.extend_from_slice(INDEX_MAGIC);
+    b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        b.extend_from_slice(e.id.as_bytes());
+        b.extend_from_slice(&e.offset.to_le_bytes());
+        b.extend_from_slice(&e.stored_len.to_le_bytes());
+        b.extend_from_slice(&e.raw_len.to_le_bytes());
+        b.push(e.codec as u8);
+    }
+    b
+}
+
+/// The footer that follows an index block written at `index_offset`.
+pub fn encode_footer(index_offset: u64, index: &[u8]) -> [u8; FOOTER_LEN as usize] {
+    let mut f = [0u8; FOOTER_LEN as usize];
+    f[..8].copy_from_slice(&index_offset.to_le_bytes());
+    f[8..40].copy_from_slice(blake3::hash(index).as_bytes());
+    f[40..].copy_from_slice(FOOTER_MAGIC);
+    f
+}
+
+/// Parse a footer: `(index_offset, index_len, index checksum)`. `object_len` is the object size.
+pub fn decode_footer(f: &[u8], object_len: u64) -> Result<(u64, u64, [u8; 32]), String> {
+    if f.len() != FOOTER_LEN as usize || &f[40..] != FOOTER_MAGIC {
+        return Err("no remote pack footer".into());
+    }
+    let off = u64::from_le_bytes(f[..8].try_into().expect("8"));
+    let end = object_len
+        .checked_sub(FOOTER_LEN)
+        .ok_or("object shorter than a footer")?;
+    if off < crate::pack::PACK_HEADER_LEN || off > end {
+        return Err(format!("index offset {off} out of bounds"));
+    }
+    Ok((off, end - off, f[8..40].try_into().expect("32")))
+}
+
+/// Decode and check an index block against its footer checksum; every entry must lie inside
+/// `[PACK_HEADER_LEN, index_offset)` and entries must not overlap.
+pub fn decode_index(b: &[u8], check: &[u8; 32], index_offset: u64) -> Result<Vec<Entry>, String> {
+    if blake3::hash(b).as_bytes() != check {
+        return Err("index block fails its BLAKE3 check".into());
+    }
+    if b.len() < 12 || &b[..8] != INDEX_MAGIC {
+        return Err("bad index magic".into());
+    }
+    let n = u32::from_le_bytes(b[8..12].try_into().expect("4")) as usize;
+    if b.len() != 12 + n * ENTRY_LEN {
+        return Err("index length does not match its count".into());
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut next = crate::pack::PACK_HEADER_LEN;
+    for e in b[12..].chunks_exact(ENTRY_LEN) {
+        let entry = Entry {
+            id: ChunkId(Digest(e[..32].try_into().expect("32"))),
+            offset: u64::from_le_bytes(e[32..40].try_into().expect("8")),
+            stored_len: u32::from_le_bytes(e[40..44].try_into().expect("4")),
+            raw_len: u32::from_le_bytes(e[44..48].try_into().expect("4")),
+            codec: Codec::from_u8(e[48]).ok_or("unknown codec in index")?,
+        };
+        if entry.offset < next || entry.offset + entry.record_len() > index_offset {
+            return Err(format!("index entry for chunk {} out of bounds", entry.id));
+        }
+        next = entry.offset + entry.record_len();
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// Object key suffix of a remote pack.
+pub fn object_name(id: Id) -> String {
+    format!("{id}.pack")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries() -> Vec<Entry> {
+        (0..5u32)
+            .map(|i| Entry {
+                id: ChunkId::of(&i.to_le_bytes()),
+                offset: 32 + i as u64 * 152,
+                stored_len: 100,
+                raw_len: 200,
+                codec: Codec::Zstd,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn index_round_trips_and_rejects_damage() {
+        let es = entries();
+        let idx = encode_index(&es);
+        let off = 32 + 5 * 152;
+        let f = encode_footer(off, &idx);
+        let total = off + idx.len() as u64 + FOOTER_LEN;
+        let (o, len, check) = decode_footer(&f, total).unwrap();
+        assert_eq!((o, len), (off, idx.len() as u64));
+        assert_eq!(decode_index(&idx, &check, o).unwrap(), es);
+        for i in 0..idx.len() {
+            let mut bad = idx.clone();
+            bad[i] ^= 1;
+            assert!(decode_index(&bad, &check, o).is_err(), "flip at {i}");
+        }
+        assert!(decode_footer(&f[1..], total).is_err());
+        assert!(decode_footer(&f, 10).is_err());
+    }
+
+    #[test]
+    fn overlapping_or_outside_entries_are_refused() {
+        let mut es = entries();
+        es[2].offset = es[1].offset + 10;
+        let idx = encode_index(&es);
+        let check = *blake3::hash(&idx).as_bytes();
+        assert!(decode_index(&idx, &check, 10_000).is_err());
+        let es = entries();
+        let idx = encode_index(&es);
+        let check = *blake3::hash(&idx).as_bytes();
+        assert!(decode_index(&idx, &check, 32 + 4 * 152).is_err());
+    }
+}
