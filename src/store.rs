@@ -523,7 +523,14 @@ impl Store {
             at: crate::time::now_iso(),
         };
         self.poison(commit_event(&s, &event))?;
-        Ok(live)
+        // The records as they are now (deleted).
+        live.iter()
+            .map(|r| {
+                s.index
+                    .version(r.id)?
+                    .ok_or_else(|| Error::Index(format!("version {} vanished", r.id)))
+            })
+            .collect()
     }
 
     /// Change description, tags or metadata of one version (absent arguments stay as they are).

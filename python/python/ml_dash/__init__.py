@@ -1,0 +1,77 @@
+"""ml-dash: a content-addressed artifact store for machine-learning experiments.
+
+The engine is Rust (chunked, deduplicated, compressed, verified); this module is its Python
+face, the API of the ml-dash Files tutorial::
+
+    from ml_dash import Experiment
+
+    with Experiment(name="my-experiment", project="project", local_path=".ml-dash") as exp:
+        result = exp.file("model.pth", prefix="/models")
+        print(result["filename"], result["sizeBytes"], result["checksum"])
+
+The store is the same one the ``ml-dash`` command line reads.
+"""
+
+import io
+
+from ._core import Experiment as _CoreExperiment
+from ._core import Metric, Parameters, Reader, RemoteError, StoreError, __version__
+
+__all__ = [
+    "Experiment",
+    "Metric",
+    "Parameters",
+    "Reader",
+    "RemoteError",
+    "StoreError",
+    "__version__",
+]
+
+
+class _RawFile(io.RawIOBase):
+    """A stored version as a raw, seekable binary stream (every chunk verified on read)."""
+
+    def __init__(self, reader):
+        super().__init__()
+        self._r = reader
+        self.record = reader.record
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, b):
+        data = self._r.read(len(b))
+        n = len(data)
+        memoryview(b).cast("B")[:n] = data
+        return n
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self._r.seek(offset, whence)
+
+    def tell(self):
+        return self._r.tell()
+
+    def close(self):
+        if not self.closed:
+            self._r.close()
+        super().close()
+
+
+class Experiment(_CoreExperiment):
+    """``Experiment(name, project, local_path=".ml-dash", namespace="local", remote=None)``.
+
+    Use it as a context manager, or call ``open()`` / ``close()``. With ``remote``
+    (``"s3://bucket/prefix"``), closing pushes the store there.
+    """
+
+    def open_file(self, path, version=None, buffer_size=1 << 20):
+        """Open a stored file for reading: a buffered, seekable binary file object, so
+        ``torch.load(exp.open_file("/models/model.pth"))`` reads straight from the store.
+        Its ``record`` attribute is the version's record."""
+        raw = _RawFile(self._reader(path, version))
+        f = io.BufferedReader(raw, buffer_size=buffer_size)
+        f.record = raw.record
+        return f

@@ -1,0 +1,10 @@
+# Verbatim from the ml-dash Files tutorial (../shared/seed/files-tutorial.md).
+from ml_dash import Experiment
+
+with Experiment(name="my-experiment", project="project",
+        local_path=".ml-dash") as experiment:
+    result = experiment.file("model.pth", prefix="/models")
+
+    print(f"Uploaded: {result['filename']}")
+    print(f"Size: {result['sizeBytes']} bytes")
+    print(f"Checksum: {result['checksum']}")
