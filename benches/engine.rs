@@ -70,7 +70,31 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             fl.chunks(64 * 1024)
                 .filter_map(|c| codec::encode(c, Compression::Auto(1)))
-                .map(|v| v.len())
+                .map(|(_, v)| v.len())
+                .sum::<usize>()
+        })
+    });
+    let bf: Vec<u8> = fl.chunks(4).flat_map(|c| [c[2], c[3]]).collect();
+    let bf = [bf.clone(), bf].concat();
+    g.bench_function("codec_auto_bf16_64MiB", |b| {
+        b.iter(|| {
+            bf.chunks(64 * 1024)
+                .filter_map(|c| codec::encode(c, Compression::Auto(1)))
+                .map(|(_, v)| v.len())
+                .sum::<usize>()
+        })
+    });
+    let enc: Vec<(codec::Codec, Vec<u8>, usize)> = fl
+        .chunks(64 * 1024)
+        .map(|c| match codec::encode(c, Compression::Auto(1)) {
+            Some((k, v)) => (k, v, c.len()),
+            None => (codec::Codec::Raw, c.to_vec(), c.len()),
+        })
+        .collect();
+    g.bench_function("codec_decode_fp32_64MiB", |b| {
+        b.iter(|| {
+            enc.iter()
+                .map(|(k, v, n)| codec::decode(*k, v, *n, &|| String::new()).unwrap().len())
                 .sum::<usize>()
         })
     });

@@ -82,7 +82,7 @@ enum Processed {
     New {
         id: ChunkId,
         raw: Bytes,
-        packed: Option<Vec<u8>>,
+        packed: Option<(Codec, Vec<u8>)>,
     },
 }
 
@@ -263,7 +263,7 @@ fn write_chunks(
                                 continue;
                             }
                             let (codec, stored): (Codec, &[u8]) = match &packed {
-                                Some(c) => (Codec::Zstd, c),
+                                Some((codec, c)) => (*codec, c),
                                 None => (Codec::Raw, &raw),
                             };
                             let need = (RECORD_HEADER_LEN + stored.len()) as u64;

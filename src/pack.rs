@@ -445,7 +445,7 @@ mod tests {
         let la = w
             .append(ChunkId::of(&a), a.len() as u32, Codec::Raw, &a)
             .unwrap();
-        let cb = codec::encode(&b, codec::Compression::Always(1)).unwrap();
+        let (_, cb) = codec::encode(&b, codec::Compression::Always(1)).unwrap();
         let lb = w
             .append(ChunkId::of(&b), b.len() as u32, Codec::Zstd, &cb)
             .unwrap();

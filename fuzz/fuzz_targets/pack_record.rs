@@ -16,10 +16,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // A valid header around fuzzed data: exercises zstd decoding and the length checks.
-    let codec = if data[0] & 1 == 0 { Codec::Raw } else { Codec::Zstd };
+    let codec = Codec::from_u8(data[0] & 3).expect("codecs 0-3 exist");
     let raw_len = u16::from_le_bytes([data[1], data[2]]) as u32;
     let stored = &data[3..];
-    let id = if data[0] & 2 == 0 { ChunkId::of(stored) } else { ChunkId::of(&data[..1]) };
+    let id = if data[0] & 4 == 0 { ChunkId::of(stored) } else { ChunkId::of(&data[..1]) };
     let h = RecordHeader { codec, raw_len, stored_len: stored.len() as u32, id };
     let enc = pack::encode_record_header(&h);
     if let Ok(back) = pack::decode_record_header(&enc) {

@@ -5,6 +5,7 @@
 
 mod badinput;
 mod cli;
+mod compression;
 mod corruption;
 mod crash;
 mod dedup;

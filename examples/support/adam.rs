@@ -1,0 +1,112 @@
+//! Simulated training checkpoints for compression measurements: a model's weights initialized
+//! like a real network (normal, scaled by 1/sqrt(fan_in)), updated by Adam from noisy
+//! gradients, saved as safetensors in fp32 or bf16. Deterministic for a seed. No I/O here.
+
+/// A model: named 2-D weight tensors and their Adam state.
+pub struct Model {
+    pub tensors: Vec<(String, usize, usize)>,
+    pub w: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: u32,
+    rng: u64,
+}
+
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// Approximately standard normal (sum of 4 uniforms, rescaled): cheap and smooth enough.
+fn normal(x: &mut u64) -> f32 {
+    let r = next(x);
+    let s: u32 = (0..4).map(|i| ((r >> (16 * i)) & 0xffff) as u32).sum();
+    (s as f32 / 65535.0 - 2.0) * 1.732
+}
+
+impl Model {
+    /// Layers of a width-`d` MLP stack until about `params` parameters.
+    pub fn new(params: usize, d: usize, seed: u64) -> Model {
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut tensors = Vec::new();
+        let mut n = 0;
+        let mut i = 0;
+        while n < params {
+            let rows = d.min((params - n).div_ceil(d)).max(1);
+            tensors.push((format!("layers.{i}.weight"), rows, d));
+            n += rows * d;
+            i += 1;
+        }
+        let mut w = Vec::with_capacity(n);
+        for (_, rows, cols) in &tensors {
+            let scale = (2.0 / *cols as f32).sqrt();
+            for _ in 0..rows * cols {
+                w.push(normal(&mut rng) * scale);
+            }
+        }
+        Model {
+            tensors,
+            m: vec![0.0; w.len()],
+            v: vec![0.0; w.len()],
+            w,
+            t: 0,
+            rng,
+        }
+    }
+
+    /// `steps` Adam steps (lr 1e-3, betas 0.9 / 0.999, weight decay 0.01) on noisy gradients
+    /// that pull weights toward a fixed target pattern.
+    pub fn train(&mut self, steps: u32) {
+        let (lr, b1, b2, eps, wd) = (1e-3f32, 0.9f32, 0.999f32, 1e-8f32, 0.01f32);
+        for _ in 0..steps {
+            self.t += 1;
+            let bc1 = 1.0 - b1.powi(self.t as i32);
+            let bc2 = 1.0 - b2.powi(self.t as i32);
+            for i in 0..self.w.len() {
+                let g = 0.05 * self.w[i] + 0.02 * normal(&mut self.rng);
+                self.m[i] = b1 * self.m[i] + (1.0 - b1) * g;
+                self.v[i] = b2 * self.v[i] + (1.0 - b2) * g * g;
+                let upd = (self.m[i] / bc1) / ((self.v[i] / bc2).sqrt() + eps);
+                self.w[i] -= lr * (upd + wd * self.w[i]);
+            }
+        }
+    }
+
+    /// The weights as a safetensors file (`bf16`: round-to-nearest-even bfloat16, else fp32).
+    pub fn safetensors(&self, bf16: bool) -> Vec<u8> {
+        let width = if bf16 { 2 } else { 4 };
+        let mut header = String::from("{");
+        let mut off = 0usize;
+        for (k, (name, rows, cols)) in self.tensors.iter().enumerate() {
+            let len = rows * cols * width;
+            if k > 0 {
+                header.push(',');
+            }
+            header.push_str(&format!(
+                "\"{name}\":{{\"dtype\":\"{}\",\"shape\":[{rows},{cols}],\"data_offsets\":[{off},{}]}}",
+                if bf16 { "BF16" } else { "F32" },
+                off + len
+            ));
+            off += len;
+        }
+        header.push_str(",\"__metadata__\":{\"format\":\"pt\"}}");
+        while (8 + header.len()) % 8 != 0 {
+            header.push(' ');
+        }
+        let mut out = Vec::with_capacity(8 + header.len() + off);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        for &x in &self.w {
+            let b = x.to_bits();
+            if bf16 {
+                let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+                out.extend_from_slice(&(r as u16).to_le_bytes());
+            } else {
+                out.extend_from_slice(&b.to_le_bytes());
+            }
+        }
+        out
+    }
+}
