@@ -84,6 +84,27 @@ where
 }
 
 impl Event {
+    /// The path a delete event names.
+    pub fn file_key(&self) -> Option<crate::path::FileKey> {
+        match self {
+            Event::Delete {
+                namespace,
+                project,
+                experiment,
+                path,
+                filename,
+                ..
+            } => Some(crate::path::FileKey {
+                namespace: namespace.clone(),
+                project: project.clone(),
+                experiment: experiment.clone(),
+                path: path.clone(),
+                filename: filename.clone(),
+            }),
+            Event::Update { .. } => None,
+        }
+    }
+
     pub fn id(&self) -> Id {
         match self {
             Event::Delete { id, .. } | Event::Update { id, .. } => *id,

@@ -30,7 +30,7 @@ pub const PACK_HEADER_LEN: u64 = 32;
 pub const RECORD_MAGIC: &[u8; 4] = b"CHNK";
 pub const RECORD_HEADER_LEN: usize = 52;
 /// Stored bytes may exceed raw bytes by zstd's worst-case overhead; anything larger is corrupt.
-const MAX_STORED: usize = MAX_CHUNK_LIMIT + MAX_CHUNK_LIMIT / 64 + 1024;
+pub(crate) const MAX_STORED: usize = MAX_CHUNK_LIMIT + MAX_CHUNK_LIMIT / 64 + 1024;
 
 /// Where a chunk lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

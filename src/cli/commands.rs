@@ -657,8 +657,13 @@ fn push(
             } else {
                 writeln!(
                     out,
-                    "pushed {} files to {}: {} uploaded ({} bytes), {} already there",
-                    rep.files, rep.remote, rep.uploaded, rep.bytes, rep.skipped
+                    "pushed {} files to {}: {} uploaded ({} bytes), {} already there, {} records updated",
+                    rep.files,
+                    rep.remote,
+                    rep.uploaded,
+                    rep.bytes,
+                    rep.skipped,
+                    rep.records_updated
                 )?;
             }
         }

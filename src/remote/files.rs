@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
+use object_store::path::Path as OPath;
 use serde::Serialize;
 
 use super::push::ObjectWriter;
@@ -24,8 +25,10 @@ pub struct FilesReport {
     /// Objects uploaded (new or differing) and their bytes.
     pub uploaded: u64,
     pub bytes: u64,
-    /// Already present with the same size and SHA-256.
+    /// Already present with the same size and SHA-256 and the same record.
     pub skipped: u64,
+    /// Data already present, record rewritten (description, tags or metadata changed).
+    pub records_updated: u64,
 }
 
 /// `files/<ns>/<project>/<experiment>/<file id>` (the data object is `<that>/<filename>`, the
@@ -54,93 +57,121 @@ impl Write for ToObject<'_, '_> {
     }
 }
 
+/// What a candidate's remote record says, compared with the local one.
+enum RemoteRecord {
+    /// Byte for byte the record this push would write: nothing to do.
+    Same,
+    /// Same data (checksum), but the record changed since (description, tags, metadata).
+    RecordOnly,
+    /// Missing, unreadable or for other data: send both.
+    Differs,
+}
+
 impl Store {
     /// Upload every live version as a plain object with its record beside it, skipping those
-    /// already present with the same size and SHA-256.
+    /// already present with the same size and SHA-256 (and rewriting only the record when just
+    /// the record changed).
     pub fn push_files(&self, remote: &Remote, progress: Option<&AtomicU64>) -> Result<FilesReport> {
         let recs = self.list(&ListFilter {
             all_versions: true,
             ..ListFilter::default()
         })?;
-        let present: HashMap<String, u64> = remote
+        // Keys as the object store spells them: compared as keys, not as names.
+        let present: HashMap<OPath, u64> = remote
             .rt
-            .block_on(remote.list_dir("files"))?
+            .block_on(remote.list_objects("files"))?
             .into_iter()
             .collect();
+        let data_key = |r: &FileRecord| remote.key(&format!("{}/{}", base(r), r.filename));
+        let doc_key = |r: &FileRecord| remote.key(&format!("{}.json", base(r)));
+        let doc_of = |r: &FileRecord| serde_json::to_vec_pretty(r).expect("a record serializes");
         // Candidates for skipping: data object of the right size and a record beside it.
         let candidates: Vec<&FileRecord> = recs
             .iter()
             .filter(|r| {
-                let b = base(r);
-                let data = format!("{}/{}", &b["files/".len()..], r.filename);
-                let doc = format!("{}.json", &b["files/".len()..]);
-                present.get(&data) == Some(&r.size_bytes) && present.contains_key(&doc)
+                present.get(&data_key(r)) == Some(&r.size_bytes)
+                    && present.contains_key(&doc_key(r))
             })
             .collect();
-        let same: Vec<bool> = remote.rt.block_on(
+        let states: Vec<RemoteRecord> = remote.rt.block_on(
             futures::stream::iter(candidates.iter())
                 .map(|r| async move {
-                    let doc = remote.key(&format!("{}.json", base(r)));
-                    match remote.get_bytes(&doc).await {
-                        Ok(b) => {
-                            serde_json::from_slice::<serde_json::Value>(&b)
-                                .ok()
-                                .and_then(|v| {
-                                    v.get("checksum").and_then(|c| c.as_str()).map(String::from)
-                                })
-                                == Some(r.checksum.to_string())
-                        }
-                        Err(_) => false,
+                    let Ok(b) = remote.get_bytes(&doc_key(r)).await else {
+                        return RemoteRecord::Differs;
+                    };
+                    if b[..] == doc_of(r)[..] {
+                        return RemoteRecord::Same;
+                    }
+                    let sum = serde_json::from_slice::<serde_json::Value>(&b)
+                        .ok()
+                        .and_then(|v| v.get("checksum").and_then(|c| c.as_str()).map(String::from));
+                    if sum == Some(r.checksum.to_string()) {
+                        RemoteRecord::RecordOnly
+                    } else {
+                        RemoteRecord::Differs
                     }
                 })
                 .buffered(SMALL_CONCURRENCY)
                 .collect(),
         );
-        let skip: std::collections::HashSet<crate::id::Id> = candidates
-            .iter()
-            .zip(same)
-            .filter(|(_, s)| *s)
-            .map(|(r, _)| r.id)
-            .collect();
+        let state: HashMap<crate::id::Id, RemoteRecord> =
+            candidates.iter().map(|r| r.id).zip(states).collect();
         let mut rep = FilesReport {
             remote: remote.url.clone(),
             files: recs.len() as u64,
-            skipped: skip.len() as u64,
             ..FilesReport::default()
         };
-        for r in recs.iter().filter(|r| !skip.contains(&r.id)) {
-            let b = base(r);
-            let key = remote.key(&format!("{b}/{}", r.filename));
-            let reader = self.open_version(r.id)?;
-            let mut w = ObjectWriter::start(remote, key, r.size_bytes)?;
-            let copied = reader.copy_to(&mut ToObject(&mut w, progress));
-            match copied {
-                Ok(n) if n == r.size_bytes => w.finish()?,
-                Ok(n) => {
-                    w.abort();
-                    return Err(Error::corrupt(
-                        r.full_path(),
-                        format!("read {n} bytes, the record says {}", r.size_bytes),
-                    ));
+        for r in &recs {
+            match state.get(&r.id) {
+                Some(RemoteRecord::Same) => {
+                    rep.skipped += 1;
+                    continue;
                 }
-                Err(e) => {
-                    w.abort();
-                    return Err(e);
+                Some(RemoteRecord::RecordOnly) => rep.records_updated += 1,
+                Some(RemoteRecord::Differs) | None => {
+                    self.upload_data(remote, r, data_key(r), progress)?;
+                    rep.uploaded += 1;
+                    rep.bytes += r.size_bytes;
                 }
             }
             // The record goes up after the data, so a record always describes a whole object.
-            let doc = serde_json::to_vec_pretty(r).expect("a record serializes");
+            let doc = doc_of(r);
             remote.rt.block_on(async {
                 use object_store::ObjectStoreExt;
                 remote
                     .os
-                    .put(&remote.key(&format!("{b}.json")), doc.into())
+                    .put(&doc_key(r), doc.into())
                     .await
-                    .map_err(|e| remote.err(format!("writing {b}.json"), e))
+                    .map_err(|e| remote.err(format!("writing {}.json", base(r)), e))
             })?;
-            rep.uploaded += 1;
-            rep.bytes += r.size_bytes;
         }
         Ok(rep)
+    }
+
+    /// Copy version `r`'s verified bytes to `key`, replacing whatever is there (an object this
+    /// push found differing, e.g. truncated, must not be kept as "already exists").
+    fn upload_data(
+        &self,
+        remote: &Remote,
+        r: &FileRecord,
+        key: OPath,
+        progress: Option<&AtomicU64>,
+    ) -> Result<()> {
+        let reader = self.open_version(r.id)?;
+        let mut w = ObjectWriter::start(remote, key, r.size_bytes, true)?;
+        match reader.copy_to(&mut ToObject(&mut w, progress)) {
+            Ok(n) if n == r.size_bytes => w.finish(),
+            Ok(n) => {
+                w.abort();
+                Err(Error::corrupt(
+                    r.full_path(),
+                    format!("read {n} bytes, the record says {}", r.size_bytes),
+                ))
+            }
+            Err(e) => {
+                w.abort();
+                Err(e)
+            }
+        }
     }
 }

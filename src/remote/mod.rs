@@ -87,6 +87,8 @@ pub struct Remote {
     prefix: String,
     url: String,
     pub(crate) rt: tokio::runtime::Runtime,
+    /// A `file://` directory (object_store's `LocalFileSystem` reserves some file names).
+    local: bool,
 }
 
 impl fmt::Debug for Remote {
@@ -211,11 +213,13 @@ impl Remote {
             .enable_all()
             .build()
             .map_err(|e| Error::io("tokio runtime", e))?;
+        let local = url.starts_with("file://");
         Ok(Remote {
             os,
             prefix,
             url,
             rt,
+            local,
         })
     }
 
@@ -223,12 +227,21 @@ impl Remote {
         &self.url
     }
 
-    /// The object key for `rel` under the prefix.
+    /// The object key for `rel` under the prefix, spelled as given: `OPath::from` would
+    /// percent-encode `%`, `#`, `~`, `[`, `?`, ... so `files/.../a%b.txt` became the key
+    /// `a%25b.txt`. Names reaching here are checked (`path.rs`, `parse_url`): no empty, `.`
+    /// or `..` segments, no control characters, so `OPath::parse` accepts them.
     pub(crate) fn key(&self, rel: &str) -> OPath {
-        if self.prefix.is_empty() {
-            OPath::from(rel)
+        let full = if self.prefix.is_empty() {
+            rel.to_string()
         } else {
-            OPath::from(format!("{}/{rel}", self.prefix))
+            format!("{}/{rel}", self.prefix)
+        };
+        match OPath::parse(&full) {
+            // A directory remote cannot hold a file named `...#<digits>` (LocalFileSystem
+            // keeps those names for its own temp files): encode that one, as before.
+            Ok(p) if !(self.local && local_fs_reserved(&p)) => p,
+            _ => OPath::from(full),
         }
     }
 
@@ -244,6 +257,17 @@ impl Remote {
             remote: self.url.clone(),
             reason: format!("{what} is damaged: {reason}"),
         }
+    }
+
+    /// Keys and sizes of every object under `dir/`.
+    pub(crate) async fn list_objects(&self, dir: &str) -> Result<Vec<(OPath, u64)>> {
+        let metas: Vec<object_store::ObjectMeta> = self
+            .os
+            .list(Some(&self.key(dir)))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(format!("listing {dir}/"), e))?;
+        Ok(metas.into_iter().map(|m| (m.location, m.size)).collect())
     }
 
     /// Names (the part after `dir/`) and sizes of every object under `dir/`.
@@ -338,41 +362,68 @@ impl Remote {
     }
 
     /// Every chunk in every remote pack, read from the packs' index blocks (fetched once and
-    /// cached under `cache`; a cached block is checked again on every use).
+    /// cached under `cache`; a cached block is checked again on every use). A pack whose tail
+    /// is damaged is left out and named in `damaged` (its chunks count as missing: a push
+    /// sends them again, a pull reports the versions that need them); one bad object must not
+    /// stop every push and pull. Network errors still fail.
     pub(crate) async fn chunk_map(&self, cache: &Path) -> Result<RemoteChunks> {
         let packs = self.list_ids("packs", "pack").await?;
-        std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
-        let results: Vec<Result<(Id, Vec<rpack::Entry>)>> = futures::stream::iter(packs)
+        // The cache is derived data: if its directory cannot be made, work without it.
+        let _ = std::fs::create_dir_all(cache);
+        let results: Vec<Result<(Id, PackIndex)>> = futures::stream::iter(packs)
             .map(|(id, size)| async move { Ok((id, self.pack_index(cache, id, size).await?)) })
             .buffer_unordered(SMALL_CONCURRENCY)
             .collect()
             .await;
         let mut map = RemoteChunks::default();
         for r in results {
-            let (pack, entries) = r?;
+            let (pack, entries) = match r? {
+                (pack, Ok(entries)) => (pack, entries),
+                (pack, Err(reason)) => {
+                    map.damaged.push(format!(
+                        "packs/{}: {reason} (left out)",
+                        rpack::object_name(pack)
+                    ));
+                    continue;
+                }
+            };
             map.packs += 1;
             for e in entries {
                 map.bytes += e.record_len();
                 map.chunks.entry(e.id).or_insert((pack, e));
             }
         }
+        map.damaged.sort();
         Ok(map)
     }
 
-    async fn pack_index(&self, cache: &Path, id: Id, size: u64) -> Result<Vec<rpack::Entry>> {
+    /// The index of pack `id` (an object of `size` bytes): `Err` for a network failure,
+    /// `Ok(Err(reason))` when the object is damaged.
+    async fn pack_index(&self, cache: &Path, id: Id, size: u64) -> Result<PackIndex> {
+        // Cache entry: [16] pack id, u64 object size, [32] BLAKE3 of the index block,
+        // u64 index offset, the index block. The id and size tie it to this very object.
+        const HEAD: usize = 16 + 8 + 32 + 8;
         let cpath = cache.join(format!("{id}.idx"));
-        let what = || format!("pack {id}");
         if let Ok(b) = std::fs::read(&cpath)
-            && b.len() >= 40
+            && b.len() >= HEAD
+            && b[..16] == id.0
+            && b[16..24] == size.to_le_bytes()
         {
-            let off = u64::from_le_bytes(b[32..40].try_into().expect("8"));
-            let check: [u8; 32] = b[..32].try_into().expect("32");
-            if let Ok(es) = rpack::decode_index(&b[40..], &check, off) {
-                return Ok(es);
+            let check: [u8; 32] = b[24..56].try_into().expect("32");
+            let off = u64::from_le_bytes(b[56..64].try_into().expect("8"));
+            let idx = &b[HEAD..];
+            if off.checked_add(idx.len() as u64 + rpack::FOOTER_LEN) == Some(size)
+                && let Ok(es) = rpack::decode_index(idx, &check, off)
+            {
+                return Ok(Ok(es));
             }
-            // A damaged cache entry is just fetched again.
+            // A damaged or foreign cache entry is just fetched again.
         }
         let key = self.key(&format!("packs/{}", rpack::object_name(id)));
+        // Smallest possible pack: header, an empty index block, footer.
+        if size < crate::pack::PACK_HEADER_LEN + 12 + rpack::FOOTER_LEN {
+            return Ok(Err(format!("only {size} bytes, too short for a pack")));
+        }
         let tail_len = size.min(1 << 20);
         let tail = self
             .os
@@ -380,11 +431,13 @@ impl Remote {
             .await
             .map_err(|e| self.err(format!("reading {key}"), e))?;
         if tail.len() as u64 != tail_len {
-            return Err(self.damaged(what(), "short read of its tail"));
+            return Ok(Err("short read of its tail".into()));
         }
         let footer = &tail[tail.len() - rpack::FOOTER_LEN as usize..];
-        let (off, len, check) =
-            rpack::decode_footer(footer, size).map_err(|r| self.damaged(what(), r))?;
+        let (off, len, check) = match rpack::decode_footer(footer, size) {
+            Ok(f) => f,
+            Err(r) => return Ok(Err(r)),
+        };
         let idx = if len + rpack::FOOTER_LEN <= tail_len {
             let start = (tail_len - rpack::FOOTER_LEN - len) as usize;
             tail.slice(start..start + len as usize)
@@ -394,9 +447,13 @@ impl Remote {
                 .await
                 .map_err(|e| self.err(format!("reading {key}"), e))?
         };
-        let entries =
-            rpack::decode_index(&idx, &check, off).map_err(|r| self.damaged(what(), r))?;
-        let mut c = Vec::with_capacity(40 + idx.len());
+        let entries = match rpack::decode_index(&idx, &check, off) {
+            Ok(es) => es,
+            Err(r) => return Ok(Err(r)),
+        };
+        let mut c = Vec::with_capacity(HEAD + idx.len());
+        c.extend_from_slice(&id.0);
+        c.extend_from_slice(&size.to_le_bytes());
         c.extend_from_slice(&check);
         c.extend_from_slice(&off.to_le_bytes());
         c.extend_from_slice(&idx);
@@ -407,8 +464,18 @@ impl Remote {
                 let _ = f.commit_no_sync();
             }
         }
-        Ok(entries)
+        Ok(Ok(entries))
     }
+}
+
+/// A pack's index entries, or why the pack object is damaged.
+type PackIndex = std::result::Result<Vec<rpack::Entry>, String>;
+
+/// Would object_store's `LocalFileSystem` refuse `p` (a file name ending in `#<digits>`)?
+fn local_fs_reserved(p: &OPath) -> bool {
+    p.filename()
+        .and_then(|f| f.split_once('#'))
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// What a remote holds (`Remote::inventory`).
@@ -440,13 +507,22 @@ impl Remote {
             };
             let scratch = tempdir_for_inventory()?;
             let mut distinct = std::collections::HashSet::new();
-            for (id, size) in packs {
-                for e in self.pack_index(&scratch, id, size).await? {
-                    inv.chunk_records += 1;
-                    distinct.insert(e.id);
+            let read = async {
+                for (id, size) in packs {
+                    let entries = self
+                        .pack_index(&scratch, id, size)
+                        .await?
+                        .map_err(|r| self.damaged(format!("pack {id}"), r))?;
+                    for e in entries {
+                        inv.chunk_records += 1;
+                        distinct.insert(e.id);
+                    }
                 }
+                Ok::<(), Error>(())
             }
+            .await;
             let _ = std::fs::remove_dir_all(&scratch);
+            read?;
             inv.distinct_chunks = distinct.len() as u64;
             inv.manifests = self.list_ids("manifests", "manifest").await?.len() as u64;
             inv.events = self.list_ids("events", "event").await?.len() as u64;
@@ -471,6 +547,8 @@ pub(crate) struct RemoteChunks {
     pub packs: u64,
     /// Bytes of chunk records in all packs (duplicates included).
     pub bytes: u64,
+    /// Pack objects left out because they are damaged, one line each.
+    pub damaged: Vec<String>,
 }
 
 /// Part size for a multipart upload of `len` bytes: at least 8 MiB, and large enough that the

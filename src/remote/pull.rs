@@ -61,19 +61,23 @@ impl Store {
                 reason: "no ml-dash remote here (nothing was pushed to it)".into(),
             });
         }
-        let known = remote
-            .rt
-            .block_on(remote.chunk_map(&self.remote_cache(remote)))?;
+        // Manifests before packs: a pusher uploads packs before manifests, so every manifest
+        // listed here has its chunks in a pack listed after it (listed the other way round, a
+        // push landing in between looked like a manifest whose chunks the remote lacks).
         let (rman, rev) = remote.rt.block_on(async {
             futures::try_join!(
                 remote.list_ids("manifests", "manifest"),
                 remote.list_ids("events", "event")
             )
         })?;
+        let known = remote
+            .rt
+            .block_on(remote.chunk_map(&self.remote_cache(remote)))?;
         self.check_poison()?;
         let s = self.session()?;
         let mut rep = PullReport {
             remote: remote.url.clone(),
+            damaged: known.damaged.clone(),
             ..PullReport::default()
         };
         let have_m: HashSet<Id> = list_ids(&self.dir("manifests"), "manifest")?
@@ -84,6 +88,7 @@ impl Store {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
+        let remote_versions: HashSet<Id> = rman.iter().map(|(id, _)| *id).collect();
         let new_m: Vec<Id> = rman
             .into_iter()
             .map(|(id, _)| id)
@@ -118,6 +123,12 @@ impl Store {
             };
             let key = m.record.key();
             let v = m.record.version;
+            // Deleted here and collected by gc (the manifest is gone, the delete event stays):
+            // pulling it again would bring it back as a live version, since the event that
+            // deleted it is already here and is not applied again.
+            if v <= s.index.deleted_up_to(&key)? {
+                continue;
+            }
             let local = s.index.versions_of(&key)?;
             if let Some(other) = local
                 .iter()
@@ -165,7 +176,33 @@ impl Store {
         for (id, bytes) in events {
             let what = format!("events/{id}.event");
             match manifest::decode_event(&bytes, &what) {
-                Ok(e) if e.id() == id => items.push((id, bytes)),
+                Ok(e) if e.id() == id => {
+                    // A delete names a path and a version number. A live local version of that
+                    // path with such a number that the remote never saw (uploaded here and not
+                    // pushed) is not the one deleted: keep the event out rather than hide it.
+                    if let manifest::Event::Delete { up_to_version, .. } = &e
+                        && let Some(key) = e.file_key()
+                    {
+                        let mut unseen = None;
+                        for (v, vid) in s.index.versions_of(&key)? {
+                            if v <= *up_to_version
+                                && !remote_versions.contains(&vid)
+                                && s.index.version(vid)?.is_some_and(|r| !r.is_deleted())
+                            {
+                                unseen = Some((v, vid));
+                                break;
+                            }
+                        }
+                        if let Some((v, vid)) = unseen {
+                            rep.conflicts.push(format!(
+                                "{} delete up to version {up_to_version}: remote event {id} kept out, this store's version {v} ({vid}) was never pushed",
+                                key.display()
+                            ));
+                            continue;
+                        }
+                    }
+                    items.push((id, bytes))
+                }
                 Ok(_) => rep
                     .damaged
                     .push(format!("{what}: id does not match its name")),

@@ -137,20 +137,33 @@ impl<'a> PartUploader<'a> {
     }
 }
 
-/// An object written either in one PUT (small) or as a multipart upload.
+/// An object written either in one PUT (small) or as a multipart upload. `Whole` with
+/// `overwrite` false is for immutable names (an object already there is kept, see
+/// `put_immutable`); true replaces it, as a completed multipart upload always does.
 pub(crate) enum ObjectWriter<'a> {
-    Whole(&'a Remote, OPath, Vec<u8>),
+    Whole {
+        remote: &'a Remote,
+        key: OPath,
+        buf: Vec<u8>,
+        overwrite: bool,
+    },
     Parts(PartUploader<'a>),
 }
 
 impl<'a> ObjectWriter<'a> {
-    pub(crate) fn start(remote: &'a Remote, key: OPath, total: u64) -> Result<ObjectWriter<'a>> {
+    pub(crate) fn start(
+        remote: &'a Remote,
+        key: OPath,
+        total: u64,
+        overwrite: bool,
+    ) -> Result<ObjectWriter<'a>> {
         if total <= part_size_for(total) as u64 {
-            Ok(ObjectWriter::Whole(
+            Ok(ObjectWriter::Whole {
                 remote,
                 key,
-                Vec::with_capacity(total as usize),
-            ))
+                buf: Vec::with_capacity(total as usize),
+                overwrite,
+            })
         } else {
             Ok(ObjectWriter::Parts(PartUploader::start(
                 remote, key, total,
@@ -160,8 +173,8 @@ impl<'a> ObjectWriter<'a> {
 
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
         match self {
-            ObjectWriter::Whole(_, _, b) => {
-                b.extend_from_slice(data);
+            ObjectWriter::Whole { buf, .. } => {
+                buf.extend_from_slice(data);
                 Ok(())
             }
             ObjectWriter::Parts(p) => p.write(data),
@@ -170,7 +183,22 @@ impl<'a> ObjectWriter<'a> {
 
     pub(crate) fn finish(self) -> Result<()> {
         match self {
-            ObjectWriter::Whole(r, key, b) => r.rt.block_on(r.put_immutable(&key, b)),
+            ObjectWriter::Whole {
+                remote: r,
+                key,
+                buf,
+                overwrite: false,
+            } => r.rt.block_on(r.put_immutable(&key, buf)),
+            ObjectWriter::Whole {
+                remote: r,
+                key,
+                buf,
+                overwrite: true,
+            } => {
+                r.rt.block_on(object_store::ObjectStoreExt::put(&*r.os, &key, buf.into()))
+                    .map(|_| ())
+                    .map_err(|e| r.err(format!("writing {key}"), e))
+            }
             ObjectWriter::Parts(p) => p.finish(),
         }
     }
@@ -208,7 +236,10 @@ impl Store {
         })?;
         let rman: HashSet<Id> = rman.into_iter().map(|(id, _)| id).collect();
         let rev: HashSet<Id> = rev.into_iter().map(|(id, _)| id).collect();
-        let plan = self.push_plan(&known.chunks, &rman, &rev)?;
+        // Damaged remote packs are left out of `known`: their chunks count as missing, and the
+        // versions already pushed are checked too so that those chunks go up again.
+        let heal = !known.damaged.is_empty();
+        let plan = self.push_plan(&known.chunks, &rman, &rev, heal)?;
 
         let mut rep = PushReport {
             remote: remote.url.clone(),
@@ -260,6 +291,7 @@ impl Store {
         known: &HashMap<ChunkId, (Id, rpack::Entry)>,
         rman: &HashSet<Id>,
         rev: &HashSet<Id>,
+        heal: bool,
     ) -> Result<Plan> {
         let s = self.session()?;
         let mut plan = Plan {
@@ -271,7 +303,8 @@ impl Store {
         };
         let mut seen = HashSet::new();
         for (id, path) in list_ids(&self.dir("manifests"), "manifest")? {
-            if rman.contains(&id) {
+            let on_remote = rman.contains(&id);
+            if on_remote && !heal {
                 continue;
             }
             let bytes = fs::read(&path).at(&path)?;
@@ -282,22 +315,29 @@ impl Store {
                     continue;
                 }
                 if known.contains_key(cid) {
-                    plan.already_remote += 1;
+                    plan.already_remote += u64::from(!on_remote);
                     continue;
                 }
-                let loc = s.index.chunk(cid)?.ok_or_else(|| {
-                    Error::corrupt(
-                        path.display().to_string(),
-                        format!("chunk {cid} is not in the store (run `ml-dash verify`)"),
-                    )
-                })?;
+                let loc = match s.index.chunk(cid)? {
+                    Some(loc) => loc,
+                    // Healing is best effort (e.g. a deleted version's chunks gc took).
+                    None if on_remote => continue,
+                    None => {
+                        return Err(Error::corrupt(
+                            path.display().to_string(),
+                            format!("chunk {cid} is not in the store (run `ml-dash verify`)"),
+                        ));
+                    }
+                };
                 if let std::collections::hash_map::Entry::Vacant(v) = plan.files.entry(loc.pack) {
                     let p = self.dir("packs").join(pack::pack_file_name(loc.pack));
                     v.insert(Arc::new(File::open(&p).at(&p)?));
                 }
                 plan.chunks.push((*cid, loc));
             }
-            plan.manifests.push((id, bytes));
+            if !on_remote {
+                plan.manifests.push((id, bytes));
+            }
         }
         for (id, path) in list_ids(&self.dir("events"), "event")? {
             if rev.contains(&id) {
@@ -327,7 +367,7 @@ impl Store {
             + 12
             + (chunks.len() * rpack::ENTRY_LEN) as u64
             + rpack::FOOTER_LEN;
-        let mut w = ObjectWriter::start(remote, key, total)?;
+        let mut w = ObjectWriter::start(remote, key, total, false)?;
         let r = (|| {
             w.write(&pack::encode_pack_header(id))?;
             let mut entries = Vec::with_capacity(chunks.len());

@@ -21,6 +21,10 @@ pub const INDEX_MAGIC: &[u8; 8] = b"MLDRIDX1";
 pub const FOOTER_MAGIC: &[u8; 8] = b"MLDREND\0";
 pub const FOOTER_LEN: u64 = 48;
 pub const ENTRY_LEN: usize = 49;
+/// Largest raw and stored chunk lengths a record can hold (as `pack::decode_record_header`
+/// accepts them).
+const MAX_CHUNK_LIMIT: usize = crate::chunker::MAX_CHUNK_LIMIT;
+use crate::pack::MAX_STORED;
 
 /// One chunk record in a remote pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,10 +105,17 @@ pub fn decode_index(b: &[u8], check: &[u8; 32], index_offset: u64) -> Result<Vec
             raw_len: u32::from_le_bytes(e[44..48].try_into().expect("4")),
             codec: Codec::from_u8(e[48]).ok_or("unknown codec in index")?,
         };
-        if entry.offset < next || entry.offset + entry.record_len() > index_offset {
+        // Lengths no record can have would size a ranged GET (memory) before any header is
+        // checked; offsets near u64::MAX would overflow.
+        let end = entry.offset.checked_add(entry.record_len());
+        if entry.raw_len as usize > MAX_CHUNK_LIMIT
+            || entry.stored_len as usize > MAX_STORED
+            || entry.offset < next
+            || end.is_none_or(|end| end > index_offset)
+        {
             return Err(format!("index entry for chunk {} out of bounds", entry.id));
         }
-        next = entry.offset + entry.record_len();
+        next = end.expect("checked");
         out.push(entry);
     }
     Ok(out)
