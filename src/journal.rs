@@ -172,8 +172,18 @@ fn parse_line(line: &[u8]) -> Option<Line> {
     serde_json::from_str(json).ok()
 }
 
-/// Per-process cache of journal contents, keyed by path, valid up to `len` bytes.
-static CACHE: Mutex<Option<HashMap<PathBuf, (u64, JournalContents)>>> = Mutex::new(None);
+/// Per-process cache of journal contents, keyed by path, valid up to `len` bytes of the file
+/// whose identity (device, inode) is recorded: a store deleted and recreated at the same path
+/// is another file, and is read afresh.
+type Cached = ((u64, u64), u64, JournalContents);
+static CACHE: Mutex<Option<HashMap<PathBuf, Cached>>> = Mutex::new(None);
+
+/// `(device, inode)` and length of an open journal.
+fn identity(file: &File, path: &Path) -> Result<((u64, u64), u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().at(path)?;
+    Ok(((m.dev(), m.ino()), m.len()))
+}
 
 /// Bring `(len, contents)` up to date with the file from `len` on (lines are only appended).
 fn catch_up(file: &File, path: &Path, len: &mut u64, c: &mut JournalContents) -> Result<()> {
@@ -225,14 +235,14 @@ impl Store {
         };
         file.lock_shared().at(&path)?;
         let (mut len, mut c) = if use_cache {
-            cached(&path)
+            cached(&file, &path)?
         } else {
             Default::default()
         };
         catch_up(&file, &path, &mut len, &mut c)?;
         let torn = file.metadata().at(&path)?.len() > len;
         if use_cache {
-            store_cache(&path, len, c.clone());
+            store_cache(&file, &path, len, c.clone())?;
         }
         if torn {
             c.torn_lines += 1;
@@ -261,7 +271,7 @@ impl Store {
         file.lock().at(&path)?;
         // Taken out of the cache, not cloned (a clone per append made appends quadratic); put
         // back below. We hold the journal's exclusive flock, so no other caller needs it.
-        let (mut len, mut c) = take_cached(&path);
+        let (mut len, mut c) = take_cached(&file, &path)?;
         catch_up(&file, &path, &mut len, &mut c)?;
         let size = file.metadata().at(&path)?.len();
         let mut out = Vec::new();
@@ -302,7 +312,7 @@ impl Store {
             self.poison(crate::durable::fsync_dir(&dir))?;
         }
         c.apply(entry.clone());
-        store_cache(&path, size + out.len() as u64, c);
+        store_cache(&file, &path, size + out.len() as u64, c)?;
         Ok(entry)
     }
 
@@ -449,22 +459,32 @@ impl Store {
     }
 }
 
-fn cached(path: &Path) -> (u64, JournalContents) {
+fn cached(file: &File, path: &Path) -> Result<(u64, JournalContents)> {
+    let (id, size) = identity(file, path)?;
     let g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    g.as_ref()
-        .and_then(|m| m.get(path).cloned())
-        .unwrap_or_default()
+    Ok(g.as_ref()
+        .and_then(|m| m.get(path))
+        .filter(|(cid, len, _)| *cid == id && *len <= size)
+        .map(|(_, len, c)| (*len, c.clone()))
+        .unwrap_or_default())
 }
 
-fn take_cached(path: &Path) -> (u64, JournalContents) {
+fn take_cached(file: &File, path: &Path) -> Result<(u64, JournalContents)> {
+    let (id, size) = identity(file, path)?;
     let mut g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    g.as_mut().and_then(|m| m.remove(path)).unwrap_or_default()
+    Ok(g.as_mut()
+        .and_then(|m| m.remove(path))
+        .filter(|(cid, len, _)| *cid == id && *len <= size)
+        .map(|(_, len, c)| (len, c))
+        .unwrap_or_default())
 }
 
-fn store_cache(path: &Path, len: u64, c: JournalContents) {
+fn store_cache(file: &File, path: &Path, len: u64, c: JournalContents) -> Result<()> {
+    let (id, _) = identity(file, path)?;
     let mut g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     g.get_or_insert_with(HashMap::new)
-        .insert(path.to_path_buf(), (len, c));
+        .insert(path.to_path_buf(), (id, len, c));
+    Ok(())
 }
 
 #[cfg(test)]

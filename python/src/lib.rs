@@ -10,16 +10,17 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use ml_dash::remote::{Remote, RemoteConfig};
 use ml_dash::{Error, ListFilter};
 use pyo3::create_exception;
 use pyo3::exceptions::{
-    PyException, PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError, PyTimeoutError,
-    PyValueError,
+    PyException, PyFileNotFoundError, PyMemoryError, PyOSError, PyPermissionError, PyRuntimeError,
+    PyTimeoutError, PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 
 create_exception!(
     ml_dash,
@@ -52,19 +53,87 @@ fn py_err(e: Error) -> PyErr {
 }
 
 /// Python object -> JSON value, through Python's own `json` (so anything `json.dumps` accepts
-/// works; anything else is a `ValueError`).
+/// works; anything else is a `ValueError`). The `dumps`/`loads` round trip turns the value into
+/// plain dicts, lists, str, int, float, bool and None, which are converted exactly: NaN and
+/// infinities, and integers outside 64 bits (JSON numbers here are i64, u64 or f64), are a
+/// `ValueError` rather than text serde_json would reject or silently round to a float.
 fn to_json(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
-    let s: String = py
-        .import("json")?
-        .call_method1("dumps", (obj,))
-        .map_err(|e| PyValueError::new_err(format!("not JSON-serializable: {e}")))?
-        .extract()?;
-    serde_json::from_str(&s).map_err(|e| PyValueError::new_err(e.to_string()))
+    let json = py.import("json")?;
+    let kw = PyDict::new(py);
+    kw.set_item("allow_nan", false)?;
+    let s = json
+        .call_method("dumps", (obj,), Some(&kw))
+        .map_err(|e| PyValueError::new_err(format!("not JSON-serializable: {e}")))?;
+    plain_to_json(&json.call_method1("loads", (s,))?)
+}
+
+/// A value made by `json.loads` -> JSON value.
+fn plain_to_json(o: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    use serde_json::Value;
+    Ok(if o.is_none() {
+        Value::Null
+    } else if let Ok(b) = o.cast::<PyBool>() {
+        Value::Bool(b.is_true())
+    } else if o.cast::<PyInt>().is_ok() {
+        if let Ok(i) = o.extract::<i64>() {
+            Value::from(i)
+        } else if let Ok(u) = o.extract::<u64>() {
+            Value::from(u)
+        } else {
+            return Err(PyValueError::new_err(format!(
+                "integer {o} does not fit in 64 bits (store it as a string or a float)"
+            )));
+        }
+    } else if let Ok(f) = o.cast::<PyFloat>() {
+        serde_json::Number::from_f64(f.value())
+            .map(Value::Number)
+            .ok_or_else(|| PyValueError::new_err(format!("{o} is not a finite number")))?
+    } else if let Ok(s) = o.cast::<PyString>() {
+        Value::String(s.to_cow()?.into_owned())
+    } else if let Ok(l) = o.cast::<PyList>() {
+        Value::Array(
+            l.iter()
+                .map(|v| plain_to_json(&v))
+                .collect::<PyResult<_>>()?,
+        )
+    } else if let Ok(d) = o.cast::<PyDict>() {
+        let mut m = serde_json::Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            m.insert(k.extract::<String>()?, plain_to_json(&v)?);
+        }
+        Value::Object(m)
+    } else {
+        return Err(PyValueError::new_err(format!("not JSON: {o}")));
+    })
+}
+
+/// A version argument: 1, 2, ... (None: the latest). Out-of-range ints are a `ValueError`.
+fn version(v: Option<Bound<'_, PyInt>>) -> PyResult<Option<u32>> {
+    v.map(|v| {
+        v.extract::<u32>().map_err(|_| {
+            PyValueError::new_err(format!("invalid version {v}: versions are 1, 2, ..."))
+        })
+    })
+    .transpose()
 }
 
 fn to_py<T: serde::Serialize>(py: Python<'_>, v: &T) -> PyResult<Py<PyAny>> {
     let s = serde_json::to_string(v).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     Ok(py.import("json")?.call_method1("loads", (s,))?.unbind())
+}
+
+/// The process that first made a store call (0: none yet); see `Experiment::store`.
+static STORE_USED_BY: AtomicU32 = AtomicU32::new(0);
+
+/// An empty buffer with room for `n` bytes, or `MemoryError` (a failed `Vec` allocation
+/// would abort the interpreter).
+fn buffer(n: u64) -> PyResult<Vec<u8>> {
+    let mut v = Vec::new();
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| v.try_reserve_exact(n).ok())
+        .ok_or_else(|| PyMemoryError::new_err(format!("cannot allocate {n} bytes")))?;
+    Ok(v)
 }
 
 /// One experiment of a store: `Experiment(name=, project=, local_path=".ml-dash")`.
@@ -74,6 +143,9 @@ pub struct Experiment {
     project: String,
     namespace: String,
     local_path: PathBuf,
+    /// `local_path` made absolute when the experiment was created: a later `os.chdir` must not
+    /// move the experiment to another store.
+    root: PathBuf,
     remote: Option<RemoteConfig>,
     inner: Mutex<Option<ml_dash::Experiment>>,
     closed: Mutex<bool>,
@@ -81,22 +153,55 @@ pub struct Experiment {
 
 impl Experiment {
     /// The open engine experiment (opened on first use).
+    ///
+    /// No lock is held while the store opens (GIL released): a thread holding `inner` across
+    /// `detach` deadlocks with a thread that waits for `inner` holding the GIL. Two threads
+    /// may both open the store on first use; the first one stored wins (opening is harmless).
     fn exp(&self, py: Python<'_>) -> PyResult<ml_dash::Experiment> {
         if *self.closed.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(PyValueError::new_err(
                 "the experiment is closed (call open() to use it again)",
             ));
         }
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = &*g {
+        if let Some(e) = &*self.inner.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(e.clone());
         }
         let b = ml_dash::Experiment::new(&self.name, &self.project)
             .namespace(&self.namespace)
-            .local_path(&self.local_path);
+            .local_path(&self.root);
         let e = py.detach(|| b.open()).map_err(py_err)?;
-        *g = Some(e.clone());
-        Ok(e)
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(g.get_or_insert(e).clone())
+    }
+
+    /// `exp`, for calls that open the store's index (sled) or run parallel work (rayon). Both
+    /// start threads on first use, and a process forked after that has none of them: such a
+    /// call there would wait forever (DataLoader workers, `multiprocessing` with `fork`). It is
+    /// refused instead. Journal calls (log, parameters, metrics) and readers opened before the
+    /// fork do not need those threads and keep working.
+    fn store(&self, py: Python<'_>) -> PyResult<ml_dash::Experiment> {
+        let me = std::process::id();
+        match STORE_USED_BY.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => {}
+            Err(pid) if pid == me => {}
+            Err(pid) => {
+                return Err(StoreError::new_err(format!(
+                    "this process was forked from process {pid} after that one used the store; \
+                     the engine's threads do not exist here, so the call would hang: start \
+                     workers with multiprocessing's \"spawn\" or \"forkserver\" method, or \
+                     before the first store call (files opened with open_file before the fork \
+                     stay readable)"
+                )));
+            }
+        }
+        self.exp(py)
+    }
+
+    /// Mark closed and forget the engine experiment (`open()` opens the store afresh, e.g.
+    /// after a failed write poisoned it).
+    fn mark_closed(&self) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -124,11 +229,16 @@ impl Experiment {
             }
             None => None,
         };
+        let local_path = local_path.unwrap_or_else(|| PathBuf::from(".ml-dash"));
+        let root = std::path::absolute(&local_path).map_err(|e| {
+            PyValueError::new_err(format!("invalid local_path {local_path:?}: {e}"))
+        })?;
         Ok(Experiment {
             name,
             project,
             namespace: namespace.to_string(),
-            local_path: local_path.unwrap_or_else(|| PathBuf::from(".ml-dash")),
+            local_path,
+            root,
             remote,
             inner: Mutex::new(None),
             closed: Mutex::new(false),
@@ -167,9 +277,9 @@ impl Experiment {
         if *self.closed.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(None);
         }
-        let e = self.exp(py)?;
         let rep = match &self.remote {
             Some(cfg) => {
+                let e = self.store(py)?;
                 let cfg = cfg.clone();
                 let rep = py
                     .detach(|| {
@@ -181,7 +291,7 @@ impl Experiment {
             }
             None => None,
         };
-        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.mark_closed();
         Ok(rep)
     }
 
@@ -190,18 +300,19 @@ impl Experiment {
     }
 
     /// Leaving the block closes (and pushes) only when it ended without an exception.
-    #[pyo3(signature = (exc_type = None, _exc = None, _tb = None))]
+    #[pyo3(signature = (exc_type = None, exc = None, tb = None))]
     fn __exit__(
         &self,
         py: Python<'_>,
         exc_type: Option<Bound<'_, PyAny>>,
-        _exc: Option<Bound<'_, PyAny>>,
-        _tb: Option<Bound<'_, PyAny>>,
+        exc: Option<Bound<'_, PyAny>>,
+        tb: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
+        let _ = (exc, tb);
         if exc_type.is_none_or(|t| t.is_none()) {
             self.close(py)?;
         } else {
-            *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            self.mark_closed();
         }
         Ok(false)
     }
@@ -220,7 +331,7 @@ impl Experiment {
         metadata: Option<Bound<'_, PyAny>>,
         name: Option<String>,
     ) -> PyResult<Py<PyAny>> {
-        let e = self.exp(py)?;
+        let e = self.store(py)?;
         let meta = match metadata {
             Some(m) if !m.is_none() => Some(to_json(py, &m)?),
             _ => None,
@@ -259,7 +370,7 @@ impl Experiment {
         all_versions: bool,
         include_deleted: bool,
     ) -> PyResult<Py<PyAny>> {
-        let e = self.exp(py)?;
+        let e = self.store(py)?;
         let glob = match glob {
             Some(g) => Some(
                 globset::Glob::new(g)
@@ -282,8 +393,14 @@ impl Experiment {
 
     /// The record of `/prefix/name` (latest version, or `version`).
     #[pyo3(signature = (path, version = None))]
-    fn get(&self, py: Python<'_>, path: &str, version: Option<u32>) -> PyResult<Py<PyAny>> {
-        let e = self.exp(py)?;
+    fn get(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        version: Option<Bound<'_, PyInt>>,
+    ) -> PyResult<Py<PyAny>> {
+        let version = self::version(version)?;
+        let e = self.store(py)?;
         let rec = py.detach(|| e.get(path, version)).map_err(py_err)?;
         to_py(py, &rec)
     }
@@ -295,9 +412,10 @@ impl Experiment {
         py: Python<'_>,
         path: &str,
         dest: PathBuf,
-        version: Option<u32>,
+        version: Option<Bound<'_, PyInt>>,
     ) -> PyResult<Py<PyAny>> {
-        let e = self.exp(py)?;
+        let version = self::version(version)?;
+        let e = self.store(py)?;
         let rec = py
             .detach(|| {
                 let key = e.file_key(path)?;
@@ -313,22 +431,26 @@ impl Experiment {
         &self,
         py: Python<'py>,
         path: &str,
-        version: Option<u32>,
+        version: Option<Bound<'_, PyInt>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let e = self.exp(py)?;
-        let data = py
-            .detach(|| {
-                let r = e.open(path, version)?;
-                ml_dash::read::read_all(&r)
-            })
-            .map_err(py_err)?;
+        let version = self::version(version)?;
+        let e = self.store(py)?;
+        let r = py.detach(|| e.open(path, version)).map_err(py_err)?;
+        let mut data = buffer(r.len())?;
+        py.detach(|| r.copy_to(&mut data)).map_err(py_err)?;
         Ok(PyBytes::new(py, &data))
     }
 
     /// A seekable reader of the file (`ml_dash.Experiment.open_file` wraps it in a file object).
     #[pyo3(signature = (path, version = None))]
-    fn _reader(&self, py: Python<'_>, path: &str, version: Option<u32>) -> PyResult<Reader> {
-        let e = self.exp(py)?;
+    fn _reader(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        version: Option<Bound<'_, PyInt>>,
+    ) -> PyResult<Reader> {
+        let version = self::version(version)?;
+        let e = self.store(py)?;
         let r = py.detach(|| e.open(path, version)).map_err(py_err)?;
         let rec = to_py(py, r.record())?;
         Ok(Reader {
@@ -339,7 +461,7 @@ impl Experiment {
 
     /// Soft-delete every version of the path; returns the records deleted.
     fn delete(&self, py: Python<'_>, path: &str) -> PyResult<Py<PyAny>> {
-        let e = self.exp(py)?;
+        let e = self.store(py)?;
         let recs = py.detach(|| e.delete(path)).map_err(py_err)?;
         to_py(py, &recs)
     }
@@ -354,7 +476,7 @@ impl Experiment {
         tags: Option<Vec<String>>,
         metadata: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let e = self.exp(py)?;
+        let e = self.store(py)?;
         let meta = match metadata {
             Some(m) => Some(to_json(py, &m)?),
             None => None,
@@ -411,14 +533,18 @@ impl Experiment {
         url: Option<String>,
         endpoint: Option<String>,
     ) -> PyResult<Py<PyAny>> {
-        let e = self.exp(py)?;
+        let e = self.store(py)?;
         let cfg = match (url, &self.remote) {
             (Some(u), _) => {
                 let mut c = RemoteConfig::new(u);
                 c.endpoint = endpoint;
                 c
             }
-            (None, Some(c)) => c.clone(),
+            (None, Some(c)) => {
+                let mut c = c.clone();
+                c.endpoint = endpoint.or(c.endpoint);
+                c
+            }
             (None, None) => return Err(PyValueError::new_err("no remote given")),
         };
         let rep = py
@@ -512,16 +638,20 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// Run `f` on the open reader. The lock is taken with the GIL released: a thread waiting
+    /// for it while holding the GIL would deadlock with the thread inside (which needs the
+    /// GIL back to return).
     fn with<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut ml_dash::read::FileReader) -> std::io::Result<T> + Send,
     ) -> PyResult<T> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let r = g
-            .as_mut()
-            .ok_or_else(|| PyValueError::new_err("I/O operation on a closed file"))?;
-        py.detach(|| f(r)).map_err(|e| {
+        py.detach(|| {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.as_mut().map(f)
+        })
+        .ok_or_else(|| PyValueError::new_err("I/O operation on a closed file"))?
+        .map_err(|e| {
             // The reader wraps engine errors (damage, above all) in io::Error::other.
             let msg = e.to_string();
             match e.into_inner().map(|i| i.downcast::<Error>()) {
@@ -539,25 +669,35 @@ impl Reader {
         self.record.clone_ref(py)
     }
 
-    fn size(&self) -> PyResult<u64> {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(g.as_ref().map(|r| r.len()).unwrap_or(0))
+    fn size(&self, py: Python<'_>) -> PyResult<u64> {
+        self.with(py, |r| Ok(r.len()))
     }
 
-    /// Up to `n` bytes from the current position (fewer only at the end).
-    fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
+    /// Up to `n` bytes from the current position (fewer only at the end); all the rest when
+    /// `n` is None or negative.
+    #[pyo3(signature = (n = None))]
+    fn read<'py>(&self, py: Python<'py>, n: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
         let data = self.with(py, |r| {
-            let mut buf = vec![0u8; n];
+            let left = r.len().saturating_sub(r.stream_position()?);
+            let n = match n {
+                Some(n) if n >= 0 => left.min(n as u64),
+                _ => left,
+            };
+            let mut buf = match buffer(n) {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e)),
+            };
+            buf.resize(n as usize, 0); // fits: `buffer` reserved it
             let mut got = 0;
-            while got < n {
+            while got < buf.len() {
                 match r.read(&mut buf[got..])? {
                     0 => break,
                     k => got += k,
                 }
             }
             buf.truncate(got);
-            Ok(buf)
-        })?;
+            Ok(Ok(buf))
+        })??;
         Ok(PyBytes::new(py, &data))
     }
 
@@ -579,8 +719,8 @@ impl Reader {
         self.with(py, |r| r.stream_position())
     }
 
-    fn close(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.inner.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 

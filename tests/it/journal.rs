@@ -219,3 +219,25 @@ fn a_torn_line_is_skipped_and_harmless() {
         rep.problems
     );
 }
+
+/// The per-process journal cache must not serve a deleted store's lines to a new store
+/// created at the same path.
+#[test]
+fn a_store_recreated_at_the_same_path_starts_a_fresh_journal() {
+    let t = tmp();
+    let root = t.path().join("s");
+    let key = ml_dash::path::ExperimentKey::new("local", "p", "e").unwrap();
+    {
+        let s = ml_dash::Store::open(&root).unwrap();
+        for i in 0..5 {
+            s.log(&key, "info", &format!("old {i}"), None).unwrap();
+        }
+        assert_eq!(s.journal(&key).unwrap().logs.len(), 5);
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+    let s = ml_dash::Store::open(&root).unwrap();
+    assert!(s.journal(&key).unwrap().logs.is_empty());
+    let e = s.log(&key, "info", "new", None).unwrap();
+    assert_eq!(e.sequence_number, 1);
+    assert_eq!(s.journal(&key).unwrap().logs.len(), 1);
+}

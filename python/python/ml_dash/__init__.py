@@ -13,6 +13,7 @@ The store is the same one the ``ml-dash`` command line reads.
 """
 
 import io
+from typing import Any, Dict
 
 from ._core import Experiment as _CoreExperiment
 from ._core import Metric, Parameters, Reader, RemoteError, StoreError, __version__
@@ -22,10 +23,14 @@ __all__ = [
     "Metric",
     "Parameters",
     "Reader",
+    "Record",
     "RemoteError",
     "StoreError",
     "__version__",
 ]
+
+Record = Dict[str, Any]
+"""A file record (the type of what `file`, `get`, `files` ... return)."""
 
 
 class _RawFile(io.RawIOBase):
@@ -43,10 +48,15 @@ class _RawFile(io.RawIOBase):
         return True
 
     def readinto(self, b):
-        data = self._r.read(len(b))
-        n = len(data)
-        memoryview(b).cast("B")[:n] = data
+        # Count bytes, not items: `b` may be any writable buffer (e.g. array("i"): 4-byte items).
+        with memoryview(b) as view, view.cast("B") as m:
+            data = self._r.read(len(m))
+            n = len(data)
+            m[:n] = data
         return n
+
+    def readall(self):
+        return self._r.read(-1)
 
     def seek(self, offset, whence=io.SEEK_SET):
         return self._r.seek(offset, whence)
