@@ -34,6 +34,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         ckpts.push((model.safetensors(false), model.safetensors(true)));
     }
+    // ML_DASH_WRITE_TO=DIR: also write the checkpoints there (for timing `ml-dash upload`).
+    if let Ok(dir) = std::env::var("ML_DASH_WRITE_TO") {
+        std::fs::create_dir_all(&dir)?;
+        for (i, (f, b)) in ckpts.iter().enumerate() {
+            std::fs::write(format!("{dir}/fp32_{i}.safetensors"), f)?;
+            std::fs::write(format!("{dir}/bf16_{i}.safetensors"), b)?;
+        }
+    }
     let policies: Vec<(&str, Compression)> = match std::env::var("ML_DASH_COMPARE") {
         Ok(_) => vec![
             ("auto", Compression::default()),

@@ -171,14 +171,10 @@ fn sample_stats(data: &[u8]) -> ([f64; 4], f64) {
         if n == 0 {
             return 0.0;
         }
-        let n = n as f64;
-        h.iter()
-            .filter(|&&c| c > 0)
-            .map(|&c| {
-                let p = c as f64 / n;
-                -p * p.log2()
-            })
-            .sum()
+        // H = log2 n - (1/n) sum c log2 c, with c log2 c from a table (counts <= 4096).
+        let t = clog2c_table();
+        let s: f64 = h.iter().map(|&c| t[c as usize]).sum();
+        (n as f64).log2() - s / n as f64
     };
     let mut all = [0u32; 256];
     for h in &hist {
@@ -195,6 +191,19 @@ fn sample_stats(data: &[u8]) -> ([f64; 4], f64) {
         ],
         entropy(&all),
     )
+}
+
+/// `c * log2(c)` for every count a sample histogram can hold (0 for 0).
+fn clog2c_table() -> &'static [f64; SAMPLE_SPAN * SAMPLE_SPANS + 1] {
+    static T: std::sync::OnceLock<Box<[f64; SAMPLE_SPAN * SAMPLE_SPANS + 1]>> =
+        std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = Box::new([0f64; SAMPLE_SPAN * SAMPLE_SPANS + 1]);
+        for (c, v) in t.iter_mut().enumerate().skip(1) {
+            *v = c as f64 * (c as f64).log2();
+        }
+        t
+    })
 }
 
 /// Predicted saving of entropy coding at `h` bits per byte.
@@ -320,14 +329,18 @@ fn decode_planes(
     match width {
         4 => {
             let (p0, p1, p2, p3) = (&planes[0], &planes[1], &planes[2], &planes[3]);
-            for (i, o) in out.chunks_exact_mut(4).enumerate() {
-                o.copy_from_slice(&[p0[i], p1[i], p2[i], p3[i]]);
+            let it = out
+                .chunks_exact_mut(4)
+                .zip(p0.iter().zip(p1))
+                .zip(p2.iter().zip(p3));
+            for ((o, (a, b)), (c, d)) in it {
+                o.copy_from_slice(&[*a, *b, *c, *d]);
             }
         }
         _ => {
             let (p0, p1) = (&planes[0], &planes[1]);
-            for (i, o) in out.chunks_exact_mut(2).enumerate() {
-                o.copy_from_slice(&[p0[i], p1[i]]);
+            for (o, (a, b)) in out.chunks_exact_mut(2).zip(p0.iter().zip(p1)) {
+                o.copy_from_slice(&[*a, *b]);
             }
         }
     }
