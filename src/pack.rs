@@ -187,9 +187,7 @@ pub fn read_chunk(
     id: &ChunkId,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    let buf = read_record_unverified(file, loc, id, location)?;
-    let h = decode_record_header(&buf).expect("checked by read_record_unverified");
-    decode_and_verify(&h, &buf[RECORD_HEADER_LEN..], location)
+    read_verified(file, loc, id, location).map(|(_, raw)| raw)
 }
 
 /// Read one whole record (header and stored bytes, as in the pack) and prove it holds chunk
@@ -200,10 +198,20 @@ pub fn read_record(
     id: &ChunkId,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
+    read_verified(file, loc, id, location).map(|(record, _)| record)
+}
+
+/// `(record bytes, raw chunk)` at `loc`, the raw bytes proven against `id`.
+fn read_verified(
+    file: &File,
+    loc: &ChunkLoc,
+    id: &ChunkId,
+    location: &dyn Fn() -> String,
+) -> Result<(Vec<u8>, Vec<u8>)> {
     let buf = read_record_unverified(file, loc, id, location)?;
     let h = decode_record_header(&buf).expect("checked by read_record_unverified");
-    decode_and_verify(&h, &buf[RECORD_HEADER_LEN..], location)?;
-    Ok(buf)
+    let raw = decode_and_verify(&h, &buf[RECORD_HEADER_LEN..], location)?;
+    Ok((buf, raw))
 }
 
 /// The record bytes at `loc`, with a header that is valid and matches `loc` and `id`.

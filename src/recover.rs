@@ -18,22 +18,9 @@ pub(crate) fn event_batch(ix: &Index, e: &Event) -> Result<IndexBatch> {
     let mut b = IndexBatch::default();
     match e {
         Event::Delete {
-            namespace,
-            project,
-            experiment,
-            path,
-            filename,
-            up_to_version,
-            at,
-            ..
+            up_to_version, at, ..
         } => {
-            let key = crate::path::FileKey {
-                namespace: namespace.clone(),
-                project: project.clone(),
-                experiment: experiment.clone(),
-                path: path.clone(),
-                filename: filename.clone(),
-            };
+            let key = e.file_key().expect("a delete names a path");
             for (v, id) in ix.versions_of(&key)? {
                 if v > *up_to_version {
                     continue;
