@@ -25,6 +25,7 @@ pub mod record;
 pub mod recover;
 #[cfg(feature = "remote")]
 pub mod remote;
+pub mod rpack;
 pub mod stats;
 pub mod store;
 pub mod time;

@@ -21,7 +21,6 @@
 mod files;
 mod pull;
 mod push;
-pub mod rpack;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,6 +35,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use crate::digest::ChunkId;
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::rpack;
 
 pub use files::FilesReport;
 pub use pull::PullReport;

@@ -9,7 +9,7 @@ use object_store::ObjectStoreExt;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{Remote, SMALL_CONCURRENCY, rpack};
+use super::{Remote, SMALL_CONCURRENCY};
 use crate::digest::ChunkId;
 use crate::durable;
 use crate::error::{Error, Result};
@@ -19,6 +19,7 @@ use crate::manifest::{self, Manifest};
 use crate::pack::{self, PackWriter};
 use crate::path::FileKey;
 use crate::recover::list_ids;
+use crate::rpack;
 use crate::store::{Session, Store};
 
 /// Ranges closer than this are fetched as one GET.

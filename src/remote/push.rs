@@ -11,13 +11,14 @@ use object_store::path::Path as OPath;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{Remote, SMALL_CONCURRENCY, part_size_for, rpack};
+use super::{Remote, SMALL_CONCURRENCY, part_size_for};
 use crate::digest::ChunkId;
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 use crate::manifest::{self, Manifest};
 use crate::pack::{self, ChunkLoc};
 use crate::recover::list_ids;
+use crate::rpack;
 use crate::store::Store;
 
 /// What a push did.

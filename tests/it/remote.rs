@@ -844,7 +844,7 @@ fn a_gc_between_pulls_does_not_bring_deleted_versions_back() {
 /// that only a damaged pack held, after which a pull completes.
 #[test]
 fn damaged_or_truncated_remote_packs_are_reported_and_skipped() {
-    use ml_dash::remote::rpack;
+    use ml_dash::rpack;
     let t = tmp();
     for (i, cfg) in remotes(t.path(), "badpacks").into_iter().enumerate() {
         let raw = Raw::new(&cfg);
