@@ -99,29 +99,23 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Cmd::Verify { json } => {
             let rep = open(&root)?.verify()?;
-            let mut out = io::stdout().lock();
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
-            } else {
-                for f in &rep.damaged_files {
-                    writeln!(out, "DAMAGED {f}")?;
-                }
-                for p in &rep.problems {
-                    writeln!(out, "problem: {p}")?;
-                }
-                for n in &rep.notes {
-                    writeln!(out, "note: {n}")?;
-                }
-                writeln!(
-                    out,
+            report(
+                json,
+                &rep,
+                &[
+                    ("DAMAGED ", &rep.damaged_files),
+                    ("problem: ", &rep.problems),
+                    ("note: ", &rep.notes),
+                ],
+                format!(
                     "{}: {} packs, {} chunks, {} versions, {} events checked",
                     if rep.ok { "ok" } else { "DAMAGE FOUND" },
                     rep.packs,
                     rep.chunks,
                     rep.versions,
                     rep.events
-                )?;
-            }
+                ),
+            )?;
             Ok(if rep.ok { 0 } else { DAMAGE })
         }
         Cmd::Gc {
@@ -252,22 +246,40 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Pull { url, remote, json } => pull(&root, &url, &remote, json),
         Cmd::Repair { json } => {
             let rep = open(&root)?.rebuild_index()?;
-            let mut out = io::stdout().lock();
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
-            } else {
-                for d in &rep.damaged {
-                    writeln!(out, "damaged: {d}")?;
-                }
-                writeln!(
-                    out,
+            report(
+                json,
+                &rep,
+                &[("damaged: ", &rep.damaged)],
+                format!(
                     "rebuilt index: {} packs, {} chunks, {} versions, {} events",
                     rep.packs, rep.chunks, rep.versions, rep.events
-                )?;
-            }
+                ),
+            )?;
             Ok(if rep.damaged.is_empty() { 0 } else { DAMAGE })
         }
     }
+}
+
+/// Print an operation's report: with `--json` one JSON line; else every line of each list with
+/// its label (e.g. `problem: `), then the summary line.
+fn report(
+    json: bool,
+    rep: &impl serde::Serialize,
+    lists: &[(&str, &[String])],
+    summary: String,
+) -> Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(rep)?)?;
+    } else {
+        for (label, lines) in lists {
+            for l in *lines {
+                writeln!(out, "{label}{l}")?;
+            }
+        }
+        writeln!(out, "{summary}")?;
+    }
+    Ok(())
 }
 
 /// Store options from the environment: `ML_DASH_PACK_TARGET` (bytes per pack, for tests
@@ -546,15 +558,11 @@ fn export(
         let p = Progress::start("export", Some(plan.total_bytes()), !json);
         plan.run(&store, dir, Some(&p.counter))?
     };
-    let mut out = io::stdout().lock();
-    if json {
-        writeln!(out, "{}", serde_json::to_string(&sum)?)?;
-    } else {
-        for p in &sum.problems {
-            writeln!(out, "problem: {p}")?;
-        }
-        writeln!(
-            out,
+    report(
+        json,
+        &sum,
+        &[("problem: ", &sum.problems)],
+        format!(
             "exported {} files of {} experiments to {}: {} written ({} bytes), {} already there{}",
             sum.files,
             sum.experiments,
@@ -567,8 +575,8 @@ fn export(
             } else {
                 String::new()
             }
-        )?;
-    }
+        ),
+    )?;
     Ok(if sum.problems.is_empty() { 0 } else { DAMAGE })
 }
 
@@ -578,15 +586,11 @@ fn import(root: &Path, dir: &Path, json: bool) -> Result<i32> {
         let p = Progress::start("import", None, !json);
         ml_dash::export::import(&store, dir, Some(&p.counter))?
     };
-    let mut out = io::stdout().lock();
-    if json {
-        writeln!(out, "{}", serde_json::to_string(&sum)?)?;
-    } else {
-        for p in &sum.problems {
-            writeln!(out, "problem: {p}")?;
-        }
-        writeln!(
-            out,
+    report(
+        json,
+        &sum,
+        &[("problem: ", &sum.problems)],
+        format!(
             "imported {} experiments: {} of {} files ({} bytes; {} already present, {} deleted not imported), {} parameter sets, {} log lines, {} metric points",
             sum.experiments,
             sum.imported,
@@ -597,8 +601,8 @@ fn import(root: &Path, dir: &Path, json: bool) -> Result<i32> {
             sum.params,
             sum.logs,
             sum.metric_points
-        )?;
-    }
+        ),
+    )?;
     Ok(if sum.problems.is_empty() { 0 } else { DAMAGE })
 }
 
@@ -624,18 +628,17 @@ fn push(
 ) -> Result<i32> {
     let store = open(root)?;
     let remote = connect(url, a)?;
-    let mut out = io::stdout().lock();
     match layout {
         super::PushLayout::Packs => {
             let rep = {
                 let p = Progress::start("push", None, !json);
                 store.push(&remote, Some(&p.counter))?
             };
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
-            } else {
-                writeln!(
-                    out,
+            report(
+                json,
+                &rep,
+                &[],
+                format!(
                     "pushed to {}: {} packs ({} chunks, {} bytes), {} manifests, {} events; {} chunks were already there",
                     rep.remote,
                     rep.packs,
@@ -644,19 +647,19 @@ fn push(
                     rep.manifests,
                     rep.events,
                     rep.chunks_already_remote
-                )?;
-            }
+                ),
+            )?;
         }
         super::PushLayout::Files => {
             let rep = {
                 let p = Progress::start("push", None, !json);
                 store.push_files(&remote, Some(&p.counter))?
             };
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
-            } else {
-                writeln!(
-                    out,
+            report(
+                json,
+                &rep,
+                &[],
+                format!(
                     "pushed {} files to {}: {} uploaded ({} bytes), {} already there, {} records updated",
                     rep.files,
                     rep.remote,
@@ -664,8 +667,8 @@ fn push(
                     rep.bytes,
                     rep.skipped,
                     rep.records_updated
-                )?;
-            }
+                ),
+            )?;
         }
     }
     Ok(0)
@@ -679,22 +682,15 @@ fn pull(root: &Path, url: &str, a: &super::RemoteArgs, json: bool) -> Result<i32
         let p = Progress::start("pull", None, !json);
         store.pull(&remote, Some(&p.counter))?
     };
-    let mut out = io::stdout().lock();
-    if json {
-        writeln!(out, "{}", serde_json::to_string(&rep)?)?;
-    } else {
-        for c in &rep.conflicts {
-            writeln!(out, "conflict: {c}")?;
-        }
-        for d in &rep.damaged {
-            writeln!(out, "damaged: {d}")?;
-        }
-        writeln!(
-            out,
+    report(
+        json,
+        &rep,
+        &[("conflict: ", &rep.conflicts), ("damaged: ", &rep.damaged)],
+        format!(
             "pulled from {}: {} versions, {} events, {} chunks ({} bytes); {} chunks were already here",
             rep.remote, rep.manifests, rep.events, rep.chunks, rep.bytes, rep.chunks_already_local
-        )?;
-    }
+        ),
+    )?;
     Ok(if rep.damaged.is_empty() && rep.conflicts.is_empty() {
         0
     } else {
