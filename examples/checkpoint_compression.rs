@@ -26,6 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let count = args.get(1).copied().unwrap_or(4);
     let steps = args.get(2).copied().unwrap_or(100) as u32;
     let mut model = adam::Model::new(params, 1024, 7);
+    if let Ok(lr) = std::env::var("ML_DASH_LR") {
+        model.lr = lr.parse().expect("ML_DASH_LR is a number");
+    }
     model.train(10);
     let mut ckpts = Vec::new();
     for i in 0..count {
@@ -55,10 +58,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .flat_map(|b| policies.iter().map(move |p| (b, *p)))
     {
         let dir = tempfile::tempdir()?;
-        let store = Store::open_with(dir.path(), StoreOptions::default().compression(policy))?;
+        let mut opts = StoreOptions::default().compression(policy);
+        if let Ok(d) = std::env::var("ML_DASH_DELTA_DEPTH") {
+            opts = opts.delta_depth(d.parse().expect("ML_DASH_DELTA_DEPTH is a number"));
+        }
+        let store = Store::open_with(dir.path(), opts)?;
         let key = ExperimentKey::new("local", "bench", "adam")?;
         let (mut raw, mut stored, mut secs, mut cpu) = (0u64, 0u64, 0f64, 0f64);
         let mut delta_stored = 0u64;
+        let mut per_version = Vec::new();
         let mut prev: Option<&Vec<u8>> = None;
         for (i, (f32s, b16s)) in ckpts.iter().enumerate() {
             let data = if bf16 { b16s } else { f32s };
@@ -74,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cpu += cpu_seconds() - c0;
             raw += data.len() as u64;
             stored += rec.new_bytes;
+            per_version.push(100.0 * rec.new_bytes as f64 / data.len() as f64);
             // Delta estimate: XOR with the previous checkpoint, then the chunk codec per MiB.
             delta_stored += match prev {
                 Some(p) if p.len() == data.len() => data
@@ -112,6 +121,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             read += r.copy_to(&mut std::io::sink())?;
         }
         let rsecs = t.elapsed().as_secs_f64();
+        println!(
+            "{:>4} {pname}: stored per checkpoint (% of raw): {}",
+            if bf16 { "bf16" } else { "fp32" },
+            per_version
+                .iter()
+                .map(|p| format!("{p:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         println!(
             "{:>4} {pname}: {} checkpoints of {:.1} MiB, {} steps apart: stored {:.1} % of raw, ingest {:.2} GB/s ({:.2} CPU s/GB), read {:.2} GB/s; XOR delta vs previous + codec: {:.1} % of raw",
             if bf16 { "bf16" } else { "fp32" },

@@ -37,6 +37,9 @@ pub enum Codec {
     Planes4 = 2,
     /// Byte planes of width 2 (bf16 / fp16-like), some zstd-compressed.
     Planes2 = 3,
+    /// The difference to another chunk (its base), itself stored with one of the codecs above
+    /// (see `encode_delta`).
+    Delta = 4,
 }
 
 impl Codec {
@@ -46,6 +49,7 @@ impl Codec {
             1 => Some(Codec::Zstd),
             2 => Some(Codec::Planes4),
             3 => Some(Codec::Planes2),
+            4 => Some(Codec::Delta),
             _ => None,
         }
     }
@@ -211,19 +215,16 @@ fn gain(h: f64) -> f64 {
     (8.0 - h) / 8.0
 }
 
-/// Encode a chunk: `Some((codec, stored))` when compression pays under `policy`, else `None`
-/// (store raw).
-pub fn encode(data: &[u8], policy: Compression) -> Option<(Codec, Vec<u8>)> {
-    let level = match policy {
-        Compression::Off => return None,
-        Compression::Auto(level) => level,
-        Compression::Always(level) => {
-            let out = zstd_compress(data, level)?;
-            return (out.len() + data.len() / 16 <= data.len()).then_some((Codec::Zstd, out));
-        }
-    };
+/// How `encode` would store a chunk under `Auto`, and the fraction of its size it predicts.
+enum Plan {
+    Raw,
+    Zstd,
+    Planes(usize, Vec<f64>),
+}
+
+fn plan(data: &[u8]) -> (Plan, f64) {
     if data.len() < 64 {
-        return None;
+        return (Plan::Raw, 1.0);
     }
     let (pos, whole) = sample_stats(data);
     // Per-plane entropy for widths 4 and 2 (plane k of width 2 = positions k and k+2).
@@ -244,14 +245,40 @@ pub fn encode(data: &[u8], policy: Compression) -> Option<(Codec, Vec<u8>)> {
         };
         let planes_gain: f64 = hs.iter().map(|h| gain(*h).max(0.0)).sum::<f64>() / width as f64;
         if planes_gain >= 0.05 {
-            return encode_planes(data, width, &hs, level);
+            return (Plan::Planes(width, hs), 1.0 - planes_gain);
         }
     }
     if gain(whole) < 0.05 {
-        return None;
+        return (Plan::Raw, 1.0);
     }
-    let out = zstd_compress(data, level)?;
-    (out.len() + data.len() / 16 <= data.len()).then_some((Codec::Zstd, out))
+    (Plan::Zstd, 1.0 - gain(whole))
+}
+
+/// The fraction of its size `encode` is expected to store a chunk in under `Auto` (1.0: raw),
+/// from a 4 KiB sample.
+pub fn predicted_ratio(data: &[u8]) -> f64 {
+    plan(data).1
+}
+
+/// Encode a chunk: `Some((codec, stored))` when compression pays under `policy`, else `None`
+/// (store raw).
+pub fn encode(data: &[u8], policy: Compression) -> Option<(Codec, Vec<u8>)> {
+    let level = match policy {
+        Compression::Off => return None,
+        Compression::Auto(level) => level,
+        Compression::Always(level) => {
+            let out = zstd_compress(data, level)?;
+            return (out.len() + data.len() / 16 <= data.len()).then_some((Codec::Zstd, out));
+        }
+    };
+    match plan(data).0 {
+        Plan::Raw => None,
+        Plan::Planes(width, hs) => encode_planes(data, width, &hs, level),
+        Plan::Zstd => {
+            let out = zstd_compress(data, level)?;
+            (out.len() + data.len() / 16 <= data.len()).then_some((Codec::Zstd, out))
+        }
+    }
 }
 
 fn encode_planes(data: &[u8], width: usize, hs: &[f64], level: i32) -> Option<(Codec, Vec<u8>)> {
@@ -408,6 +435,10 @@ pub fn decode(
         }),
         Codec::Planes4 => decode_planes(4, stored, raw_len, location),
         Codec::Planes2 => decode_planes(2, stored, raw_len, location),
+        Codec::Delta => Err(Error::corrupt(
+            location(),
+            "a delta chunk decodes only with its base",
+        )),
     }
 }
 
@@ -446,7 +477,7 @@ mod tests {
         let text = b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".repeat(100);
         let (_, c) = encode(&text, Compression::Always(1)).unwrap();
         assert!(decode(Codec::Zstd, &c, text.len() - 1, &|| "t".into()).is_err());
-        assert_eq!(Codec::from_u8(4), None);
+        assert_eq!(Codec::from_u8(5), None);
     }
 
     fn weights(n: usize, bf16: bool) -> Vec<u8> {

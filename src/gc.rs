@@ -38,6 +38,9 @@ pub struct GcReport {
     pub reclaimed_bytes: u64,
     /// Garbage left in packs below the rewrite threshold.
     pub remaining_garbage_bytes: u64,
+    /// Chunks no live version names, kept because a live chunk is stored as a delta against
+    /// them (directly or through a chain).
+    pub kept_as_delta_bases: usize,
 }
 
 impl Store {
@@ -66,6 +69,27 @@ impl Store {
             }
         }
         rep.deleted_versions = dead_versions.len();
+        // A live chunk stored as a delta keeps its base (and the base's base) live.
+        let mut base_of: HashMap<ChunkId, ChunkId> = HashMap::new();
+        for c in ix.chunks() {
+            let (id, loc) = c?;
+            if let Some(b) = loc.base {
+                base_of.insert(id, b);
+            }
+        }
+        let mut todo: Vec<ChunkId> = live
+            .iter()
+            .filter(|id| base_of.contains_key(id))
+            .copied()
+            .collect();
+        while let Some(id) = todo.pop() {
+            if let Some(b) = base_of.get(&id)
+                && live.insert(*b)
+            {
+                rep.kept_as_delta_bases += 1;
+                todo.push(*b);
+            }
+        }
 
         let mut garbage: Vec<(ChunkId, ChunkLoc)> = Vec::new();
         let mut live_in_pack: HashMap<Id, Vec<(ChunkId, ChunkLoc)>> = HashMap::new();
@@ -205,7 +229,7 @@ impl Store {
             let where_ = || format!("{} offset {}", old_path.display(), loc.offset);
             let h =
                 pack::decode_record_header(&buf).map_err(|r| crate::Error::corrupt(where_(), r))?;
-            pack::decode_and_verify(&h, &buf[pack::RECORD_HEADER_LEN..], &where_)?;
+            pack::check_stored(&h, &buf[pack::RECORD_HEADER_LEN..], &where_)?;
             let new = w.append(*id, loc.raw_len, loc.codec, &buf[pack::RECORD_HEADER_LEN..])?;
             b.put_chunk(id, &new);
         }

@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! reader thread ──windows──▶ SHA-256 thread                      (whole-file checksum)
-//!      │ chunk cuts (FastCDC)
-//!      └──batches──▶ worker: rayon { BLAKE3, index lookup, compress? } ─▶ pack appends
+//!      │ chunk cuts (FastCDC, or a tensor-aligned grid for safetensors)
+//!      └──batches──▶ worker: rayon { BLAKE3, index lookup, delta? compress? } ─▶ pack appends
 //!                                                     rotated packs ─▶ fsync thread
 //! ```
+//! A safetensors file (detected from its header in the first window) is cut on a grid aligned
+//! to its tensors (`tensors.rs`). When the upload has a `Previous` version with a layout, each
+//! piece of a tensor is paired with the same piece of the same tensor (by name, dtype and
+//! length) in that version, and stored as a delta against it (`delta.rs`) when that is
+//! predicted to save at least `DELTA_MIN_GAIN` and the chain stays within `delta_depth`.
 //! Windows come from a fixed pool of buffers (`POOL` × `WINDOW`), so memory is bounded whatever
 //! the file size and a slow stage applies back-pressure to the reader. Chunks are `Bytes` slices
 //! of those buffers (no copy); a buffer returns to the pool when its last chunk is dropped.
@@ -21,6 +26,8 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use rayon::prelude::*;
 use sha2::Digest as _;
 
+use std::collections::HashMap;
+
 use crate::chunker::Chunker;
 use crate::codec::{self, Codec, Compression};
 use crate::digest::{ChunkId, Digest, Sha256};
@@ -28,6 +35,8 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{Index, IndexBatch};
 use crate::pack::{ChunkLoc, PackWriter, RECORD_HEADER_LEN};
+use crate::read::Located;
+use crate::tensors::{Grid, Layout};
 
 const WINDOW: usize = 8 << 20;
 
@@ -57,6 +66,41 @@ pub struct IngestConfig<'a> {
     pub active: Option<(Id, u64)>,
     pub progress: Option<&'a AtomicU64>,
     pub faults: &'a crate::fault::Faults,
+    /// The version to store deltas against, if any.
+    pub previous: Option<&'a Previous>,
+    /// Longest delta chain to create (0: no deltas).
+    pub delta_depth: u8,
+}
+
+/// A delta must be predicted to store this fraction of a piece's size less than the piece on
+/// its own (a delta costs a base read on every read).
+pub const DELTA_MIN_GAIN: f64 = 0.03;
+
+/// An earlier version an upload may store deltas against: its tensor layout and where each of
+/// its chunks starts, with their locations resolved (under the session's lock).
+pub struct Previous {
+    pub(crate) layout: Layout,
+    /// Chunk starting at each file offset: `(id, length, location)`.
+    pub(crate) chunk_at: HashMap<u64, (ChunkId, u32, ChunkLoc)>,
+    pub(crate) located: Located,
+}
+
+/// The chunk a new piece may be stored against.
+#[derive(Clone, Copy)]
+struct Hint {
+    base: ChunkId,
+    loc: ChunkLoc,
+    width: usize,
+}
+
+/// How the reader cuts: FastCDC, or a tensor grid with, per tensor of the new file, the
+/// matching tensor of the previous version.
+enum Cutter<'a> {
+    Cdc(&'a Chunker),
+    Grid {
+        grid: Grid,
+        matches: Vec<Option<usize>>,
+    },
 }
 
 struct PoolBuf {
@@ -76,6 +120,8 @@ impl Drop for PoolBuf {
         let _ = self.home.try_send(std::mem::take(&mut self.buf));
     }
 }
+
+type Batch = Vec<(Bytes, Option<Hint>)>;
 
 enum Processed {
     Known(ChunkId, u32),
@@ -97,7 +143,7 @@ pub fn ingest<R: Read + Send>(
         pool_tx.send(Vec::new()).expect("pool has room");
     }
     let (sha_tx, sha_rx) = bounded::<Bytes>(POOL);
-    let (batch_tx, batch_rx) = bounded::<Vec<Bytes>>(2);
+    let (batch_tx, batch_rx) = bounded::<Batch>(2);
 
     std::thread::scope(|s| {
         let sha = s.spawn(move || {
@@ -144,10 +190,14 @@ fn read_windows(
     pool_tx: Sender<Vec<u8>>,
     pool_rx: Receiver<Vec<u8>>,
     sha_tx: Sender<Bytes>,
-    batch_tx: Sender<Vec<Bytes>>,
+    batch_tx: Sender<Batch>,
 ) -> Result<()> {
     let mut carry: Option<Bytes> = None;
     let mut cuts = Vec::new();
+    let mut grid_cuts = Vec::new();
+    let mut cutter: Option<Cutter<'_>> = None;
+    // Absolute offset of the current window's first byte.
+    let mut at = 0u64;
     // The carried tail is shorter than one max-size chunk; keep windows well above that.
     let window_len = WINDOW.max(4 * cfg.chunker.config().max);
     loop {
@@ -175,16 +225,36 @@ fn read_windows(
                 return Ok(());
             }
         }
-        cuts.clear();
-        let used = cfg.chunker.cuts(&window, eof, &mut cuts);
+        let cutter = cutter.get_or_insert_with(|| choose_cutter(&window, cfg));
         let mut pos = 0;
-        let batch: Vec<Bytes> = cuts
-            .iter()
-            .map(|&l| {
-                pos += l;
-                window.slice(pos - l..pos)
-            })
-            .collect();
+        let (used, batch): (usize, Batch) = match cutter {
+            Cutter::Cdc(chunker) => {
+                cuts.clear();
+                let used = chunker.cuts(&window, eof, &mut cuts);
+                let batch = cuts
+                    .iter()
+                    .map(|&l| {
+                        pos += l;
+                        (window.slice(pos - l..pos), None)
+                    })
+                    .collect();
+                (used, batch)
+            }
+            Cutter::Grid { grid, matches } => {
+                grid_cuts.clear();
+                let used = grid.cuts(at, &window, eof, &mut grid_cuts);
+                let batch = grid_cuts
+                    .iter()
+                    .map(|&(l, place)| {
+                        pos += l;
+                        let hint = place.and_then(|p| hint(cfg, grid, matches, p, l));
+                        (window.slice(pos - l..pos), hint)
+                    })
+                    .collect();
+                (used, batch)
+            }
+        };
+        at += used as u64;
         if used < len {
             carry = Some(window.slice(used..));
         }
@@ -197,12 +267,84 @@ fn read_windows(
     }
 }
 
-fn process(chunk: Bytes, index: &Index, compression: Compression) -> Result<Processed> {
+/// A grid for a safetensors file (its header is in the first window), else FastCDC.
+fn choose_cutter<'a>(first: &[u8], cfg: &IngestConfig<'a>) -> Cutter<'a> {
+    let Some(layout) = Layout::safetensors(first) else {
+        return Cutter::Cdc(cfg.chunker);
+    };
+    let matches = match cfg.previous {
+        Some(prev) if cfg.delta_depth > 0 => {
+            let by_name = prev.layout.by_name();
+            layout
+                .tensors
+                .iter()
+                .map(|t| {
+                    let &i = by_name.get(t.name.as_str())?;
+                    let p = &prev.layout.tensors[i];
+                    (p.dtype == t.dtype && p.len() == t.len()).then_some(i)
+                })
+                .collect()
+        }
+        _ => vec![None; layout.tensors.len()],
+    };
+    Cutter::Grid {
+        grid: Grid::new(layout, cfg.chunker.config().max),
+        matches,
+    }
+}
+
+/// The chunk of the previous version holding the same `len` bytes of the same tensor.
+fn hint(
+    cfg: &IngestConfig<'_>,
+    grid: &Grid,
+    matches: &[Option<usize>],
+    (tensor, offset): (usize, u64),
+    len: usize,
+) -> Option<Hint> {
+    let prev = cfg.previous?;
+    let p = &prev.layout.tensors[matches[tensor]?];
+    let &(base, base_len, loc) = prev.chunk_at.get(&(p.start + offset))?;
+    (base_len as usize == len).then_some(Hint {
+        base,
+        loc,
+        width: grid.layout().tensors[tensor].width(),
+    })
+}
+
+/// Store `chunk` as a delta against the hinted base, if the chain allows and it pays.
+fn encode_delta(chunk: &[u8], h: &Hint, cfg: &IngestConfig<'_>) -> Option<(Codec, Vec<u8>)> {
+    let prev = cfg.previous?;
+    let depth = prev.located.depth(&h.loc)? + 1;
+    if depth > cfg.delta_depth {
+        return None;
+    }
+    // A base that cannot be read back (damage) is simply not used.
+    let base = prev.located.read(&h.loc, &h.base, &String::new).ok()?;
+    let stored = crate::delta::encode(
+        chunk,
+        &base,
+        &h.base,
+        depth,
+        crate::delta::Transform::for_width(h.width),
+        cfg.compression,
+        DELTA_MIN_GAIN,
+    )?;
+    Some((Codec::Delta, stored))
+}
+
+fn process(
+    chunk: Bytes,
+    hint: Option<Hint>,
+    index: &Index,
+    cfg: &IngestConfig<'_>,
+) -> Result<Processed> {
     let id = ChunkId::of(&chunk);
     if index.chunk(&id)?.is_some() {
         return Ok(Processed::Known(id, chunk.len() as u32));
     }
-    let packed = codec::encode(&chunk, compression);
+    let packed = hint
+        .and_then(|h| encode_delta(&chunk, &h, cfg))
+        .or_else(|| codec::encode(&chunk, cfg.compression));
     Ok(Processed::New {
         id,
         raw: chunk,
@@ -211,7 +353,7 @@ fn process(chunk: Bytes, index: &Index, compression: Compression) -> Result<Proc
 }
 
 fn write_chunks(
-    batches: Receiver<Vec<Bytes>>,
+    batches: Receiver<Batch>,
     index: &Index,
     cfg: &IngestConfig<'_>,
 ) -> Result<Ingested> {
@@ -252,7 +394,7 @@ fn write_chunks(
             for batch in batches {
                 let processed: Vec<Result<Processed>> = batch
                     .into_par_iter()
-                    .map(|c| process(c, index, cfg.compression))
+                    .map(|(c, h)| process(c, h, index, cfg))
                     .collect();
                 for p in processed {
                     match p? {

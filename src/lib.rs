@@ -6,6 +6,7 @@
 
 pub mod chunker;
 pub mod codec;
+pub mod delta;
 pub mod digest;
 pub mod durable;
 pub mod error;
@@ -28,6 +29,7 @@ pub mod remote;
 pub mod rpack;
 pub mod stats;
 pub mod store;
+pub mod tensors;
 pub mod time;
 pub mod verify;
 

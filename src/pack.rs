@@ -16,6 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::chunker::MAX_CHUNK_LIMIT;
 use crate::codec::{self, Codec};
@@ -41,31 +42,42 @@ pub struct ChunkLoc {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    /// The chunk a `Codec::Delta` chunk is stored against (`None` for every other codec).
+    pub base: Option<ChunkId>,
 }
 
 impl ChunkLoc {
+    /// Encoded length without a base; a delta chunk's location adds its base's 32 bytes.
     pub const ENCODED_LEN: usize = 33;
 
-    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut b = [0u8; Self::ENCODED_LEN];
-        b[..16].copy_from_slice(&self.pack.0);
-        b[16..24].copy_from_slice(&self.offset.to_le_bytes());
-        b[24..28].copy_from_slice(&self.stored_len.to_le_bytes());
-        b[28..32].copy_from_slice(&self.raw_len.to_le_bytes());
-        b[32] = self.codec as u8;
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(Self::ENCODED_LEN + 32);
+        b.extend_from_slice(&self.pack.0);
+        b.extend_from_slice(&self.offset.to_le_bytes());
+        b.extend_from_slice(&self.stored_len.to_le_bytes());
+        b.extend_from_slice(&self.raw_len.to_le_bytes());
+        b.push(self.codec as u8);
+        if let Some(base) = &self.base {
+            b.extend_from_slice(base.as_bytes());
+        }
         b
     }
 
     pub fn decode(b: &[u8]) -> Option<ChunkLoc> {
-        if b.len() != Self::ENCODED_LEN {
-            return None;
-        }
+        let codec = Codec::from_u8(*b.get(32)?)?;
+        let base = match (codec, b.len()) {
+            (Codec::Delta, 65) => Some(ChunkId(Digest(b[33..65].try_into().ok()?))),
+            (Codec::Delta, _) => return None,
+            (_, Self::ENCODED_LEN) => None,
+            _ => return None,
+        };
         Some(ChunkLoc {
             pack: Id(b[..16].try_into().ok()?),
             offset: u64::from_le_bytes(b[16..24].try_into().ok()?),
             stored_len: u32::from_le_bytes(b[24..28].try_into().ok()?),
             raw_len: u32::from_le_bytes(b[28..32].try_into().ok()?),
-            codec: Codec::from_u8(b[32])?,
+            codec,
+            base,
         })
     }
 
@@ -165,6 +177,7 @@ pub(crate) fn check_pack_header(b: &[u8], expect: Id) -> std::result::Result<(),
 }
 
 /// Decode a whole record's data (header already parsed) and prove it against the chunk id.
+/// A delta record cannot be decoded on its own: see `read_chunk`.
 pub fn decode_and_verify(
     h: &RecordHeader,
     stored: &[u8],
@@ -180,38 +193,96 @@ pub fn decode_and_verify(
     Ok(raw)
 }
 
+/// Check a record's data on its own: a plain record decodes to its chunk id; a delta record
+/// has a valid delta header and inner bytes matching their checksum (its bytes are proven
+/// against the chunk id when read with its base). For checks and verbatim copies.
+pub fn check_stored(h: &RecordHeader, stored: &[u8], location: &dyn Fn() -> String) -> Result<()> {
+    if h.codec == Codec::Delta {
+        crate::delta::parse(stored)
+            .map(|_| ())
+            .map_err(|r| Error::corrupt(location(), format!("chunk {}: {r}", h.id)))
+    } else {
+        decode_and_verify(h, stored, location).map(|_| ())
+    }
+}
+
+/// Where the base of a delta chunk is: its location and its open pack.
+pub type BaseLookup<'a> = &'a dyn Fn(&ChunkId) -> Result<(Arc<File>, ChunkLoc)>;
+
 /// Read one chunk at a known location, check it is the expected chunk, and return raw bytes.
+/// A delta chunk's base (and its base, ...) is found through `bases`; the chain is followed
+/// only while each base has the depth the chunk above it announces, and only the chunk asked
+/// for is proven against its id (which proves its bases' bytes too).
 pub fn read_chunk(
     file: &File,
     loc: &ChunkLoc,
     id: &ChunkId,
+    bases: BaseLookup<'_>,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    read_verified(file, loc, id, location).map(|(_, raw)| raw)
+    read_at_depth(file, loc, id, None, bases, location)
 }
 
-/// Read one whole record (header and stored bytes, as in the pack) and prove it holds chunk
-/// `id` before returning it: for copying records verbatim (push to a remote).
+fn read_at_depth(
+    file: &File,
+    loc: &ChunkLoc,
+    id: &ChunkId,
+    depth: Option<u8>,
+    bases: BaseLookup<'_>,
+    location: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    let buf = read_record_unverified(file, loc, id, location)?;
+    let h = decode_record_header(&buf).expect("checked by read_record_unverified");
+    let stored = &buf[RECORD_HEADER_LEN..];
+    let verify = depth.is_none();
+    if h.codec != Codec::Delta {
+        if depth.is_some_and(|d| d != 0) {
+            return Err(Error::corrupt(
+                location(),
+                format!("delta base {id} is not at the depth its delta names"),
+            ));
+        }
+        return if verify {
+            decode_and_verify(&h, stored, location)
+        } else {
+            codec::decode(h.codec, stored, h.raw_len as usize, location)
+        };
+    }
+    let (dh, inner) = crate::delta::parse(stored)
+        .map_err(|r| Error::corrupt(location(), format!("chunk {id}: {r}")))?;
+    if depth.is_some_and(|d| d != dh.depth) || loc.base != Some(dh.base) {
+        return Err(Error::corrupt(
+            location(),
+            format!("delta chunk {id}: its base or depth differs from the index"),
+        ));
+    }
+    let (bfile, bloc) = bases(&dh.base)?;
+    let base = read_at_depth(&bfile, &bloc, &dh.base, Some(dh.depth - 1), bases, location)?;
+    let raw = crate::delta::decode(&dh, inner, h.raw_len as usize, &base, location)?;
+    if verify && ChunkId::of(&raw) != h.id {
+        return Err(Error::corrupt(
+            location(),
+            format!(
+                "chunk {} (a delta on chunk {}) fails its BLAKE3 check",
+                h.id, dh.base
+            ),
+        ));
+    }
+    Ok(raw)
+}
+
+/// Read one whole record (header and stored bytes, as in the pack) and check it holds chunk
+/// `id` (`check_stored`) before returning it: for copying records verbatim (push to a remote).
 pub fn read_record(
     file: &File,
     loc: &ChunkLoc,
     id: &ChunkId,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    read_verified(file, loc, id, location).map(|(record, _)| record)
-}
-
-/// `(record bytes, raw chunk)` at `loc`, the raw bytes proven against `id`.
-fn read_verified(
-    file: &File,
-    loc: &ChunkLoc,
-    id: &ChunkId,
-    location: &dyn Fn() -> String,
-) -> Result<(Vec<u8>, Vec<u8>)> {
     let buf = read_record_unverified(file, loc, id, location)?;
     let h = decode_record_header(&buf).expect("checked by read_record_unverified");
-    let raw = decode_and_verify(&h, &buf[RECORD_HEADER_LEN..], location)?;
-    Ok((buf, raw))
+    check_stored(&h, &buf[RECORD_HEADER_LEN..], location)?;
+    Ok(buf)
 }
 
 /// The record bytes at `loc`, with a header that is valid and matches `loc` and `id`.
@@ -324,6 +395,12 @@ impl PackWriter {
             stored_len: stored.len() as u32,
             id,
         };
+        let base = match codec {
+            Codec::Delta => Some(crate::delta::base_of(stored).ok_or_else(|| {
+                Error::corrupt(self.path.display().to_string(), "delta record too short")
+            })?),
+            _ => None,
+        };
         let offset = self.len;
         self.faults.check(FaultKind::Write, &self.path)?;
         // Header and data in one writev, straight from the chunk's memory (no buffer copy).
@@ -351,6 +428,7 @@ impl PackWriter {
             stored_len: h.stored_len,
             raw_len,
             codec,
+            base,
         })
     }
 
@@ -371,6 +449,8 @@ impl PackWriter {
 pub struct Scanned {
     pub header: RecordHeader,
     pub offset: u64,
+    /// The base a delta record names.
+    pub base: Option<ChunkId>,
     /// Present only when scanning with `verify`: whether the data decodes to the chunk id.
     pub data_ok: Option<bool>,
 }
@@ -386,7 +466,8 @@ pub enum ScanEnd {
     Damaged { offset: u64, reason: String },
 }
 
-/// Read every record of a pack in order. With `verify`, decode and hash each record's data.
+/// Read every record of a pack in order. With `verify`, check each record's data
+/// (`check_stored`).
 pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Result<ScanEnd> {
     let file = File::open(path).at(path)?;
     let total = file.metadata().at(path)?.len();
@@ -423,17 +504,23 @@ pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Re
         if end > total {
             return Ok(ScanEnd::TornTail { offset });
         }
-        let data_ok = if verify {
+        let (data_ok, base) = if verify || header.codec == Codec::Delta {
             data.resize(header.stored_len as usize, 0);
             r.read_exact(&mut data).at(path)?;
-            Some(decode_and_verify(&header, &data, &String::new).is_ok())
+            let ok = verify.then(|| check_stored(&header, &data, &String::new).is_ok());
+            let base = match header.codec {
+                Codec::Delta => crate::delta::base_of(&data),
+                _ => None,
+            };
+            (ok, base)
         } else {
             r.seek_relative(header.stored_len as i64).at(path)?;
-            None
+            (None, None)
         };
         f(Scanned {
             header,
             offset,
+            base,
             data_ok,
         });
         offset = end;
@@ -460,15 +547,17 @@ mod tests {
         w.sync().unwrap();
         let path = dir.path().join(pack_file_name(w.id));
         let f = File::open(&path).unwrap();
+        let no_bases =
+            |b: &ChunkId| -> Result<(Arc<File>, ChunkLoc)> { Err(Error::NotFound(b.to_string())) };
         assert_eq!(
-            read_chunk(&f, &la, &ChunkId::of(&a), &String::new).unwrap(),
+            read_chunk(&f, &la, &ChunkId::of(&a), &no_bases, &String::new).unwrap(),
             a
         );
         assert_eq!(
-            read_chunk(&f, &lb, &ChunkId::of(&b), &String::new).unwrap(),
+            read_chunk(&f, &lb, &ChunkId::of(&b), &no_bases, &String::new).unwrap(),
             b
         );
-        assert!(read_chunk(&f, &la, &ChunkId::of(&b), &String::new).is_err());
+        assert!(read_chunk(&f, &la, &ChunkId::of(&b), &no_bases, &String::new).is_err());
         let mut seen = vec![];
         assert_eq!(
             scan(&path, w.id, true, |s| seen.push((s.offset, s.data_ok))).unwrap(),

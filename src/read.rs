@@ -38,9 +38,96 @@ struct ChunkRef {
 pub struct FileReader {
     record: FileRecord,
     chunks: Vec<ChunkRef>,
-    packs: HashMap<Id, Arc<File>>,
+    located: Located,
     pos: u64,
     cache: Option<(usize, Vec<u8>)>,
+}
+
+/// Open packs and the locations of delta bases, resolved under the lock so chunks (and the
+/// bases they are stored against) can be read after it is released.
+#[derive(Default)]
+pub(crate) struct Located {
+    bases: HashMap<ChunkId, ChunkLoc>,
+    packs: HashMap<Id, Arc<File>>,
+}
+
+impl Located {
+    /// Open `loc`'s pack and resolve the chain of bases behind it.
+    pub(crate) fn add(
+        &mut self,
+        s: &Session<'_>,
+        loc: &ChunkLoc,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
+        self.open_pack(s, loc.pack, what)?;
+        let mut next = loc.base;
+        let mut steps = 0;
+        while let Some(b) = next {
+            if self.bases.contains_key(&b) {
+                break; // resolved before, with its own chain
+            }
+            steps += 1;
+            if steps > crate::delta::MAX_DEPTH {
+                return Err(Error::corrupt(
+                    what(),
+                    "delta chain longer than any writer makes",
+                ));
+            }
+            let bl = s.index.chunk(&b)?.ok_or_else(|| {
+                Error::corrupt(what(), format!("delta base {b} is missing from the store"))
+            })?;
+            self.open_pack(s, bl.pack, what)?;
+            self.bases.insert(b, bl);
+            next = bl.base;
+        }
+        Ok(())
+    }
+
+    fn open_pack(&mut self, s: &Session<'_>, pack: Id, what: &dyn Fn() -> String) -> Result<()> {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.packs.entry(pack) {
+            let p = s.store.dir("packs").join(pack::pack_file_name(pack));
+            let f = File::open(&p).map_err(|err| {
+                Error::corrupt(what(), format!("cannot open pack {}: {err}", p.display()))
+            })?;
+            e.insert(Arc::new(f));
+        }
+        Ok(())
+    }
+
+    /// How many delta steps lie under `loc` (0: not a delta), if its chain is resolved.
+    pub(crate) fn depth(&self, loc: &ChunkLoc) -> Option<u8> {
+        let mut d = 0u8;
+        let mut next = loc.base;
+        while let Some(b) = next {
+            d += 1;
+            if d > crate::delta::MAX_DEPTH {
+                return None;
+            }
+            next = self.bases.get(&b)?.base;
+        }
+        Some(d)
+    }
+
+    /// Read, decode and verify chunk `id` at `loc` (added before).
+    pub(crate) fn read(
+        &self,
+        loc: &ChunkLoc,
+        id: &ChunkId,
+        location: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>> {
+        let pack_of = |l: &ChunkLoc| {
+            self.packs.get(&l.pack).cloned().ok_or_else(|| {
+                Error::corrupt(location(), format!("pack {} was not opened", l.pack))
+            })
+        };
+        let lookup = |b: &ChunkId| -> Result<(Arc<File>, ChunkLoc)> {
+            let l = self.bases.get(b).ok_or_else(|| {
+                Error::corrupt(location(), format!("delta base {b} is not in the store"))
+            })?;
+            Ok((pack_of(l)?, *l))
+        };
+        pack::read_chunk(&*pack_of(loc)?, loc, id, &lookup, location)
+    }
 }
 
 pub(crate) fn load_manifest(s: &Session<'_>, rec: &FileRecord) -> Result<Manifest> {
@@ -61,7 +148,7 @@ pub(crate) fn load_manifest(s: &Session<'_>, rec: &FileRecord) -> Result<Manifes
 
 fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader> {
     let m = load_manifest(s, &rec)?;
-    let mut packs = HashMap::new();
+    let mut located = Located::default();
     let mut chunks = Vec::with_capacity(m.chunks.len());
     let mut start = 0u64;
     for (id, len) in m.chunks {
@@ -77,23 +164,14 @@ fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader> {
                 format!("chunk {id} length differs from the manifest"),
             ));
         }
-        if let std::collections::hash_map::Entry::Vacant(e) = packs.entry(loc.pack) {
-            let p = s.store.dir("packs").join(pack::pack_file_name(loc.pack));
-            let f = File::open(&p).map_err(|err| {
-                Error::corrupt(
-                    rec.key().display(),
-                    format!("cannot open pack {}: {err}", p.display()),
-                )
-            })?;
-            e.insert(Arc::new(f));
-        }
+        located.add(s, &loc, &|| rec.key().display())?;
         chunks.push(ChunkRef { id, loc, start });
         start += len as u64;
     }
     Ok(FileReader {
         record: rec,
         chunks,
-        packs,
+        located,
         pos: 0,
         cache: None,
     })
@@ -114,8 +192,7 @@ impl FileReader {
 
     fn read_chunk(&self, i: usize) -> Result<Vec<u8>> {
         let c = &self.chunks[i];
-        let file = &self.packs[&c.loc.pack];
-        pack::read_chunk(file, &c.loc, &c.id, &|| {
+        self.located.read(&c.loc, &c.id, &|| {
             format!(
                 "{} v{} (chunk {} at pack {} offset {})",
                 self.record.key().display(),

@@ -168,6 +168,7 @@ impl Store {
                         stored_len: r.header.stored_len,
                         raw_len: r.header.raw_len,
                         codec: r.header.codec,
+                        base: r.base,
                     };
                     if ix.chunk(&r.header.id).ok().flatten().is_none() {
                         b.put_chunk(&r.header.id, &loc);

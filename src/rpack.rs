@@ -5,7 +5,8 @@
 //! "MLDPACK\0" u32 1 u32 0 [16] id           pack header (as in packs/*.pack)
 //! "CHNK" ... records ...                    exactly the local record bytes
 //! "MLDRIDX1" u32 count                      the index block:
-//!     count x ([32] chunk id, u64 offset, u32 stored_len, u32 raw_len, u8 codec)
+//!     count x ([32] chunk id, u64 offset, u32 stored_len, u32 raw_len, u8 codec,
+//!              and for codec 4 (delta) only: [32] base chunk id)
 //! u64 index_offset  [32] BLAKE3(index block)  "MLDREND\0"    footer, 48 bytes
 //! ```
 //! A multipart upload becomes visible only when complete, so a pack object that exists is whole.
@@ -35,6 +36,8 @@ pub struct Entry {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    /// The base of a delta chunk (`Codec::Delta` only).
+    pub base: Option<ChunkId>,
 }
 
 impl Entry {
@@ -54,6 +57,9 @@ pub fn encode_index(entries: &[Entry]) -> Vec<u8> {
         b.extend_from_slice(&e.stored_len.to_le_bytes());
         b.extend_from_slice(&e.raw_len.to_le_bytes());
         b.push(e.codec as u8);
+        if let Some(base) = &e.base {
+            b.extend_from_slice(base.as_bytes());
+        }
     }
     b
 }
@@ -92,18 +98,34 @@ pub fn decode_index(b: &[u8], check: &[u8; 32], index_offset: u64) -> Result<Vec
         return Err("bad index magic".into());
     }
     let n = u32::from_le_bytes(b[8..12].try_into().expect("4")) as usize;
-    if b.len() != 12 + n * ENTRY_LEN {
+    if n > (b.len() - 12) / ENTRY_LEN {
         return Err("index length does not match its count".into());
     }
     let mut out = Vec::with_capacity(n);
     let mut next = crate::pack::PACK_HEADER_LEN;
-    for e in b[12..].chunks_exact(ENTRY_LEN) {
+    let mut rest = &b[12..];
+    for _ in 0..n {
+        let e = rest
+            .get(..ENTRY_LEN)
+            .ok_or("index length does not match its count")?;
+        let codec = Codec::from_u8(e[48]).ok_or("unknown codec in index")?;
+        let base = if codec == Codec::Delta {
+            let bb = rest
+                .get(ENTRY_LEN..ENTRY_LEN + 32)
+                .ok_or("index length does not match its count")?;
+            rest = &rest[ENTRY_LEN + 32..];
+            Some(ChunkId(Digest(bb.try_into().expect("32"))))
+        } else {
+            rest = &rest[ENTRY_LEN..];
+            None
+        };
         let entry = Entry {
             id: ChunkId(Digest(e[..32].try_into().expect("32"))),
             offset: u64::from_le_bytes(e[32..40].try_into().expect("8")),
             stored_len: u32::from_le_bytes(e[40..44].try_into().expect("4")),
             raw_len: u32::from_le_bytes(e[44..48].try_into().expect("4")),
-            codec: Codec::from_u8(e[48]).ok_or("unknown codec in index")?,
+            codec,
+            base,
         };
         // Lengths no record can have would size a ranged GET (memory) before any header is
         // checked; offsets near u64::MAX would overflow.
@@ -117,6 +139,9 @@ pub fn decode_index(b: &[u8], check: &[u8; 32], index_offset: u64) -> Result<Vec
         }
         next = end.expect("checked");
         out.push(entry);
+    }
+    if !rest.is_empty() {
+        return Err("index length does not match its count".into());
     }
     Ok(out)
 }
@@ -137,7 +162,8 @@ mod tests {
                 offset: 32 + i as u64 * 152,
                 stored_len: 100,
                 raw_len: 200,
-                codec: Codec::Zstd,
+                codec: if i == 3 { Codec::Delta } else { Codec::Zstd },
+                base: (i == 3).then(|| ChunkId::of(b"base")),
             })
             .collect()
     }

@@ -27,12 +27,16 @@ use crate::durable;
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 use crate::index::{Index, IndexBatch, Scope};
-use crate::ingest::{self, IngestConfig, Ingested};
+use crate::ingest::{self, IngestConfig, Ingested, Previous};
 use crate::manifest::{self, Event, Manifest};
 use crate::path::FileKey;
+use crate::read::Located;
 use crate::record::{self, FileRecord};
+use std::collections::HashMap;
 
 pub const STORE_FORMAT: u32 = 1;
+/// Default for `StoreOptions::delta_depth`.
+pub const DEFAULT_DELTA_DEPTH: u8 = 2;
 const FORMAT_FILE: &str = "FORMAT";
 
 /// Store settings. Builder-style setters document their defaults.
@@ -43,6 +47,7 @@ pub struct StoreOptions {
     pub(crate) pack_target: u64,
     pub(crate) lock_timeout: Duration,
     pub(crate) faults: crate::fault::Faults,
+    pub(crate) delta_depth: u8,
 }
 
 impl Default for StoreOptions {
@@ -53,6 +58,7 @@ impl Default for StoreOptions {
             pack_target: 64 << 20,
             lock_timeout: Duration::from_secs(600),
             faults: Default::default(),
+            delta_depth: DEFAULT_DELTA_DEPTH,
         }
     }
 }
@@ -77,6 +83,14 @@ impl StoreOptions {
     /// Inject I/O failures (tests; default none). See `fault.rs`.
     pub fn faults(mut self, f: crate::fault::Faults) -> Self {
         self.faults = f;
+        self
+    }
+    /// Longest chain of deltas a new tensor piece may be stored at the end of (default
+    /// `DEFAULT_DELTA_DEPTH`; 0 turns deltas off, at most `delta::MAX_DEPTH`). A read of a
+    /// piece at depth d decodes d + 1 records, so this bounds read cost; after d deltas in a
+    /// row a piece is stored whole again.
+    pub fn delta_depth(mut self, d: u8) -> Self {
+        self.delta_depth = d.min(crate::delta::MAX_DEPTH);
         self
     }
     /// How long an operation waits for another process's operation (default 10 minutes).
@@ -392,6 +406,10 @@ impl Store {
             None => None,
         };
         let packs_dir = self.dir("packs");
+        let previous = match self.opts.delta_depth {
+            0 => None,
+            _ => previous_for(&s, key),
+        };
         let cfg = IngestConfig {
             packs_dir: &packs_dir,
             chunker: &self.chunker,
@@ -400,6 +418,8 @@ impl Store {
             active,
             progress,
             faults: &self.opts.faults,
+            previous: previous.as_ref(),
+            delta_depth: self.opts.delta_depth,
         };
         // Any failure other than reading the source happened while writing packs: the fate of
         // those bytes is unknown, so the store stops taking writes until reopened.
@@ -683,6 +703,69 @@ fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The version a new upload of `key` may store deltas against: the latest live version of
+/// `key`, else the newest live file with the same extension in the same experiment and
+/// prefix (checkpoints are often saved under a new name each time), if it is a safetensors
+/// file. Anything unreadable just means no deltas (verify reports damage).
+fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
+    let ix = &s.index;
+    let live = |id: Id| ix.version(id).ok().flatten().filter(|r| !r.is_deleted());
+    let own = ix
+        .versions_of(key)
+        .ok()?
+        .iter()
+        .rev()
+        .find_map(|(_, id)| live(*id));
+    let rec = match own {
+        Some(r) => r,
+        None => {
+            let ext = key.filename.rsplit_once('.').map(|x| x.1)?;
+            let scope = Scope {
+                namespace: Some(key.namespace.clone()),
+                project: Some(key.project.clone()),
+                experiment: Some(key.experiment.clone()),
+            };
+            ix.scan_versions(&scope)
+                .filter_map(|r| r.ok())
+                .filter(|r| {
+                    !r.is_deleted()
+                        && r.path == key.path
+                        && r.filename.rsplit_once('.').map(|x| x.1) == Some(ext)
+                })
+                .max_by_key(|r| r.id)?
+        }
+    };
+    let m = crate::read::load_manifest(s, &rec).ok()?;
+    let what = || format!("{} v{}", rec.key().display(), rec.version);
+    let mut located = Located::default();
+    let mut chunk_at = HashMap::with_capacity(m.chunks.len());
+    let mut header = Vec::new();
+    let mut start = 0u64;
+    for (id, len) in &m.chunks {
+        let loc = ix.chunk(id).ok()??;
+        if loc.raw_len != *len {
+            return None;
+        }
+        located.add(s, &loc, &what).ok()?;
+        // The header: the first chunks, up to its announced length.
+        let want = match header.get(..8) {
+            Some(n) => 8 + u64::from_le_bytes(n.try_into().ok()?),
+            None => 8,
+        };
+        if (header.len() as u64) < want.min(crate::tensors::MAX_HEADER + 8) {
+            header.extend_from_slice(&located.read(&loc, id, &what).ok()?);
+        }
+        chunk_at.insert(start, (*id, *len, loc));
+        start += *len as u64;
+    }
+    let layout = crate::tensors::Layout::safetensors(&header)?;
+    Some(Previous {
+        layout,
+        chunk_at,
+        located,
+    })
 }
 
 fn next_version(ix: &Index, key: &FileKey) -> Result<u32> {

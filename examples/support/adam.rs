@@ -10,6 +10,8 @@ pub struct Model {
     v: Vec<f32>,
     t: u32,
     rng: u64,
+    /// Adam learning rate (default 1e-3; `ML_DASH_LR` overrides it in the examples).
+    pub lr: f32,
 }
 
 fn next(x: &mut u64) -> u64 {
@@ -53,13 +55,14 @@ impl Model {
             w,
             t: 0,
             rng,
+            lr: 1e-3,
         }
     }
 
-    /// `steps` Adam steps (lr 1e-3, betas 0.9 / 0.999, weight decay 0.01) on noisy gradients
-    /// that pull weights toward a fixed target pattern.
+    /// `steps` Adam steps (learning rate `self.lr`, betas 0.9 / 0.999, weight decay 0.01) on
+    /// noisy gradients that pull weights toward a fixed target pattern.
     pub fn train(&mut self, steps: u32) {
-        let (lr, b1, b2, eps, wd) = (1e-3f32, 0.9f32, 0.999f32, 1e-8f32, 0.01f32);
+        let (lr, b1, b2, eps, wd) = (self.lr, 0.9f32, 0.999f32, 1e-8f32, 0.01f32);
         for _ in 0..steps {
             self.t += 1;
             let bc1 = 1.0 - b1.powi(self.t as i32);

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // A valid header around fuzzed data: exercises zstd decoding and the length checks.
-    let codec = Codec::from_u8(data[0] & 3).expect("codecs 0-3 exist");
+    let codec = Codec::from_u8(data[0] % 5).expect("codecs 0-4 exist");
     let raw_len = u16::from_le_bytes([data[1], data[2]]) as u32;
     let stored = &data[3..];
     let id = if data[0] & 4 == 0 { ChunkId::of(stored) } else { ChunkId::of(&data[..1]) };
@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let enc = pack::encode_record_header(&h);
     if let Ok(back) = pack::decode_record_header(&enc) {
         assert_eq!(back, h);
+        let _ = pack::check_stored(&h, stored, &String::new);
         if let Ok(raw) = pack::decode_and_verify(&h, stored, &String::new) {
             assert_eq!(ChunkId::of(&raw), h.id);
             assert_eq!(raw.len(), h.raw_len as usize);

@@ -134,14 +134,15 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 let verb = if dry_run { "would free" } else { "freed" };
                 writeln!(
                     out,
-                    "{verb} {} bytes: {} deleted versions, {} garbage chunks ({} bytes), {} packs deleted, {} rewritten; {} garbage bytes left below the threshold",
+                    "{verb} {} bytes: {} deleted versions, {} garbage chunks ({} bytes), {} packs deleted, {} rewritten; {} garbage bytes left below the threshold; {} chunks kept as delta bases",
                     rep.reclaimed_bytes,
                     rep.deleted_versions,
                     rep.garbage_chunks,
                     rep.garbage_bytes,
                     rep.packs_deleted,
                     rep.packs_rewritten,
-                    rep.remaining_garbage_bytes
+                    rep.remaining_garbage_bytes,
+                    rep.kept_as_delta_bases
                 )?;
             }
             Ok(0)
@@ -283,16 +284,18 @@ fn report(
 }
 
 /// Store options from the environment: `ML_DASH_PACK_TARGET` (bytes per pack, for tests
-/// that want many small packs).
+/// that want many small packs) and `ML_DASH_DELTA_DEPTH` (longest delta chain for new
+/// uploads; 0 turns deltas off).
 fn options() -> ml_dash::StoreOptions {
-    let o = ml_dash::StoreOptions::default();
-    match std::env::var("ML_DASH_PACK_TARGET")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(n) => o.pack_target(n),
-        None => o,
+    let mut o = ml_dash::StoreOptions::default();
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = var("ML_DASH_PACK_TARGET") {
+        o = o.pack_target(n);
     }
+    if let Some(d) = var("ML_DASH_DELTA_DEPTH") {
+        o = o.delta_depth(d.min(u8::MAX as u64) as u8);
+    }
+    o
 }
 
 /// Open an existing store (read commands never create one).

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{Remote, SMALL_CONCURRENCY};
+use crate::codec::Codec;
 use crate::digest::ChunkId;
 use crate::durable;
 use crate::error::{Error, Result};
@@ -147,17 +148,23 @@ impl Store {
             let mut missing = None;
             let mut local_hits = 0u64;
             let mut seen_here = HashSet::new();
-            for (cid, _) in &m.chunks {
+            // The manifest's chunks and the delta bases they need (a local delta whose base
+            // is missing, as an interrupted pull can leave, gets its base too).
+            let mut todo: Vec<ChunkId> = m.chunks.iter().rev().map(|(cid, _)| *cid).collect();
+            while let Some(cid) = todo.pop() {
+                let cid = &cid;
                 if scheduled.contains(cid) || !seen_here.insert(*cid) {
                     continue;
                 }
-                if s.index.chunk(cid)?.is_some() {
+                if let Some(loc) = s.index.chunk(cid)? {
                     local_hits += 1;
+                    todo.extend(loc.base);
                 } else if let Some((pack, entry)) = known.chunks.get(cid) {
                     mine.push(Wanted {
                         pack: *pack,
                         entry: *entry,
                     });
+                    todo.extend(entry.base);
                 } else {
                     missing = Some(*cid);
                     break;
@@ -338,7 +345,13 @@ fn fetch_chunks(
                         ));
                     }
                     let data = &rec[pack::RECORD_HEADER_LEN..];
-                    pack::decode_and_verify(&h, data, &|| what()).map_err(|e| Error::Remote {
+                    if e.codec == Codec::Delta && crate::delta::base_of(data) != e.base {
+                        return Err(remote.damaged(
+                            what(),
+                            format!("chunk {}: delta base differs from the pack index", e.id),
+                        ));
+                    }
+                    pack::check_stored(&h, data, &|| what()).map_err(|e| Error::Remote {
                         remote: remote.url.clone(),
                         reason: e.to_string(),
                     })?;

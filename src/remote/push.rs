@@ -311,7 +311,11 @@ impl Store {
             let bytes = fs::read(&path).at(&path)?;
             // Never spread damage: a manifest that does not decode stops the push.
             let m = Manifest::decode(&bytes, &path.display().to_string())?;
-            for (cid, _) in &m.chunks {
+            // The manifest's chunks, then the delta bases they need (pushed too, so a remote
+            // manifest always has every chunk it needs to decode).
+            let mut todo: Vec<ChunkId> = m.chunks.iter().rev().map(|(cid, _)| *cid).collect();
+            while let Some(cid) = todo.pop() {
+                let cid = &cid;
                 if !seen.insert(*cid) {
                     continue;
                 }
@@ -335,6 +339,7 @@ impl Store {
                     v.insert(Arc::new(File::open(&p).at(&p)?));
                 }
                 plan.chunks.push((*cid, loc));
+                todo.extend(loc.base);
             }
             if !on_remote {
                 plan.manifests.push((id, bytes));
@@ -389,6 +394,7 @@ impl Store {
                         stored_len: loc.stored_len,
                         raw_len: loc.raw_len,
                         codec: loc.codec,
+                        base: loc.base,
                     });
                     offset += buf.len() as u64;
                     w.write(&buf)?;

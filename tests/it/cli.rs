@@ -658,6 +658,7 @@ fn gc_and_stats_json() {
         "packsRewritten",
         "reclaimedBytes",
         "remainingGarbageBytes",
+        "keptAsDeltaBases",
     ]
     .into_iter()
     .collect();

@@ -3,12 +3,15 @@
 //! One test binary (`cargo test --test it`) with a module per topic; `util` holds the shared
 //! helpers (temp dirs, deterministic data, running the binary, inspecting packs).
 
+#[path = "../../examples/support/adam.rs"]
+mod adam;
 mod badinput;
 mod cli;
 mod compression;
 mod corruption;
 mod crash;
 mod dedup;
+mod delta;
 mod export;
 mod faults;
 mod gc;

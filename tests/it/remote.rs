@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::util::*;
 
 /// The remotes to test against: a fresh directory, and a fresh prefix in the S3 test bucket.
-fn remotes(tmp: &Path, name: &str) -> Vec<RemoteConfig> {
+pub(crate) fn remotes(tmp: &Path, name: &str) -> Vec<RemoteConfig> {
     let mut v = vec![RemoteConfig::new(format!(
         "file://{}",
         tmp.join(format!("remote-{name}")).display()
@@ -867,6 +867,7 @@ fn damaged_or_truncated_remote_packs_are_reported_and_skipped() {
             stored_len: 1,
             raw_len: 1,
             codec: ml_dash::codec::Codec::Raw,
+            base: None,
         };
         let idx = rpack::encode_index(&[entry]);
         let mut obj = vec![0u8; 32];
