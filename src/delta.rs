@@ -10,9 +10,10 @@
 //! ```text
 //! stored := base:[32]  depth:u8  transform:u8  inner_codec:u8  0:u8  check:[16]  inner:[..]
 //! ```
-//! `depth` is 1 + the base's depth (a non-delta chunk has depth 0), so a chain ends after at
-//! most `MAX_DEPTH` steps and cannot loop: a reader checks that each base has exactly the depth
-//! the chunk above it announces. `inner` is the difference stored with `inner_codec` (raw, zstd
+//! `depth` is 1 + the base's depth when the record was written (a non-delta chunk has depth
+//! 0), for information: another store may hold the same base at another depth (a pull keeps the
+//! base it already has), so readers bound a chain by counting steps, at most `MAX_DEPTH`, which
+//! also ends a damaged chain that loops. `inner` is the difference stored with `inner_codec` (raw, zstd
 //! or planes); `check` is the first 16 bytes of BLAKE3 over `inner`, so a record can be checked
 //! on its own (verify, gc copies, push and pull) before its base is at hand. The decoded chunk
 //! is then proven, as every chunk is, against its BLAKE3 id.
@@ -54,6 +55,22 @@ impl Transform {
             4 => Transform::Sub32,
             _ => Transform::Xor,
         }
+    }
+
+    /// For data of unknown element type: the transform whose difference over a 16 KiB sample
+    /// is predicted to store smallest.
+    pub fn guess(data: &[u8], base: &[u8]) -> Transform {
+        let n = data.len().min(base.len()).min(16 << 10);
+        [Transform::Sub16, Transform::Sub32, Transform::Xor]
+            .into_iter()
+            .map(|t| {
+                (
+                    codec::predicted_ratio(&difference(&data[..n], &base[..n], t)),
+                    t,
+                )
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map_or(Transform::Xor, |(_, t)| t)
     }
 }
 

@@ -70,6 +70,9 @@ pub struct IngestConfig<'a> {
     pub previous: Option<&'a Previous>,
     /// Longest delta chain to create (0: no deltas).
     pub delta_depth: u8,
+    /// The source's tensor layout when the caller knows it (a zip archive read from a file);
+    /// a safetensors header in the first window is detected here.
+    pub layout: Option<Layout>,
 }
 
 /// A delta must be predicted to store this fraction of a piece's size less than the piece on
@@ -90,7 +93,8 @@ pub struct Previous {
 struct Hint {
     base: ChunkId,
     loc: ChunkLoc,
-    width: usize,
+    /// Element width, if the dtype is known.
+    width: Option<usize>,
 }
 
 /// How the reader cuts: FastCDC, or a tensor grid with, per tensor of the new file, the
@@ -267,9 +271,28 @@ fn read_windows(
     }
 }
 
-/// A grid for a safetensors file (its header is in the first window), else FastCDC.
+/// Whether every base under `loc` is in the index, within `delta::MAX_DEPTH` steps. The index
+/// never names a delta without its base (writes and pulls index bases first); this keeps an
+/// upload from standing on one all the same (a damaged or hand-edited store): the chunk is
+/// then written again, whole.
+fn chain_resolves(index: &Index, loc: &ChunkLoc) -> Result<bool> {
+    let mut next = loc.base;
+    for _ in 0..crate::delta::MAX_DEPTH {
+        let Some(b) = next else {
+            return Ok(true);
+        };
+        match index.chunk(&b)? {
+            Some(l) => next = l.base,
+            None => return Ok(false),
+        }
+    }
+    Ok(next.is_none())
+}
+
+/// A grid for a safetensors file (its header is in the first window) or a source whose layout
+/// the caller gave, else FastCDC.
 fn choose_cutter<'a>(first: &[u8], cfg: &IngestConfig<'a>) -> Cutter<'a> {
-    let Some(layout) = Layout::safetensors(first) else {
+    let Some(layout) = Layout::safetensors(first).or_else(|| cfg.layout.clone()) else {
         return Cutter::Cdc(cfg.chunker);
     };
     let matches = match cfg.previous {
@@ -320,12 +343,16 @@ fn encode_delta(chunk: &[u8], h: &Hint, cfg: &IngestConfig<'_>) -> Option<(Codec
     }
     // A base that cannot be read back (damage) is simply not used.
     let base = prev.located.read(&h.loc, &h.base, &String::new).ok()?;
+    let t = match h.width {
+        Some(w) => crate::delta::Transform::for_width(w),
+        None => crate::delta::Transform::guess(chunk, &base),
+    };
     let stored = crate::delta::encode(
         chunk,
         &base,
         &h.base,
         depth,
-        crate::delta::Transform::for_width(h.width),
+        t,
         cfg.compression,
         DELTA_MIN_GAIN,
     )?;
@@ -339,7 +366,9 @@ fn process(
     cfg: &IngestConfig<'_>,
 ) -> Result<Processed> {
     let id = ChunkId::of(&chunk);
-    if index.chunk(&id)?.is_some() {
+    if let Some(loc) = index.chunk(&id)?
+        && chain_resolves(index, &loc)?
+    {
         return Ok(Processed::Known(id, chunk.len() as u32));
     }
     let packed = hint

@@ -210,9 +210,11 @@ pub fn check_stored(h: &RecordHeader, stored: &[u8], location: &dyn Fn() -> Stri
 pub type BaseLookup<'a> = &'a dyn Fn(&ChunkId) -> Result<(Arc<File>, ChunkLoc)>;
 
 /// Read one chunk at a known location, check it is the expected chunk, and return raw bytes.
-/// A delta chunk's base (and its base, ...) is found through `bases`; the chain is followed
-/// only while each base has the depth the chunk above it announces, and only the chunk asked
-/// for is proven against its id (which proves its bases' bytes too).
+/// A delta chunk's base (and its base, ...) is found through `bases`; a chain is followed for
+/// at most `delta::MAX_DEPTH` steps (so a damaged or looping chain ends in an error), and only
+/// the chunk asked for is proven against its id (which proves its bases' bytes too). The depth
+/// a delta record announces is how its writer stored it; the same base may sit at another
+/// depth in this store (pulled from elsewhere), so only the step count bounds the walk.
 pub fn read_chunk(
     file: &File,
     loc: &ChunkLoc,
@@ -220,44 +222,44 @@ pub fn read_chunk(
     bases: BaseLookup<'_>,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    read_at_depth(file, loc, id, None, bases, location)
+    read_chained(file, loc, id, 0, bases, location)
 }
 
-fn read_at_depth(
+fn read_chained(
     file: &File,
     loc: &ChunkLoc,
     id: &ChunkId,
-    depth: Option<u8>,
+    steps: u8,
     bases: BaseLookup<'_>,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
     let buf = read_record_unverified(file, loc, id, location)?;
     let h = decode_record_header(&buf).expect("checked by read_record_unverified");
     let stored = &buf[RECORD_HEADER_LEN..];
-    let verify = depth.is_none();
+    let verify = steps == 0;
     if h.codec != Codec::Delta {
-        if depth.is_some_and(|d| d != 0) {
-            return Err(Error::corrupt(
-                location(),
-                format!("delta base {id} is not at the depth its delta names"),
-            ));
-        }
         return if verify {
             decode_and_verify(&h, stored, location)
         } else {
             codec::decode(h.codec, stored, h.raw_len as usize, location)
         };
     }
-    let (dh, inner) = crate::delta::parse(stored)
-        .map_err(|r| Error::corrupt(location(), format!("chunk {id}: {r}")))?;
-    if depth.is_some_and(|d| d != dh.depth) || loc.base != Some(dh.base) {
+    if steps >= crate::delta::MAX_DEPTH {
         return Err(Error::corrupt(
             location(),
-            format!("delta chunk {id}: its base or depth differs from the index"),
+            format!("delta chain above chunk {id} is longer than any writer makes"),
+        ));
+    }
+    let (dh, inner) = crate::delta::parse(stored)
+        .map_err(|r| Error::corrupt(location(), format!("chunk {id}: {r}")))?;
+    if loc.base != Some(dh.base) {
+        return Err(Error::corrupt(
+            location(),
+            format!("delta chunk {id}: its base differs from the index"),
         ));
     }
     let (bfile, bloc) = bases(&dh.base)?;
-    let base = read_at_depth(&bfile, &bloc, &dh.base, Some(dh.depth - 1), bases, location)?;
+    let base = read_chained(&bfile, &bloc, &dh.base, steps + 1, bases, location)?;
     let raw = crate::delta::decode(&dh, inner, h.raw_len as usize, &base, location)?;
     if verify && ChunkId::of(&raw) != h.id {
         return Err(Error::corrupt(

@@ -146,7 +146,7 @@ pub(crate) fn load_manifest(s: &Session<'_>, rec: &FileRecord) -> Result<Manifes
     Ok(m)
 }
 
-fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader> {
+pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader> {
     let m = load_manifest(s, &rec)?;
     let mut located = Located::default();
     let mut chunks = Vec::with_capacity(m.chunks.len());
@@ -178,6 +178,12 @@ fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader> {
 }
 
 impl FileReader {
+    /// Each chunk's `(offset in the file, id, location)`, and the open packs and delta chains.
+    pub(crate) fn into_parts(self) -> (Vec<(u64, ChunkId, ChunkLoc)>, Located) {
+        let chunks = self.chunks.iter().map(|c| (c.start, c.id, c.loc)).collect();
+        (chunks, self.located)
+    }
+
     pub fn record(&self) -> &FileRecord {
         &self.record
     }

@@ -3,6 +3,9 @@
 //! The index is derived: `rebuild` recreates it from packs (chunk locations), manifests
 //! (versions) and events (deletes, updates), applied in id order.
 
+use std::collections::HashMap;
+
+use crate::digest::ChunkId;
 use std::fs;
 use std::path::Path;
 
@@ -155,13 +158,19 @@ impl Store {
         let ix = Index::open(&dir)?;
         let mut rep = RebuildReport::default();
         let mut last_id: Option<Id> = None;
+        // A chunk can have several good records (gc leaves records it no longer indexes in
+        // packs it does not rewrite; a crash can leave a copy): a whole record wins over a delta
+        // (its base may be long gone), and every delta record is remembered in case the one
+        // indexed turns out to stand on a missing base.
+        let mut delta_records: HashMap<ChunkId, Vec<pack::ChunkLoc>> = HashMap::new();
         for (pid, path) in list_ids(&self.dir("packs"), "pack")? {
             let mut b = IndexBatch::default();
             let mut end = pack::PACK_HEADER_LEN;
-            let mut seen = std::collections::HashSet::new();
+            let mut here: HashMap<ChunkId, pack::ChunkLoc> = HashMap::new();
             let how = pack::scan(&path, pid, true, |r| {
                 end = r.offset + r.header.stored_len as u64 + pack::RECORD_HEADER_LEN as u64;
-                if r.data_ok == Some(true) && seen.insert(r.header.id) {
+                if r.data_ok == Some(true) {
+                    let id = r.header.id;
                     let loc = pack::ChunkLoc {
                         pack: pid,
                         offset: r.offset,
@@ -170,8 +179,16 @@ impl Store {
                         codec: r.header.codec,
                         base: r.base,
                     };
-                    if ix.chunk(&r.header.id).ok().flatten().is_none() {
-                        b.put_chunk(&r.header.id, &loc);
+                    if loc.base.is_some() {
+                        delta_records.entry(id).or_default().push(loc);
+                    }
+                    let current = here
+                        .get(&id)
+                        .copied()
+                        .or_else(|| ix.chunk(&id).ok().flatten());
+                    if current.is_none_or(|c| c.base.is_some() && loc.base.is_none()) {
+                        b.put_chunk(&id, &loc);
+                        here.insert(id, loc);
                     }
                 } else if r.data_ok == Some(false) {
                     rep.damaged.push(format!(
@@ -186,7 +203,7 @@ impl Store {
                 rep.damaged
                     .push(format!("{}: {reason} at offset {offset}", path.display()));
             }
-            rep.chunks += seen.len();
+            rep.chunks += here.len();
             // A pack shorter than its header (killed right after creation) holds nothing:
             // leave it unregistered for gc to delete.
             if how != (ScanEnd::TornTail { offset: 0 }) {
@@ -194,6 +211,39 @@ impl Store {
             }
             ix.apply(b)?;
             rep.packs += 1;
+        }
+        // Every indexed delta must stand on an indexed chain: else take another record of it
+        // whose base is indexed, or leave it out (verify then names what needed it). Repeat
+        // while something changes: leaving one out can break a delta above it (each pass
+        // removes or replaces at least one entry, so this ends).
+        for _ in 0..=delta_records.len() {
+            let mut b = IndexBatch::default();
+            let mut changed = false;
+            for (id, alts) in &delta_records {
+                let Some(cur) = ix.chunk(id)? else { continue };
+                let Some(base) = cur.base else { continue };
+                if ix.chunk(&base)?.is_some() {
+                    continue;
+                }
+                changed = true;
+                let mut other = None;
+                for a in alts {
+                    if let Some(ab) = a.base
+                        && ix.chunk(&ab)?.is_some()
+                    {
+                        other = Some(*a);
+                        break;
+                    }
+                }
+                match other {
+                    Some(a) => b.put_chunk(id, &a),
+                    None => b.remove_chunk(id),
+                }
+            }
+            ix.apply(b)?;
+            if !changed {
+                break;
+            }
         }
         for (id, path) in list_ids(&self.dir("manifests"), "manifest")? {
             match fs::read(&path)

@@ -1,7 +1,7 @@
 //! A store: one directory, opened per operation under a lock.
 //!
 //! ```text
-//! <root>/FORMAT        {"format":1,...}: which on-disk format this is
+//! <root>/FORMAT        {"format":2,...}: which on-disk format this is
 //! <root>/lock          flock'd for the length of each operation
 //! <root>/packs/        <pack id>.pack       chunk records (pack.rs)
 //! <root>/manifests/    <version id>.manifest (manifest.rs)
@@ -30,11 +30,12 @@ use crate::index::{Index, IndexBatch, Scope};
 use crate::ingest::{self, IngestConfig, Ingested, Previous};
 use crate::manifest::{self, Event, Manifest};
 use crate::path::FileKey;
-use crate::read::Located;
 use crate::record::{self, FileRecord};
-use std::collections::HashMap;
 
-pub const STORE_FORMAT: u32 = 1;
+/// 2: format 1 plus delta records (codec 4), delta bases in index values and remote pack
+/// indexes. A format-1 store is marked 2 when this version opens it, so older versions refuse
+/// it instead of misreading delta records as damage.
+pub const STORE_FORMAT: u32 = 2;
 /// Default for `StoreOptions::delta_depth`.
 pub const DEFAULT_DELTA_DEPTH: u8 = 2;
 const FORMAT_FILE: &str = "FORMAT";
@@ -120,6 +121,14 @@ pub struct ImportedVersion {
     pub size_bytes: u64,
 }
 
+/// What a stream upload knows besides its bytes.
+struct How<'a> {
+    /// Import: the record's timestamps, size and checksum to keep.
+    imported: Option<&'a ImportedVersion>,
+    /// The source's tensor layout, when read from a file (zip archives).
+    layout: Option<crate::tensors::Layout>,
+}
+
 /// An open store. Cheap to clone; holds no lock between operations.
 #[derive(Clone)]
 pub struct Store {
@@ -178,7 +187,7 @@ impl Store {
         let check_format = |b: &[u8]| -> Result<()> {
             let v: serde_json::Value =
                 serde_json::from_slice(b).map_err(|_| bad("FORMAT file is damaged".into()))?;
-            if v.get("format").and_then(|f| f.as_u64()) != Some(STORE_FORMAT as u64) {
+            if !matches!(v.get("format").and_then(|f| f.as_u64()), Some(1 | 2)) {
                 return Err(bad(format!("unsupported store format {}", v["format"])));
             }
             Ok(())
@@ -216,6 +225,7 @@ impl Store {
 
     fn finish_open(root: PathBuf, opts: StoreOptions) -> Result<Store> {
         let chunker = Chunker::new(opts.chunker)?;
+        upgrade_format(&root, opts.lock_timeout);
         Ok(Store {
             root,
             opts,
@@ -356,11 +366,20 @@ impl Store {
         }
         let file = File::open(src).at(src)?;
         let before = file.metadata().at(src)?;
+        // A zip archive (PyTorch checkpoints) is laid out from its central directory, at the
+        // end; a second handle reads it (a stale layout only changes where chunks are cut).
+        let layout = match self.opts.delta_depth {
+            0 => None,
+            _ => File::open(src)
+                .ok()
+                .and_then(|mut f| zip_layout(&mut f, before.len())),
+        };
         let changed = |reason: String| Error::SourceChanged {
             path: src.to_path_buf(),
             reason,
         };
-        self.put_stream(file, key, v, progress, imported, |got| {
+        let how = How { imported, layout };
+        self.put_stream(file, key, v, progress, how, |got| {
             let after =
                 fs::metadata(src).map_err(|e| changed(format!("cannot stat it again: {e}")))?;
             if after.len() != before.len() || got != before.len() {
@@ -386,7 +405,11 @@ impl Store {
         progress: Option<&AtomicU64>,
     ) -> Result<FileRecord> {
         check_new(key, &v)?;
-        self.put_stream(src, key, v, progress, None, |_| Ok(()))
+        let how = How {
+            imported: None,
+            layout: None,
+        };
+        self.put_stream(src, key, v, progress, how, |_| Ok(()))
     }
 
     fn put_stream(
@@ -395,9 +418,10 @@ impl Store {
         key: &FileKey,
         v: NewVersion,
         progress: Option<&AtomicU64>,
-        imported: Option<&ImportedVersion>,
+        how: How<'_>,
         check_source: impl FnOnce(u64) -> Result<()>,
     ) -> Result<FileRecord> {
+        let How { imported, layout } = how;
         self.check_poison()?;
         let s = self.session()?;
         let ix = &s.index;
@@ -420,6 +444,7 @@ impl Store {
             faults: &self.opts.faults,
             previous: previous.as_ref(),
             delta_depth: self.opts.delta_depth,
+            layout,
         };
         // Any failure other than reading the source happened while writing packs: the fate of
         // those bytes is unknown, so the store stops taking writes until reopened.
@@ -648,6 +673,33 @@ fn create_layout(root: &Path) -> Result<()> {
     )
 }
 
+/// Mark a format-1 store as format 2 (under the lock). Failure (a read-only store) is left
+/// for the first write to run into.
+fn upgrade_format(root: &Path, timeout: Duration) {
+    let path = root.join(FORMAT_FILE);
+    let is_v1 = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b)
+            .ok()
+            .and_then(|v| v.get("format").and_then(|f| f.as_u64()))
+            == Some(1)
+    };
+    if !fs::read(&path).is_ok_and(|b| is_v1(&b)) {
+        return;
+    }
+    let Ok(_lock) = acquire_lock(&root.join("lock"), timeout) else {
+        return;
+    };
+    let Ok(b) = fs::read(&path) else { return };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&b) else {
+        return;
+    };
+    if !is_v1(&b) {
+        return;
+    }
+    v["format"] = STORE_FORMAT.into();
+    let _ = durable::write_atomic(&path, format!("{v}\n").as_bytes(), &Default::default());
+}
+
 fn check_empty_for_create(root: &Path) -> Result<()> {
     let bad = |reason: String| Error::BadStore {
         root: root.to_path_buf(),
@@ -737,35 +789,45 @@ fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
                 .max_by_key(|r| r.id)?
         }
     };
-    let m = crate::read::load_manifest(s, &rec).ok()?;
-    let what = || format!("{} v{}", rec.key().display(), rec.version);
-    let mut located = Located::default();
-    let mut chunk_at = HashMap::with_capacity(m.chunks.len());
-    let mut header = Vec::new();
-    let mut start = 0u64;
-    for (id, len) in &m.chunks {
-        let loc = ix.chunk(id).ok()??;
-        if loc.raw_len != *len {
-            return None;
+    let mut r = crate::read::open_reader(s, rec).ok()?;
+    let mut first = vec![0u8; 8];
+    r.read_exact(&mut first).ok()?;
+    let n = u64::from_le_bytes(first[..8].try_into().ok()?);
+    let layout = if n <= crate::tensors::MAX_HEADER && n < r.len() {
+        first.resize(8 + n as usize, 0);
+        r.read_exact(&mut first[8..]).ok()?;
+        crate::tensors::Layout::safetensors(&first)
+    } else {
+        None
+    };
+    let layout = match layout {
+        Some(l) => l,
+        None => {
+            let len = r.len();
+            zip_layout(&mut r, len)?
         }
-        located.add(s, &loc, &what).ok()?;
-        // The header: the first chunks, up to its announced length.
-        let want = match header.get(..8) {
-            Some(n) => 8 + u64::from_le_bytes(n.try_into().ok()?),
-            None => 8,
-        };
-        if (header.len() as u64) < want.min(crate::tensors::MAX_HEADER + 8) {
-            header.extend_from_slice(&located.read(&loc, id, &what).ok()?);
-        }
-        chunk_at.insert(start, (*id, *len, loc));
-        start += *len as u64;
-    }
-    let layout = crate::tensors::Layout::safetensors(&header)?;
+    };
+    let (chunks, located) = r.into_parts();
+    let chunk_at = chunks
+        .into_iter()
+        .map(|(start, id, loc)| (start, (id, loc.raw_len, loc)))
+        .collect();
     Some(Previous {
         layout,
         chunk_at,
         located,
     })
+}
+
+/// The layout of a zip archive (`tensors::Layout::zip`), if `r` starts like one.
+fn zip_layout<R: Read + std::io::Seek>(r: &mut R, len: u64) -> Option<crate::tensors::Layout> {
+    let mut magic = [0u8; 4];
+    r.seek(std::io::SeekFrom::Start(0)).ok()?;
+    r.read_exact(&mut magic).ok()?;
+    if magic != *b"PK\x03\x04" {
+        return None;
+    }
+    crate::tensors::Layout::zip(r, len)
 }
 
 fn next_version(ix: &Index, key: &FileKey) -> Result<u32> {

@@ -11,8 +11,16 @@
 //! safetensors: `u64le n`, then `n` bytes of JSON `{"name": {"dtype": "F32", "shape": [..],
 //! "data_offsets": [begin, end]}, ..., "__metadata__": {..}}`, then the data; offsets are
 //! relative to the end of the header.
+//!
+//! PyTorch (`torch.save`): a zip archive whose entries are stored uncompressed, one per tensor
+//! storage (`archive/data/0`, `archive/data/1`, ...) beside the pickle; the layout comes from the
+//! central directory at the end (zip64 too), so it needs a seekable source. The entries' names
+//! play the tensors' names; their dtype is unknown (`""`).
+//!
+//! Nothing here does file I/O of its own; `Layout::zip` reads through the reader it is given.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 
 /// One tensor: absolute byte range in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,13 +40,15 @@ impl Tensor {
         self.end == self.start
     }
 
-    /// Bytes per element of the dtype (1 for unknown or sub-byte types).
-    pub fn width(&self) -> usize {
+    /// Bytes per element of the dtype (1 for byte and sub-byte types), `None` if the dtype is
+    /// not known (zip entries).
+    pub fn width(&self) -> Option<usize> {
         match self.dtype.as_str() {
-            "F64" | "I64" | "U64" => 8,
-            "F32" | "I32" | "U32" => 4,
-            "BF16" | "F16" | "I16" | "U16" => 2,
-            _ => 1,
+            "" => None,
+            "F64" | "I64" | "U64" => Some(8),
+            "F32" | "I32" | "U32" => Some(4),
+            "BF16" | "F16" | "I16" | "U16" => Some(2),
+            _ => Some(1),
         }
     }
 }
@@ -97,6 +107,117 @@ impl Layout {
         }
         Some(Layout {
             data_start,
+            tensors,
+        })
+    }
+
+    /// The stored (uncompressed) entries of the zip archive `r` of `len` bytes, or `None` if
+    /// it is not a zip archive with a sound central directory. Compressed entries, directories
+    /// and empty entries are left out (they are cut like gaps).
+    pub fn zip<R: Read + Seek>(r: &mut R, len: u64) -> Option<Layout> {
+        let mut read_at = |at: u64, n: usize| -> Option<Vec<u8>> {
+            let end = at.checked_add(n as u64)?;
+            if end > len {
+                return None;
+            }
+            r.seek(SeekFrom::Start(at)).ok()?;
+            let mut b = vec![0u8; n];
+            r.read_exact(&mut b).ok()?;
+            Some(b)
+        };
+        let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as u64;
+        let u32_at =
+            |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as u64;
+        let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        // End of central directory: the last "PK\5\6" whose comment reaches exactly the end.
+        let tail_len = len.min(22 + 0xffff) as usize;
+        let tail = read_at(len - tail_len as u64, tail_len)?;
+        let eocd = (0..=tail_len.checked_sub(22)?).rev().find(|&i| {
+            tail[i..i + 4] == *b"PK\x05\x06" && i + 22 + u16_at(&tail, i + 20) as usize == tail_len
+        })?;
+        let e = &tail[eocd..];
+        let eocd_at = len - (tail_len - eocd) as u64;
+        let (mut count, mut cd_size, mut cd_at) = (u16_at(e, 10), u32_at(e, 12), u32_at(e, 16));
+        if count == 0xffff || cd_size == 0xffff_ffff || cd_at == 0xffff_ffff {
+            let loc = read_at(eocd_at.checked_sub(20)?, 20)?;
+            if loc[..4] != *b"PK\x06\x07" {
+                return None;
+            }
+            let z = read_at(u64_at(&loc, 8), 56)?;
+            if z[..4] != *b"PK\x06\x06" {
+                return None;
+            }
+            (count, cd_size, cd_at) = (u64_at(&z, 32), u64_at(&z, 40), u64_at(&z, 48));
+        }
+        // One 46-byte record per entry at least; a bound on what the directory may cost.
+        if cd_size > 256 << 20 || count > cd_size / 46 || cd_at.checked_add(cd_size)? > len {
+            return None;
+        }
+        let cd = read_at(cd_at, cd_size as usize)?;
+        let mut tensors = Vec::new();
+        let mut p = 0usize;
+        for _ in 0..count {
+            let h = cd.get(p..p + 46)?;
+            if h[..4] != *b"PK\x01\x02" {
+                return None;
+            }
+            let (method, flags) = (u16_at(h, 10), u16_at(h, 8));
+            let (mut csize, mut usize_) = (u32_at(h, 20), u32_at(h, 24));
+            let (n, x, c) = (
+                u16_at(h, 28) as usize,
+                u16_at(h, 30) as usize,
+                u16_at(h, 32) as usize,
+            );
+            let mut local = u32_at(h, 42);
+            let name = std::str::from_utf8(cd.get(p + 46..p + 46 + n)?)
+                .ok()?
+                .to_string();
+            let mut extra = cd.get(p + 46 + n..p + 46 + n + x)?;
+            p += 46 + n + x + c;
+            // zip64 extended information: the fields that overflowed, in this order.
+            while extra.len() >= 4 {
+                let (id, size) = (u16_at(extra, 0), u16_at(extra, 2) as usize);
+                let body = extra.get(4..4 + size)?;
+                if id == 1 {
+                    let mut f = body.chunks_exact(8).map(|b| u64_at(b, 0));
+                    if usize_ == 0xffff_ffff {
+                        usize_ = f.next()?;
+                    }
+                    if csize == 0xffff_ffff {
+                        csize = f.next()?;
+                    }
+                    if local == 0xffff_ffff {
+                        local = f.next()?;
+                    }
+                }
+                extra = &extra[4 + size..];
+            }
+            // Stored, not encrypted, not empty.
+            if method != 0 || flags & 1 != 0 || csize != usize_ || csize == 0 {
+                continue;
+            }
+            let lh = read_at(local, 30)?;
+            if lh[..4] != *b"PK\x03\x04" {
+                return None;
+            }
+            let start = local + 30 + u16_at(&lh, 26) + u16_at(&lh, 28);
+            let end = start.checked_add(csize)?;
+            if end > cd_at {
+                return None;
+            }
+            tensors.push(Tensor {
+                name,
+                dtype: String::new(),
+                start,
+                end,
+            });
+        }
+        tensors.sort_by_key(|t| (t.start, t.end));
+        if tensors.windows(2).any(|w| w[0].end > w[1].start) {
+            return None;
+        }
+        Some(Layout {
+            data_start: 0,
             tensors,
         })
     }
@@ -205,7 +326,7 @@ mod tests {
         assert_eq!(
             l.tensors
                 .iter()
-                .map(|t| (t.name.as_str(), t.start, t.end, t.width()))
+                .map(|t| (t.name.as_str(), t.start, t.end, t.width().unwrap()))
                 .collect::<Vec<_>>(),
             vec![("a", ds, ds + 20, 4), ("b", ds + 20, ds + 40, 2)]
         );

@@ -113,3 +113,110 @@ impl Model {
         out
     }
 }
+
+impl Model {
+    /// The weights as a PyTorch-style checkpoint: a zip archive of stored entries, like
+    /// `torch.save` writes (`archive/data.pkl`, then `archive/data/<i>` per tensor, each aligned
+    /// to 64 bytes by an extra field). With `zip64` the end records are the zip64 ones (as for
+    /// archives over 4 GiB) and the directory gives local offsets in zip64 extra fields.
+    pub fn torch_zip(&self, bf16: bool, zip64: bool) -> Vec<u8> {
+        let st = self.safetensors(bf16);
+        let n = u64::from_le_bytes(st[..8].try_into().expect("8")) as usize;
+        let data = &st[8 + n..];
+        let width = if bf16 { 2 } else { 4 };
+        let mut entries: Vec<(String, &[u8])> = Vec::new();
+        let pickle = format!(
+            "fake pickle: {} tensors at step {}",
+            self.tensors.len(),
+            self.t
+        );
+        entries.push(("archive/data.pkl".into(), pickle.as_bytes()));
+        let mut off = 0;
+        for (i, (_, rows, cols)) in self.tensors.iter().enumerate() {
+            let len = rows * cols * width;
+            entries.push((format!("archive/data/{i}"), &data[off..off + len]));
+            off += len;
+        }
+        entries.push(("archive/version".into(), b"3\n"));
+        let mut out = Vec::new();
+        let mut central = Vec::new();
+        for (name, body) in &entries {
+            let at = out.len();
+            let pad = (64 - (at + 30 + name.len() + 4) % 64) % 64;
+            let crc = crc32(body);
+            let head = |out: &mut Vec<u8>, sig: &[u8]| {
+                out.extend_from_slice(sig);
+                out.extend_from_slice(&[45, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
+                out.extend_from_slice(&crc.to_le_bytes());
+                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            };
+            head(&mut out, b"PK\x03\x04");
+            out.extend_from_slice(&((4 + pad) as u16).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"FB");
+            out.extend_from_slice(&(pad as u16).to_le_bytes());
+            out.resize(out.len() + pad, b'Z');
+            out.extend_from_slice(body);
+            // Central directory record ("made by" is one more field before the local part).
+            central.extend_from_slice(b"PK\x01\x02\x1e\x03");
+            let mut local = Vec::new();
+            head(&mut local, b"");
+            central.extend_from_slice(&local);
+            central.extend_from_slice(&(if zip64 { 12u16 } else { 0 }).to_le_bytes());
+            central.extend_from_slice(&[0; 8]); // comment len, disk, internal, external attrs
+            central.extend_from_slice(&[0; 2]);
+            let local_field = if zip64 { u32::MAX } else { at as u32 };
+            central.extend_from_slice(&local_field.to_le_bytes());
+            central.extend_from_slice(name.as_bytes());
+            if zip64 {
+                central.extend_from_slice(&[1, 0, 8, 0]);
+                central.extend_from_slice(&(at as u64).to_le_bytes());
+            }
+        }
+        let cd_at = out.len();
+        out.extend_from_slice(&central);
+        let count = entries.len();
+        if zip64 {
+            let z_at = out.len();
+            out.extend_from_slice(b"PK\x06\x06");
+            out.extend_from_slice(&44u64.to_le_bytes());
+            out.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            out.extend_from_slice(&(count as u64).to_le_bytes());
+            out.extend_from_slice(&(count as u64).to_le_bytes());
+            out.extend_from_slice(&(central.len() as u64).to_le_bytes());
+            out.extend_from_slice(&(cd_at as u64).to_le_bytes());
+            out.extend_from_slice(b"PK\x06\x07\0\0\0\0");
+            out.extend_from_slice(&(z_at as u64).to_le_bytes());
+            out.extend_from_slice(&1u32.to_le_bytes());
+            out.extend_from_slice(
+                b"PK\x05\x06\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\0\0",
+            );
+        } else {
+            out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+            out.extend_from_slice(&(count as u16).to_le_bytes());
+            out.extend_from_slice(&(count as u16).to_le_bytes());
+            out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(cd_at as u32).to_le_bytes());
+            out.extend_from_slice(&[0, 0]);
+        }
+        out
+    }
+}
+
+/// CRC-32 (IEEE), as zip records it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}

@@ -1,5 +1,6 @@
 //! Tensor files and deltas: any bytes either parse as a safetensors layout whose tensors are
-//! sorted, disjoint and after the header, or are refused; the grid cuts any stream into pieces
+//! sorted, disjoint and after the header, or are refused (zip archives likewise, entries inside
+//! the input); the grid cuts any stream into pieces
 //! that cover it exactly, the same in any window size. Delta records: any stored bytes either
 //! parse (then decode without panicking) or are refused, and a delta of two halves of the input
 //! decodes back to the first.
@@ -29,6 +30,11 @@ fuzz_target!(|data: &[u8]| {
             at += used;
         }
         assert_eq!(windowed, whole);
+    }
+
+    if let Some(l) = Layout::zip(&mut std::io::Cursor::new(data), data.len() as u64) {
+        assert!(l.tensors.windows(2).all(|w| w[0].end <= w[1].start));
+        assert!(l.tensors.iter().all(|t| t.start < t.end && t.end <= data.len() as u64));
     }
 
     if let Ok((h, inner)) = delta::parse(data) {

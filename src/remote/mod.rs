@@ -3,7 +3,7 @@
 //! Remote layout under `s3://BUCKET/PREFIX` (every name is immutable and unique, so machines
 //! pushing to one PREFIX at the same time never overwrite each other's data):
 //! ```text
-//! PREFIX/ml-dash-remote.json          {"format":"ml-dash remote","version":1}
+//! PREFIX/ml-dash-remote.json          {"format":"ml-dash remote","version":2}
 //! PREFIX/packs/<id>.pack              chunk records + their index + footer (rpack.rs)
 //! PREFIX/manifests/<id>.manifest      the local manifest file, verbatim (checksummed)
 //! PREFIX/events/<id>.event            the local event file, verbatim (checksummed)
@@ -42,7 +42,9 @@ pub use pull::PullReport;
 pub use push::PushReport;
 
 const MARKER: &str = "ml-dash-remote.json";
-const MARKER_BODY: &str = "{\"format\":\"ml-dash remote\",\"version\":1}\n";
+/// Version 2: remote pack indexes may hold delta entries (codec 4 with a base). A version-1
+/// remote is re-marked 2 by the first push to it, so older versions refuse it cleanly.
+const MARKER_BODY: &str = "{\"format\":\"ml-dash remote\",\"version\":2}\n";
 /// Requests in flight for small objects (manifests, events, pack index tails).
 const SMALL_CONCURRENCY: usize = 16;
 
@@ -344,10 +346,17 @@ impl Remote {
                     .map_err(|e| self.err(format!("reading {key}"), e))?;
                 let v: serde_json::Value =
                     serde_json::from_slice(&b).map_err(|e| self.damaged(MARKER, e.to_string()))?;
+                let version = v.get("version").and_then(|f| f.as_u64());
                 if v.get("format").and_then(|f| f.as_str()) != Some("ml-dash remote")
-                    || v.get("version").and_then(|f| f.as_u64()) != Some(1)
+                    || !matches!(version, Some(1 | 2))
                 {
                     return Err(self.damaged(MARKER, "unsupported remote format"));
+                }
+                if version == Some(1) && create {
+                    self.os
+                        .put(&key, MARKER_BODY.as_bytes().to_vec().into())
+                        .await
+                        .map_err(|e| self.err(format!("writing {key}"), e))?;
                 }
                 Ok(true)
             }

@@ -175,6 +175,30 @@ impl Store {
                     .push(format!("{what}: the remote has no chunk {cid} it needs"));
                 continue;
             }
+            // A remote delta on a base this store holds as a delta itself makes a longer chain
+            // here than either side wrote; refuse what no reader would follow.
+            let mut too_deep = None;
+            for w in mine.iter().filter(|w| w.entry.base.is_some()) {
+                let (mut steps, mut next) = (0u8, w.entry.base);
+                while let Some(b) = next {
+                    steps += 1;
+                    if steps > crate::delta::MAX_DEPTH {
+                        too_deep = Some(w.entry.id);
+                        break;
+                    }
+                    next = match s.index.chunk(&b)? {
+                        Some(l) => l.base,
+                        None => known.chunks.get(&b).and_then(|(_, e)| e.base),
+                    };
+                }
+            }
+            if let Some(cid) = too_deep {
+                rep.damaged.push(format!(
+                    "{what}: chunk {cid} would be a delta chain longer than {} here",
+                    crate::delta::MAX_DEPTH
+                ));
+                continue;
+            }
             rep.chunks_already_local += local_hits;
             scheduled.extend(mine.iter().map(|w| w.entry.id));
             want.extend(mine);
@@ -302,7 +326,9 @@ fn fetch_chunks(
     let mut out = Sink {
         s,
         w: None,
-        batch: IndexBatch::default(),
+        waiting: Vec::new(),
+        appended: Vec::new(),
+        indexed: HashSet::new(),
     };
     let (mut chunks, mut bytes) = (0u64, 0u64);
     let r: Result<()> = remote.rt.block_on(async {
@@ -375,11 +401,18 @@ fn fetch_chunks(
     r.map(|()| (chunks, bytes))
 }
 
-/// Appends fetched records to local packs and indexes them after each pack's fsync.
+/// Appends fetched records to local packs and indexes them after each pack's fsync. A delta
+/// enters the index only once its base is there (in an earlier or the same batch), so a pull cut
+/// short never leaves the index naming a delta whose base did not arrive: such records stay
+/// unindexed (garbage for gc) and a re-run fetches them again with their bases.
 struct Sink<'a, 's> {
     s: &'a Session<'s>,
     w: Option<PackWriter>,
-    batch: IndexBatch,
+    /// Appended to packs already fsynced (or to `w`), not yet indexed.
+    waiting: Vec<(ChunkId, pack::ChunkLoc)>,
+    /// Appended to `w`.
+    appended: Vec<(ChunkId, pack::ChunkLoc)>,
+    indexed: HashSet<ChunkId>,
 }
 
 impl Sink<'_, '_> {
@@ -397,14 +430,38 @@ impl Sink<'_, '_> {
         }
         let w = self.w.as_mut().expect("just set");
         let loc = w.append(e.id, e.raw_len, e.codec, data)?;
-        self.batch.put_chunk(&e.id, &loc);
+        self.appended.push((e.id, loc));
         Ok(())
     }
 
     fn seal(&mut self) -> Result<()> {
         if let Some(mut w) = self.w.take() {
             w.sync()?;
-            let mut b = std::mem::take(&mut self.batch);
+            self.waiting.append(&mut self.appended);
+            let mut b = IndexBatch::default();
+            // Bases first: repeat while a pass indexes something (chains are short).
+            loop {
+                let before = self.waiting.len();
+                let mut still = Vec::new();
+                for (id, loc) in std::mem::take(&mut self.waiting) {
+                    let ready = match loc.base {
+                        None => true,
+                        Some(base) => {
+                            self.indexed.contains(&base) || self.s.index.chunk(&base)?.is_some()
+                        }
+                    };
+                    if ready {
+                        b.put_chunk(&id, &loc);
+                        self.indexed.insert(id);
+                    } else {
+                        still.push((id, loc));
+                    }
+                }
+                self.waiting = still;
+                if self.waiting.len() == before {
+                    break;
+                }
+            }
             b.put_pack(w.id, w.len());
             self.s.index.apply(b)?;
         }

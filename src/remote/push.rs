@@ -312,21 +312,26 @@ impl Store {
             // Never spread damage: a manifest that does not decode stops the push.
             let m = Manifest::decode(&bytes, &path.display().to_string())?;
             // The manifest's chunks, then the delta bases they need (pushed too, so a remote
-            // manifest always has every chunk it needs to decode).
-            let mut todo: Vec<ChunkId> = m.chunks.iter().rev().map(|(cid, _)| *cid).collect();
-            while let Some(cid) = todo.pop() {
+            // manifest always has every chunk it needs to decode). `true`: the manifest needs
+            // it here; a base the remote's copy of a chunk names is sent when this store has
+            // it (a damaged remote pack may have held only the base), best effort.
+            let mut todo: Vec<(ChunkId, bool)> =
+                m.chunks.iter().rev().map(|(cid, _)| (*cid, true)).collect();
+            while let Some((cid, needed)) = todo.pop() {
                 let cid = &cid;
-                if !seen.insert(*cid) {
+                if seen.contains(cid) {
                     continue;
                 }
-                if known.contains_key(cid) {
-                    plan.already_remote += u64::from(!on_remote);
+                if let Some((_, e)) = known.get(cid) {
+                    seen.insert(*cid);
+                    plan.already_remote += u64::from(!on_remote && needed);
+                    todo.extend(e.base.map(|b| (b, false)));
                     continue;
                 }
                 let loc = match s.index.chunk(cid)? {
                     Some(loc) => loc,
                     // Healing is best effort (e.g. a deleted version's chunks gc took).
-                    None if on_remote => continue,
+                    None if on_remote || !needed => continue,
                     None => {
                         return Err(Error::corrupt(
                             path.display().to_string(),
@@ -338,8 +343,9 @@ impl Store {
                     let p = self.dir("packs").join(pack::pack_file_name(loc.pack));
                     v.insert(Arc::new(File::open(&p).at(&p)?));
                 }
+                seen.insert(*cid);
                 plan.chunks.push((*cid, loc));
-                todo.extend(loc.base);
+                todo.extend(loc.base.map(|b| (b, needed)));
             }
             if !on_remote {
                 plan.manifests.push((id, bytes));
@@ -372,6 +378,7 @@ impl Store {
             + records
             + 12
             + (chunks.len() * rpack::ENTRY_LEN) as u64
+            + 32 * chunks.iter().filter(|c| c.1.base.is_some()).count() as u64
             + rpack::FOOTER_LEN;
         let mut w = ObjectWriter::start(remote, key, total, false)?;
         let r = (|| {

@@ -328,3 +328,86 @@ fn push_and_pull_carry_the_bases_deltas_need() {
         assert!(e.verify().unwrap().ok);
     }
 }
+
+/// `n` PyTorch-style zip checkpoints (see `adam::Model::torch_zip`), like `checkpoints`.
+fn torch_checkpoints(n: usize, zip64: bool) -> Vec<Vec<u8>> {
+    let mut m = adam::Model::new(1_000_000, 512, 11);
+    m.lr = 3e-4;
+    m.train(10);
+    (0..n)
+        .map(|i| {
+            if i > 0 {
+                m.train(100);
+            }
+            m.torch_zip(true, zip64)
+        })
+        .collect()
+}
+
+#[test]
+fn pytorch_zip_checkpoints_from_files_store_as_deltas() {
+    for zip64 in [false, true] {
+        let t = tmp();
+        let s = Store::open(t.path().join("store")).unwrap();
+        let ck = torch_checkpoints(3, zip64);
+        let mut ratios = Vec::new();
+        for (i, c) in ck.iter().enumerate() {
+            let src = write_file(t.path(), &format!("ck{i}.pth"), c);
+            let rec = s
+                .put_file(
+                    &src,
+                    &key(&format!("epoch_{i}.pth")),
+                    NewVersion::default(),
+                    None,
+                )
+                .unwrap();
+            ratios.push(rec.new_bytes as f64 / c.len() as f64);
+        }
+        for (i, c) in ck.iter().enumerate() {
+            assert!(read(&s, &format!("epoch_{i}.pth"), None).unwrap() == *c);
+        }
+        assert!(ratios[0] > 0.6, "zip64={zip64}: {ratios:?}");
+        assert!(
+            ratios[1] <= 0.55 && ratios[2] <= 0.55,
+            "zip64={zip64}: {ratios:?}"
+        );
+        assert!(s.verify().unwrap().ok);
+
+        // The same archives through a stream (no central directory up front): no deltas,
+        // still exact.
+        let s2 = Store::open(t.path().join("store2")).unwrap();
+        for (i, c) in ck.iter().enumerate() {
+            put(&s2, &format!("epoch_{i}.pth"), c);
+            assert!(read(&s2, &format!("epoch_{i}.pth"), None).unwrap() == *c);
+        }
+        assert_eq!(delta_records(&t.path().join("store2")), 0);
+    }
+}
+
+#[test]
+fn damaged_zip_directories_are_stored_exactly() {
+    let t = tmp();
+    let s = Store::open(t.path().join("store")).unwrap();
+    let good = torch_checkpoints(1, false).remove(0);
+    let n = good.len();
+    // Central directory damaged in different places, entries pointing past the end, a comment
+    // that does not reach the end, and a truncated archive.
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    for back in [1usize, 5, 10, 17, 22, 40, 60, 100] {
+        let mut b = good.clone();
+        b[n - back] ^= 0xff;
+        cases.push(b);
+    }
+    cases.push(good[..n - 7].to_vec());
+    cases.push(good[..n / 2].to_vec());
+    let mut comment = good.clone();
+    comment[n - 2] = 9;
+    cases.push(comment);
+    for (i, c) in cases.iter().enumerate() {
+        let src = write_file(t.path(), &format!("bad{i}.pth"), c);
+        s.put_file(&src, &key("bad.pth"), NewVersion::default(), None)
+            .unwrap();
+        assert!(read(&s, "bad.pth", None).unwrap() == *c, "case {i}");
+    }
+    assert!(s.verify().unwrap().ok);
+}

@@ -12,6 +12,7 @@ mod corruption;
 mod crash;
 mod dedup;
 mod delta;
+mod delta_review;
 mod export;
 mod faults;
 mod gc;
