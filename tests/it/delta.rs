@@ -411,3 +411,56 @@ fn damaged_zip_directories_are_stored_exactly() {
     }
     assert!(s.verify().unwrap().ok);
 }
+
+#[test]
+fn format_1_stores_and_remotes_are_marked_format_2() {
+    let t = tmp();
+    let root = t.path().join("store");
+    let s = Store::open(&root).unwrap();
+    put(&s, "a.safetensors", b"not a tensor file");
+    let format = root.join("FORMAT");
+    let v2: serde_json::Value = serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
+    assert_eq!(v2["format"], 2);
+    // A store written by the previous version says 1: opening it marks it 2, data intact.
+    let mut v1 = v2.clone();
+    v1["format"] = 1.into();
+    std::fs::write(&format, v1.to_string()).unwrap();
+    let s = Store::open(&root).unwrap();
+    let now: serde_json::Value = serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
+    assert_eq!(now["format"], 2);
+    assert_eq!(now["kind"], v2["kind"]);
+    assert_eq!(
+        read(&s, "a.safetensors", None).unwrap(),
+        b"not a tensor file"
+    );
+    // Formats this version does not know are refused.
+    let mut v9 = v2.clone();
+    v9["format"] = 9.into();
+    std::fs::write(&format, v9.to_string()).unwrap();
+    assert!(Store::open(&root).is_err());
+
+    // A version-1 remote is re-marked 2 by a push and stays readable.
+    let rdir = t.path().join("remote");
+    let cfg = ml_dash::remote::RemoteConfig::new(format!("file://{}", rdir.display()));
+    std::fs::write(&format, v2.to_string()).unwrap();
+    let s = Store::open(&root).unwrap();
+    s.push(&ml_dash::remote::Remote::open(&cfg).unwrap(), None)
+        .unwrap();
+    let marker = rdir.join("ml-dash-remote.json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(m["version"], 2);
+    std::fs::write(&marker, "{\"format\":\"ml-dash remote\",\"version\":1}\n").unwrap();
+    put(&s, "b.bin", b"more");
+    s.push(&ml_dash::remote::Remote::open(&cfg).unwrap(), None)
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(m["version"], 2);
+    let other = Store::open(t.path().join("other")).unwrap();
+    other
+        .pull(&ml_dash::remote::Remote::open(&cfg).unwrap(), None)
+        .unwrap();
+    assert_eq!(
+        read(&other, "a.safetensors", None).unwrap(),
+        b"not a tensor file"
+    );
+}
