@@ -69,7 +69,14 @@ TOML
     sleep 0.2
   done
   [ -n "$node" ] || { tail -20 "$dir/server.log"; echo "garage: did not start"; exit 1; }
-  g layout assign -z dc1 -c 1G "$node" > /dev/null
+  # The node id can be read before the RPC port listens (a busy machine): the first command
+  # that needs the server waits for it.
+  local ok=""
+  for _ in $(seq 1 150); do
+    g layout assign -z dc1 -c 1G "$node" > /dev/null 2>&1 && ok=1 && break
+    sleep 0.2
+  done
+  [ -n "$ok" ] || { tail -20 "$dir/server.log"; g layout assign -z dc1 -c 1G "$node"; exit 1; }
   g layout apply --version 1 > /dev/null
   g bucket create ml-dash-test > /dev/null
   local out key secret

@@ -19,6 +19,7 @@
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
 use std::path::Path;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -66,8 +67,10 @@ pub struct IngestConfig<'a> {
     pub active: Option<(Id, u64)>,
     pub progress: Option<&'a AtomicU64>,
     pub faults: &'a crate::fault::Faults,
-    /// The version to store deltas against, if any.
-    pub previous: Option<&'a Previous>,
+    /// The version to store deltas against: found (by `find_previous`) only once the source
+    /// turns out to have a tensor layout, so other uploads never pay for looking.
+    pub previous: &'a OnceLock<Option<Previous>>,
+    pub find_previous: &'a (dyn Fn() -> Option<Previous> + Sync),
     /// Longest delta chain to create (0: no deltas).
     pub delta_depth: u8,
     /// The source's tensor layout when the caller knows it (a zip archive read from a file);
@@ -295,7 +298,11 @@ fn choose_cutter<'a>(first: &[u8], cfg: &IngestConfig<'a>) -> Cutter<'a> {
     let Some(layout) = Layout::safetensors(first).or_else(|| cfg.layout.clone()) else {
         return Cutter::Cdc(cfg.chunker);
     };
-    let matches = match cfg.previous {
+    let previous = match cfg.delta_depth {
+        0 => None,
+        _ => cfg.previous.get_or_init(cfg.find_previous).as_ref(),
+    };
+    let matches = match previous {
         Some(prev) if cfg.delta_depth > 0 => {
             let by_name = prev.layout.by_name();
             layout
@@ -324,7 +331,7 @@ fn hint(
     (tensor, offset): (usize, u64),
     len: usize,
 ) -> Option<Hint> {
-    let prev = cfg.previous?;
+    let prev = cfg.previous.get()?.as_ref()?;
     let p = &prev.layout.tensors[matches[tensor]?];
     let &(base, base_len, loc) = prev.chunk_at.get(&(p.start + offset))?;
     (base_len as usize == len).then_some(Hint {
@@ -336,7 +343,7 @@ fn hint(
 
 /// Store `chunk` as a delta against the hinted base, if the chain allows and it pays.
 fn encode_delta(chunk: &[u8], h: &Hint, cfg: &IngestConfig<'_>) -> Option<(Codec, Vec<u8>)> {
-    let prev = cfg.previous?;
+    let prev = cfg.previous.get()?.as_ref()?;
     let depth = prev.located.depth(&h.loc)? + 1;
     if depth > cfg.delta_depth {
         return None;

@@ -430,10 +430,8 @@ impl Store {
             None => None,
         };
         let packs_dir = self.dir("packs");
-        let previous = match self.opts.delta_depth {
-            0 => None,
-            _ => previous_for(&s, key),
-        };
+        let previous = std::sync::OnceLock::new();
+        let find_previous = || previous_for(&s, key);
         let cfg = IngestConfig {
             packs_dir: &packs_dir,
             chunker: &self.chunker,
@@ -442,7 +440,8 @@ impl Store {
             active,
             progress,
             faults: &self.opts.faults,
-            previous: previous.as_ref(),
+            previous: &previous,
+            find_previous: &find_previous,
             delta_depth: self.opts.delta_depth,
             layout,
         };

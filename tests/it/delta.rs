@@ -10,9 +10,9 @@ use ml_dash::{Error, NewVersion, Store, StoreOptions};
 
 use crate::util::*;
 
-const DELTA: u8 = 4; // Codec::Delta in a record header
+pub(crate) const DELTA: u8 = 4; // Codec::Delta in a record header
 
-fn key(name: &str) -> FileKey {
+pub(crate) fn key(name: &str) -> FileKey {
     ExperimentKey::new("local", "g", "adam")
         .unwrap()
         .file("/ckpt".into(), name.into())
@@ -20,7 +20,13 @@ fn key(name: &str) -> FileKey {
 
 /// `n` bf16 checkpoints of a 1 M-parameter model, `steps` Adam steps apart (lr 3e-4).
 fn checkpoints(n: usize, steps: u32) -> Vec<Vec<u8>> {
-    let mut m = adam::Model::new(1_000_000, 512, 11);
+    model_checkpoints(1_000_000, 11, n, steps)
+}
+
+/// `n` bf16 safetensors checkpoints of a `params`-parameter model (seed `seed`), `steps` Adam
+/// steps apart (lr 3e-4).
+pub(crate) fn model_checkpoints(params: usize, seed: u64, n: usize, steps: u32) -> Vec<Vec<u8>> {
+    let mut m = adam::Model::new(params, 512, seed);
     m.lr = 3e-4;
     m.train(10);
     (0..n)
@@ -33,22 +39,32 @@ fn checkpoints(n: usize, steps: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn put(s: &Store, name: &str, data: &[u8]) -> ml_dash::FileRecord {
+pub(crate) fn put(s: &Store, name: &str, data: &[u8]) -> ml_dash::FileRecord {
     s.put_reader(data, &key(name), NewVersion::default(), None)
         .unwrap()
 }
 
-fn read(s: &Store, name: &str, version: Option<u32>) -> Result<Vec<u8>, Error> {
+pub(crate) fn read(s: &Store, name: &str, version: Option<u32>) -> Result<Vec<u8>, Error> {
     ml_dash::read::read_all(&s.open_file(&key(name), version)?)
 }
 
 /// Count the delta records in the store's packs.
-fn delta_records(root: &std::path::Path) -> usize {
+pub(crate) fn delta_records(root: &std::path::Path) -> usize {
     pack_files(root)
         .iter()
         .flat_map(|p| pack_records(p))
         .filter(|r| r.codec == DELTA)
         .count()
+}
+
+/// A store holding two checkpoints 100 steps apart, "a" and "b" (b stored as deltas on a).
+fn two_checkpoints() -> (tempfile::TempDir, Store, Vec<Vec<u8>>) {
+    let t = tmp();
+    let s = Store::open(t.path()).unwrap();
+    let ck = checkpoints(2, 100);
+    put(&s, "a.safetensors", &ck[0]);
+    put(&s, "b.safetensors", &ck[1]);
+    (t, s, ck)
 }
 
 #[test]
@@ -120,11 +136,7 @@ fn deltas_off_and_chain_depth_are_honoured() {
 
 #[test]
 fn gc_keeps_the_bases_of_live_deltas_and_frees_them_later() {
-    let t = tmp();
-    let s = Store::open(t.path()).unwrap();
-    let ck = checkpoints(2, 100);
-    put(&s, "a.safetensors", &ck[0]);
-    put(&s, "b.safetensors", &ck[1]);
+    let (t, s, ck) = two_checkpoints();
     s.delete(&key("a.safetensors")).unwrap();
     let before = packs_total(t.path());
     let g = s.gc(false, 0.0).unwrap();
@@ -147,13 +159,8 @@ fn gc_keeps_the_bases_of_live_deltas_and_frees_them_later() {
 
 #[test]
 fn a_damaged_base_is_detected_never_returned() {
-    let t = tmp();
-    let s = Store::open(t.path()).unwrap();
-    let ck = checkpoints(2, 100);
-    put(&s, "a.safetensors", &ck[0]);
-    put(&s, "b.safetensors", &ck[1]);
-    // Damage the data of every non-delta record of the first checkpoint's pack region: the
-    // records the deltas of b stand on.
+    let (t, s, _) = two_checkpoints();
+    // Damage the data of three whole records of a's tensors: records b's deltas stand on.
     let packs = pack_files(t.path());
     let mut flipped = 0;
     for p in &packs {
@@ -175,11 +182,7 @@ fn a_damaged_base_is_detected_never_returned() {
 
 #[test]
 fn a_damaged_delta_record_is_detected() {
-    let t = tmp();
-    let s = Store::open(t.path()).unwrap();
-    let ck = checkpoints(2, 100);
-    put(&s, "a.safetensors", &ck[0]);
-    put(&s, "b.safetensors", &ck[1]);
+    let (t, s, ck) = two_checkpoints();
     let p = pack_files(t.path())
         .into_iter()
         .find(|p| pack_records(p).iter().any(|r| r.codec == DELTA))

@@ -8,52 +8,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::adam;
-
-use ml_dash::path::{ExperimentKey, FileKey};
 use ml_dash::remote::{Remote, RemoteConfig};
-use ml_dash::{Error, NewVersion, Store, StoreOptions};
+use ml_dash::{Store, StoreOptions};
 
 use crate::util::*;
 
-const DELTA: u8 = 4; // Codec::Delta in a record header
-
-fn key(name: &str) -> FileKey {
-    ExperimentKey::new("local", "g", "review")
-        .unwrap()
-        .file("/ckpt".into(), name.into())
-}
+use crate::delta::{DELTA, delta_records, key, put, read};
 
 /// `n` bf16 checkpoints of a 400 k-parameter model, `steps` Adam steps apart (lr 3e-4).
 fn checkpoints(n: usize, steps: u32) -> Vec<Vec<u8>> {
-    let mut m = adam::Model::new(400_000, 512, 23);
-    m.lr = 3e-4;
-    m.train(10);
-    (0..n)
-        .map(|i| {
-            if i > 0 {
-                m.train(steps);
-            }
-            m.safetensors(true)
-        })
-        .collect()
-}
-
-fn put(s: &Store, name: &str, data: &[u8]) -> ml_dash::FileRecord {
-    s.put_reader(data, &key(name), NewVersion::default(), None)
-        .unwrap()
-}
-
-fn read(s: &Store, name: &str, version: Option<u32>) -> Result<Vec<u8>, Error> {
-    ml_dash::read::read_all(&s.open_file(&key(name), version)?)
-}
-
-fn delta_records(root: &Path) -> usize {
-    pack_files(root)
-        .iter()
-        .flat_map(|p| pack_records(p))
-        .filter(|r| r.codec == DELTA)
-        .count()
+    crate::delta::model_checkpoints(400_000, 23, n, steps)
 }
 
 fn dir_remote(root: &Path, name: &str) -> (PathBuf, Remote) {
