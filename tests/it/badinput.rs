@@ -167,10 +167,10 @@ fn a_shrinking_source_is_refused() {
 }
 
 /// A tmpfs of `size` mounted at `at` for the test's lifetime (needs root, as CI has).
-struct Mount(std::path::PathBuf);
+pub(crate) struct Mount(std::path::PathBuf);
 
 impl Mount {
-    fn tmpfs(at: &Path, size: &str) -> Mount {
+    pub(crate) fn tmpfs(at: &Path, size: &str) -> Mount {
         std::fs::create_dir_all(at).unwrap();
         let st = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])

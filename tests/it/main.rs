@@ -16,6 +16,7 @@ mod delta_review;
 mod export;
 mod faults;
 mod gc;
+mod hostile;
 mod ingest;
 mod journal;
 mod recovery;
