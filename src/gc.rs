@@ -41,12 +41,62 @@ pub struct GcReport {
     /// Chunks no live version names, kept because a live chunk is stored as a delta against
     /// them (directly or through a chain).
     pub kept_as_delta_bases: usize,
+    /// Packs left alone because a rebuild found chunks in them that no manifest references
+    /// (`ml-dash repair`); `drop_unreferenced` lets gc collect them.
+    pub held_packs: usize,
+    /// Packs moved to `quarantine/` instead of being deleted: they hold bytes gc cannot
+    /// account for as garbage (damaged spans, or a chunk a file needs that the index lacks).
+    pub packs_quarantined: usize,
+    /// What gc left alone and why (a live record that fails its check is never copied).
+    pub problems: Vec<String>,
+}
+
+/// How `gc` runs.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Report what would be freed; change nothing (default false).
+    pub dry_run: bool,
+    /// Rewrite a pack when at least this fraction of its bytes is garbage (default 0.5;
+    /// 0.0 rewrites every pack with any garbage).
+    pub rewrite_threshold: f64,
+    /// Also collect the packs a rebuild held because they hold chunks no manifest references
+    /// (default false: they may be all that is left of versions whose manifests were lost).
+    pub drop_unreferenced: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            rewrite_threshold: 0.5,
+            drop_unreferenced: false,
+        }
+    }
+}
+
+/// What one pack holds that gc must keep in mind before deleting it.
+struct PackPlan {
+    id: Id,
+    path: std::path::PathBuf,
+    len: u64,
+    live_bytes: u64,
+    header_ok: bool,
 }
 
 impl Store {
     /// Collect garbage. A pack is rewritten when at least `rewrite_threshold` of its bytes are
     /// garbage (0.0 rewrites every pack with any garbage; the CLI default is 0.5).
     pub fn gc(&self, dry_run: bool, rewrite_threshold: f64) -> Result<GcReport> {
+        self.gc_with(&GcOptions {
+            dry_run,
+            rewrite_threshold,
+            ..GcOptions::default()
+        })
+    }
+
+    /// Collect garbage as `o` says.
+    pub fn gc_with(&self, o: &GcOptions) -> Result<GcReport> {
+        let dry_run = o.dry_run;
         if !dry_run {
             self.check_poison()?;
         }
@@ -55,6 +105,11 @@ impl Store {
         let mut rep = GcReport {
             dry_run,
             ..Default::default()
+        };
+        let held = if o.drop_unreferenced {
+            HashSet::new()
+        } else {
+            crate::recover::read_held(&self.root)?
         };
 
         let mut live: HashSet<ChunkId> = HashSet::new();
@@ -69,12 +124,17 @@ impl Store {
             }
         }
         rep.deleted_versions = dead_versions.len();
-        // A live chunk stored as a delta keeps its base (and the base's base) live.
+        // A live chunk stored as a delta keeps its base (and the base's base) live; so does
+        // every chunk in a held pack.
         let mut base_of: HashMap<ChunkId, ChunkId> = HashMap::new();
+        let mut in_held: Vec<ChunkId> = Vec::new();
         for c in ix.chunks() {
             let (id, loc) = c?;
             if let Some(b) = loc.base {
                 base_of.insert(id, b);
+            }
+            if held.contains(&loc.pack) {
+                in_held.push(id);
             }
         }
         let mut todo: Vec<ChunkId> = live
@@ -82,6 +142,11 @@ impl Store {
             .filter(|id| base_of.contains_key(id))
             .copied()
             .collect();
+        for id in in_held {
+            if live.insert(id) && base_of.contains_key(&id) {
+                todo.push(id);
+            }
+        }
         while let Some(id) = todo.pop() {
             if let Some(b) = base_of.get(&id)
                 && live.insert(*b)
@@ -108,45 +173,86 @@ impl Store {
         // (leftovers of a crashed write or rewrite) count as all garbage.
         let packs_dir = self.dir("packs");
         let active = ix.meta_id("active_pack")?;
-        let mut plan: Vec<(Id, u64, u64)> = Vec::new(); // (pack, disk len, live bytes)
+        let mut plan: Vec<PackPlan> = Vec::new();
         for (pid, path) in list_ids(&packs_dir, "pack")? {
             let len = std::fs::metadata(&path).at(&path)?.len();
             let live_bytes: u64 = live_in_pack
                 .get(&pid)
                 .map_or(0, |v| v.iter().map(|(_, l)| l.record_len()).sum());
-            plan.push((pid, len, live_bytes));
+            let header_ok = len < pack::PACK_HEADER_LEN || pack_header_ok(&path, pid);
+            plan.push(PackPlan {
+                id: pid,
+                path,
+                len,
+                live_bytes,
+                header_ok,
+            });
         }
 
         if !dry_run {
             self.poison(self.gc_apply(&s, &dead_versions, &garbage))?;
         }
-        for (pid, len, live_bytes) in plan {
-            let garbage_here = len.saturating_sub(live_bytes + pack::PACK_HEADER_LEN);
-            // A pack with nothing live goes whole, even an empty one (a killed creation).
-            if live_bytes == 0 {
-                rep.packs_deleted += 1;
-                rep.reclaimed_bytes += len;
+        for p in plan {
+            if held.contains(&p.id) {
+                rep.held_packs += 1;
+                continue;
+            }
+            let garbage_here = p.len.saturating_sub(p.live_bytes + pack::PACK_HEADER_LEN);
+            // A pack with nothing live goes whole, even an empty one (a killed creation);
+            // one whose header is damaged is rewritten whatever its garbage.
+            let rewrite = p.live_bytes > 0
+                && (!p.header_ok
+                    || (garbage_here > 0
+                        && garbage_here as f64 >= o.rewrite_threshold * p.len as f64));
+            if p.live_bytes > 0 && !rewrite {
+                rep.remaining_garbage_bytes += garbage_here;
+                continue;
+            }
+            if rewrite {
+                let moved = &live_in_pack[&p.id];
+                if let Some(why) = self.check_live_records(&p, moved)? {
+                    rep.problems.push(why);
+                    rep.remaining_garbage_bytes += garbage_here;
+                    continue;
+                }
+                if !dry_run {
+                    self.poison(self.rewrite_pack(&s, p.id, moved, active == Some(p.id)))?;
+                }
+            }
+            // Everything live is elsewhere now: the pack may go if gc can account for every
+            // byte of it; else it is moved aside.
+            let unaccounted = self.unaccounted(&s, &p, &live, dry_run && rewrite)?;
+            if unaccounted.is_empty() {
+                if rewrite {
+                    rep.packs_rewritten += 1;
+                    rep.reclaimed_bytes += garbage_here;
+                } else {
+                    rep.packs_deleted += 1;
+                    rep.reclaimed_bytes += p.len;
+                }
                 if !dry_run {
                     let mut b = IndexBatch::default();
-                    b.remove_pack(pid);
-                    if active == Some(pid) {
+                    b.remove_pack(p.id);
+                    if active == Some(p.id) && !rewrite {
                         b.remove_meta("active_pack");
                     }
                     self.poison(ix.apply(b))?;
-                    let p = packs_dir.join(pack::pack_file_name(pid));
-                    self.poison(self.remove_file(&p))?;
-                }
-            } else if garbage_here == 0 {
-                continue;
-            } else if garbage_here as f64 >= rewrite_threshold * len as f64 {
-                rep.packs_rewritten += 1;
-                rep.reclaimed_bytes += garbage_here;
-                if !dry_run {
-                    let moved = &live_in_pack[&pid];
-                    self.poison(self.rewrite_pack(&s, pid, moved, active == Some(pid)))?;
+                    self.poison(self.remove_file(&p.path))?;
                 }
             } else {
-                rep.remaining_garbage_bytes += garbage_here;
+                rep.packs_quarantined += 1;
+                if rewrite {
+                    rep.packs_rewritten += 1;
+                }
+                rep.problems.push(format!(
+                    "packs/{}: moved to {}/ (not deleted): {}",
+                    pack::pack_file_name(p.id),
+                    crate::recover::QUARANTINE_DIR,
+                    unaccounted.join("; ")
+                ));
+                if !dry_run {
+                    self.poison(self.quarantine(&s, &p, active == Some(p.id) && !rewrite))?;
+                }
             }
         }
         if !dry_run {
@@ -156,8 +262,89 @@ impl Store {
                     .check(crate::fault::FaultKind::Sync, &packs_dir)
                     .and_then(|()| fsync_dir(&packs_dir)),
             )?;
+            if o.drop_unreferenced {
+                self.poison(crate::recover::write_held(self, &HashSet::new()))?;
+            }
         }
         Ok(rep)
+    }
+
+    /// Check every live record of a pack about to be rewritten: `Some(why)` if one fails (it
+    /// is never copied forward; the pack stays as it is and `verify` names the file).
+    fn check_live_records(
+        &self,
+        p: &PackPlan,
+        live: &[(ChunkId, ChunkLoc)],
+    ) -> Result<Option<String>> {
+        let file = File::open(&p.path).at(&p.path)?;
+        for (id, loc) in live {
+            let where_ = || format!("{} offset {}", p.path.display(), loc.offset);
+            if let Err(e) = pack::read_record(&file, loc, id, &where_) {
+                return Ok(Some(format!(
+                    "packs/{}: not rewritten: a live record fails its check ({e})",
+                    pack::pack_file_name(p.id)
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Why gc cannot call all of pack `p` garbage, once every live chunk of it is indexed
+    /// elsewhere (`relocated`: a dry run counts them as moved): spans inside its committed length that hold no valid record (they may have
+    /// held anything), and records of chunks a live file needs that the index does not hold.
+    fn unaccounted(
+        &self,
+        s: &crate::store::Session<'_>,
+        p: &PackPlan,
+        live: &HashSet<ChunkId>,
+        relocated: bool,
+    ) -> Result<Vec<String>> {
+        let committed = s.index.pack_len(p.id)?.unwrap_or(0);
+        let mut why = Vec::new();
+        let mut needed: Vec<ChunkId> = Vec::new();
+        let scanned = pack::scan(&p.path, p.id, false, |r| {
+            if live.contains(&r.header.id) {
+                needed.push(r.header.id);
+            }
+        })?;
+        for c in needed {
+            match s.index.chunk(&c)? {
+                Some(l) if l.pack != p.id || relocated => {}
+                _ => why.push(format!(
+                    "holds chunk {c}, which a file needs and no other pack holds"
+                )),
+            }
+        }
+        for d in scanned.damaged.iter().filter(|d| d.start < committed) {
+            why.push(format!(
+                "bytes {}..{} hold no valid record ({})",
+                d.start, d.end, d.reason
+            ));
+        }
+        Ok(why)
+    }
+
+    /// Move pack `p` to `quarantine/` and forget it in the index.
+    fn quarantine(
+        &self,
+        s: &crate::store::Session<'_>,
+        p: &PackPlan,
+        was_active: bool,
+    ) -> Result<()> {
+        let qdir = self.dir(crate::recover::QUARANTINE_DIR);
+        std::fs::create_dir_all(&qdir).at(&qdir)?;
+        let to = qdir.join(pack::pack_file_name(p.id));
+        self.opts
+            .faults
+            .check(crate::fault::FaultKind::Write, &to)?;
+        std::fs::rename(&p.path, &to).at(&p.path)?;
+        fsync_dir(&qdir)?;
+        let mut b = IndexBatch::default();
+        b.remove_pack(p.id);
+        if was_active {
+            b.remove_meta("active_pack");
+        }
+        s.index.apply(b)
     }
 
     fn gc_apply(
@@ -235,16 +422,23 @@ impl Store {
         }
         w.sync()?;
         b.put_pack(w.id, w.len());
-        b.remove_pack(old);
         if was_active {
             b.set_meta("active_pack", &w.id.0);
         }
-        s.index.apply(b)?;
-        self.remove_file(&old_path)
+        s.index.apply(b)
     }
 
     fn remove_file(&self, p: &std::path::Path) -> Result<()> {
         self.opts.faults.check(crate::fault::FaultKind::Write, p)?;
         std::fs::remove_file(p).at(p)
     }
+}
+
+/// Is the 32-byte header of the pack at `path` valid and does it name `id`?
+fn pack_header_ok(path: &std::path::Path, id: Id) -> bool {
+    let mut h = [0u8; pack::PACK_HEADER_LEN as usize];
+    File::open(path)
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut h, 0))
+        .is_ok()
+        && pack::check_pack_header(&h, id).is_ok()
 }

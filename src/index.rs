@@ -110,10 +110,22 @@ impl Index {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
-                Err(e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))) => {
-                    return Err(Error::IndexDamaged(e.to_string()));
+                // Anything but a refusal of the file system to let us in means the index's
+                // files are not what sled wrote: derived data, rebuilt by the caller.
+                Err(sled::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::ReadOnlyFilesystem
+                            | std::io::ErrorKind::StorageFull
+                            | std::io::ErrorKind::QuotaExceeded
+                            | std::io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    return Err(ie(sled::Error::Io(e)));
                 }
-                other => break other.map_err(ie)?,
+                Err(e) => return Err(Error::IndexDamaged(e.to_string())),
+                Ok(db) => break db,
             }
         };
         let ix = Index {
@@ -127,9 +139,27 @@ impl Index {
                     .map_err(ie)?;
             }
             Some(v) if v == INDEX_FORMAT.to_le_bytes() => {}
-            Some(_) => return Err(Error::Index("unsupported index format".into())),
+            Some(_) => return Err(Error::IndexDamaged("unsupported index format".into())),
         }
         Ok(ix)
+    }
+
+    /// Does the index hold nothing but its own metadata (no chunk, version, path, deletion or
+    /// pack entry)? An index like that beside durable data is not the store's index.
+    pub fn is_blank(&self) -> Result<bool> {
+        for p in [b"c", b"v", b"p", b"d", b"k"] {
+            if self
+                .db
+                .scan_prefix(p)
+                .next()
+                .transpose()
+                .map_err(ie)?
+                .is_some()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Route this handle's flushes through an injected-fault plan (tests).

@@ -13,7 +13,7 @@
 //! a pack (a torn tail); nothing is ever appended after a torn tail (see `PackWriter::open`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -222,7 +222,28 @@ pub fn read_chunk(
     bases: BaseLookup<'_>,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    read_chained(file, loc, id, 0, bases, location)
+    read_chained(file, loc, id, 0, true, bases, location)
+}
+
+/// Does the record at `loc` hold exactly `expect`, the raw bytes of chunk `id`? The record
+/// is decoded (through its delta bases) and compared, which proves it as its BLAKE3 check
+/// would, without hashing: ingest asks this of every chunk it would deduplicate against.
+pub fn holds(
+    file: &File,
+    loc: &ChunkLoc,
+    id: &ChunkId,
+    expect: &[u8],
+    bases: BaseLookup<'_>,
+) -> bool {
+    if loc.raw_len as usize != expect.len() {
+        return false;
+    }
+    let location = String::new;
+    if loc.codec == Codec::Raw {
+        return read_record_unverified(file, loc, id, &location)
+            .is_ok_and(|buf| buf[RECORD_HEADER_LEN..] == *expect);
+    }
+    read_chained(file, loc, id, 0, false, bases, &location).is_ok_and(|raw| raw == expect)
 }
 
 fn read_chained(
@@ -230,13 +251,14 @@ fn read_chained(
     loc: &ChunkLoc,
     id: &ChunkId,
     steps: u8,
+    prove: bool,
     bases: BaseLookup<'_>,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
     let buf = read_record_unverified(file, loc, id, location)?;
     let h = decode_record_header(&buf).expect("checked by read_record_unverified");
     let stored = &buf[RECORD_HEADER_LEN..];
-    let verify = steps == 0;
+    let verify = prove && steps == 0;
     if h.codec != Codec::Delta {
         return if verify {
             decode_and_verify(&h, stored, location)
@@ -261,7 +283,7 @@ fn read_chained(
         ));
     }
     let (bfile, bloc) = bases(&dh.base)?;
-    let base = read_chained(&bfile, &bloc, &dh.base, steps + 1, bases, location)?;
+    let base = read_chained(&bfile, &bloc, &dh.base, steps + 1, false, bases, location)?;
     let raw = crate::delta::decode(&dh, inner, h.raw_len as usize, &base, location)?;
     if verify && ChunkId::of(&raw) != h.id {
         return Err(Error::corrupt(
@@ -455,62 +477,172 @@ pub struct Scanned {
     pub offset: u64,
     /// The base a delta record names.
     pub base: Option<ChunkId>,
-    /// Present only when scanning with `verify`: whether the data decodes to the chunk id.
+    /// Present only when scanning with `verify`: whether the data checks out on its own
+    /// (`check_stored`).
     pub data_ok: Option<bool>,
 }
 
-/// How a scan ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ScanEnd {
-    /// Clean end of file after the last record.
-    Clean,
-    /// The last record is incomplete (a crash during an append). Harmless.
-    TornTail { offset: u64 },
-    /// A damaged header at `offset`; records after it cannot be located.
-    Damaged { offset: u64, reason: String },
+/// A span of a pack that holds no valid record: `[start, end)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub start: u64,
+    pub end: u64,
+    pub reason: String,
 }
 
-/// Read every record of a pack in order. With `verify`, check each record's data
-/// (`check_stored`).
-pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Result<ScanEnd> {
-    let file = File::open(path).at(path)?;
-    let total = file.metadata().at(path)?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut head = [0u8; PACK_HEADER_LEN as usize];
-    if total < PACK_HEADER_LEN {
-        return Ok(ScanEnd::TornTail { offset: 0 });
+/// What a scan found besides the records it reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// The file's length.
+    pub len: u64,
+    /// Why the 32-byte pack header is not valid, if it is not (records are scanned anyway:
+    /// they are self-describing, and locations name packs by file name, not by header).
+    pub header: Option<String>,
+    /// Spans between valid records that hold none; the scan resumed at the next valid record
+    /// header after each.
+    pub damaged: Vec<Damage>,
+    /// Where an incomplete last record starts (an append a crash interrupted), if any.
+    pub torn_tail: Option<u64>,
+    /// End of the last valid record (the header's end if there is none).
+    pub end: u64,
+}
+
+impl ScanReport {
+    /// A pack shorter than its own header (a writer killed right after creating it).
+    pub fn is_empty_leftover(&self) -> bool {
+        self.torn_tail == Some(0)
     }
-    r.read_exact(&mut head).at(path)?;
-    if let Err(reason) = check_pack_header(&head, id) {
-        return Ok(ScanEnd::Damaged { offset: 0, reason });
+}
+
+/// Bytes of a pack file read through a window (`scan` and its resynchronization).
+struct Window<'a> {
+    file: &'a File,
+    path: &'a Path,
+    len: u64,
+    start: u64,
+    buf: Vec<u8>,
+    /// Bytes read at least per refill: all of the pack when its data is checked, little more
+    /// than a header when only headers are walked.
+    read_ahead: usize,
+}
+
+impl Window<'_> {
+    const SIZE: usize = 1 << 20;
+
+    /// `n` bytes at `off` (the caller checked they are inside the file).
+    fn get(&mut self, off: u64, n: usize) -> Result<&[u8]> {
+        let have = off >= self.start && off + n as u64 <= self.start + self.buf.len() as u64;
+        if !have {
+            let want = (n.max(self.read_ahead) as u64).min(self.len - off) as usize;
+            self.buf.resize(want, 0);
+            self.file.read_exact_at(&mut self.buf, off).at(self.path)?;
+            self.start = off;
+        }
+        let at = (off - self.start) as usize;
+        Ok(&self.buf[at..at + n])
+    }
+
+    /// The first offset at or after `from` where a valid record header starts whose record
+    /// fits in the file. Record headers carry their own checksum, so a match inside damaged
+    /// bytes is a real record (one stored inside another record's data is a real record
+    /// too, and checked against its id like any other).
+    fn resync(&mut self, from: u64) -> Result<Option<u64>> {
+        let mut at = from;
+        while at + RECORD_HEADER_LEN as u64 <= self.len {
+            let n = ((self.len - at) as usize).min(Self::SIZE);
+            let block = self.get(at, n)?;
+            let found = block
+                .windows(RECORD_MAGIC.len())
+                .enumerate()
+                .filter(|(_, w)| w == RECORD_MAGIC)
+                .map(|(i, _)| at + i as u64)
+                .collect::<Vec<u64>>();
+            for cand in found {
+                if cand + RECORD_HEADER_LEN as u64 > self.len {
+                    break;
+                }
+                let mut hb = [0u8; RECORD_HEADER_LEN];
+                hb.copy_from_slice(self.get(cand, RECORD_HEADER_LEN)?);
+                if let Ok(h) = decode_record_header(&hb)
+                    && cand + RECORD_HEADER_LEN as u64 + h.stored_len as u64 <= self.len
+                {
+                    return Ok(Some(cand));
+                }
+            }
+            if at + n as u64 >= self.len {
+                break;
+            }
+            // Overlap by the magic's length so a magic across the boundary is found.
+            at += (n - RECORD_MAGIC.len() + 1) as u64;
+        }
+        Ok(None)
+    }
+}
+
+/// Read every record of a pack in order, past damage: a damaged header is skipped by
+/// resynchronizing on the next valid record header (`ScanReport::damaged` names the span).
+/// With `verify`, each record's data is checked on its own (`check_stored`).
+pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Result<ScanReport> {
+    let file = File::open(path).at(path)?;
+    let len = file.metadata().at(path)?.len();
+    let mut rep = ScanReport {
+        len,
+        end: PACK_HEADER_LEN,
+        ..ScanReport::default()
+    };
+    if len < PACK_HEADER_LEN {
+        rep.torn_tail = Some(0);
+        rep.end = 0;
+        return Ok(rep);
+    }
+    let mut w = Window {
+        file: &file,
+        path,
+        len,
+        start: 0,
+        buf: Vec::new(),
+        read_ahead: if verify { Window::SIZE } else { 4096 },
+    };
+    if let Err(reason) = check_pack_header(w.get(0, PACK_HEADER_LEN as usize)?, id) {
+        rep.header = Some(reason);
     }
     let mut offset = PACK_HEADER_LEN;
     let mut data = Vec::new();
-    loop {
-        if offset == total {
-            return Ok(ScanEnd::Clean);
+    while offset < len {
+        if len - offset < RECORD_HEADER_LEN as u64 {
+            rep.torn_tail = Some(offset);
+            break;
         }
-        if total - offset < RECORD_HEADER_LEN as u64 {
-            return Ok(ScanEnd::TornTail { offset });
-        }
-        let mut hb = [0u8; RECORD_HEADER_LEN];
-        r.read_exact(&mut hb).at(path)?;
-        let header = match decode_record_header(&hb) {
+        let header = match decode_record_header(w.get(offset, RECORD_HEADER_LEN)?) {
             Ok(h) => h,
             Err(reason) => {
-                return Ok(ScanEnd::Damaged {
-                    offset,
+                let next = w.resync(offset + 1)?;
+                rep.damaged.push(Damage {
+                    start: offset,
+                    end: next.unwrap_or(len),
                     reason: reason.to_string(),
                 });
+                match next {
+                    Some(n) => {
+                        offset = n;
+                        continue;
+                    }
+                    None => break,
+                }
             }
         };
         let end = offset + RECORD_HEADER_LEN as u64 + header.stored_len as u64;
-        if end > total {
-            return Ok(ScanEnd::TornTail { offset });
+        if end > len {
+            // A valid header whose data runs past the end: an append a crash interrupted.
+            rep.torn_tail = Some(offset);
+            break;
         }
         let (data_ok, base) = if verify || header.codec == Codec::Delta {
-            data.resize(header.stored_len as usize, 0);
-            r.read_exact(&mut data).at(path)?;
+            data.clear();
+            data.extend_from_slice(w.get(
+                offset + RECORD_HEADER_LEN as u64,
+                header.stored_len as usize,
+            )?);
             let ok = verify.then(|| check_stored(&header, &data, &String::new).is_ok());
             let base = match header.codec {
                 Codec::Delta => crate::delta::base_of(&data),
@@ -518,7 +650,6 @@ pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Re
             };
             (ok, base)
         } else {
-            r.seek_relative(header.stored_len as i64).at(path)?;
             (None, None)
         };
         f(Scanned {
@@ -527,8 +658,10 @@ pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Re
             base,
             data_ok,
         });
+        rep.end = end;
         offset = end;
     }
+    Ok(rep)
 }
 
 #[cfg(test)]
@@ -563,9 +696,10 @@ mod tests {
         );
         assert!(read_chunk(&f, &la, &ChunkId::of(&b), &no_bases, &String::new).is_err());
         let mut seen = vec![];
+        let rep = scan(&path, w.id, true, |s| seen.push((s.offset, s.data_ok))).unwrap();
         assert_eq!(
-            scan(&path, w.id, true, |s| seen.push((s.offset, s.data_ok))).unwrap(),
-            ScanEnd::Clean
+            (rep.damaged.len(), rep.torn_tail, rep.header),
+            (0, None, None)
         );
         assert_eq!(seen, vec![(la.offset, Some(true)), (lb.offset, Some(true))]);
         assert_eq!(ChunkLoc::decode(&lb.encode()), Some(lb));
@@ -580,8 +714,8 @@ mod tests {
             .unwrap();
         let mut n = 0;
         assert_eq!(
-            scan(&path, w.id, false, |_| n += 1).unwrap(),
-            ScanEnd::TornTail { offset: lb.offset }
+            scan(&path, w.id, false, |_| n += 1).unwrap().torn_tail,
+            Some(lb.offset)
         );
         assert_eq!(n, 1);
         assert!(

@@ -3,17 +3,18 @@
 //! The index is derived: `rebuild` recreates it from packs (chunk locations), manifests
 //! (versions) and events (deletes, updates), applied in id order.
 
-use std::collections::HashMap;
-
-use crate::digest::ChunkId;
+use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::codec::Codec;
+use crate::digest::ChunkId;
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 use crate::index::{Index, IndexBatch};
 use crate::manifest::{self, Event, Manifest};
-use crate::pack::{self, ScanEnd};
+use crate::pack::{self, PackWriter};
 use crate::store::{Session, Store};
 
 /// The index changes an event makes.
@@ -135,13 +136,96 @@ pub struct RebuildReport {
     pub chunks: usize,
     pub versions: usize,
     pub events: usize,
-    /// Files that could not be used (damaged manifests, events or pack regions).
+    /// Damage found, one line each: spans of packs that hold no valid record (the scan
+    /// resumed after each), records whose data fails its check, damaged manifests and events.
     pub damaged: Vec<String>,
+    /// Versions that cannot be read back after the rebuild (a chunk they need is in no
+    /// valid record), `ns/project/experiment/path/name vN: why`.
+    pub unreadable_versions: Vec<String>,
+    /// Versions this store had (the old index, or an update event, names them) whose
+    /// manifest is gone: they cannot be brought back from this store.
+    pub lost_versions: Vec<String>,
+    /// Packs holding valid chunks that no manifest references, one line each. They may be
+    /// all that is left of versions whose manifests were lost, so `gc` keeps these packs
+    /// until it is told otherwise (`gc --drop-unreferenced`).
+    pub unreferenced: Vec<String>,
+    /// Chunks copied back into the store from packs `gc` had quarantined.
+    pub salvaged_chunks: usize,
+}
+
+impl RebuildReport {
+    /// Nothing damaged, unreadable, lost or unreferenced.
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty()
+            && self.unreadable_versions.is_empty()
+            && self.lost_versions.is_empty()
+            && self.unreferenced.is_empty()
+    }
+}
+
+/// Packs `gc` must leave alone until `gc --drop-unreferenced`: a rebuild found chunks in them
+/// that no manifest references (`<root>/held`, one pack id per line; a durable file, since
+/// the index is derived data and a later rebuild must not forget it).
+pub(crate) const HELD_FILE: &str = "held";
+
+/// The packs a rebuild asked `gc` to keep.
+pub(crate) fn read_held(root: &Path) -> Result<HashSet<Id>> {
+    let p = root.join(HELD_FILE);
+    match fs::read_to_string(&p) {
+        Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) => Err(Error::io(p, e)),
+    }
+}
+
+/// Replace the set of held packs (an empty set removes the file).
+pub(crate) fn write_held(store: &Store, held: &HashSet<Id>) -> Result<()> {
+    let p = store.root.join(HELD_FILE);
+    if held.is_empty() {
+        return match fs::remove_file(&p) {
+            Ok(()) => crate::durable::fsync_dir(&store.root),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(p, e)),
+        };
+    }
+    let mut ids: Vec<Id> = held.iter().copied().collect();
+    ids.sort();
+    let body: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    crate::durable::write_atomic(&p, body.as_bytes(), &store.opts.faults)
+}
+
+/// Where packs go that `gc` could not account for (`<root>/quarantine/`): kept for
+/// inspection, reported by `verify`, and searched by a rebuild for chunks a file needs.
+pub(crate) const QUARANTINE_DIR: &str = "quarantine";
+
+/// The live versions an index knows (id → `name vN`), if it opens; for naming versions a
+/// rebuild cannot bring back.
+fn versions_in(dir: &Path) -> HashMap<Id, String> {
+    if !dir.join("conf").exists() {
+        return HashMap::new();
+    }
+    let Ok(ix) = Index::open(dir) else {
+        return HashMap::new();
+    };
+    ix.scan_versions(&Default::default())
+        .filter_map(|r| r.ok())
+        .filter(|r| !r.is_deleted())
+        .map(|r| (r.id, format!("{} v{}", r.key().display(), r.version)))
+        .collect()
+}
+
+/// A valid record found in a quarantined pack.
+struct Spare {
+    path: PathBuf,
+    header: pack::RecordHeader,
+    offset: u64,
 }
 
 impl Store {
     /// Recreate `<root>/index/` from packs, manifests and events (`ml-dash repair`). Works when
-    /// the index is missing, damaged, or will not open.
+    /// the index is missing, damaged, or will not open. The new index is built beside the old
+    /// one and swapped in only when complete: a rebuild that fails leaves the old index as it
+    /// was.
     pub fn rebuild_index(&self) -> Result<RebuildReport> {
         let _lock = self.lock()?;
         self.rebuild_locked()
@@ -150,25 +234,44 @@ impl Store {
     /// The rebuild itself; the caller holds the store lock.
     pub(crate) fn rebuild_locked(&self) -> Result<RebuildReport> {
         let dir = self.dir("index");
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&dir).at(&dir)?,
-            Ok(_) => fs::remove_file(&dir).at(&dir)?,
-            Err(_) => {}
+        let new_dir = self.dir("index.rebuild");
+        remove_any(&new_dir)?;
+        remove_any(&self.dir("index.old"))?;
+        let known_before = versions_in(&dir);
+        let rep = {
+            let ix = Index::open(&new_dir)?.with_faults(self.opts.faults.clone());
+            let rep = self.rebuild_into(&ix, &known_before)?;
+            ix.flush()?;
+            rep
+        };
+        // Swap: the old index (or whatever is in its place) moves aside, the new one in.
+        if fs::symlink_metadata(&dir).is_ok() {
+            fs::rename(&dir, self.dir("index.old")).at(&dir)?;
         }
-        let ix = Index::open(&dir)?;
+        fs::rename(&new_dir, &dir).at(&new_dir)?;
+        crate::durable::fsync_dir(&self.root)?;
+        remove_any(&self.dir("index.old"))?;
+        Ok(rep)
+    }
+
+    fn rebuild_into(
+        &self,
+        ix: &Index,
+        known_before: &HashMap<Id, String>,
+    ) -> Result<RebuildReport> {
         let mut rep = RebuildReport::default();
         let mut last_id: Option<Id> = None;
         // A chunk can have several good records (gc leaves records it no longer indexes in
         // packs it does not rewrite; a crash can leave a copy): a whole record wins over a delta
         // (its base may be long gone), and every delta record is remembered in case the one
-        // indexed turns out to stand on a missing base.
+        // indexed turns out not to decode.
         let mut delta_records: HashMap<ChunkId, Vec<pack::ChunkLoc>> = HashMap::new();
+        let mut in_pack: HashMap<Id, Vec<ChunkId>> = HashMap::new();
         for (pid, path) in list_ids(&self.dir("packs"), "pack")? {
             let mut b = IndexBatch::default();
-            let mut end = pack::PACK_HEADER_LEN;
             let mut here: HashMap<ChunkId, pack::ChunkLoc> = HashMap::new();
-            let how = pack::scan(&path, pid, true, |r| {
-                end = r.offset + r.header.stored_len as u64 + pack::RECORD_HEADER_LEN as u64;
+            let ids = in_pack.entry(pid).or_default();
+            let scanned = pack::scan(&path, pid, true, |r| {
                 if r.data_ok == Some(true) {
                     let id = r.header.id;
                     let loc = pack::ChunkLoc {
@@ -179,6 +282,7 @@ impl Store {
                         codec: r.header.codec,
                         base: r.base,
                     };
+                    ids.push(id);
                     if loc.base.is_some() {
                         delta_records.entry(id).or_default().push(loc);
                     }
@@ -199,52 +303,36 @@ impl Store {
                     ));
                 }
             })?;
-            if let ScanEnd::Damaged { offset, reason } = &how {
-                rep.damaged
-                    .push(format!("{}: {reason} at offset {offset}", path.display()));
+            if let Some(reason) = &scanned.header {
+                rep.damaged.push(format!(
+                    "{}: {reason} (its records were read anyway)",
+                    path.display()
+                ));
+            }
+            for d in &scanned.damaged {
+                rep.damaged.push(format!(
+                    "{}: bytes {}..{} hold no valid record ({}); the records after them were kept",
+                    path.display(),
+                    d.start,
+                    d.end,
+                    d.reason
+                ));
             }
             rep.chunks += here.len();
             // A pack shorter than its header (killed right after creation) holds nothing:
             // leave it unregistered for gc to delete.
-            if how != (ScanEnd::TornTail { offset: 0 }) {
-                b.put_pack(pid, end);
+            if !scanned.is_empty_leftover() {
+                b.put_pack(pid, scanned.end);
             }
-            ix.apply(b)?;
+            ix.apply_unflushed(b)?;
             rep.packs += 1;
         }
-        // Every indexed delta must stand on an indexed chain: else take another record of it
-        // whose base is indexed, or leave it out (verify then names what needed it). Repeat
-        // while something changes: leaving one out can break a delta above it (each pass
-        // removes or replaces at least one entry, so this ends).
-        for _ in 0..=delta_records.len() {
-            let mut b = IndexBatch::default();
-            let mut changed = false;
-            for (id, alts) in &delta_records {
-                let Some(cur) = ix.chunk(id)? else { continue };
-                let Some(base) = cur.base else { continue };
-                if ix.chunk(&base)?.is_some() {
-                    continue;
-                }
-                changed = true;
-                let mut other = None;
-                for a in alts {
-                    if let Some(ab) = a.base
-                        && ix.chunk(&ab)?.is_some()
-                    {
-                        other = Some(*a);
-                        break;
-                    }
-                }
-                match other {
-                    Some(a) => b.put_chunk(id, &a),
-                    None => b.remove_chunk(id),
-                }
-            }
-            ix.apply(b)?;
-            if !changed {
-                break;
-            }
-        }
+        self.prove_deltas(ix, &delta_records, &mut rep)?;
+
+        // Versions and events.
+        let mut referenced: HashSet<ChunkId> = HashSet::new();
+        let mut live: Vec<(crate::FileRecord, Vec<ChunkId>)> = Vec::new();
+        let mut have_manifest: HashSet<Id> = HashSet::new();
         for (id, path) in list_ids(&self.dir("manifests"), "manifest")? {
             match fs::read(&path)
                 .at(&path)
@@ -253,9 +341,13 @@ impl Store {
                 Ok(m) if m.record.id == id => {
                     let mut b = IndexBatch::default();
                     b.put_version(&m.record);
-                    ix.apply(b)?;
+                    ix.apply_unflushed(b)?;
                     rep.versions += 1;
                     last_id = last_id.max(Some(id));
+                    have_manifest.insert(id);
+                    let chunks: Vec<ChunkId> = m.chunks.iter().map(|(c, _)| *c).collect();
+                    referenced.extend(chunks.iter().copied());
+                    live.push((m.record, chunks));
                 }
                 Ok(_) => rep
                     .damaged
@@ -269,7 +361,16 @@ impl Store {
                 .and_then(|b| manifest::decode_event(&b, &path.display().to_string()))
             {
                 Ok(e) if e.id() == id => {
-                    ix.apply(event_batch(&ix, &e)?)?;
+                    if let Event::Update { version_id, .. } = &e
+                        && !have_manifest.contains(version_id)
+                        && !known_before.contains_key(version_id)
+                        && ix.version(*version_id)?.is_none()
+                    {
+                        rep.lost_versions.push(format!(
+                            "version {version_id}: event {id} updates it, but its manifest is gone"
+                        ));
+                    }
+                    ix.apply_unflushed(event_batch(ix, &e)?)?;
                     rep.events += 1;
                     last_id = last_id.max(Some(id));
                 }
@@ -279,11 +380,225 @@ impl Store {
                 Err(e) => rep.damaged.push(e.to_string()),
             }
         }
+        for (id, name) in known_before {
+            if !have_manifest.contains(id) {
+                rep.lost_versions.push(format!(
+                    "{name} ({id}): in the index before the rebuild, its manifest is gone"
+                ));
+            }
+        }
+        rep.lost_versions.sort();
+
+        // Chunks the manifests need that no pack holds: look in quarantined packs.
+        self.salvage_quarantined(ix, &referenced, &mut rep)?;
+
+        // Delta bases of referenced chunks are referenced too.
+        let mut todo: Vec<ChunkId> = referenced.iter().copied().collect();
+        while let Some(c) = todo.pop() {
+            if let Some(b) = ix.chunk(&c)?.and_then(|l| l.base)
+                && referenced.insert(b)
+            {
+                todo.push(b);
+            }
+        }
+        for (rec, chunks) in &live {
+            if rec.is_deleted() {
+                continue;
+            }
+            if let Some(c) = chunks.iter().find(|c| ix.chunk(c).ok().flatten().is_none()) {
+                rep.unreadable_versions.push(format!(
+                    "{} v{}: chunk {c} is in no valid record",
+                    rec.key().display(),
+                    rec.version
+                ));
+            }
+        }
+        rep.unreadable_versions.sort();
+
+        // Valid chunks no manifest needs, per pack: held for the user to decide.
+        let mut held = HashSet::new();
+        let mut pids: Vec<&Id> = in_pack.keys().collect();
+        pids.sort();
+        for pid in pids {
+            let mut n = 0usize;
+            let mut bytes = 0u64;
+            let mut seen = HashSet::new();
+            for c in &in_pack[pid] {
+                if referenced.contains(c) || !seen.insert(*c) {
+                    continue;
+                }
+                if let Some(l) = ix.chunk(c)?
+                    && l.pack == *pid
+                {
+                    n += 1;
+                    bytes += l.record_len();
+                }
+            }
+            if n > 0 {
+                held.insert(*pid);
+                rep.unreferenced.push(format!(
+                    "packs/{}: {n} chunks ({bytes} bytes) that no manifest references; kept by gc until `ml-dash gc --drop-unreferenced`",
+                    pack::pack_file_name(*pid)
+                ));
+            }
+        }
+        write_held(self, &held)?;
+
         let mut b = IndexBatch::default();
         if let Some(id) = last_id {
             b.set_meta("last_id", &id.0);
         }
         ix.apply(b)?;
         Ok(rep)
+    }
+
+    /// Every indexed delta must decode, through an indexed chain, to its chunk id: else take
+    /// another record of it that does, or leave it out (the report then names the versions
+    /// that needed it). Repeat while something changes: leaving one out can break a delta
+    /// above it (each pass removes or replaces at least one entry, so this ends).
+    fn prove_deltas(
+        &self,
+        ix: &Index,
+        delta_records: &HashMap<ChunkId, Vec<pack::ChunkLoc>>,
+        rep: &mut RebuildReport,
+    ) -> Result<()> {
+        let proves = |loc: &pack::ChunkLoc, id: &ChunkId| -> bool {
+            let mut located = crate::read::Located::new(self.dir("packs"));
+            let what = || format!("chunk {id}");
+            located.add(ix, loc, &what).is_ok() && located.read(loc, id, &what).is_ok()
+        };
+        let mut failed: HashSet<(ChunkId, Id, u64)> = HashSet::new();
+        for _ in 0..=delta_records.len() {
+            let mut b = IndexBatch::default();
+            let mut changed = false;
+            for (id, alts) in delta_records {
+                let Some(cur) = ix.chunk(id)? else { continue };
+                if cur.base.is_none() || proves(&cur, id) {
+                    continue;
+                }
+                changed = true;
+                failed.insert((*id, cur.pack, cur.offset));
+                let other = alts
+                    .iter()
+                    .find(|a| !failed.contains(&(*id, a.pack, a.offset)) && proves(a, id));
+                match other {
+                    Some(a) => b.put_chunk(id, a),
+                    None => b.remove_chunk(id),
+                }
+            }
+            ix.apply_unflushed(b)?;
+            if !changed {
+                break;
+            }
+        }
+        let mut failed: Vec<_> = failed.into_iter().collect();
+        failed.sort();
+        for (id, pid, off) in failed {
+            if ix
+                .chunk(&id)?
+                .is_none_or(|l| l.pack != pid || l.offset != off)
+            {
+                rep.damaged.push(format!(
+                    "packs/{}: delta chunk {id} at offset {off} does not decode to its id (its base is missing or damaged)",
+                    pack::pack_file_name(pid)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy records the manifests need, and no pack in `packs/` holds, out of quarantined packs
+    /// into a new pack (whole records only, or deltas whose base is indexed; each proven).
+    fn salvage_quarantined(
+        &self,
+        ix: &Index,
+        referenced: &HashSet<ChunkId>,
+        rep: &mut RebuildReport,
+    ) -> Result<()> {
+        let qdir = self.dir(QUARANTINE_DIR);
+        if !qdir.is_dir() {
+            return Ok(());
+        }
+        let mut spares: HashMap<ChunkId, Vec<Spare>> = HashMap::new();
+        for (pid, path) in list_ids(&qdir, "pack")? {
+            pack::scan(&path, pid, true, |r| {
+                if r.data_ok == Some(true)
+                    && referenced.contains(&r.header.id)
+                    && ix.chunk(&r.header.id).ok().flatten().is_none()
+                {
+                    spares.entry(r.header.id).or_default().push(Spare {
+                        path: path.clone(),
+                        header: r.header,
+                        offset: r.offset,
+                    });
+                }
+            })?;
+        }
+        if spares.is_empty() {
+            return Ok(());
+        }
+        let mut w = PackWriter::create(&self.dir("packs"), &self.opts.faults)?;
+        let mut pending = Vec::new();
+        // Whole records first, then deltas (their base may be among the whole ones).
+        let mut order: Vec<(&ChunkId, &Spare)> = spares
+            .iter()
+            .flat_map(|(id, v)| v.iter().map(move |s| (id, s)))
+            .collect();
+        order.sort_by_key(|(_, s)| s.header.codec == Codec::Delta);
+        let mut done = HashSet::new();
+        for (id, sp) in order {
+            if done.contains(id) {
+                continue;
+            }
+            let f = fs::File::open(&sp.path).at(&sp.path)?;
+            let mut data = vec![0u8; sp.header.stored_len as usize];
+            std::os::unix::fs::FileExt::read_exact_at(
+                &f,
+                &mut data,
+                sp.offset + pack::RECORD_HEADER_LEN as u64,
+            )
+            .at(&sp.path)?;
+            let loc = w.append(*id, sp.header.raw_len, sp.header.codec, &data)?;
+            pending.push((*id, loc));
+            done.insert(*id);
+        }
+        w.sync()?;
+        let mut b = IndexBatch::default();
+        b.put_pack(w.id, w.len());
+        ix.apply_unflushed(b)?;
+        // Index whole records, then each delta whose chain decodes to its id.
+        for pass in 0..=pending.len() {
+            let mut b = IndexBatch::default();
+            let before = pending.len();
+            pending.retain(|(id, loc)| {
+                if loc.base.is_none() {
+                    b.put_chunk(id, loc);
+                    rep.salvaged_chunks += 1;
+                    return false;
+                }
+                let mut located = crate::read::Located::new(self.dir("packs"));
+                let what = || format!("chunk {id}");
+                if located.add(ix, loc, &what).is_ok() && located.read(loc, id, &what).is_ok() {
+                    b.put_chunk(id, loc);
+                    rep.salvaged_chunks += 1;
+                    return false;
+                }
+                true
+            });
+            ix.apply_unflushed(b)?;
+            if pending.len() == before && pass > 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Remove a file or directory tree at `p`, if there is one.
+fn remove_any(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p).at(p),
+        Ok(_) => fs::remove_file(p).at(p),
+        Err(_) => Ok(()),
     }
 }

@@ -9,7 +9,7 @@ use crate::digest::ChunkId;
 use crate::error::Result;
 use crate::id::Id;
 use crate::manifest;
-use crate::pack::{self, ScanEnd};
+use crate::pack;
 use crate::recover::list_ids;
 use crate::store::Store;
 
@@ -41,7 +41,7 @@ impl Store {
         for (pid, path) in list_ids(&self.dir("packs"), "pack")? {
             rep.packs += 1;
             let mut bad_in_pack = Vec::new();
-            let how = pack::scan(&path, pid, true, |r| {
+            let scanned = pack::scan(&path, pid, true, |r| {
                 if r.data_ok == Some(true) {
                     good.insert((pid, r.offset, r.header.id));
                 } else {
@@ -54,25 +54,44 @@ impl Store {
                 }
             })?;
             rep.problems.extend(bad_in_pack);
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            pack_lens.insert(pid, len);
-            match how {
-                ScanEnd::Clean => {}
-                ScanEnd::TornTail { offset } => {
-                    let committed = s.index.pack_len(pid)?.unwrap_or(0);
-                    if offset < committed {
-                        rep.problems.push(format!(
-                            "{}: truncated at {offset}, index expects {committed} bytes",
-                            path.display()
-                        ));
-                    } else {
-                        rep.notes.push(format!("{}: incomplete record after offset {offset} (interrupted write, harmless)", path.display()));
-                    }
-                }
-                ScanEnd::Damaged { offset, reason } => rep.problems.push(format!(
-                    "{}: {reason} at offset {offset}; later records unreadable",
+            pack_lens.insert(pid, scanned.len);
+            let committed = s.index.pack_len(pid)?.unwrap_or(0);
+            if let Some(reason) = &scanned.header {
+                rep.problems.push(format!(
+                    "{}: {reason} (its records are still read; gc rewrites it)",
                     path.display()
-                )),
+                ));
+            }
+            for d in &scanned.damaged {
+                if d.start >= committed {
+                    rep.notes.push(format!(
+                        "{}: bytes {}..{} after the committed end hold no valid record (interrupted write, harmless)",
+                        path.display(),
+                        d.start,
+                        d.end
+                    ));
+                } else {
+                    rep.problems.push(format!(
+                        "{}: bytes {}..{} hold no valid record ({}); the records after them are intact",
+                        path.display(),
+                        d.start,
+                        d.end,
+                        d.reason
+                    ));
+                }
+            }
+            if let Some(offset) = scanned.torn_tail {
+                if offset < committed {
+                    rep.problems.push(format!(
+                        "{}: truncated at {offset}, index expects {committed} bytes",
+                        path.display()
+                    ));
+                } else {
+                    rep.notes.push(format!(
+                        "{}: incomplete record after offset {offset} (interrupted write, harmless)",
+                        path.display()
+                    ));
+                }
             }
         }
         // 2. Every indexed chunk must sit at a good record. A delta chunk's record was checked
@@ -88,19 +107,22 @@ impl Store {
                 deltas.push((id, loc));
             }
         }
-        let mut located = crate::read::Located::default();
+        let mut located = crate::read::Located::new(self.dir("packs"));
         for (id, loc) in deltas {
             let what = || format!("chunk {id} (a delta in pack {})", loc.pack);
             let r = located
-                .add(&s, &loc, &what)
+                .add(&s.index, &loc, &what)
                 .and_then(|()| located.read(&loc, &id, &what));
             if let Err(e) = r {
                 rep.problems.push(e.to_string());
                 bad_chunks.insert(id);
             }
         }
-        // 3. Every version: manifest readable, consistent, and all its chunks good.
+        // 3. Every version: manifest readable, consistent, all its chunks good, and (read
+        //    through) its bytes hash to the record's SHA-256.
         let mut indexed: HashSet<Id> = HashSet::new();
+        let mut whole_checked: HashSet<[u8; 32]> = HashSet::new();
+        let mut to_read: Vec<(String, crate::FileRecord)> = Vec::new();
         for r in s.index.scan_versions(&Default::default()) {
             let r = r?;
             rep.versions += 1;
@@ -130,8 +152,26 @@ impl Store {
                     }) {
                         rep.damaged_files
                             .push(format!("{name}: chunk {id} is damaged or missing"));
+                    } else {
+                        // Every chunk is good: the whole file must still hash to its record.
+                        // Versions with the same chunks and checksum are read once.
+                        let mut h = blake3::Hasher::new();
+                        for (id, _) in &m.chunks {
+                            h.update(id.as_bytes());
+                        }
+                        h.update(r.checksum.0.0.as_slice());
+                        if whole_checked.insert(*h.finalize().as_bytes()) {
+                            to_read.push((name, r));
+                        }
                     }
                 }
+            }
+        }
+        for (name, r) in to_read {
+            let checked = crate::read::open_reader(&s, r)
+                .and_then(|reader| reader.copy_to(&mut std::io::sink()));
+            if let Err(e) = checked {
+                rep.damaged_files.push(format!("{name}: {e}"));
             }
         }
         // 4. Manifests the index does not know (other than deleted ones gc is removing).
@@ -197,6 +237,23 @@ impl Store {
                     .push(format!("pack {pid} is shorter than the index says")),
                 _ => {}
             }
+        }
+        // 7. Packs gc moved aside, and packs a rebuild asked gc to keep.
+        let qdir = self.dir(crate::recover::QUARANTINE_DIR);
+        if qdir.is_dir() {
+            for (_, path) in list_ids(&qdir, "pack")? {
+                rep.problems.push(format!(
+                    "{}: quarantined by gc (it holds bytes gc could not account for); `ml-dash repair` copies back any chunk a file needs, then it can be inspected or removed",
+                    path.display()
+                ));
+            }
+        }
+        let held = crate::recover::read_held(&self.root)?;
+        if !held.is_empty() {
+            rep.notes.push(format!(
+                "{} pack(s) hold chunks no manifest references and are kept by gc (listed by `ml-dash repair`; `ml-dash gc --drop-unreferenced` collects them)",
+                held.len()
+            ));
         }
         rep.damaged_files.sort();
         rep.ok = rep.damaged_files.is_empty() && rep.problems.is_empty();
