@@ -37,6 +37,9 @@ pub enum Error {
     /// version cannot use. Never carries credentials.
     #[error("remote {remote}: {reason}")]
     Remote { remote: String, reason: String },
+    /// Writing to a caller's output (a writer given to `download_to` or `copy_to`) failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
     #[error("timed out after {secs} s waiting for the store lock at {path}")]
     LockTimeout { path: PathBuf, secs: u64 },
 }

@@ -76,6 +76,8 @@ pub struct IngestConfig<'a> {
     /// The source's tensor layout when the caller knows it (a zip archive read from a file);
     /// a safetensors header in the first window is detected here.
     pub layout: Option<Layout>,
+    /// Open packs for checking the records of known chunks.
+    pub(crate) pack_files: &'a crate::read::PackFiles,
 }
 
 /// A delta must be predicted to store this fraction of a piece's size less than the piece on
@@ -274,24 +276,6 @@ fn read_windows(
     }
 }
 
-/// Whether every base under `loc` is in the index, within `delta::MAX_DEPTH` steps. The index
-/// never names a delta without its base (writes and pulls index bases first); this keeps an
-/// upload from standing on one all the same (a damaged or hand-edited store): the chunk is
-/// then written again, whole.
-fn chain_resolves(index: &Index, loc: &ChunkLoc) -> Result<bool> {
-    let mut next = loc.base;
-    for _ in 0..crate::delta::MAX_DEPTH {
-        let Some(b) = next else {
-            return Ok(true);
-        };
-        match index.chunk(&b)? {
-            Some(l) => next = l.base,
-            None => return Ok(false),
-        }
-    }
-    Ok(next.is_none())
-}
-
 /// A grid for a safetensors file (its header is in the first window) or a source whose layout
 /// the caller gave, else FastCDC.
 fn choose_cutter<'a>(first: &[u8], cfg: &IngestConfig<'a>) -> Cutter<'a> {
@@ -373,8 +357,11 @@ fn process(
     cfg: &IngestConfig<'_>,
 ) -> Result<Processed> {
     let id = ChunkId::of(&chunk);
+    // A known chunk is referenced only if its record really holds these bytes: damage (bit
+    // rot, a chain whose base is gone) must not turn a new upload into an unreadable one.
+    // Otherwise the chunk is written again and its new location takes over the id.
     if let Some(loc) = index.chunk(&id)?
-        && chain_resolves(index, &loc)?
+        && cfg.pack_files.holds(index, &loc, &id, &chunk)
     {
         return Ok(Processed::Known(id, chunk.len() as u32));
     }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -18,14 +18,92 @@ use crate::digest::ChunkId;
 use crate::durable::AtomicFile;
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::index::Index;
 use crate::manifest::Manifest;
 use crate::pack::{self, ChunkLoc};
 use crate::path::FileKey;
 use crate::record::FileRecord;
 use crate::store::{Session, Store};
 
-/// Chunks decoded together by a download (~8 MiB at the default chunk size).
-const DOWNLOAD_BATCH: usize = 128;
+/// Raw bytes decoded together by a download (at least one chunk): 128 chunks at the default
+/// chunk size, 2 of the largest chunks a record can hold.
+const BATCH_BYTES: u64 = 32 << 20;
+/// Decoded bytes all downloads of this process hold at once (batches being decoded, queued
+/// or written), whatever the chunk sizes and however many files are copied in parallel.
+const BYTES_IN_FLIGHT: u64 = 256 << 20;
+
+/// A counting semaphore over bytes: `BYTES_IN_FLIGHT` shared by every `copy_to`.
+struct Budget {
+    free: std::sync::Mutex<u64>,
+    cv: std::sync::Condvar,
+}
+
+static BUDGET: Budget = Budget {
+    free: std::sync::Mutex::new(BYTES_IN_FLIGHT),
+    cv: std::sync::Condvar::new(),
+};
+
+/// Bytes taken from `BUDGET`, given back on drop.
+struct Held(u64);
+
+impl Budget {
+    fn take(&'static self, n: u64) -> Held {
+        let n = n.min(BYTES_IN_FLIGHT);
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free < n {
+            free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= n;
+        Held(n)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut free = BUDGET.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free += self.0;
+        BUDGET.cv.notify_all();
+    }
+}
+
+/// The SHA-256 of a version's bytes as they are read in order, checked at the end against
+/// the record: a manifest whose chunks do not make the file its record describes is damage.
+struct WholeFile {
+    hasher: sha2::Sha256,
+    /// Bytes hashed so far (the next read must start here to keep hashing).
+    upto: u64,
+}
+
+impl WholeFile {
+    fn new() -> WholeFile {
+        WholeFile {
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            upto: 0,
+        }
+    }
+
+    fn update(&mut self, b: &[u8]) {
+        sha2::Digest::update(&mut self.hasher, b);
+        self.upto += b.len() as u64;
+    }
+
+    /// Compare with the record once every byte passed through.
+    fn check(self, rec: &FileRecord) -> Result<()> {
+        let got = crate::digest::Sha256(crate::digest::Digest(
+            sha2::Digest::finalize(self.hasher).into(),
+        ));
+        if self.upto != rec.size_bytes || got != rec.checksum {
+            return Err(Error::corrupt(
+                format!("{} v{}", rec.key().display(), rec.version),
+                format!(
+                    "its chunks make {} bytes with SHA-256 {got}, the record says {} bytes with {}",
+                    self.upto, rec.size_bytes, rec.checksum
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone)]
 struct ChunkRef {
@@ -41,25 +119,39 @@ pub struct FileReader {
     located: Located,
     pos: u64,
     cache: Option<(usize, Vec<u8>)>,
+    /// Hashing of the bytes read so far in order from the start (`None` once a read jumps).
+    whole: Option<WholeFile>,
+    /// Set when a read to the end found the bytes do not match the record: every later read
+    /// fails with it.
+    failed: Option<String>,
 }
 
 /// Open packs and the locations of delta bases, resolved under the lock so chunks (and the
 /// bases they are stored against) can be read after it is released.
-#[derive(Default)]
 pub(crate) struct Located {
+    packs_dir: PathBuf,
     bases: HashMap<ChunkId, ChunkLoc>,
     packs: HashMap<Id, Arc<File>>,
 }
 
 impl Located {
-    /// Open `loc`'s pack and resolve the chain of bases behind it.
+    /// Nothing resolved yet; packs are opened from `packs_dir`.
+    pub(crate) fn new(packs_dir: PathBuf) -> Located {
+        Located {
+            packs_dir,
+            bases: HashMap::new(),
+            packs: HashMap::new(),
+        }
+    }
+
+    /// Open `loc`'s pack and resolve the chain of bases behind it through `index`.
     pub(crate) fn add(
         &mut self,
-        s: &Session<'_>,
+        index: &Index,
         loc: &ChunkLoc,
         what: &dyn Fn() -> String,
     ) -> Result<()> {
-        self.open_pack(s, loc.pack, what)?;
+        self.open_pack(loc.pack, what)?;
         let mut next = loc.base;
         let mut steps = 0;
         while let Some(b) = next {
@@ -73,19 +165,19 @@ impl Located {
                     "delta chain longer than any writer makes",
                 ));
             }
-            let bl = s.index.chunk(&b)?.ok_or_else(|| {
+            let bl = index.chunk(&b)?.ok_or_else(|| {
                 Error::corrupt(what(), format!("delta base {b} is missing from the store"))
             })?;
-            self.open_pack(s, bl.pack, what)?;
+            self.open_pack(bl.pack, what)?;
             self.bases.insert(b, bl);
             next = bl.base;
         }
         Ok(())
     }
 
-    fn open_pack(&mut self, s: &Session<'_>, pack: Id, what: &dyn Fn() -> String) -> Result<()> {
+    fn open_pack(&mut self, pack: Id, what: &dyn Fn() -> String) -> Result<()> {
         if let std::collections::hash_map::Entry::Vacant(e) = self.packs.entry(pack) {
-            let p = s.store.dir("packs").join(pack::pack_file_name(pack));
+            let p = self.packs_dir.join(pack::pack_file_name(pack));
             let f = File::open(&p).map_err(|err| {
                 Error::corrupt(what(), format!("cannot open pack {}: {err}", p.display()))
             })?;
@@ -130,6 +222,61 @@ impl Located {
     }
 }
 
+/// Pack files opened on demand and shared by threads (ingest's dedup checks).
+pub(crate) struct PackFiles {
+    dir: PathBuf,
+    open: std::sync::Mutex<HashMap<Id, Arc<File>>>,
+}
+
+impl PackFiles {
+    pub(crate) fn new(dir: PathBuf) -> PackFiles {
+        PackFiles {
+            dir,
+            open: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, pack: Id) -> Result<Arc<File>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = open.get(&pack) {
+            return Ok(f.clone());
+        }
+        let p = self.dir.join(pack::pack_file_name(pack));
+        let f = Arc::new(File::open(&p).map_err(|e| Error::io(&p, e))?);
+        open.insert(pack, f.clone());
+        Ok(f)
+    }
+
+    /// Does the indexed record of chunk `id` at `loc` hold exactly `expect` (`pack::holds`,
+    /// delta bases found through `index`)? Anything unreadable is a no.
+    pub(crate) fn holds(&self, index: &Index, loc: &ChunkLoc, id: &ChunkId, expect: &[u8]) -> bool {
+        let Ok(file) = self.get(loc.pack) else {
+            return false;
+        };
+        let lookup = |b: &ChunkId| -> Result<(Arc<File>, ChunkLoc)> {
+            let l = index
+                .chunk(b)?
+                .ok_or_else(|| Error::corrupt(b.to_string(), "delta base is not in the store"))?;
+            Ok((self.get(l.pack)?, l))
+        };
+        pack::holds(&file, loc, id, expect, &lookup)
+    }
+
+    /// Does the record at `loc` decode (delta bases found through `index`) to chunk `id`?
+    pub(crate) fn proves(&self, index: &Index, loc: &ChunkLoc, id: &ChunkId) -> bool {
+        let Ok(file) = self.get(loc.pack) else {
+            return false;
+        };
+        let lookup = |b: &ChunkId| -> Result<(Arc<File>, ChunkLoc)> {
+            let l = index
+                .chunk(b)?
+                .ok_or_else(|| Error::corrupt(b.to_string(), "delta base is not in the store"))?;
+            Ok((self.get(l.pack)?, l))
+        };
+        pack::read_chunk(&file, loc, id, &lookup, &String::new).is_ok()
+    }
+}
+
 pub(crate) fn load_manifest(s: &Session<'_>, rec: &FileRecord) -> Result<Manifest> {
     let path = s.store.manifest_path(rec.id);
     let what = format!("manifest of {} v{}", rec.key().display(), rec.version);
@@ -148,7 +295,7 @@ pub(crate) fn load_manifest(s: &Session<'_>, rec: &FileRecord) -> Result<Manifes
 
 pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader> {
     let m = load_manifest(s, &rec)?;
-    let mut located = Located::default();
+    let mut located = Located::new(s.store.dir("packs"));
     let mut chunks = Vec::with_capacity(m.chunks.len());
     let mut start = 0u64;
     for (id, len) in m.chunks {
@@ -164,7 +311,7 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
                 format!("chunk {id} length differs from the manifest"),
             ));
         }
-        located.add(s, &loc, &|| rec.key().display())?;
+        located.add(&s.index, &loc, &|| rec.key().display())?;
         chunks.push(ChunkRef { id, loc, start });
         start += len as u64;
     }
@@ -174,6 +321,8 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
         located,
         pos: 0,
         cache: None,
+        whole: Some(WholeFile::new()),
+        failed: None,
     })
 }
 
@@ -210,31 +359,45 @@ impl FileReader {
         })
     }
 
-    /// Stream the whole file into `out`, decoding chunks in parallel; every chunk is verified.
+    /// Stream the whole file into `out`, decoding chunks in parallel; every chunk is verified
+    /// against its BLAKE3 id and the whole file against the record's SHA-256 (a mismatch is
+    /// an error after the last byte: a caller that must not keep wrong bytes writes to a
+    /// temporary file, as `download` does). Errors writing to `out` are `Error::Output`.
     pub fn copy_to(&self, out: &mut (dyn Write + Send)) -> Result<u64> {
-        let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(2);
+        let (tx, rx) = crossbeam_channel::bounded::<(Vec<Vec<u8>>, Held)>(2);
         std::thread::scope(|s| {
-            let writer = s.spawn(move || -> io::Result<u64> {
-                let mut n = 0;
-                for batch in rx {
+            let writer = s.spawn(move || -> io::Result<WholeFile> {
+                let mut whole = WholeFile::new();
+                for (batch, _held) in rx {
                     for c in batch {
                         out.write_all(&c)?;
-                        n += c.len() as u64;
+                        whole.update(&c);
                     }
                 }
                 out.flush()?;
-                Ok(n)
+                Ok(whole)
             });
             let produced = (|| -> Result<()> {
-                for start in (0..self.chunks.len()).step_by(DOWNLOAD_BATCH) {
-                    let end = (start + DOWNLOAD_BATCH).min(self.chunks.len());
+                let mut start = 0;
+                while start < self.chunks.len() {
+                    // Chunks up to BATCH_BYTES of raw bytes, at least one.
+                    let mut end = start + 1;
+                    let mut bytes = self.chunks[start].loc.raw_len as u64;
+                    while end < self.chunks.len()
+                        && bytes + self.chunks[end].loc.raw_len as u64 <= BATCH_BYTES
+                    {
+                        bytes += self.chunks[end].loc.raw_len as u64;
+                        end += 1;
+                    }
+                    let held = BUDGET.take(bytes);
                     let batch = (start..end)
                         .into_par_iter()
                         .map(|i| self.read_chunk(i))
                         .collect::<Result<Vec<_>>>()?;
-                    if tx.send(batch).is_err() {
+                    if tx.send((batch, held)).is_err() {
                         break; // the writer failed; its error is reported below
                     }
+                    start = end;
                 }
                 Ok(())
             })();
@@ -243,14 +406,39 @@ impl FileReader {
                 .join()
                 .map_err(|_| Error::Index("download writer panicked".into()))?;
             produced?;
-            written.map_err(|e| Error::io("<output>", e))
+            let whole = written.map_err(Error::Output)?;
+            let n = whole.upto;
+            whole.check(&self.record)?;
+            Ok(n)
         })
+    }
+}
+
+impl FileReader {
+    /// After the last byte was read in order from the start: compare with the record.
+    fn check_whole(&mut self) -> io::Result<()> {
+        if let Some(w) = self.whole.take_if(|w| w.upto == self.record.size_bytes)
+            && let Err(e) = w.check(&self.record)
+        {
+            self.failed = Some(e.to_string());
+        }
+        match &self.failed {
+            Some(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why.clone())),
+            None => Ok(()),
+        }
     }
 }
 
 impl Read for FileReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.record.size_bytes || buf.is_empty() {
+        if let Some(why) = &self.failed {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()));
+        }
+        if self.pos >= self.record.size_bytes {
+            self.check_whole()?;
+            return Ok(0);
+        }
+        if buf.is_empty() {
             return Ok(0);
         }
         let i = self.chunks.partition_point(|c| c.start <= self.pos) - 1;
@@ -262,7 +450,16 @@ impl Read for FileReader {
         let off = (self.pos - self.chunks[i].start) as usize;
         let n = buf.len().min(data.len() - off);
         buf[..n].copy_from_slice(&data[off..off + n]);
+        if self.whole.as_ref().is_some_and(|w| w.upto != self.pos) {
+            self.whole = None; // not read in order: no whole-file check
+        }
+        if let Some(w) = &mut self.whole {
+            w.update(&buf[..n]);
+        }
         self.pos += n as u64;
+        if self.pos >= self.record.size_bytes {
+            self.check_whole()?;
+        }
         Ok(n)
     }
 }
@@ -318,7 +515,10 @@ impl Store {
             ));
         }
         let mut out = AtomicFile::create(dest)?;
-        r.copy_to(&mut out)?;
+        r.copy_to(&mut out).map_err(|e| match e {
+            Error::Output(source) => Error::io(dest, source),
+            other => other,
+        })?;
         out.commit_no_sync()?;
         Ok(r.record)
     }

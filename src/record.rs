@@ -145,6 +145,174 @@ pub fn check_tags(tags: &[String]) -> crate::Result<()> {
     Ok(())
 }
 
+/// The highest version number a path can reach: numbers stay far from `u32::MAX`, so
+/// arithmetic on them cannot wrap, whatever a pulled record claims.
+pub const MAX_VERSION: u32 = i32::MAX as u32;
+/// Longest description (bytes).
+pub const MAX_DESCRIPTION: usize = 64 * 1024;
+
+/// Check a description: at most `MAX_DESCRIPTION` bytes.
+pub fn check_description(d: &str) -> crate::Result<()> {
+    if d.len() > MAX_DESCRIPTION {
+        return Err(crate::Error::invalid(
+            "description",
+            format!("{} bytes", d.len()),
+            "is larger than 64 KiB",
+        ));
+    }
+    Ok(())
+}
+
+/// A timestamp from outside: `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`-like, ASCII, short.
+fn check_timestamp(what: &'static str, t: &str) -> crate::Result<()> {
+    let ok = (20..=40).contains(&t.len())
+        && t.is_char_boundary(10)
+        && t.as_bytes()[..10].iter().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                *b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+        && t.as_bytes()[10] == b'T'
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || b":.-+TZ".contains(&b));
+    if !ok {
+        return Err(crate::Error::invalid(
+            what,
+            t,
+            "is not an ISO-8601 timestamp",
+        ));
+    }
+    Ok(())
+}
+
+fn check_version(v: u32) -> crate::Result<()> {
+    if v == 0 || v > MAX_VERSION {
+        return Err(crate::Error::invalid(
+            "version",
+            v.to_string(),
+            "must be between 1 and 2147483647",
+        ));
+    }
+    Ok(())
+}
+
+/// An id made by another machine must not lie far in the future (ids are time-ordered and
+/// every later id of this store is made after it): a day of clock skew is allowed.
+fn check_foreign_id(what: &'static str, id: Id) -> crate::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if id.millis() > now + 86_400_000 {
+        return Err(crate::Error::invalid(
+            what,
+            id.to_string(),
+            "lies more than a day in the future",
+        ));
+    }
+    Ok(())
+}
+
+fn check_key(key: &FileKey) -> crate::Result<()> {
+    for (what, s) in [
+        ("namespace", &key.namespace),
+        ("project", &key.project),
+        ("experiment", &key.experiment),
+        ("file name", &key.filename),
+    ] {
+        crate::path::segment(what, s)?;
+    }
+    if crate::path::prefix(&key.path)? != key.path {
+        return Err(crate::Error::invalid(
+            "prefix",
+            key.path.clone(),
+            "is not normalized",
+        ));
+    }
+    Ok(())
+}
+
+/// Check a manifest that comes from outside the store (a pull) as strictly as an upload
+/// checks its arguments: names, version number, tags, metadata, description, content type,
+/// timestamps, ids, chunk lengths.
+pub fn check_pulled_manifest(m: &crate::manifest::Manifest) -> crate::Result<()> {
+    let r = &m.record;
+    check_foreign_id("version id", r.id)?;
+    check_key(&r.key())?;
+    check_version(r.version)?;
+    check_tags(&r.tags)?;
+    check_metadata(&r.metadata)?;
+    if let Some(d) = &r.description {
+        check_description(d)?;
+    }
+    if r.content_type.is_empty()
+        || r.content_type.len() > 255
+        || r.content_type.chars().any(char::is_control)
+    {
+        return Err(crate::Error::invalid(
+            "content type",
+            r.content_type.clone(),
+            "must be 1-255 bytes without control characters",
+        ));
+    }
+    check_timestamp("upload time", &r.uploaded_at)?;
+    check_timestamp("update time", &r.updated_at)?;
+    if let Some(d) = &r.deleted_at {
+        return Err(crate::Error::invalid(
+            "deletion time",
+            d.clone(),
+            "a manifest describes a version as uploaded, never deleted",
+        ));
+    }
+    if let Some((c, len)) = m
+        .chunks
+        .iter()
+        .find(|(_, len)| *len == 0 || *len as usize > crate::chunker::MAX_CHUNK_LIMIT)
+    {
+        return Err(crate::Error::invalid(
+            "chunk length",
+            format!("{c}: {len}"),
+            "must be between 1 byte and 16 MiB",
+        ));
+    }
+    Ok(())
+}
+
+/// Check an event that comes from outside the store (a pull) as strictly as `delete` and
+/// `update` check their arguments.
+pub fn check_pulled_event(e: &crate::manifest::Event) -> crate::Result<()> {
+    use crate::manifest::Event;
+    check_foreign_id("event id", e.id())?;
+    match e {
+        Event::Delete {
+            up_to_version, at, ..
+        } => {
+            check_key(&e.file_key().expect("a delete names a path"))?;
+            check_version(*up_to_version)?;
+            check_timestamp("deletion time", at)
+        }
+        Event::Update {
+            description,
+            tags,
+            metadata,
+            at,
+            ..
+        } => {
+            if let Some(Some(d)) = description {
+                check_description(d)?;
+            }
+            if let Some(t) = tags {
+                check_tags(t)?;
+            }
+            if let Some(m) = metadata {
+                check_metadata(m)?;
+            }
+            check_timestamp("update time", at)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

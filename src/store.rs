@@ -295,8 +295,14 @@ impl Store {
             self.rebuild_locked()?;
         }
         let index = match Index::open(&self.dir("index")) {
-            // Derived data that sled itself reports damaged (e.g. after a full disk): rebuild.
+            // Derived data whose files are damaged (e.g. after a full disk, or overwritten),
+            // or an empty index beside durable data: rebuild it.
             Err(Error::IndexDamaged(_)) => {
+                self.rebuild_locked()?;
+                Index::open(&self.dir("index"))
+            }
+            Ok(ix) if ix.is_blank()? && self.has_durable_data()? => {
+                drop(ix);
                 self.rebuild_locked()?;
                 Index::open(&self.dir("index"))
             }
@@ -432,6 +438,7 @@ impl Store {
         let packs_dir = self.dir("packs");
         let previous = std::sync::OnceLock::new();
         let find_previous = || previous_for(&s, key);
+        let pack_files = crate::read::PackFiles::new(packs_dir.clone());
         let cfg = IngestConfig {
             packs_dir: &packs_dir,
             chunker: &self.chunker,
@@ -444,6 +451,7 @@ impl Store {
             find_previous: &find_previous,
             delta_depth: self.opts.delta_depth,
             layout,
+            pack_files: &pack_files,
         };
         // Any failure other than reading the source happened while writing packs: the fate of
         // those bytes is unknown, so the store stops taking writes until reopened.
@@ -590,6 +598,9 @@ impl Store {
         }
         if let Some(m) = &metadata {
             record::check_metadata(m)?;
+        }
+        if let Some(Some(d)) = &description {
+            record::check_description(d)?;
         }
         self.check_poison()?;
         let s = self.session()?;
@@ -744,14 +755,8 @@ fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
     }
     record::check_tags(&v.tags)?;
     record::check_metadata(&v.metadata)?;
-    if let Some(d) = &v.description
-        && d.len() > 64 * 1024
-    {
-        return Err(Error::invalid(
-            "description",
-            format!("{} bytes", d.len()),
-            "is larger than 64 KiB",
-        ));
+    if let Some(d) = &v.description {
+        record::check_description(d)?;
     }
     Ok(())
 }
@@ -831,7 +836,16 @@ fn zip_layout<R: Read + std::io::Seek>(r: &mut R, len: u64) -> Option<crate::ten
 
 fn next_version(ix: &Index, key: &FileKey) -> Result<u32> {
     let last = ix.versions_of(key)?.last().map_or(0, |(v, _)| *v);
-    Ok(last.max(ix.deleted_up_to(key)?) + 1)
+    last.max(ix.deleted_up_to(key)?)
+        .checked_add(1)
+        .filter(|v| *v <= record::MAX_VERSION)
+        .ok_or_else(|| {
+            Error::invalid(
+                "path",
+                key.display(),
+                "has no version numbers left (the last is 2147483647)",
+            )
+        })
 }
 
 pub(crate) fn resolve_in(

@@ -9,7 +9,7 @@ use ml_dash::path::{self, ExperimentKey, FileKey};
 use ml_dash::{FileRecord, ListFilter, NewVersion, Store};
 
 use super::progress::Progress;
-use super::{Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, ScopeArgs};
+use super::{Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, ScopeArgs, shown};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let root = cli.root;
@@ -73,7 +73,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 writeln!(
                     out,
                     "deleted {} ({} version{})",
-                    key.full_path(),
+                    shown(&key.full_path()),
                     hidden.len(),
                     if hidden.len() == 1 { "" } else { "s" }
                 )?;
@@ -121,31 +121,43 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Gc {
             dry_run,
             threshold,
+            drop_unreferenced,
             json,
         } => {
             if !(0.0..=1.0).contains(&threshold) {
                 bail!("--threshold must be between 0 and 1");
             }
-            let rep = open(&root)?.gc(dry_run, threshold)?;
-            let mut out = io::stdout().lock();
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&rep)?)?;
-            } else {
-                let verb = if dry_run { "would free" } else { "freed" };
-                writeln!(
-                    out,
-                    "{verb} {} bytes: {} deleted versions, {} garbage chunks ({} bytes), {} packs deleted, {} rewritten; {} garbage bytes left below the threshold; {} chunks kept as delta bases",
-                    rep.reclaimed_bytes,
-                    rep.deleted_versions,
-                    rep.garbage_chunks,
-                    rep.garbage_bytes,
-                    rep.packs_deleted,
-                    rep.packs_rewritten,
-                    rep.remaining_garbage_bytes,
-                    rep.kept_as_delta_bases
-                )?;
+            let rep = open(&root)?.gc_with(&ml_dash::gc::GcOptions {
+                dry_run,
+                rewrite_threshold: threshold,
+                drop_unreferenced,
+            })?;
+            let verb = if dry_run { "would free" } else { "freed" };
+            let mut summary = format!(
+                "{verb} {} bytes: {} deleted versions, {} garbage chunks ({} bytes), {} packs deleted, {} rewritten; {} garbage bytes left below the threshold; {} chunks kept as delta bases",
+                rep.reclaimed_bytes,
+                rep.deleted_versions,
+                rep.garbage_chunks,
+                rep.garbage_bytes,
+                rep.packs_deleted,
+                rep.packs_rewritten,
+                rep.remaining_garbage_bytes,
+                rep.kept_as_delta_bases
+            );
+            if rep.held_packs > 0 {
+                summary.push_str(&format!(
+                    "; {} packs kept for `repair`'s unreferenced chunks (--drop-unreferenced collects them)",
+                    rep.held_packs
+                ));
             }
-            Ok(0)
+            if rep.packs_quarantined > 0 {
+                summary.push_str(&format!(
+                    "; {} packs moved to quarantine/",
+                    rep.packs_quarantined
+                ));
+            }
+            report(json, &rep, &[("problem: ", &rep.problems)], summary)?;
+            Ok(if rep.problems.is_empty() { 0 } else { DAMAGE })
         }
         Cmd::Stats { scope, json } => {
             let st = open(&root)?.stats(&scope_of(&scope)?)?;
@@ -179,7 +191,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 (true, p) => writeln!(out, "{}", serde_json::to_string(&p.unwrap_or_default())?)?,
                 (false, Some(p)) => {
                     for (k, v) in &p.data {
-                        writeln!(out, "{k} = {v}")?;
+                        writeln!(out, "{} = {v}", shown(k))?;
                     }
                 }
                 (false, None) => {}
@@ -196,10 +208,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     writeln!(
                         out,
                         "{} {:>5} {:>8} {}",
-                        l.timestamp,
+                        shown(&l.timestamp),
                         l.sequence_number,
-                        l.level.to_uppercase(),
-                        l.message
+                        shown(&l.level.to_uppercase()),
+                        shown_lines(&l.message)
                     )?;
                 }
             }
@@ -223,7 +235,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                             .filter(|(k, _)| *k != "_ts")
                             .map(|(k, v)| format!("{k}={v}"))
                             .collect();
-                        writeln!(out, "{n}[{}] {}", p.index, fields.join(" "))?;
+                        writeln!(
+                            out,
+                            "{}[{}] {}",
+                            shown(n),
+                            p.index,
+                            shown(&fields.join(" "))
+                        )?;
                     }
                 }
             }
@@ -247,18 +265,43 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Pull { url, remote, json } => pull(&root, &url, &remote, json),
         Cmd::Repair { json } => {
             let rep = open(&root)?.rebuild_index()?;
+            let mut summary = format!(
+                "rebuilt index: {} packs, {} chunks, {} versions, {} events",
+                rep.packs, rep.chunks, rep.versions, rep.events
+            );
+            if rep.salvaged_chunks > 0 {
+                summary.push_str(&format!(
+                    "; {} chunks copied back from quarantine/",
+                    rep.salvaged_chunks
+                ));
+            }
             report(
                 json,
                 &rep,
-                &[("damaged: ", &rep.damaged)],
-                format!(
-                    "rebuilt index: {} packs, {} chunks, {} versions, {} events",
-                    rep.packs, rep.chunks, rep.versions, rep.events
-                ),
+                &[
+                    ("damaged: ", &rep.damaged),
+                    ("UNREADABLE ", &rep.unreadable_versions),
+                    ("LOST ", &rep.lost_versions),
+                    ("unreferenced: ", &rep.unreferenced),
+                ],
+                summary,
             )?;
-            Ok(if rep.damaged.is_empty() { 0 } else { DAMAGE })
+            Ok(if rep.is_clean() { 0 } else { DAMAGE })
         }
     }
+}
+
+/// A multi-line text with its control characters escaped, line breaks and tabs kept.
+fn shown_lines(s: &str) -> String {
+    s.split('\n')
+        .map(|l| {
+            l.split('\t')
+                .map(|p| shown(p).into_owned())
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Print an operation's report: with `--json` one JSON line; else every line of each list with
@@ -275,10 +318,10 @@ fn report(
     } else {
         for (label, lines) in lists {
             for l in *lines {
-                writeln!(out, "{label}{l}")?;
+                writeln!(out, "{label}{}", shown(l))?;
             }
         }
-        writeln!(out, "{summary}")?;
+        writeln!(out, "{}", shown(&summary))?;
     }
     Ok(())
 }
@@ -347,11 +390,14 @@ fn print_record(out: &mut impl Write, r: &FileRecord, json: bool) -> Result<()> 
     }
     writeln!(
         out,
-        "{}/{}/{}{}  v{}  {} bytes  sha256:{}  new {} bytes{}",
-        r.namespace,
-        r.project,
-        r.experiment,
-        r.full_path(),
+        "{}  v{}  {} bytes  sha256:{}  new {} bytes{}",
+        shown(&format!(
+            "{}/{}/{}{}",
+            r.namespace,
+            r.project,
+            r.experiment,
+            r.full_path()
+        )),
         r.version,
         r.size_bytes,
         r.checksum,
@@ -359,7 +405,7 @@ fn print_record(out: &mut impl Write, r: &FileRecord, json: bool) -> Result<()> 
         if r.tags.is_empty() {
             String::new()
         } else {
-            format!("  [{}]", r.tags.join(", "))
+            format!("  [{}]", shown(&r.tags.join(", ")))
         }
     )?;
     Ok(())
@@ -481,19 +527,22 @@ fn list(
         } else {
             writeln!(
                 out,
-                "{}/{}/{}{}\tv{}\t{}\t{}\t{}{}{}",
-                r.namespace,
-                r.project,
-                r.experiment,
-                r.full_path(),
+                "{}\tv{}\t{}\t{}\t{}{}{}",
+                shown(&format!(
+                    "{}/{}/{}{}",
+                    r.namespace,
+                    r.project,
+                    r.experiment,
+                    r.full_path()
+                )),
                 r.version,
                 r.size_bytes,
                 &r.checksum.to_hex()[..16],
-                r.uploaded_at,
+                shown(&r.uploaded_at),
                 if r.tags.is_empty() {
                     String::new()
                 } else {
-                    format!("\t[{}]", r.tags.join(","))
+                    format!("\t[{}]", shown(&r.tags.join(",")))
                 },
                 if r.deleted_at.is_some() {
                     "\tDELETED"
@@ -530,8 +579,8 @@ fn download(
                 writeln!(
                     io::stdout().lock(),
                     "{} -> {} ({} bytes, sha256 {})",
-                    r.full_path(),
-                    dest.display(),
+                    shown(&r.full_path()),
+                    shown(&dest.display().to_string()),
                     r.size_bytes,
                     r.checksum
                 )?;

@@ -133,12 +133,19 @@ pub enum Cmd {
         json: bool,
     },
     /// Reclaim space of deleted versions and unreferenced chunks.
+    ///
+    /// Packs holding bytes gc cannot account for as garbage are moved to quarantine/ instead
+    /// of being deleted (verify names them); packs `repair` found holding chunks no manifest
+    /// references are kept until --drop-unreferenced. Exits 1 if something was left alone.
     Gc {
         #[arg(long)]
         dry_run: bool,
         /// Rewrite a pack when at least this fraction of it is garbage.
         #[arg(long, default_value_t = 0.5)]
         threshold: f64,
+        /// Also collect the packs `repair` kept because no manifest references their chunks.
+        #[arg(long)]
+        drop_unreferenced: bool,
         #[arg(long)]
         json: bool,
     },
@@ -226,7 +233,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Rebuild the index from packs, manifests and events.
+    /// Rebuild the index from packs, manifests and events, salvaging every record that
+    /// proves itself; exit 1 and list what could not be recovered, if anything.
     Repair {
         #[arg(long)]
         json: bool,
@@ -290,7 +298,7 @@ pub fn run() -> i32 {
                     msg.push_str(&format!(": {c}"));
                 }
             }
-            let _ = writeln!(std::io::stderr(), "{msg}");
+            let _ = writeln!(std::io::stderr(), "{}", shown(&msg));
             2
         }
     }
@@ -301,4 +309,21 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             || matches!(c.downcast_ref::<ml_dash::Error>(), Some(ml_dash::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// `s` with every control character escaped (`\u{1b}`), so that names and messages from a
+/// store, a remote or an imported tree cannot drive the terminal.
+pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }

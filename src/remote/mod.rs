@@ -22,7 +22,7 @@ mod files;
 mod pull;
 mod push;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +45,11 @@ const MARKER: &str = "ml-dash-remote.json";
 /// Version 2: remote pack indexes may hold delta entries (codec 4 with a base). A version-1
 /// remote is re-marked 2 by the first push to it, so older versions refuse it cleanly.
 const MARKER_BODY: &str = "{\"format\":\"ml-dash remote\",\"version\":2}\n";
+/// The marker is a line of JSON: anything longer is not one (and is never read whole).
+const MAX_MARKER_LEN: u64 = 4096;
+/// Largest pack index block read: each record is at least 52 bytes and its entry at most 81,
+/// and push cuts packs at the store's pack target (64 MiB by default).
+const MAX_INDEX_LEN: u64 = 128 << 20;
 /// Requests in flight for small objects (manifests, events, pack index tails).
 const SMALL_CONCURRENCY: usize = 16;
 
@@ -339,6 +344,10 @@ impl Remote {
     pub(crate) async fn check_marker(&self, create: bool) -> Result<bool> {
         let key = self.key(MARKER);
         match self.os.get(&key).await {
+            Ok(r) if r.meta.size > MAX_MARKER_LEN => Err(self.damaged(
+                MARKER,
+                format!("{} bytes, no marker is that long", r.meta.size),
+            )),
             Ok(r) => {
                 let b = r
                     .bytes()
@@ -374,9 +383,16 @@ impl Remote {
     /// cached under `cache`; a cached block is checked again on every use). A pack whose tail
     /// is damaged is left out and named in `damaged` (its chunks count as missing: a push
     /// sends them again, a pull reports the versions that need them); one bad object must not
-    /// stop every push and pull. Network errors still fail.
+    /// stop every push and pull. Records a pull found rotten (`damaged/` reports) are left out
+    /// the same way. Network errors still fail.
     pub(crate) async fn chunk_map(&self, cache: &Path) -> Result<RemoteChunks> {
         let packs = self.list_ids("packs", "pack").await?;
+        let bad: HashSet<(Id, u64)> = self
+            .list_dir(BAD_RECORDS)
+            .await?
+            .into_iter()
+            .filter_map(|(name, _)| parse_bad_record_name(&name))
+            .collect();
         // The cache is derived data: if its directory cannot be made, work without it.
         let _ = std::fs::create_dir_all(cache);
         let results: Vec<Result<(Id, PackIndex)>> = futures::stream::iter(packs)
@@ -385,10 +401,12 @@ impl Remote {
             .collect()
             .await;
         let mut map = RemoteChunks::default();
-        for r in results {
-            let (pack, entries) = match r? {
-                (pack, Ok(entries)) => (pack, entries),
-                (pack, Err(reason)) => {
+        let mut results: Vec<(Id, PackIndex)> = results.into_iter().collect::<Result<_>>()?;
+        results.sort_by_key(|(id, _)| *id);
+        for (pack, entries) in results {
+            let entries = match entries {
+                Ok(entries) => entries,
+                Err(reason) => {
                     map.damaged.push(format!(
                         "packs/{}: {reason} (left out)",
                         rpack::object_name(pack)
@@ -399,11 +417,40 @@ impl Remote {
             map.packs += 1;
             for e in entries {
                 map.bytes += e.record_len();
-                map.chunks.entry(e.id).or_insert((pack, e));
+                if bad.contains(&(pack, e.offset)) {
+                    map.bad_records += 1;
+                    map.suspects.entry(e.id).or_default().push((pack, e));
+                    continue;
+                }
+                match map.chunks.entry(e.id) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((pack, e));
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        map.others.entry(e.id).or_default().push((pack, e));
+                    }
+                }
             }
         }
         map.damaged.sort();
         Ok(map)
+    }
+
+    /// Tell every machine using this remote that the record of `chunk` at `offset` of remote
+    /// pack `pack` is rotten (`damaged/<pack id>-<offset>.bad`): pulls then use another copy,
+    /// and a push sends the chunk again. Best effort: a remote this machine may only read
+    /// keeps the report local.
+    pub(crate) async fn report_bad_record(
+        &self,
+        pack: Id,
+        offset: u64,
+        chunk: &ChunkId,
+        reason: &str,
+    ) -> Result<()> {
+        let key = self.key(&format!("{BAD_RECORDS}/{}", bad_record_name(pack, offset)));
+        let body = serde_json::json!({"pack": pack.to_string(), "offset": offset, "chunk": chunk.to_string(), "reason": reason});
+        self.put_immutable(&key, format!("{body}\n").into_bytes())
+            .await
     }
 
     /// The index of pack `id` (an object of `size` bytes): `Err` for a network failure,
@@ -447,6 +494,13 @@ impl Remote {
             Ok(f) => f,
             Err(r) => return Ok(Err(r)),
         };
+        // Bound the allocation by what any pack of this size can need, before reading it.
+        let plausible = 12 + (off / crate::pack::RECORD_HEADER_LEN as u64 + 1) * 81;
+        if len > MAX_INDEX_LEN || len > plausible {
+            return Ok(Err(format!(
+                "index block of {len} bytes is implausibly large"
+            )));
+        }
         let idx = if len + rpack::FOOTER_LEN <= tail_len {
             let start = (tail_len - rpack::FOOTER_LEN - len) as usize;
             tail.slice(start..start + len as usize)
@@ -549,15 +603,45 @@ fn tempdir_for_inventory() -> Result<PathBuf> {
     Ok(d)
 }
 
-/// What the remote holds: each chunk id with one pack holding it.
+/// Where rotten records are reported: `damaged/<pack id>-<offset>.bad`.
+const BAD_RECORDS: &str = "damaged";
+
+fn bad_record_name(pack: Id, offset: u64) -> String {
+    format!("{pack}-{offset}.bad")
+}
+
+fn parse_bad_record_name(name: &str) -> Option<(Id, u64)> {
+    let (pack, offset) = name.strip_suffix(".bad")?.split_once('-')?;
+    Some((pack.parse().ok()?, offset.parse().ok()?))
+}
+
+/// What the remote holds: each chunk id with one pack holding it (the oldest pack), and
+/// further copies of it.
 #[derive(Default)]
 pub(crate) struct RemoteChunks {
     pub chunks: HashMap<ChunkId, (Id, rpack::Entry)>,
+    /// Copies of chunks in other packs (tried when the first turns out rotten).
+    pub others: HashMap<ChunkId, Vec<(Id, rpack::Entry)>>,
+    /// Records a pull reported rotten: tried last, and a chunk held only in such records
+    /// counts as missing (a push sends it again).
+    pub suspects: HashMap<ChunkId, Vec<(Id, rpack::Entry)>>,
+    pub bad_records: u64,
     pub packs: u64,
     /// Bytes of chunk records in all packs (duplicates included).
     pub bytes: u64,
     /// Pack objects left out because they are damaged, one line each.
     pub damaged: Vec<String>,
+}
+
+impl RemoteChunks {
+    /// Every copy of chunk `id`: the first good one, other good ones, then reported ones.
+    pub(crate) fn copies(&self, id: &ChunkId) -> impl Iterator<Item = &(Id, rpack::Entry)> {
+        self.chunks
+            .get(id)
+            .into_iter()
+            .chain(self.others.get(id).into_iter().flatten())
+            .chain(self.suspects.get(id).into_iter().flatten())
+    }
 }
 
 /// Part size for a multipart upload of `len` bytes: at least 8 MiB, and large enough that the

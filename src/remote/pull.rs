@@ -1,4 +1,12 @@
 //! `pull`: fetch the versions and events the store lacks, and only the chunks it lacks.
+//!
+//! Nothing a remote holds is trusted: a bucket is written by every machine that pushes to it.
+//! Every manifest and event is checked as strictly as user input (names, version numbers,
+//! tag and metadata limits, sizes) before it is used, objects larger than any valid one are
+//! never read, and every chunk is proven against its BLAKE3 id before the index names it (a
+//! delta by decoding it through its base). A rotten record is skipped and reported (to the
+//! remote too, so that a push from a store holding the chunk sends it again), another copy
+//! is tried, and only versions whose every chunk arrived intact are committed.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -16,9 +24,10 @@ use crate::durable;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexBatch;
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Event, Manifest};
 use crate::pack::{self, PackWriter};
 use crate::path::FileKey;
+use crate::read::PackFiles;
 use crate::recover::list_ids;
 use crate::rpack;
 use crate::store::{Session, Store};
@@ -28,6 +37,11 @@ const MAX_GAP: u64 = 256 << 10;
 /// The largest single ranged GET (bounds memory: `RANGES_IN_FLIGHT` of these at once).
 const MAX_RANGE: u64 = 16 << 20;
 const RANGES_IN_FLIGHT: usize = 4;
+/// Manifest and event bytes requested at once.
+const SMALL_BYTES_IN_FLIGHT: u64 = 64 << 20;
+/// The largest event: a delete names one path; an update carries at most 64 KiB of metadata,
+/// 256 tags of 256 bytes and a 64 KiB description.
+const MAX_EVENT_LEN: u64 = 1 << 20;
 
 /// What a pull did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -45,13 +59,33 @@ pub struct PullReport {
     /// Versions not pulled because the store has another version with the same number for
     /// the same path (two machines uploaded it independently).
     pub conflicts: Vec<String>,
-    /// Remote objects that could not be used (damaged, or naming chunks the remote lacks).
+    /// Remote objects and records that could not be used (damaged, invalid, too large, or
+    /// naming chunks the remote lacks), and the versions kept out because of them.
     pub damaged: Vec<String>,
 }
 
+#[derive(Clone, Copy)]
 struct Wanted {
     pack: Id,
     entry: rpack::Entry,
+}
+
+/// A remote record that did not hold what it claims.
+struct BadRecord {
+    pack: Id,
+    offset: u64,
+    chunk: ChunkId,
+    reason: String,
+}
+
+/// A version or event to commit, with what it needs.
+struct Item {
+    id: Id,
+    bytes: Vec<u8>,
+    /// A version: its chunks (the commit needs each of them, and their bases, indexed).
+    chunks: Option<Vec<ChunkId>>,
+    /// An update event: the version it changes.
+    updates: Option<Id>,
 }
 
 impl Store {
@@ -91,38 +125,52 @@ impl Store {
             .map(|(id, _)| id)
             .collect();
         let remote_versions: HashSet<Id> = rman.iter().map(|(id, _)| *id).collect();
-        let new_m: Vec<Id> = rman
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| !have_m.contains(id))
-            .collect();
-        let new_e: Vec<Id> = rev
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| !have_e.contains(id))
-            .collect();
+        let mut new_m = Vec::new();
+        for (id, size) in rman.into_iter().filter(|(id, _)| !have_m.contains(id)) {
+            if size > manifest::MAX_FILE_LEN as u64 {
+                rep.damaged.push(format!(
+                    "manifests/{id}.manifest: {size} bytes, larger than any manifest (not read)"
+                ));
+            } else {
+                new_m.push((id, size));
+            }
+        }
+        let mut new_e = Vec::new();
+        for (id, size) in rev.into_iter().filter(|(id, _)| !have_e.contains(id)) {
+            if size > MAX_EVENT_LEN {
+                rep.damaged.push(format!(
+                    "events/{id}.event: {size} bytes, larger than any event (not read)"
+                ));
+            } else {
+                new_e.push((id, size));
+            }
+        }
         let manifests = fetch_all(remote, "manifests", "manifest", &new_m)?;
         let events = fetch_all(remote, "events", "event", &new_e)?;
 
         // Which versions can be pulled, and which chunks they need.
-        let mut items: Vec<(Id, Vec<u8>)> = Vec::new();
+        let mut items: Vec<Item> = Vec::new();
         let mut want: Vec<Wanted> = Vec::new();
         let mut scheduled: HashSet<ChunkId> = HashSet::new();
         let mut taken: HashMap<(FileKey, u32), Id> = HashMap::new();
         for (id, bytes) in manifests {
             let what = format!("manifests/{id}.manifest");
             let m = match Manifest::decode(&bytes, &what) {
-                Ok(m) if m.record.id == id => m,
-                Ok(_) => {
+                Ok(m) if m.record.id != id => {
                     rep.damaged
                         .push(format!("{what}: id does not match its name"));
                     continue;
                 }
+                Ok(m) => m,
                 Err(e) => {
                     rep.damaged.push(e.to_string());
                     continue;
                 }
             };
+            if let Err(e) = crate::record::check_pulled_manifest(&m) {
+                rep.damaged.push(format!("{what}: refused: {e}"));
+                continue;
+            }
             let key = m.record.key();
             let v = m.record.version;
             // Deleted here and collected by gc (the manifest is gone, the delete event stays):
@@ -144,115 +192,132 @@ impl Store {
                 ));
                 continue;
             }
-            let mut mine = Vec::new();
-            let mut missing = None;
-            let mut local_hits = 0u64;
-            let mut seen_here = HashSet::new();
-            // The manifest's chunks and the delta bases they need (a local delta whose base
-            // is missing, as an interrupted pull can leave, gets its base too).
-            let mut todo: Vec<ChunkId> = m.chunks.iter().rev().map(|(cid, _)| *cid).collect();
-            while let Some(cid) = todo.pop() {
-                let cid = &cid;
-                if scheduled.contains(cid) || !seen_here.insert(*cid) {
-                    continue;
-                }
-                if let Some(loc) = s.index.chunk(cid)? {
-                    local_hits += 1;
-                    todo.extend(loc.base);
-                } else if let Some((pack, entry)) = known.chunks.get(cid) {
-                    mine.push(Wanted {
-                        pack: *pack,
-                        entry: *entry,
+            match plan_manifest(&s, &known, &m, &scheduled) {
+                Ok((mine, local_hits)) => {
+                    rep.chunks_already_local += local_hits;
+                    scheduled.extend(mine.iter().map(|w| w.entry.id));
+                    want.extend(mine);
+                    taken.insert((key, v), id);
+                    items.push(Item {
+                        id,
+                        bytes,
+                        chunks: Some(m.chunks.iter().map(|(c, _)| *c).collect()),
+                        updates: None,
                     });
-                    todo.extend(entry.base);
-                } else {
-                    missing = Some(*cid);
-                    break;
                 }
+                Err(why) => rep.damaged.push(format!("{what}: {why}")),
             }
-            if let Some(cid) = missing {
-                rep.damaged
-                    .push(format!("{what}: the remote has no chunk {cid} it needs"));
-                continue;
-            }
-            // A remote delta on a base this store holds as a delta itself makes a longer chain
-            // here than either side wrote; refuse what no reader would follow.
-            let mut too_deep = None;
-            for w in mine.iter().filter(|w| w.entry.base.is_some()) {
-                let (mut steps, mut next) = (0u8, w.entry.base);
-                while let Some(b) = next {
-                    steps += 1;
-                    if steps > crate::delta::MAX_DEPTH {
-                        too_deep = Some(w.entry.id);
-                        break;
-                    }
-                    next = match s.index.chunk(&b)? {
-                        Some(l) => l.base,
-                        None => known.chunks.get(&b).and_then(|(_, e)| e.base),
-                    };
-                }
-            }
-            if let Some(cid) = too_deep {
-                rep.damaged.push(format!(
-                    "{what}: chunk {cid} would be a delta chain longer than {} here",
-                    crate::delta::MAX_DEPTH
-                ));
-                continue;
-            }
-            rep.chunks_already_local += local_hits;
-            scheduled.extend(mine.iter().map(|w| w.entry.id));
-            want.extend(mine);
-            taken.insert((key, v), id);
-            items.push((id, bytes));
         }
         for (id, bytes) in events {
             let what = format!("events/{id}.event");
-            match manifest::decode_event(&bytes, &what) {
-                Ok(e) if e.id() == id => {
-                    // A delete names a path and a version number. A live local version of that
-                    // path with such a number that the remote never saw (uploaded here and not
-                    // pushed) is not the one deleted: keep the event out rather than hide it.
-                    if let manifest::Event::Delete { up_to_version, .. } = &e
-                        && let Some(key) = e.file_key()
-                    {
-                        let mut unseen = None;
-                        for (v, vid) in s.index.versions_of(&key)? {
-                            if v <= *up_to_version
-                                && !remote_versions.contains(&vid)
-                                && s.index.version(vid)?.is_some_and(|r| !r.is_deleted())
-                            {
-                                unseen = Some((v, vid));
-                                break;
-                            }
-                        }
-                        if let Some((v, vid)) = unseen {
-                            rep.conflicts.push(format!(
-                                "{} delete up to version {up_to_version}: remote event {id} kept out, this store's version {v} ({vid}) was never pushed",
-                                key.display()
-                            ));
-                            continue;
-                        }
-                    }
-                    items.push((id, bytes))
+            let e = match manifest::decode_event(&bytes, &what) {
+                Ok(e) if e.id() == id => e,
+                Ok(_) => {
+                    rep.damaged
+                        .push(format!("{what}: id does not match its name"));
+                    continue;
                 }
-                Ok(_) => rep
-                    .damaged
-                    .push(format!("{what}: id does not match its name")),
-                Err(e) => rep.damaged.push(e.to_string()),
+                Err(e) => {
+                    rep.damaged.push(e.to_string());
+                    continue;
+                }
+            };
+            if let Err(err) = crate::record::check_pulled_event(&e) {
+                rep.damaged.push(format!("{what}: refused: {err}"));
+                continue;
             }
+            // A delete names a path and a version number. A live local version of that path
+            // with such a number that the remote never saw (uploaded here and not pushed) is
+            // not the one deleted: keep the event out rather than hide it.
+            if let Event::Delete { up_to_version, .. } = &e
+                && let Some(key) = e.file_key()
+            {
+                let mut unseen = None;
+                for (v, vid) in s.index.versions_of(&key)? {
+                    if v <= *up_to_version
+                        && !remote_versions.contains(&vid)
+                        && s.index.version(vid)?.is_some_and(|r| !r.is_deleted())
+                    {
+                        unseen = Some((v, vid));
+                        break;
+                    }
+                }
+                if let Some((v, vid)) = unseen {
+                    rep.conflicts.push(format!(
+                        "{} delete up to version {up_to_version}: remote event {id} kept out, this store's version {v} ({vid}) was never pushed",
+                        key.display()
+                    ));
+                    continue;
+                }
+            }
+            let updates = match &e {
+                Event::Update { version_id, .. } => Some(*version_id),
+                Event::Delete { .. } => None,
+            };
+            items.push(Item {
+                id,
+                bytes,
+                chunks: None,
+                updates,
+            });
         }
 
-        let (chunks, bytes) =
-            self.poison_unless_remote(fetch_chunks(&s, remote, want, progress))?;
-        rep.chunks = chunks;
-        rep.bytes = bytes;
-        items.sort_by_key(|(id, _)| *id);
-        self.poison(commit(&s, &items))?;
-        rep.manifests = items
-            .iter()
-            .filter(|(id, _)| new_m.binary_search(id).is_ok())
-            .count() as u64;
-        rep.events = items.len() as u64 - rep.manifests;
+        let fetched =
+            self.poison_unless_remote(fetch_chunks(&s, remote, &known, want, progress))?;
+        rep.chunks = fetched.chunks;
+        rep.bytes = fetched.bytes;
+        for b in &fetched.bad {
+            let told = remote
+                .rt
+                .block_on(remote.report_bad_record(b.pack, b.offset, &b.chunk, &b.reason))
+                .is_ok();
+            rep.damaged.push(format!(
+                "packs/{}: chunk {} at offset {}: {} (skipped{})",
+                rpack::object_name(b.pack),
+                b.chunk,
+                b.offset,
+                b.reason,
+                if told {
+                    "; reported to the remote, so a push from a store that holds it sends it again"
+                } else {
+                    ""
+                }
+            ));
+        }
+
+        // Commit the versions whose every chunk is now indexed, with the events that can apply.
+        let mut ready = Vec::new();
+        let mut versions_here: HashSet<Id> = HashSet::new();
+        for it in items {
+            if let Some(chunks) = &it.chunks {
+                if let Some(c) = first_unready(&s, chunks)? {
+                    rep.damaged.push(format!(
+                        "manifests/{}.manifest: kept out: chunk {c} did not arrive intact (a later pull tries again)",
+                        it.id
+                    ));
+                    continue;
+                }
+                versions_here.insert(it.id);
+            }
+            ready.push(it);
+        }
+        // An update of a version that is neither here nor pulled now waits for a later pull
+        // (applied now, it would be lost: events are not applied twice).
+        let mut keep = Vec::new();
+        for it in ready {
+            if let Some(v) = it.updates
+                && !versions_here.contains(&v)
+                && s.index.version(v)?.is_none()
+            {
+                continue;
+            }
+            keep.push((it.id, it.bytes, it.chunks.is_some()));
+        }
+        keep.sort_by_key(|(id, ..)| *id);
+        let commits: Vec<(Id, Vec<u8>)> = keep.iter().map(|(id, b, _)| (*id, b.clone())).collect();
+        self.poison(commit(&s, &commits))?;
+        rep.manifests = keep.iter().filter(|(.., m)| *m).count() as u64;
+        rep.events = keep.len() as u64 - rep.manifests;
         Ok(rep)
     }
 
@@ -266,18 +331,127 @@ impl Store {
     }
 }
 
-/// GET every `dir/<id>.<ext>` in `ids`, in parallel; results in `ids` order.
-fn fetch_all(remote: &Remote, dir: &str, ext: &str, ids: &[Id]) -> Result<Vec<(Id, Vec<u8>)>> {
-    let results: Vec<Result<(Id, Vec<u8>)>> = remote.rt.block_on(
-        futures::stream::iter(ids.iter().copied())
-            .map(|id| {
-                let key = remote.key(&format!("{dir}/{id}.{ext}"));
-                async move { Ok((id, remote.get_bytes(&key).await?.to_vec())) }
-            })
-            .buffered(SMALL_CONCURRENCY)
-            .collect(),
-    );
-    results.into_iter().collect()
+/// The chunks a pulled version needs that this store lacks (its chunks, and the delta bases
+/// they need: a local delta whose base is missing, as an interrupted pull can leave, gets its
+/// base too), and how many it already has; `Err(why)` if it cannot be pulled.
+fn plan_manifest(
+    s: &Session<'_>,
+    known: &super::RemoteChunks,
+    m: &Manifest,
+    scheduled: &HashSet<ChunkId>,
+) -> std::result::Result<(Vec<Wanted>, u64), String> {
+    let ix = &s.index;
+    let mut mine = Vec::new();
+    let mut local_hits = 0u64;
+    let mut seen_here = HashSet::new();
+    let lens: HashMap<ChunkId, u32> = m.chunks.iter().copied().collect();
+    let mut todo: Vec<ChunkId> = m.chunks.iter().rev().map(|(cid, _)| *cid).collect();
+    while let Some(cid) = todo.pop() {
+        if scheduled.contains(&cid) || !seen_here.insert(cid) {
+            continue;
+        }
+        // A chunk of the version must have the length the manifest gives it.
+        let len_ok = |raw_len: u32| lens.get(&cid).is_none_or(|l| *l == raw_len);
+        if let Some(loc) = ix.chunk(&cid).map_err(|e| e.to_string())? {
+            if !len_ok(loc.raw_len) {
+                return Err(format!("chunk {cid} has another length in this store"));
+            }
+            local_hits += 1;
+            todo.extend(loc.base);
+        } else if let Some((pack, entry)) = known.copies(&cid).next() {
+            if !len_ok(entry.raw_len) {
+                return Err(format!("chunk {cid} has another length in the remote pack"));
+            }
+            mine.push(Wanted {
+                pack: *pack,
+                entry: *entry,
+            });
+            todo.extend(entry.base);
+        } else {
+            return Err(format!("the remote has no chunk {cid} it needs"));
+        }
+    }
+    // A remote delta on a base this store holds as a delta itself makes a longer chain here
+    // than either side wrote; refuse what no reader would follow.
+    for w in mine.iter().filter(|w| w.entry.base.is_some()) {
+        let (mut steps, mut next) = (0u8, w.entry.base);
+        while let Some(b) = next {
+            steps += 1;
+            if steps > crate::delta::MAX_DEPTH {
+                return Err(format!(
+                    "chunk {} would be a delta chain longer than {} here",
+                    w.entry.id,
+                    crate::delta::MAX_DEPTH
+                ));
+            }
+            next = match ix.chunk(&b).map_err(|e| e.to_string())? {
+                Some(l) => l.base,
+                None => known.copies(&b).next().and_then(|(_, e)| e.base),
+            };
+        }
+    }
+    Ok((mine, local_hits))
+}
+
+/// The first of `chunks` that is not indexed with its whole chain of bases, if any.
+fn first_unready(s: &Session<'_>, chunks: &[ChunkId]) -> Result<Option<ChunkId>> {
+    for c in chunks {
+        let mut next = Some(*c);
+        let mut steps = 0;
+        while let Some(id) = next {
+            match s.index.chunk(&id)? {
+                Some(l) if steps <= crate::delta::MAX_DEPTH => next = l.base,
+                _ => return Ok(Some(*c)),
+            }
+            steps += 1;
+        }
+    }
+    Ok(None)
+}
+
+/// GET every `dir/<id>.<ext>` of `objects` (listed with their sizes, each checked to be
+/// below its kind's limit), in parallel but never more than `SMALL_BYTES_IN_FLIGHT` at once;
+/// results in `objects` order. Only the listed size is read, whatever the object holds.
+fn fetch_all(
+    remote: &Remote,
+    dir: &str,
+    ext: &str,
+    objects: &[(Id, u64)],
+) -> Result<Vec<(Id, Vec<u8>)>> {
+    let mut out = Vec::with_capacity(objects.len());
+    let mut start = 0;
+    while start < objects.len() {
+        let mut end = start + 1;
+        let mut bytes = objects[start].1;
+        while end < objects.len() && bytes + objects[end].1 <= SMALL_BYTES_IN_FLIGHT {
+            bytes += objects[end].1;
+            end += 1;
+        }
+        let results: Vec<Result<(Id, Vec<u8>)>> = remote.rt.block_on(
+            futures::stream::iter(objects[start..end].iter().copied())
+                .map(|(id, size)| {
+                    let key = remote.key(&format!("{dir}/{id}.{ext}"));
+                    async move {
+                        if size == 0 {
+                            return Ok((id, Vec::new()));
+                        }
+                        let b = remote
+                            .os
+                            .get_range(&key, 0..size)
+                            .await
+                            .map_err(|e| remote.err(format!("reading {key}"), e))?;
+                        Ok((id, b.to_vec()))
+                    }
+                })
+                .buffered(SMALL_CONCURRENCY)
+                .collect(),
+        );
+        for r in results {
+            out.push(r?);
+        }
+        start = end;
+    }
+    Ok(out)
 }
 
 /// Chunk records to fetch from one pack in one GET.
@@ -312,26 +486,79 @@ fn plan_fetches(mut want: Vec<Wanted>) -> Vec<Fetch> {
     out
 }
 
-/// Fetch, check and append the wanted chunks to new local packs; each pack's chunk locations
-/// enter the index after its fsync. Returns (chunks, bytes).
+/// What `fetch_chunks` brought in.
+struct Fetched {
+    chunks: u64,
+    bytes: u64,
+    bad: Vec<BadRecord>,
+}
+
+/// Fetch, prove and append the wanted chunks to new local packs; each pack's chunks enter the
+/// index after its fsync, each once proven against its id. A record that fails is reported
+/// and the next copy of its chunk (another remote pack) is tried, until none is left.
 fn fetch_chunks(
     s: &Session<'_>,
     remote: &Remote,
-    want: Vec<Wanted>,
+    known: &super::RemoteChunks,
+    mut want: Vec<Wanted>,
     progress: Option<&AtomicU64>,
-) -> Result<(u64, u64)> {
-    let fetches = plan_fetches(want);
-    let store = s.store;
-    let dir = store.dir("packs");
-    let mut out = Sink {
+) -> Result<Fetched> {
+    let mut sink = Sink {
         s,
         w: None,
         waiting: Vec::new(),
         appended: Vec::new(),
-        indexed: HashSet::new(),
+        files: PackFiles::new(s.store.dir("packs")),
+        bad: Vec::new(),
     };
-    let (mut chunks, mut bytes) = (0u64, 0u64);
-    let r: Result<()> = remote.rt.block_on(async {
+    let mut done = Fetched {
+        chunks: 0,
+        bytes: 0,
+        bad: Vec::new(),
+    };
+    let mut tried: HashSet<(Id, u64)> = HashSet::new();
+    while !want.is_empty() {
+        tried.extend(want.iter().map(|w| (w.pack, w.entry.offset)));
+        let round = fetch_round(remote, &mut sink, want, progress, &mut done);
+        // Whatever arrived is kept (a re-run fetches only the rest), even when a request failed.
+        let sealed = sink.seal();
+        round?;
+        sealed?;
+        let failed: Vec<BadRecord> = std::mem::take(&mut sink.bad);
+        want = Vec::new();
+        let mut again = HashSet::new();
+        for b in &failed {
+            if !again.insert(b.chunk) || s.index.chunk(&b.chunk)?.is_some() {
+                continue;
+            }
+            if let Some((pack, entry)) = known
+                .copies(&b.chunk)
+                .find(|(p, e)| !tried.contains(&(*p, e.offset)))
+            {
+                want.push(Wanted {
+                    pack: *pack,
+                    entry: *entry,
+                });
+            }
+        }
+        done.bad.extend(failed);
+    }
+    Ok(done)
+}
+
+/// One round of ranged GETs: every record is checked against the pack index and on its own
+/// (a whole record decodes to its id; a delta's header and inner checksum hold); the good
+/// ones are appended to the sink, the bad ones noted in `sink.bad`.
+fn fetch_round(
+    remote: &Remote,
+    sink: &mut Sink<'_, '_>,
+    want: Vec<Wanted>,
+    progress: Option<&AtomicU64>,
+    done: &mut Fetched,
+) -> Result<()> {
+    let fetches = plan_fetches(want);
+    let dir = sink.s.store.dir("packs");
+    remote.rt.block_on(async {
         let mut st = futures::stream::iter(fetches)
             .map(|f| {
                 let key = remote.key(&format!("packs/{}", rpack::object_name(f.pack)));
@@ -347,76 +574,87 @@ fn fetch_chunks(
             .buffered(RANGES_IN_FLIGHT);
         while let Some(r) = st.next().await {
             let (f, b) = r?;
-            let what = || format!("remote pack {}", f.pack);
             if b.len() as u64 != f.range.end - f.range.start {
-                return Err(remote.damaged(what(), "short ranged read"));
+                return Err(remote.damaged(format!("remote pack {}", f.pack), "short ranged read"));
             }
-            // Check every record (header matches the pack's index, data matches its id).
-            let checked: Vec<Result<&[u8]>> = f
+            let checked: Vec<std::result::Result<&[u8], String>> = f
                 .entries
                 .par_iter()
                 .map(|e| {
                     let at = (e.offset - f.range.start) as usize;
-                    let rec = &b[at..at + e.record_len() as usize];
-                    let h = pack::decode_record_header(rec)
-                        .map_err(|r| remote.damaged(what(), format!("chunk {}: {r}", e.id)))?;
-                    if h.id != e.id
-                        || h.stored_len != e.stored_len
-                        || h.raw_len != e.raw_len
-                        || h.codec != e.codec
-                    {
-                        return Err(remote.damaged(
-                            what(),
-                            format!("chunk {}: record does not match the pack index", e.id),
-                        ));
-                    }
-                    let data = &rec[pack::RECORD_HEADER_LEN..];
-                    if e.codec == Codec::Delta && crate::delta::base_of(data) != e.base {
-                        return Err(remote.damaged(
-                            what(),
-                            format!("chunk {}: delta base differs from the pack index", e.id),
-                        ));
-                    }
-                    pack::check_stored(&h, data, &|| what()).map_err(|e| Error::Remote {
-                        remote: remote.url.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    Ok(data)
+                    check_record(e, &b[at..at + e.record_len() as usize])
                 })
                 .collect();
             for (e, data) in f.entries.iter().zip(checked) {
-                let data = data?;
-                out.append(&dir, e, data)?;
-                chunks += 1;
-                bytes += e.record_len();
-                if let Some(p) = progress {
-                    p.fetch_add(e.record_len(), Ordering::Relaxed);
+                match data {
+                    Ok(data) => {
+                        sink.append(&dir, f.pack, e, data)?;
+                        done.chunks += 1;
+                        done.bytes += e.record_len();
+                        if let Some(p) = progress {
+                            p.fetch_add(e.record_len(), Ordering::Relaxed);
+                        }
+                    }
+                    Err(reason) => sink.bad.push(BadRecord {
+                        pack: f.pack,
+                        offset: e.offset,
+                        chunk: e.id,
+                        reason,
+                    }),
                 }
             }
         }
         Ok(())
-    });
-    // Whatever arrived is kept (a re-run fetches only the rest), even when a request failed.
-    out.finish()?;
-    r.map(|()| (chunks, bytes))
+    })
 }
 
-/// Appends fetched records to local packs and indexes them after each pack's fsync. A delta
-/// enters the index only once its base is there (in an earlier or the same batch), so a pull cut
-/// short never leaves the index naming a delta whose base did not arrive: such records stay
-/// unindexed (garbage for gc) and a re-run fetches them again with their bases.
+/// A fetched record's data, if its header matches the pack index and the data checks out on
+/// its own (`pack::check_stored`: a whole record decodes to its id).
+fn check_record<'b>(e: &rpack::Entry, rec: &'b [u8]) -> std::result::Result<&'b [u8], String> {
+    let h = pack::decode_record_header(rec).map_err(|r| r.to_string())?;
+    if h.id != e.id || h.stored_len != e.stored_len || h.raw_len != e.raw_len || h.codec != e.codec
+    {
+        return Err("record does not match the pack index".into());
+    }
+    let data = &rec[pack::RECORD_HEADER_LEN..];
+    if e.codec == Codec::Delta && crate::delta::base_of(data) != e.base {
+        return Err("delta base differs from the pack index".into());
+    }
+    pack::check_stored(&h, data, &|| "the record".into()).map_err(|e| e.to_string())?;
+    Ok(data)
+}
+
+/// A record appended to a local pack, and where it came from.
+struct Appended {
+    id: ChunkId,
+    loc: pack::ChunkLoc,
+    from: (Id, u64),
+}
+
+/// Appends fetched records to local packs and indexes them after each pack's fsync: a whole
+/// record at once (it was proven when fetched), a delta once its base is indexed and it
+/// decodes through it to its id. A pull cut short never leaves the index naming a delta
+/// whose base did not arrive: such records stay unindexed (garbage for gc) and a re-run
+/// fetches them again with their bases.
 struct Sink<'a, 's> {
     s: &'a Session<'s>,
     w: Option<PackWriter>,
-    /// Appended to packs already fsynced (or to `w`), not yet indexed.
-    waiting: Vec<(ChunkId, pack::ChunkLoc)>,
+    /// In packs already fsynced, not yet indexed (deltas waiting for their base).
+    waiting: Vec<Appended>,
     /// Appended to `w`.
-    appended: Vec<(ChunkId, pack::ChunkLoc)>,
-    indexed: HashSet<ChunkId>,
+    appended: Vec<Appended>,
+    files: PackFiles,
+    bad: Vec<BadRecord>,
 }
 
 impl Sink<'_, '_> {
-    fn append(&mut self, dir: &std::path::Path, e: &rpack::Entry, data: &[u8]) -> Result<()> {
+    fn append(
+        &mut self,
+        dir: &std::path::Path,
+        pack: Id,
+        e: &rpack::Entry,
+        data: &[u8],
+    ) -> Result<()> {
         let target = self.s.store.opts.pack_target;
         if self
             .w
@@ -430,46 +668,56 @@ impl Sink<'_, '_> {
         }
         let w = self.w.as_mut().expect("just set");
         let loc = w.append(e.id, e.raw_len, e.codec, data)?;
-        self.appended.push((e.id, loc));
+        self.appended.push(Appended {
+            id: e.id,
+            loc,
+            from: (pack, e.offset),
+        });
         Ok(())
     }
 
+    /// fsync the open pack, then index every record that is proven.
     fn seal(&mut self) -> Result<()> {
+        let ix = &self.s.index;
         if let Some(mut w) = self.w.take() {
             w.sync()?;
             self.waiting.append(&mut self.appended);
             let mut b = IndexBatch::default();
-            // Bases first: repeat while a pass indexes something (chains are short).
-            loop {
-                let before = self.waiting.len();
-                let mut still = Vec::new();
-                for (id, loc) in std::mem::take(&mut self.waiting) {
-                    let ready = match loc.base {
-                        None => true,
-                        Some(base) => {
-                            self.indexed.contains(&base) || self.s.index.chunk(&base)?.is_some()
+            b.put_pack(w.id, w.len());
+            ix.apply_unflushed(b)?;
+        }
+        // Bases first: repeat while a pass indexes something (chains are short).
+        loop {
+            let before = self.waiting.len();
+            let mut b = IndexBatch::default();
+            let mut still = Vec::new();
+            for a in std::mem::take(&mut self.waiting) {
+                match a.loc.base {
+                    None => b.put_chunk(&a.id, &a.loc),
+                    Some(base) if ix.chunk(&base)?.is_none() => still.push(a),
+                    Some(_) => {
+                        if self.files.proves(ix, &a.loc, &a.id) {
+                            b.put_chunk(&a.id, &a.loc);
+                        } else {
+                            self.bad.push(BadRecord {
+                                pack: a.from.0,
+                                offset: a.from.1,
+                                chunk: a.id,
+                                reason:
+                                    "the delta does not decode to its chunk id through its base"
+                                        .into(),
+                            });
                         }
-                    };
-                    if ready {
-                        b.put_chunk(&id, &loc);
-                        self.indexed.insert(id);
-                    } else {
-                        still.push((id, loc));
                     }
                 }
-                self.waiting = still;
-                if self.waiting.len() == before {
-                    break;
-                }
             }
-            b.put_pack(w.id, w.len());
-            self.s.index.apply(b)?;
+            ix.apply_unflushed(b)?;
+            self.waiting = still;
+            if self.waiting.len() == before {
+                break;
+            }
         }
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<()> {
-        self.seal()
+        ix.flush()
     }
 }
 

@@ -239,7 +239,7 @@ impl Store {
         let rev: HashSet<Id> = rev.into_iter().map(|(id, _)| id).collect();
         // Damaged remote packs are left out of `known`: their chunks count as missing, and the
         // versions already pushed are checked too so that those chunks go up again.
-        let heal = !known.damaged.is_empty();
+        let heal = !known.damaged.is_empty() || known.bad_records > 0;
         let plan = self.push_plan(&known.chunks, &rman, &rev, heal)?;
 
         let mut rep = PushReport {

@@ -659,6 +659,9 @@ fn gc_and_stats_json() {
         "reclaimedBytes",
         "remainingGarbageBytes",
         "keptAsDeltaBases",
+        "heldPacks",
+        "packsQuarantined",
+        "problems",
     ]
     .into_iter()
     .collect();

@@ -36,7 +36,7 @@ struct Out {
     code: i32,
     stdout: Vec<u8>,
     stderr: String,
-    /// Peak resident set size of the process, in KiB (`wait4`).
+    /// Peak resident set size of the process, in KiB (reported by the launcher).
     max_rss_kb: u64,
 }
 
@@ -63,7 +63,11 @@ impl Out {
 /// `ml-dash --root root ARGS`, run in `root`'s parent with `envs`; stdout captured, or sent to
 /// /dev/null (`quiet_stdout`, for gigabytes of download).
 fn ml_with(root: &Path, args: &[&str], envs: &[(&str, &str)], quiet_stdout: bool) -> Out {
-    let mut c = Command::new(BIN);
+    // Run through a small Python launcher that reports its child's peak RSS: Linux counts the
+    // memory a process had before `exec` into its peak, and this test process may be large
+    // (other tests run beside it), so the peak of a child forked from here says nothing.
+    let mut c = Command::new("python3");
+    c.arg("-c").arg(MEASURE).arg(BIN);
     c.env_remove("ML_DASH_ROOT")
         .current_dir(root.parent().expect("root has a parent"))
         .arg("--root")
@@ -92,48 +96,46 @@ fn ml_with(root: &Path, args: &[&str], envs: &[(&str, &str)], quiet_stdout: bool
     };
     let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
     let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let (code, max_rss_kb) = wait_measured(&mut child, &what);
+    let code = wait_timed(&mut child, &what);
+    let stderr = String::from_utf8_lossy(&err.join().expect("stderr reader")).into_owned();
+    let (stderr, peak) = stderr
+        .rsplit_once(PEAK_MARK)
+        .map(|(e, n)| (e.to_string(), n.trim().parse().unwrap_or(0)))
+        .unwrap_or((stderr.clone(), 0));
     Out {
         code,
         stdout: out.join().expect("stdout reader"),
-        stderr: String::from_utf8_lossy(&err.join().expect("stderr reader")).into_owned(),
-        max_rss_kb,
+        stderr,
+        max_rss_kb: peak,
     }
 }
+
+/// What the launcher prints last on stderr, before the child's peak RSS in KiB.
+const PEAK_MARK: &str = "\nml-dash-peak-rss-kib ";
+
+/// The launcher: runs its arguments, passes the exit code on (signals as -1), then prints
+/// `PEAK_MARK` and the peak RSS of the child it waited for.
+const MEASURE: &str = "import resource, subprocess, sys\n\
+r = subprocess.run(sys.argv[1:])\n\
+sys.stderr.write('\\nml-dash-peak-rss-kib %d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+sys.exit(r.returncode if r.returncode >= 0 else 255)\n";
 
 fn ml(root: &Path, args: &[&str]) -> Out {
     ml_with(root, args, &[], false)
 }
 
-/// Reap `child` with `wait4` (its own peak RSS, untouched by other tests' children); kill it
-/// and fail after `TIMEOUT`. Exit code -1 means killed by a signal.
-fn wait_measured(child: &mut std::process::Child, what: &str) -> (i32, u64) {
-    let pid = child.id() as libc::pid_t;
+/// Wait for `child`; kill it and fail after `TIMEOUT`. Exit code -1 means killed by a signal.
+fn wait_timed(child: &mut std::process::Child, what: &str) -> i32 {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: an all-zero rusage is a valid value; wait4 gets valid pointers to our locals.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        if r == pid {
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                -1
-            };
-            return (code, ru.ru_maxrss as u64);
-        }
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            panic!("{what}: wait4: {e}");
+        match child.try_wait() {
+            Ok(Some(st)) => return st.code().map_or(-1, |c| if c == 255 { -1 } else { c }),
+            Ok(None) => {}
+            Err(e) => panic!("{what}: wait: {e}"),
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            // SAFETY: as above; reaps the killed child.
-            unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+            let _ = child.wait();
             panic!("{what}: still running after {TIMEOUT:?}; killed");
         }
         std::thread::sleep(Duration::from_millis(10));
