@@ -1379,3 +1379,110 @@ fn a_download_into_a_full_disk_names_the_output_and_leaves_nothing() {
     );
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same attacks through a real S3 server (Garage, started by `.ci/run`).
+
+/// Copy every file under `dir` to the S3 prefix of `url` (`s3://BUCKET/PREFIX`), keys relative
+/// to `dir`: a hostile remote crafted on disk, served by a real object store.
+fn mirror_to_s3(dir: &Path, url: &str) {
+    use object_store::ObjectStoreExt;
+    let (bucket, prefix) = url
+        .strip_prefix("s3://")
+        .and_then(|r| r.split_once('/'))
+        .expect("s3://BUCKET/PREFIX");
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let os = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .expect("S3 client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(dir).unwrap().to_str().unwrap().to_string();
+            let key = object_store::path::Path::parse(format!("{prefix}/{rel}")).unwrap();
+            let bytes = fs::read(&p).unwrap();
+            rt.block_on(os.put(&key, bytes.into())).unwrap();
+        }
+    }
+}
+
+/// A poisoned delta, a rotten record without a copy, and an out-of-range version, served by
+/// Garage: the pull reports them, the victim's uploads read back, everything else arrives,
+/// and a push from a healthy store heals the rotten record.
+#[test]
+fn a_hostile_s3_remote_costs_nothing_acknowledged() {
+    if std::env::var("ML_DASH_S3_TEST").as_deref() != Ok("1") {
+        eprintln!("S3 part skipped (ML_DASH_S3_TEST is not 1; .ci/run starts Garage)");
+        return;
+    }
+    let bucket = std::env::var("ML_DASH_S3_BUCKET").expect("ML_DASH_S3_BUCKET");
+    let t = tmp();
+    let files: [(&str, Vec<u8>); 3] = [
+        ("/one.bin", random_bytes(210, 4096)),
+        ("/two.bin", random_bytes(211, 3000)),
+        ("/three.bin", random_bytes(212, 3000)),
+    ];
+    let as_refs: Vec<(&str, &[u8])> = files.iter().map(|(f, d)| (*f, &d[..])).collect();
+    let (origin, remote, _) = honest_remote(t.path(), &as_refs);
+    // A rotten record: the only copy of two.bin's chunk.
+    let packs = remote_packs(&remote);
+    let e = remote_pack_entries(&packs[0])
+        .into_iter()
+        .find(|e| e.id == ChunkId::of(&files[1].1))
+        .unwrap();
+    flip_byte(&packs[0], e.offset + pack::RECORD_HEADER_LEN as u64 + 10);
+    // A delta claiming the id of the victim's next upload, decoding to one.bin's bytes.
+    let x = random_bytes(213, 4096);
+    let id_x = ChunkId::of(&x);
+    put_remote_pack(
+        &remote,
+        &[delta_rec(id_x, ChunkId::of(&files[0].1), 1, &[0u8; 4096])],
+    );
+    put_remote_manifest(
+        &remote,
+        &manifest_of(record("evil", "/bait.bin", 1, &x), vec![(id_x, 4096)]),
+    );
+    // A version number at the limit of u32.
+    put_remote_manifest(
+        &remote,
+        &manifest_of(
+            record("mine", "/models/v.bin", u32::MAX, &files[2].1),
+            vec![(ChunkId::of(&files[2].1), 3000)],
+        ),
+    );
+    let url = format!("s3://{bucket}/it/hostile/{}", ml_dash::id::Id::generate());
+    mirror_to_s3(&remote, &url);
+
+    let victim = t.path().join("victim");
+    let pull = ml(&victim, &["pull", &url]);
+    assert!(!pull.panicked(), "{}", pull.stderr);
+    assert_eq!(
+        pull.code,
+        1,
+        "the pull reports what it refused: {}",
+        pull.text()
+    );
+    assert_all_pulled(&victim, &[as_refs[0], as_refs[2]], "after the pull");
+    let (up, _) = upload(&victim, "mine", "/models/x.bin", &x);
+    up.ok("upload after the pull");
+    assert_downloads(&victim, "mine", "/models/x.bin", &x, "the victim's upload");
+    assert_uploads_get_sane_versions(&victim, "mine", "/models/v.bin");
+
+    ml(&origin, &["push", &url]).ok("push from the healthy store");
+    let again = ml(&victim, &["pull", &url]);
+    assert!(!again.panicked(), "{}", again.stderr);
+    assert_all_pulled(&victim, &as_refs, "after the healthy store pushed");
+}
