@@ -7,9 +7,8 @@
 //! record of each path names a file this export wrote.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
-use super::safe::{self, Entry, Ledger};
+use super::safe::{self, Dir, Entry, Ledger};
 use super::{Doc, ExpPlan, FileJob, LedgerKind};
 use crate::error::{Error, Result};
 use crate::index::Scope;
@@ -82,9 +81,8 @@ fn latest(records: &[FileRecord]) -> Vec<&FileRecord> {
 }
 
 /// What an earlier tree export wrote here, from its records file (empty if none or unreadable).
-pub(super) fn read_ledger(exp_dir: &Path) -> Ledger {
-    let path = exp_dir.join(RECORDS_FILE);
-    let Ok(bytes) = std::fs::read(&path) else {
+pub(super) fn read_ledger(exp: &Dir) -> Ledger {
+    let Ok(Some(bytes)) = exp.read_file(RECORDS_FILE) else {
         return Ledger::default();
     };
     let Ok(records) = serde_json::from_slice::<Vec<FileRecord>>(&bytes) else {
