@@ -19,6 +19,10 @@
 //! is reached through directory handles without following symbolic links (`safe.rs`), so
 //! nothing outside DIR is read, written or removed, even if folders in DIR are swapped for
 //! links while export runs.
+//!
+//! A store may hold a file `/a` and a file `/a/x`; a directory tree cannot hold both at
+//! `files/a`. The plan keeps the folder, leaves the file out and reports it (`--layout ml-dash`
+//! puts each file in a folder of its own and has no such clash).
 
 mod discover;
 pub mod import;
@@ -27,7 +31,7 @@ mod pyjson;
 mod safe;
 mod tree;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -152,10 +156,13 @@ impl ExportPlan {
                 crate::path::segment(what, v)?;
             }
         }
-        let (exps, problems) = match layout {
+        let (mut exps, mut problems) = match layout {
             Layout::Tree => (tree::plan(store, scope)?, Vec::new()),
             Layout::MlDash => mldash::plan(store, scope)?,
         };
+        for e in &mut exps {
+            problems.extend(drop_blocked(e, layout));
+        }
         Ok(ExportPlan { exps, problems })
     }
 
@@ -206,6 +213,11 @@ impl ExportPlan {
             }
         }
         sum.experiments = ready.len() as u64;
+
+        // 0. A file an earlier export wrote where the plan now needs a folder goes first.
+        for r in &mut ready {
+            clear_the_way(r, &mut sum);
+        }
 
         let jobs: Vec<JobId> = ready
             .iter()
@@ -360,6 +372,123 @@ impl Ready<'_> {
     }
 }
 
+/// Remove files earlier exports wrote where the plan now needs a folder (a file `/a` that
+/// became the folder of `/a/x`), before anything is written.
+fn clear_the_way(r: &mut Ready<'_>, sum: &mut ExportSummary) {
+    let plan = r.plan;
+    let rels = plan
+        .files
+        .iter()
+        .map(|f| &f.rel)
+        .chain(plan.docs.iter().map(|d| &d.rel));
+    let mut folders: BTreeSet<String> = BTreeSet::new();
+    for rel in rels {
+        for k in 1..rel.len() {
+            folders.insert(rel[..k].join("/"));
+        }
+    }
+    let planned = r.planned();
+    let stale: Vec<(String, Entry)> = r
+        .old
+        .0
+        .iter()
+        .filter(|(rel, _)| folders.contains(*rel) && !planned.contains(*rel))
+        .map(|(rel, e)| (rel.clone(), *e))
+        .collect();
+    for (rel, entry) in stale {
+        r.remove(&rel, entry, sum);
+    }
+}
+
+/// What takes the place a store file needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Blocker {
+    /// Another store file (by index) needs a folder there.
+    File(usize),
+    /// A document (by index) is there, or needs a folder there.
+    Doc(usize),
+}
+
+/// For each of `files` (paths under the experiment directory), what takes its place, if
+/// anything: a directory tree cannot hold a file and a folder of one name, so the folder wins,
+/// and documents always win. A file named as the blocker is never itself blocked by a file.
+pub(super) fn blocked(files: &[&[String]], docs: &[&[String]]) -> Vec<Option<Blocker>> {
+    let doc_at: HashMap<&[String], usize> = docs.iter().enumerate().map(|(i, d)| (*d, i)).collect();
+    let folders = |skip: &dyn Fn(usize) -> bool| {
+        let mut m: HashMap<&[String], Blocker> = HashMap::new();
+        for (i, d) in docs.iter().enumerate() {
+            for k in 1..d.len() {
+                m.entry(&d[..k]).or_insert(Blocker::Doc(i));
+            }
+        }
+        for (i, f) in files.iter().enumerate().filter(|(i, _)| !skip(*i)) {
+            for k in 1..f.len() {
+                m.entry(&f[..k]).or_insert(Blocker::File(i));
+            }
+        }
+        m
+    };
+    let find = |m: &HashMap<&[String], Blocker>| -> Vec<Option<Blocker>> {
+        files
+            .iter()
+            .map(|f| {
+                // A document at its place or at the place of one of its folders, else a
+                // folder another file needs at its place.
+                (1..=f.len())
+                    .find_map(|k| doc_at.get(&f[..k]))
+                    .map(|&i| Blocker::Doc(i))
+                    .or_else(|| m.get(f).copied())
+            })
+            .collect()
+    };
+    let first = find(&folders(&|_| false));
+    if first.iter().all(Option::is_none) {
+        return first;
+    }
+    // Name a file that is exported: every folder a left-out file needs is also needed by one.
+    let second = find(&folders(&|i| first[i].is_some()));
+    first
+        .into_iter()
+        .zip(second)
+        .map(|(a, b)| a.map(|a| b.unwrap_or(a)))
+        .collect()
+}
+
+/// Leave out the store files that cannot be written in this layout; one problem line each.
+fn drop_blocked(e: &mut ExpPlan, layout: Layout) -> Vec<String> {
+    let files: Vec<&[String]> = e.files.iter().map(|f| f.rel.as_slice()).collect();
+    let docs: Vec<&[String]> = e.docs.iter().map(|d| d.rel.as_slice()).collect();
+    let blockers = blocked(&files, &docs);
+    if blockers.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    let exp = e.dir.join("/");
+    let hint = match layout {
+        Layout::Tree => {
+            " (the tree layout cannot hold a file and a folder of one name; --layout ml-dash can)"
+        }
+        Layout::MlDash => "",
+    };
+    let mut problems = Vec::new();
+    for (f, b) in e.files.iter().zip(&blockers) {
+        let path = f.rec.full_path();
+        match b {
+            None => {}
+            Some(Blocker::File(j)) => problems.push(format!(
+                "{exp}: {path} cannot be exported: {} needs a folder of that name{hint}",
+                e.files[*j].rec.full_path()
+            )),
+            Some(Blocker::Doc(j)) => problems.push(format!(
+                "{exp}: {path} cannot be exported: the layout keeps {} there",
+                e.docs[*j].rel.join("/")
+            )),
+        }
+    }
+    let mut b = blockers.iter();
+    e.files.retain(|_| b.next().is_some_and(Option::is_none));
+    problems
+}
+
 /// Stream one version into its destination; returns the bytes written.
 fn write_file(
     exp: &Dir,
@@ -438,4 +567,52 @@ fn write_doc(r: &Ready<'_>, rel: &[String], bytes: &[u8], sum: &mut ExportSummar
         Ok(_) => return true,
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rels(paths: &[&str]) -> Vec<Vec<String>> {
+        paths
+            .iter()
+            .map(|p| p.split('/').map(str::to_string).collect())
+            .collect()
+    }
+
+    fn blockers(files: &[&str], docs: &[&str]) -> Vec<Option<Blocker>> {
+        let (f, d) = (rels(files), rels(docs));
+        let f: Vec<&[String]> = f.iter().map(Vec::as_slice).collect();
+        let d: Vec<&[String]> = d.iter().map(Vec::as_slice).collect();
+        blocked(&f, &d)
+    }
+
+    #[test]
+    fn the_folder_wins_and_documents_always_win() {
+        use Blocker::*;
+        assert_eq!(blockers(&["files/a", "files/b"], &[]), vec![None, None]);
+        // Either order: the file whose name a folder needs is left out.
+        assert_eq!(
+            blockers(&["files/a", "files/a/x"], &[]),
+            vec![Some(File(1)), None]
+        );
+        assert_eq!(
+            blockers(&["files/a/x", "files/a"], &[]),
+            vec![None, Some(File(0))]
+        );
+        // A chain: only the deepest is written, and it is the one named.
+        assert_eq!(
+            blockers(&["files/a", "files/a/x", "files/a/x/y"], &[]),
+            vec![Some(File(2)), Some(File(2)), None]
+        );
+        // A document at a file's place, at one of its folders, or below it.
+        let docs = ["files/.index", "meta/m"];
+        assert_eq!(
+            blockers(
+                &["files/.index", "files/.index/1/f", "meta", "files/ok"],
+                &docs
+            ),
+            vec![Some(Doc(0)), Some(Doc(0)), Some(Doc(1)), None]
+        );
+    }
 }
