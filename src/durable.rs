@@ -6,7 +6,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fault::{FaultKind, Faults};
@@ -116,6 +120,123 @@ impl Drop for AtomicFile {
     }
 }
 
+/// What `AtomicFileAt::commit` may find at its destination when it renames the file into place.
+pub enum Replace<'a> {
+    /// Nothing: a file that appeared there meanwhile is kept and the commit fails.
+    Nothing,
+    /// Whatever is there, once `still_ok` (asked right before the rename) accepts it.
+    Checked(&'a dyn Fn() -> Result<()>),
+}
+
+/// Like `AtomicFile`, for the file `name` in an open directory: the temporary file is created in
+/// that directory (`O_CREAT | O_EXCL | O_NOFOLLOW`), written, fsynced, renamed within it, and
+/// the directory fsynced. Nothing is looked up by path once the directory is open, so a folder
+/// renamed or replaced by a symbolic link meanwhile cannot redirect the write. Dropped without
+/// a successful `commit`, it removes its temporary file.
+pub struct AtomicFileAt<'d> {
+    dir: BorrowedFd<'d>,
+    /// The directory's path, for messages only.
+    dir_path: &'d Path,
+    name: String,
+    temp: String,
+    out: Option<BufWriter<File>>,
+    done: bool,
+}
+
+impl<'d> AtomicFileAt<'d> {
+    pub fn create(dir: BorrowedFd<'d>, dir_path: &'d Path, name: &str) -> Result<Self> {
+        // Names may be 255 bytes, the most a file system allows: shorten the temporary one.
+        let mut keep = name.len().min(200);
+        while !name.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let temp = format!(".{}.tmp-{}", &name[..keep], Id::generate());
+        let fd = rustix::fs::openat(
+            dir,
+            temp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o666),
+        )
+        .map_err(|e| Error::io(dir_path.join(&temp), e.into()))?;
+        Ok(AtomicFileAt {
+            dir,
+            dir_path,
+            name: name.to_string(),
+            temp,
+            out: Some(BufWriter::with_capacity(1 << 20, File::from(fd))),
+            done: false,
+        })
+    }
+
+    /// Flush, fsync, rename over the destination (as `replace` allows) and fsync the directory.
+    pub fn commit(mut self, replace: Replace<'_>) -> Result<()> {
+        let dest = self.dir_path.join(&self.name);
+        let temp = self.dir_path.join(&self.temp);
+        let out = self.out.take().expect("commit once");
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(&temp, e.into_error()))?;
+        file.sync_all().at(&temp)?;
+        drop(file);
+        let (dir, from, to) = (self.dir, self.temp.as_str(), self.name.as_str());
+        let io = |e: Errno| Error::io(&dest, e.into());
+        match replace {
+            Replace::Nothing => {
+                match rustix::fs::renameat_with(dir, from, dir, to, RenameFlags::NOREPLACE) {
+                    Ok(()) => {}
+                    // A file system without RENAME_NOREPLACE: a hard link refuses an existing name
+                    // the same way; without hard links, look just before renaming.
+                    Err(Errno::INVAL | Errno::NOSYS) => {
+                        match rustix::fs::linkat(dir, from, dir, to, AtFlags::empty()) {
+                            Ok(()) => {
+                                let _ = rustix::fs::unlinkat(dir, from, AtFlags::empty());
+                            }
+                            Err(Errno::PERM | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                                match rustix::fs::statat(dir, to, AtFlags::SYMLINK_NOFOLLOW) {
+                                    Err(Errno::NOENT) => {
+                                        rustix::fs::renameat(dir, from, dir, to).map_err(io)?
+                                    }
+                                    Ok(_) => return Err(io(Errno::EXIST)),
+                                    Err(e) => return Err(io(e)),
+                                }
+                            }
+                            Err(e) => return Err(io(e)),
+                        }
+                    }
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            Replace::Checked(still_ok) => {
+                still_ok()?;
+                rustix::fs::renameat(dir, from, dir, to).map_err(io)?;
+            }
+        }
+        self.done = true;
+        rustix::fs::fsync(self.dir.as_fd()).map_err(|e| Error::io(self.dir_path, e.into()))
+    }
+}
+
+impl Write for AtomicFileAt<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.as_mut().expect("not committed").write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.out.as_mut().expect("not committed").write_all(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for AtomicFileAt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            drop(self.out.take());
+            let _ = rustix::fs::unlinkat(self.dir, self.temp.as_str(), AtFlags::empty());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +255,48 @@ mod tests {
         write_atomic(&dest, b"new", &Faults::none()).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn file_at_a_directory_handle() {
+        let d = tempfile::tempdir().unwrap();
+        let handle = File::open(d.path()).unwrap();
+        let fd = handle.as_fd();
+        // Dropped: nothing left.
+        {
+            let mut f = AtomicFileAt::create(fd, d.path(), "out").unwrap();
+            f.write_all(b"partial").unwrap();
+        }
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+        // Nothing there: written. Something there now: kept, and the commit fails.
+        let mut f = AtomicFileAt::create(fd, d.path(), "out").unwrap();
+        f.write_all(b"one").unwrap();
+        f.commit(Replace::Nothing).unwrap();
+        assert_eq!(fs::read(d.path().join("out")).unwrap(), b"one");
+        let mut f = AtomicFileAt::create(fd, d.path(), "out").unwrap();
+        f.write_all(b"two").unwrap();
+        assert!(f.commit(Replace::Nothing).is_err());
+        assert_eq!(fs::read(d.path().join("out")).unwrap(), b"one");
+        // Replaced only when the check agrees.
+        let no = || Err(Error::invalid("test", "out", "changed"));
+        let mut f = AtomicFileAt::create(fd, d.path(), "out").unwrap();
+        f.write_all(b"two").unwrap();
+        assert!(f.commit(Replace::Checked(&no)).is_err());
+        assert_eq!(fs::read(d.path().join("out")).unwrap(), b"one");
+        let yes = || Ok(());
+        let mut f = AtomicFileAt::create(fd, d.path(), "out").unwrap();
+        f.write_all(b"two").unwrap();
+        f.commit(Replace::Checked(&yes)).unwrap();
+        assert_eq!(fs::read(d.path().join("out")).unwrap(), b"two");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
+        // A 255-byte name still gets a temporary file.
+        let long = "n".repeat(255);
+        let f = AtomicFileAt::create(fd, d.path(), &long).unwrap();
+        f.commit(Replace::Nothing).unwrap();
+        assert!(d.path().join(&long).exists());
     }
 }

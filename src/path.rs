@@ -2,13 +2,19 @@
 //!
 //! Every name is checked here, once, before anything is written: segments may not be empty,
 //! `.` or `..`, nor contain `/`, NUL or control characters, nor be longer than 255 bytes. A prefix
-//! is a `/`-separated list of such segments (`/` alone is the root); a target given with `--to`
-//! is relative (`a/b.pth` files under the prefix) and never absolute. The checks make it
-//! impossible for any stored name to point outside a directory an exporter writes into.
+//! is a `/`-separated list of such segments (`/` alone is the root), at most 64 of them and at
+//! most 1024 bytes in all, so every stored path fits in a directory tree on any common file
+//! system; a target given with `--to` is relative (`a/b.pth` files under the prefix) and never
+//! absolute. The checks make it impossible for any stored name to point outside a directory an
+//! exporter writes into.
 
 use crate::error::{Error, Result};
 
 pub const MAX_SEGMENT: usize = 255;
+/// Longest normalized prefix, in bytes (`/a/b` is 4).
+pub const MAX_PREFIX: usize = 1024;
+/// Most segments in a prefix.
+pub const MAX_DEPTH: usize = 64;
 
 /// Where a file lives: one path of one experiment. Every field is validated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,7 +103,8 @@ pub fn segment<'a>(what: &'static str, s: &'a str) -> Result<&'a str> {
 }
 
 /// Normalize a prefix: `""`, `"/"` → `"/"`; `"models/"`, `"/models"` → `"/models"`.
-/// Refuses empty segments (`/a//b`), `.`/`..` and control characters.
+/// Refuses empty segments (`/a//b`), `.`/`..`, control characters, more than `MAX_DEPTH`
+/// segments and more than `MAX_PREFIX` bytes.
 pub fn prefix(s: &str) -> Result<String> {
     let trimmed = s.strip_prefix('/').unwrap_or(s);
     let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
@@ -106,6 +113,24 @@ pub fn prefix(s: &str) -> Result<String> {
             return Err(Error::invalid("prefix", s, "has an empty segment"));
         }
         return Ok("/".to_string());
+    }
+    let depth = trimmed.split('/').count();
+    if depth > MAX_DEPTH {
+        return Err(Error::invalid(
+            "prefix",
+            abbreviate(s),
+            format!("has {depth} segments; at most {MAX_DEPTH} are allowed"),
+        ));
+    }
+    if trimmed.len() + 1 > MAX_PREFIX {
+        return Err(Error::invalid(
+            "prefix",
+            abbreviate(s),
+            format!(
+                "is {} bytes long; at most {MAX_PREFIX} are allowed",
+                trimmed.len() + 1
+            ),
+        ));
     }
     let mut out = String::with_capacity(trimmed.len() + 1);
     for seg in trimmed.split('/') {
@@ -119,6 +144,19 @@ pub fn prefix(s: &str) -> Result<String> {
         out.push_str(seg);
     }
     Ok(out)
+}
+
+/// The start of a long value, for a one-line message.
+fn abbreviate(s: &str) -> String {
+    const KEEP: usize = 60;
+    if s.len() <= KEEP {
+        return s.to_string();
+    }
+    let mut end = KEEP;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// Split a full path `/a/b/name` into a normalized prefix and a file name.
@@ -178,6 +216,51 @@ mod tests {
         for bad in ["/a//b", "/a/../b", "/./a", "/a/\u{7}", "//", "/a\\b"] {
             assert!(prefix(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn prefixes_have_a_depth_and_length_limit() {
+        let deep = |n: usize| format!("/{}", vec!["d"; n].join("/"));
+        assert_eq!(prefix(&deep(64)).unwrap(), deep(64));
+        assert_eq!(prefix(&format!("{}/", deep(64))).unwrap(), deep(64));
+        let err = prefix(&deep(65)).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }));
+        assert!(err.to_string().contains("65 segments"), "{err}");
+        assert!(err.to_string().contains("at most 64"), "{err}");
+
+        // Exactly `n` bytes once normalized, in segments of at most 200.
+        let long = |n: usize| {
+            let mut p = String::new();
+            while p.len() < n {
+                p.push('/');
+                p.push_str(&"x".repeat((n - p.len()).min(200)));
+            }
+            p
+        };
+        assert_eq!(long(1024).len(), 1024);
+        assert_eq!(prefix(&long(1024)).unwrap(), long(1024));
+        let without_slash = long(1024)[1..].to_string();
+        assert_eq!(
+            prefix(&without_slash).unwrap(),
+            long(1024),
+            "normalized length"
+        );
+        let err = prefix(&long(1025)).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("1025 bytes") && msg.contains("at most 1024"),
+            "{msg}"
+        );
+        assert!(msg.len() < 200, "the value is shortened: {msg}");
+        // Multi-byte characters are cut on a character boundary.
+        let wide = format!("/{}", vec!["é".repeat(100); 6].join("/"));
+        assert!(prefix(&wide).unwrap_err().to_string().contains("..."));
+
+        // A target's folders count too.
+        let to = format!("{}/x.pth", ["t"; 5].join("/"));
+        assert!(target(&deep(59), &to).is_ok());
+        assert!(target(&deep(60), &to).is_err());
     }
 
     #[test]

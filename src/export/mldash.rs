@@ -22,11 +22,10 @@
 //! unique within the experiment.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::safe::{self, Entry, Ledger};
+use super::safe::{self, Dir, Entry, Ledger};
 use super::{Doc, ExpPlan, FileJob, LedgerKind, pyjson};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -298,9 +297,9 @@ pub(super) fn render_ledger(l: &Ledger) -> Vec<u8> {
 }
 
 /// What an earlier export wrote here (empty if no ledger or an unreadable one).
-pub(super) fn read_ledger(exp_dir: &Path) -> Ledger {
+pub(super) fn read_ledger(exp: &Dir) -> Ledger {
     let mut l = Ledger::default();
-    let Ok(bytes) = std::fs::read(exp_dir.join(LEDGER_FILE)) else {
+    let Ok(Some(bytes)) = exp.read_file(LEDGER_FILE) else {
         return l;
     };
     let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {

@@ -15,7 +15,14 @@
 //! SHA-256 check into a temporary file that is renamed into place. Documents follow the files
 //! (an index never names bytes that are not there yet), then files export wrote earlier that
 //! left the plan are removed, then the ledger is written. Export overwrites or removes only
-//! what its ledger says it wrote; everything else in DIR is left alone.
+//! what its ledger says it wrote; everything else in DIR is left alone. Everything inside DIR
+//! is reached through directory handles without following symbolic links (`safe.rs`), so
+//! nothing outside DIR is read, written or removed, even if folders in DIR are swapped for
+//! links while export runs.
+//!
+//! A store may hold a file `/a` and a file `/a/x`; a directory tree cannot hold both at
+//! `files/a`. The plan keeps the folder, leaves the file out and reports it (`--layout ml-dash`
+//! puts each file in a folder of its own and has no such clash).
 
 mod discover;
 pub mod import;
@@ -24,7 +31,8 @@ mod pyjson;
 mod safe;
 mod tree;
 
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -36,7 +44,7 @@ use crate::index::Scope;
 use crate::read::FileReader;
 use crate::record::FileRecord;
 use crate::store::Store;
-use safe::{Check, Entry, HashingWriter, Ledger, Root};
+use safe::{Check, Dir, Entry, HashingWriter, Ledger};
 
 pub use import::{ImportSummary, import};
 
@@ -148,10 +156,13 @@ impl ExportPlan {
                 crate::path::segment(what, v)?;
             }
         }
-        let (exps, problems) = match layout {
+        let (mut exps, mut problems) = match layout {
             Layout::Tree => (tree::plan(store, scope)?, Vec::new()),
             Layout::MlDash => mldash::plan(store, scope)?,
         };
+        for e in &mut exps {
+            problems.extend(drop_blocked(e, layout));
+        }
         Ok(ExportPlan { exps, problems })
     }
 
@@ -172,34 +183,48 @@ impl ExportPlan {
         dir: &Path,
         progress: Option<&AtomicU64>,
     ) -> Result<ExportSummary> {
-        let root = Root::create(dir)?;
+        let target = Dir::target(dir)?;
         let mut sum = ExportSummary {
             problems: self.problems.clone(),
             ..Default::default()
         };
         // Experiment directories and what earlier exports wrote in them.
-        let mut ready: Vec<(&ExpPlan, PathBuf, Ledger)> = Vec::new();
+        let mut ready: Vec<Ready> = Vec::new();
         for e in &self.exps {
-            if e.only_if_present && !root.is_real_dir(&e.dir).unwrap_or(true) {
+            if e.only_if_present && !target.is_real_dir(&e.dir).unwrap_or(true) {
                 continue;
             }
-            match root.ensure_dir(&e.dir) {
-                Ok(p) => {
+            match target.ensure_path(&e.dir) {
+                Ok(d) => {
                     let old = match e.ledger {
-                        LedgerKind::Records => tree::read_ledger(&p),
-                        LedgerKind::File => mldash::read_ledger(&p),
+                        LedgerKind::Records => tree::read_ledger(&d),
+                        LedgerKind::File => mldash::read_ledger(&d),
                     };
-                    ready.push((e, p, old));
+                    ready.push(Ready {
+                        plan: e,
+                        dir: d,
+                        old,
+                        done: vec![false; e.files.len()],
+                        handled: BTreeSet::new(),
+                        kept: Ledger::default(),
+                    });
                 }
                 Err(err) => sum.problems.push(format!("{}: {err}", e.dir.join("/"))),
             }
         }
         sum.experiments = ready.len() as u64;
 
-        let jobs: Vec<(&FileJob, &Path, &Ledger, &Vec<String>)> = ready
+        // 0. A file an earlier export wrote where the plan now needs a folder goes first.
+        for r in &mut ready {
+            clear_the_way(r, &mut sum);
+        }
+
+        let jobs: Vec<JobId> = ready
             .iter()
-            .flat_map(|(e, p, l)| e.files.iter().map(move |f| (f, p.as_path(), l, &e.dir)))
+            .enumerate()
+            .flat_map(|(i, r)| (0..r.plan.files.len()).map(move |j| (i, j)))
             .collect();
+        let job = |&(i, j): &JobId| (&ready[i], &ready[i].plan.files[j]);
         sum.files = jobs.len() as u64;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(
@@ -213,13 +238,14 @@ impl ExportPlan {
         // 1. Check every destination (hashing existing files) in parallel.
         let checks: Vec<Result<Check>> = pool.install(|| {
             jobs.par_iter()
-                .map(|(f, exp_dir, ledger, _)| {
-                    let dest = exp_dir.join(f.rel.join("/"));
-                    let want = Entry {
-                        size: f.rec.size_bytes,
-                        sha256: f.rec.checksum,
-                    };
-                    let c = safe::check_dest(&dest, want, ledger.0.get(&f.rel.join("/")).copied());
+                .map(|k| {
+                    let (r, f) = job(k);
+                    let c = safe::check_dest(
+                        &r.dir,
+                        &f.rel,
+                        f.entry(),
+                        r.old.0.get(&f.rel.join("/")).copied(),
+                    );
                     if let (Ok(Check::Same), Some(p)) = (&c, progress) {
                         p.fetch_add(f.rec.size_bytes, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -227,11 +253,16 @@ impl ExportPlan {
                 })
                 .collect()
         });
+        // (experiment, file) of the files that now hold their planned bytes.
+        let mut done = Vec::new();
         let mut to_write = Vec::new();
-        for (job, c) in jobs.iter().zip(checks) {
+        for (k, c) in jobs.iter().zip(checks) {
             match c {
-                Ok(Check::Same) => sum.skipped += 1,
-                Ok(Check::Write) => to_write.push(*job),
+                Ok(Check::Same) => {
+                    sum.skipped += 1;
+                    done.push(*k);
+                }
+                Ok(Check::Write(prior)) => to_write.push((*k, prior)),
                 Ok(Check::Refused(why)) => sum.problems.push(why),
                 Err(e) => sum.problems.push(e.to_string()),
             }
@@ -239,131 +270,349 @@ impl ExportPlan {
 
         // 2. Write: readers are opened one at a time (each takes the store lock briefly), the
         //    copies run in parallel. The channel bounds how many open readers wait.
-        let outcomes: Mutex<Vec<Result<u64>>> = Mutex::new(Vec::new());
+        let outcomes: Mutex<Vec<(JobId, Result<u64>)>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             let (tx, rx) = crossbeam_channel::bounded::<(usize, Result<FileReader>)>(MAX_THREADS);
             let to_write = &to_write;
+            let job = &job;
             s.spawn(move || {
-                for (i, (f, ..)) in to_write.iter().enumerate() {
-                    if tx.send((i, store.open_version(f.rec.id))).is_err() {
+                for (i, (k, _)) in to_write.iter().enumerate() {
+                    if tx.send((i, store.open_version(job(k).1.rec.id))).is_err() {
                         break;
                     }
                 }
             });
             pool.install(|| {
                 rx.into_iter().par_bridge().for_each(|(i, reader)| {
-                    let (f, _, _, dir) = to_write[i];
-                    let r = reader.and_then(|r| write_file(&root, dir, f, &r, progress));
-                    outcomes.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                    let (k, prior) = &to_write[i];
+                    let (r, f) = job(k);
+                    let res = reader
+                        .and_then(|rd| write_file(&r.dir, f, &rd, prior.as_deref(), progress));
+                    outcomes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((*k, res));
                 });
             });
         });
-        for r in outcomes.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            match r {
+        for (k, res) in outcomes.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            match res {
                 Ok(n) => {
                     sum.written += 1;
                     sum.bytes += n;
+                    done.push(k);
                 }
                 Err(e) => sum.problems.push(e.to_string()),
             }
         }
+        for (i, j) in done {
+            ready[i].done[j] = true;
+        }
 
         // 3. Per experiment: documents, then removal of what left the plan, then the ledger.
-        for (e, exp_dir, old) in &ready {
-            finish_experiment(&root, e, exp_dir, old, &mut sum);
+        for r in &mut ready {
+            finish_experiment(r, &mut sum);
         }
         Ok(sum)
     }
 }
 
-/// Stream one version into its destination; returns the bytes written.
-fn write_file(
-    root: &Root,
-    exp_dir: &[String],
-    f: &FileJob,
-    reader: &FileReader,
-    progress: Option<&AtomicU64>,
-) -> Result<u64> {
-    let (name, parents) = f.rel.split_last().expect("a file path has a name");
-    let mut segs = exp_dir.to_vec();
-    segs.extend_from_slice(parents);
-    let dest = root.ensure_dir(&segs)?.join(name);
-    root.join(&[segs, vec![name.clone()]].concat())?;
-    let mut out = crate::durable::AtomicFile::create(&dest)?;
-    let mut hw = HashingWriter::new(&mut out, progress);
-    reader.copy_to(&mut hw)?;
-    let got = hw.finish();
-    if got.size != f.rec.size_bytes || got.sha256 != f.rec.checksum {
-        // Dropping `out` removes the temporary file: the destination is untouched.
-        return Err(Error::corrupt(
-            f.rec.key().display(),
-            format!(
-                "read {} bytes with SHA-256 {}, the record says {} bytes with {}",
-                got.size, got.sha256, f.rec.size_bytes, f.rec.checksum
-            ),
-        ));
+/// (experiment, file) of a store file in a run: indexes into the experiments being written and
+/// their plan's files.
+type JobId = (usize, usize);
+
+impl FileJob {
+    /// What the destination must hold.
+    fn entry(&self) -> Entry {
+        Entry {
+            size: self.rec.size_bytes,
+            sha256: self.rec.checksum,
+        }
     }
-    out.commit()?;
-    Ok(got.size)
 }
 
-fn finish_experiment(
-    root: &Root,
-    e: &ExpPlan,
-    exp_dir: &Path,
-    old: &Ledger,
-    sum: &mut ExportSummary,
-) {
-    let mut new = Ledger::default();
-    for f in &e.files {
-        new.0.insert(
-            f.rel.join("/"),
-            Entry {
-                size: f.rec.size_bytes,
-                sha256: f.rec.checksum,
-            },
-        );
+/// An experiment directory being written: its plan, its open directory, what earlier exports
+/// wrote there, and what this run has done so far.
+struct Ready<'a> {
+    plan: &'a ExpPlan,
+    dir: Dir,
+    old: Ledger,
+    /// Per store file of the plan: now holds the planned bytes.
+    done: Vec<bool>,
+    /// Entries of `old` already dealt with (removed, or tried).
+    handled: BTreeSet<String>,
+    /// Entries of `old` that could not be removed: still ours, tried again next time.
+    kept: Ledger,
+}
+
+impl Ready<'_> {
+    /// Files and documents of the plan, by their path in the ledger.
+    fn planned(&self) -> BTreeSet<String> {
+        let files = self.plan.files.iter().map(|f| f.rel.join("/"));
+        files
+            .chain(self.plan.docs.iter().map(|d| d.rel.join("/")))
+            .collect()
     }
-    for d in &e.docs {
-        new.0.insert(d.rel.join("/"), Entry::of(&d.bytes));
-    }
-    let write = |rel: &[String], bytes: &[u8], sum: &mut ExportSummary| {
-        let mut segs = e.dir.clone();
-        segs.extend_from_slice(&rel[..rel.len() - 1]);
-        let r = root.ensure_dir(&segs).and_then(|d| {
-            let dest = d.join(&rel[rel.len() - 1]);
-            safe::write_doc(&dest, bytes, old.0.contains_key(&rel.join("/")))
-        });
-        match r {
-            Ok(Check::Refused(why)) => sum.problems.push(why),
-            Err(err) => sum.problems.push(err.to_string()),
-            Ok(_) => {}
-        }
-    };
-    for d in &e.docs {
-        write(&d.rel, &d.bytes, sum);
-    }
-    for (rel, entry) in &old.0 {
-        if new.0.contains_key(rel) || rel == mldash::LEDGER_FILE {
-            continue;
-        }
+
+    /// Remove `rel`, an entry of the old ledger that left the plan, if it still holds what
+    /// export wrote there.
+    fn remove(&mut self, rel: &str, entry: Entry, sum: &mut ExportSummary) {
+        self.handled.insert(rel.to_string());
         let Some(segs) = safe::split_rel(rel) else {
-            continue;
+            return;
         };
-        let Ok(path) = root.join(&[e.dir.clone(), segs].concat()) else {
-            continue;
-        };
-        match safe::remove_ours(&path, *entry, exp_dir) {
+        match safe::remove_ours(&self.dir, &segs, entry) {
             Ok(true) => sum.removed += 1,
             Ok(false) => {}
-            Err(err) => sum.problems.push(err.to_string()),
+            Err(err) => {
+                sum.problems.push(err.to_string());
+                self.kept.0.insert(rel.to_string(), entry);
+            }
         }
     }
+}
+
+/// Remove files earlier exports wrote where the plan now needs a folder (a file `/a` that
+/// became the folder of `/a/x`), before anything is written.
+fn clear_the_way(r: &mut Ready<'_>, sum: &mut ExportSummary) {
+    let plan = r.plan;
+    let rels = plan
+        .files
+        .iter()
+        .map(|f| &f.rel)
+        .chain(plan.docs.iter().map(|d| &d.rel));
+    let mut folders: BTreeSet<String> = BTreeSet::new();
+    for rel in rels {
+        for k in 1..rel.len() {
+            folders.insert(rel[..k].join("/"));
+        }
+    }
+    let planned = r.planned();
+    let stale: Vec<(String, Entry)> = r
+        .old
+        .0
+        .iter()
+        .filter(|(rel, _)| folders.contains(*rel) && !planned.contains(*rel))
+        .map(|(rel, e)| (rel.clone(), *e))
+        .collect();
+    for (rel, entry) in stale {
+        r.remove(&rel, entry, sum);
+    }
+}
+
+/// What takes the place a store file needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Blocker {
+    /// Another store file (by index) needs a folder there.
+    File(usize),
+    /// A document (by index) is there, or needs a folder there.
+    Doc(usize),
+}
+
+/// For each of `files` (paths under the experiment directory), what takes its place, if
+/// anything: a directory tree cannot hold a file and a folder of one name, so the folder wins,
+/// and documents always win. A file named as the blocker is never itself blocked by a file.
+pub(super) fn blocked(files: &[&[String]], docs: &[&[String]]) -> Vec<Option<Blocker>> {
+    let doc_at: HashMap<&[String], usize> = docs.iter().enumerate().map(|(i, d)| (*d, i)).collect();
+    let folders = |skip: &dyn Fn(usize) -> bool| {
+        let mut m: HashMap<&[String], Blocker> = HashMap::new();
+        for (i, d) in docs.iter().enumerate() {
+            for k in 1..d.len() {
+                m.entry(&d[..k]).or_insert(Blocker::Doc(i));
+            }
+        }
+        for (i, f) in files.iter().enumerate().filter(|(i, _)| !skip(*i)) {
+            for k in 1..f.len() {
+                m.entry(&f[..k]).or_insert(Blocker::File(i));
+            }
+        }
+        m
+    };
+    let find = |m: &HashMap<&[String], Blocker>| -> Vec<Option<Blocker>> {
+        files
+            .iter()
+            .map(|f| {
+                // A document at its place or at the place of one of its folders, else a
+                // folder another file needs at its place.
+                (1..=f.len())
+                    .find_map(|k| doc_at.get(&f[..k]))
+                    .map(|&i| Blocker::Doc(i))
+                    .or_else(|| m.get(f).copied())
+            })
+            .collect()
+    };
+    let first = find(&folders(&|_| false));
+    if first.iter().all(Option::is_none) {
+        return first;
+    }
+    // Name a file that is exported: every folder a left-out file needs is also needed by one.
+    let second = find(&folders(&|i| first[i].is_some()));
+    first
+        .into_iter()
+        .zip(second)
+        .map(|(a, b)| a.map(|a| b.unwrap_or(a)))
+        .collect()
+}
+
+/// Leave out the store files that cannot be written in this layout; one problem line each.
+fn drop_blocked(e: &mut ExpPlan, layout: Layout) -> Vec<String> {
+    let files: Vec<&[String]> = e.files.iter().map(|f| f.rel.as_slice()).collect();
+    let docs: Vec<&[String]> = e.docs.iter().map(|d| d.rel.as_slice()).collect();
+    let blockers = blocked(&files, &docs);
+    if blockers.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    let exp = e.dir.join("/");
+    let hint = match layout {
+        Layout::Tree => {
+            " (the tree layout cannot hold a file and a folder of one name; --layout ml-dash can)"
+        }
+        Layout::MlDash => "",
+    };
+    let mut problems = Vec::new();
+    for (f, b) in e.files.iter().zip(&blockers) {
+        let path = f.rec.full_path();
+        match b {
+            None => {}
+            Some(Blocker::File(j)) => problems.push(format!(
+                "{exp}: {path} cannot be exported: {} needs a folder of that name{hint}",
+                e.files[*j].rec.full_path()
+            )),
+            Some(Blocker::Doc(j)) => problems.push(format!(
+                "{exp}: {path} cannot be exported: the layout keeps {} there",
+                e.docs[*j].rel.join("/")
+            )),
+        }
+    }
+    let mut b = blockers.iter();
+    e.files.retain(|_| b.next().is_some_and(Option::is_none));
+    problems
+}
+
+/// Stream one version into its destination; returns the bytes written.
+fn write_file(
+    exp: &Dir,
+    f: &FileJob,
+    reader: &FileReader,
+    prior: Option<&rustix::fs::Stat>,
+    progress: Option<&AtomicU64>,
+) -> Result<u64> {
+    safe::write_dest(exp, &f.rel, prior, |out| {
+        let mut hw = HashingWriter::new(out, progress);
+        reader.copy_to(&mut hw)?;
+        let got = hw.finish();
+        if got != f.entry() {
+            // Returning an error drops the temporary file: the destination is untouched.
+            return Err(Error::corrupt(
+                f.rec.key().display(),
+                format!(
+                    "read {} bytes with SHA-256 {}, the record says {} bytes with {}",
+                    got.size, got.sha256, f.rec.size_bytes, f.rec.checksum
+                ),
+            ));
+        }
+        Ok(got.size)
+    })
+}
+
+fn finish_experiment(r: &mut Ready<'_>, sum: &mut ExportSummary) {
+    let e = r.plan;
+    // The new ledger: what this export put in place, and what earlier exports wrote that is
+    // still there (a failed write leaves the old file, still ours).
+    let mut new = Ledger::default();
+    let keep = |rel: String, now: Option<Entry>, new: &mut Ledger, old: &Ledger| {
+        if let Some(entry) = now.or_else(|| old.0.get(&rel).copied()) {
+            new.0.insert(rel, entry);
+        }
+    };
+    for (f, done) in e.files.iter().zip(&r.done) {
+        keep(f.rel.join("/"), done.then(|| f.entry()), &mut new, &r.old);
+    }
+    for d in &e.docs {
+        let ok = write_doc(r, &d.rel, &d.bytes, sum);
+        keep(
+            d.rel.join("/"),
+            ok.then(|| Entry::of(&d.bytes)),
+            &mut new,
+            &r.old,
+        );
+    }
+    let planned = r.planned();
+    let stale: Vec<(String, Entry)> = r
+        .old
+        .0
+        .iter()
+        .filter(|(rel, _)| {
+            !planned.contains(*rel) && *rel != mldash::LEDGER_FILE && !r.handled.contains(*rel)
+        })
+        .map(|(rel, entry)| (rel.clone(), *entry))
+        .collect();
+    for (rel, entry) in stale {
+        r.remove(&rel, entry, sum);
+    }
     if let LedgerKind::File = e.ledger {
-        write(
-            &[mldash::LEDGER_FILE.to_string()],
-            &mldash::render_ledger(&new),
-            sum,
+        new.0.extend(r.kept.0.iter().map(|(k, v)| (k.clone(), *v)));
+        let ledger = [mldash::LEDGER_FILE.to_string()];
+        write_doc(r, &ledger, &mldash::render_ledger(&new), sum);
+    }
+}
+
+/// Write one document of an experiment; problems are reported. Returns whether it now holds
+/// `bytes`.
+fn write_doc(r: &Ready<'_>, rel: &[String], bytes: &[u8], sum: &mut ExportSummary) -> bool {
+    let owned = r.old.0.contains_key(&rel.join("/"));
+    match safe::write_doc(&r.dir, rel, bytes, owned) {
+        Ok(Check::Refused(why)) => sum.problems.push(why),
+        Err(err) => sum.problems.push(err.to_string()),
+        Ok(_) => return true,
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rels(paths: &[&str]) -> Vec<Vec<String>> {
+        paths
+            .iter()
+            .map(|p| p.split('/').map(str::to_string).collect())
+            .collect()
+    }
+
+    fn blockers(files: &[&str], docs: &[&str]) -> Vec<Option<Blocker>> {
+        let (f, d) = (rels(files), rels(docs));
+        let f: Vec<&[String]> = f.iter().map(Vec::as_slice).collect();
+        let d: Vec<&[String]> = d.iter().map(Vec::as_slice).collect();
+        blocked(&f, &d)
+    }
+
+    #[test]
+    fn the_folder_wins_and_documents_always_win() {
+        use Blocker::*;
+        assert_eq!(blockers(&["files/a", "files/b"], &[]), vec![None, None]);
+        // Either order: the file whose name a folder needs is left out.
+        assert_eq!(
+            blockers(&["files/a", "files/a/x"], &[]),
+            vec![Some(File(1)), None]
+        );
+        assert_eq!(
+            blockers(&["files/a/x", "files/a"], &[]),
+            vec![None, Some(File(0))]
+        );
+        // A chain: only the deepest is written, and it is the one named.
+        assert_eq!(
+            blockers(&["files/a", "files/a/x", "files/a/x/y"], &[]),
+            vec![Some(File(2)), Some(File(2)), None]
+        );
+        // A document at a file's place, at one of its folders, or below it.
+        let docs = ["files/.index", "meta/m"];
+        assert_eq!(
+            blockers(
+                &["files/.index", "files/.index/1/f", "meta", "files/ok"],
+                &docs
+            ),
+            vec![Some(Doc(0)), Some(Doc(0)), Some(Doc(1)), None]
         );
     }
 }

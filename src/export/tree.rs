@@ -4,12 +4,12 @@
 //! live version's record (the JSON of `list --json`), as one array. The namespace is not part
 //! of the path (the seed omits it), so two namespaces holding the same project/experiment are
 //! refused unless the scope names one. The records file doubles as the ledger: the latest
-//! record of each path names a file this export wrote.
+//! record of each path names a file this export wrote, except a file whose name a folder
+//! takes (`/a` beside `/a/x`), which the plan leaves out.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
-use super::safe::{self, Entry, Ledger};
+use super::safe::{self, Dir, Entry, Ledger};
 use super::{Doc, ExpPlan, FileJob, LedgerKind};
 use crate::error::{Error, Result};
 use crate::index::Scope;
@@ -82,23 +82,28 @@ fn latest(records: &[FileRecord]) -> Vec<&FileRecord> {
 }
 
 /// What an earlier tree export wrote here, from its records file (empty if none or unreadable).
-pub(super) fn read_ledger(exp_dir: &Path) -> Ledger {
-    let path = exp_dir.join(RECORDS_FILE);
-    let Ok(bytes) = std::fs::read(&path) else {
+pub(super) fn read_ledger(exp: &Dir) -> Ledger {
+    let Ok(Some(bytes)) = exp.read_file(RECORDS_FILE) else {
         return Ledger::default();
     };
     let Ok(records) = serde_json::from_slice::<Vec<FileRecord>>(&bytes) else {
         return Ledger::default();
     };
+    let latest = latest(&records);
+    let rels: Vec<Vec<String>> = latest.iter().map(|r| file_rel(r)).collect();
+    let refs: Vec<&[String]> = rels.iter().map(Vec::as_slice).collect();
+    let blocked = super::blocked(&refs, &[]);
     let mut l = Ledger::default();
-    for r in latest(&records) {
-        l.0.insert(
-            file_rel(r).join("/"),
-            Entry {
-                size: r.size_bytes,
-                sha256: r.checksum,
-            },
-        );
+    for ((r, rel), b) in latest.iter().zip(&rels).zip(blocked) {
+        if b.is_none() {
+            l.0.insert(
+                rel.join("/"),
+                Entry {
+                    size: r.size_bytes,
+                    sha256: r.checksum,
+                },
+            );
+        }
     }
     l.0.insert(RECORDS_FILE.to_string(), Entry::of(&bytes));
     l

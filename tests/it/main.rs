@@ -14,6 +14,7 @@ mod dedup;
 mod delta;
 mod delta_review;
 mod export;
+mod export_hostile;
 mod faults;
 mod gc;
 mod hostile;
