@@ -14,6 +14,7 @@ pub mod experiment;
 pub mod export;
 pub mod fault;
 pub mod gc;
+pub mod glob;
 pub mod id;
 pub mod index;
 pub mod ingest;

@@ -932,8 +932,9 @@ pub struct ListFilter {
     pub prefix: Option<String>,
     /// Every tag must be present.
     pub tags: Vec<String>,
-    /// Matched against the full path (`/a/b/name`), or the file name when it has no `/`.
-    pub glob: Option<globset::GlobMatcher>,
+    /// Matched against the full path (`/a/b/name`), or the file name when it has no `/`
+    /// (`crate::glob`: `*` stays inside a segment, `**` crosses segments).
+    pub glob: Option<crate::glob::Glob>,
     pub all_versions: bool,
     pub include_deleted: bool,
 }
@@ -945,16 +946,10 @@ impl ListFilter {
         {
             return false;
         }
-        if let Some(g) = &self.glob {
-            let has_slash = g.glob().glob().contains('/');
-            let target = if has_slash {
-                r.full_path()
-            } else {
-                r.filename.clone()
-            };
-            if !g.is_match(target) {
-                return false;
-            }
+        if let Some(g) = &self.glob
+            && !g.matches(r)
+        {
+            return false;
         }
         true
     }

@@ -371,14 +371,10 @@ impl Experiment {
         include_deleted: bool,
     ) -> PyResult<Py<PyAny>> {
         let e = self.store(py)?;
-        let glob = match glob {
-            Some(g) => Some(
-                globset::Glob::new(g)
-                    .map_err(|err| PyValueError::new_err(format!("bad glob {g:?}: {err}")))?
-                    .compile_matcher(),
-            ),
-            None => None,
-        };
+        let glob = glob
+            .map(ml_dash::glob::Glob::new)
+            .transpose()
+            .map_err(py_err)?;
         let f = ListFilter {
             prefix: Some(ml_dash::path::prefix(prefix).map_err(py_err)?),
             tags: tags.unwrap_or_default(),

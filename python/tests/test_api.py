@@ -173,3 +173,24 @@ def test_push_on_close_to_garage(workdir, cli):
         exp.file(write(workdir / "m.bin", os.urandom(70_000)), prefix="/m")
     cli("pull", url, "--json", root=workdir / "other")
     assert [r["filename"] for r in cli("list", "--json", root=workdir / "other")] == ["m.bin"]
+
+
+def test_glob_table_shared_with_the_engine_and_the_cli(workdir):
+    """`files(glob=...)` follows the same table as `ml-dash list --glob` and the engine."""
+    import json
+
+    table = json.loads((Path(__file__).resolve().parents[2] / "tests" / "data" / "glob_table.json").read_text())
+    with Experiment(name="e", project="p") as exp:
+        for p in table["paths"]:
+            d, name = p.rsplit("/", 1)
+            src = workdir / "src" / name
+            src.parent.mkdir(exist_ok=True)
+            src.write_bytes(d.encode())
+            exp.file(src, prefix=d or "/")
+        for case in table["cases"]:
+            got = sorted(r["path"].rstrip("/") + "/" + r["filename"] if r["path"] != "/" else "/" + r["filename"]
+                         for r in exp.files(glob=case["glob"]))
+            assert got == sorted(case["matches"]), case["glob"]
+        for bad in table["invalid"]:
+            with pytest.raises(ValueError):
+                exp.files(glob=bad)

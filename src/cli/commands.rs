@@ -503,12 +503,7 @@ fn list(
     json: bool,
 ) -> Result<i32> {
     let glob = glob
-        .map(|g| {
-            globset::GlobBuilder::new(&g)
-                .literal_separator(true)
-                .build()
-                .map(|g| g.compile_matcher())
-        })
+        .map(|g| ml_dash::glob::Glob::new(&g))
         .transpose()
         .context("bad --glob pattern")?;
     let f = ListFilter {

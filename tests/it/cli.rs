@@ -1120,3 +1120,35 @@ fn unicode_names_and_odd_destinations() {
     refused(&r, "non-object metadata with multi-byte text");
     assert_eq!(list_json(&root, &["--all-versions"]).len(), 1);
 }
+
+/// `list --glob` follows the one glob table the library and the Python module also follow.
+#[test]
+fn glob_table_through_the_cli() {
+    let (_d, root, src) = setup();
+    let t: Value = serde_json::from_str(include_str!("../data/glob_table.json")).unwrap();
+    for p in t["paths"].as_array().unwrap() {
+        let (dir, name) = p.as_str().unwrap().rsplit_once('/').unwrap();
+        let f = write_file(&src, name, dir.as_bytes());
+        let prefix = if dir.is_empty() { "/" } else { dir };
+        upload(&root, &[&f], &["--prefix", prefix]);
+    }
+    for case in t["cases"].as_array().unwrap() {
+        let g = case["glob"].as_str().unwrap();
+        let mut got = full_paths(&list_json(&root, &["--glob", g]));
+        got.sort();
+        let mut want: Vec<String> = case["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "--glob {g:?}");
+    }
+    for bad in t["invalid"].as_array().unwrap() {
+        refused(
+            &run(&root, &["list", "--glob", bad.as_str().unwrap()]),
+            "an invalid glob",
+        );
+    }
+}

@@ -186,7 +186,7 @@ fn versions_number_1_2_3_per_path() {
     let all: Vec<u32> = exp
         .list(ml_dash::ListFilter {
             all_versions: true,
-            glob: Some(globset::Glob::new("model.pth").unwrap().compile_matcher()),
+            glob: Some(ml_dash::glob::Glob::new("model.pth").unwrap()),
             ..Default::default()
         })
         .unwrap()

@@ -276,7 +276,7 @@ fn list_filters_prefix_tag_glob_scope() {
         }),
         vec!["/logs/train.log"]
     );
-    let glob = |g: &str| Some(globset::Glob::new(g).unwrap().compile_matcher());
+    let glob = |g: &str| Some(ml_dash::glob::Glob::new(g).unwrap());
     assert_eq!(
         names(ListFilter {
             glob: glob("*.pth"),
@@ -284,9 +284,17 @@ fn list_filters_prefix_tag_glob_scope() {
         }),
         vec!["/models/a.pth", "/models/sub/b.pth", "/models_old/c.pth"]
     );
+    // `*` stays inside one segment, `**` crosses them (one meaning in Rust, the CLI, Python).
     assert_eq!(
         names(ListFilter {
             glob: glob("/models/*"),
+            ..Default::default()
+        }),
+        vec!["/models/a.pth"]
+    );
+    assert_eq!(
+        names(ListFilter {
+            glob: glob("/models/**"),
             ..Default::default()
         }),
         vec!["/models/a.pth", "/models/sub/b.pth"]
