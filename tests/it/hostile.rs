@@ -1018,6 +1018,46 @@ fn a_repair_that_fails_halfway_keeps_the_previous_index() {
     assert_eq!(rec.unwrap().version, 3, "the next version of /a.bin");
 }
 
+/// One bit of a delta record's inner checksum rots. The bytes it codes are intact and reads
+/// prove a delta by decoding it to its chunk id (not by that checksum), so every checkpoint
+/// still downloads; after `repair` and `gc` every one must still download.
+#[test]
+fn a_rotten_inner_checksum_of_a_delta_record_loses_nothing_through_repair_and_gc() {
+    let t = tmp();
+    let root = t.path().join("store");
+    let full = "/ck/model.safetensors";
+    let cks = crate::delta::model_checkpoints(400_000, 31, 3, 100);
+    for ck in &cks {
+        put(&root, "e", full, ck);
+    }
+    let (pack, rec) = pack_files(&root)
+        .into_iter()
+        .flat_map(|p| pack_records(&p).into_iter().map(move |r| (p.clone(), r)))
+        .find(|(_, r)| r.codec == Codec::Delta as u8)
+        .expect("the checkpoints are stored as deltas");
+    // Stored bytes: base [32], depth, transform, inner codec, 0, inner checksum [16], inner.
+    flip_byte(&pack, rec.data_start() + 40);
+    for (i, ck) in cks.iter().enumerate() {
+        let (o, got) = download(&root, "e", full, Some(i as u32 + 1));
+        let got = got.unwrap_or_else(|| panic!("v{} before the repair: {}", i + 1, o.stderr));
+        same_bytes(got, ck, &format!("v{} before the repair", i + 1));
+    }
+    let (r, g) = repair_then_gc(&root);
+    for (i, ck) in cks.iter().enumerate() {
+        let (o, got) = download(&root, "e", full, Some(i as u32 + 1));
+        assert!(
+            got.as_deref() == Some(&ck[..]),
+            "v{} read back before, lost after repair (exit {}: {}) and gc (exit {}: {}): {}",
+            i + 1,
+            r.code,
+            r.text().trim(),
+            g.code,
+            g.text().trim(),
+            o.stderr.trim()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reads that must prove the whole file.
 
