@@ -899,6 +899,50 @@ fn a_flipped_byte_in_a_record_header_loses_only_that_record_through_repair_and_g
     );
 }
 
+/// The header of the second record of a pack of six small files is rewritten with a longer
+/// length and a valid header checksum (a misdirected write can put any valid header there): 30
+/// bytes more, reaching into the next record's header, or 1 MiB more, past the end of the
+/// pack. Every file that still downloaded after the damage must still download after `repair`
+/// and `gc`.
+#[test]
+fn a_record_header_with_a_wrong_length_loses_only_that_record_through_repair_and_gc() {
+    for extra in [30u32, 1 << 20] {
+        let t = tmp();
+        let root = t.path().join("store");
+        let files = small_files(&root, 6);
+        let packs = pack_files(&root);
+        assert_eq!(packs.len(), 1);
+        let recs = pack_records(&packs[0]);
+        assert_eq!(recs.len(), 6);
+        let at = recs[1].offset as usize;
+        let mut b = fs::read(&packs[0]).unwrap();
+        let mut h = pack::decode_record_header(&b[at..]).unwrap();
+        assert_eq!(h.codec, Codec::Raw, "random bytes are stored raw");
+        h.raw_len += extra;
+        h.stored_len += extra;
+        b[at..at + pack::RECORD_HEADER_LEN].copy_from_slice(&pack::encode_record_header(&h));
+        fs::write(&packs[0], b).unwrap();
+        let readable: Vec<&(String, Vec<u8>)> = files
+            .iter()
+            .filter(|(full, data)| download(&root, "e", full, None).1.as_deref() == Some(&data[..]))
+            .collect();
+        assert_eq!(readable.len(), 5, "only the damaged record's file is lost");
+        let (r, g) = repair_then_gc(&root);
+        let lost: Vec<&str> = readable
+            .iter()
+            .filter(|(full, data)| download(&root, "e", full, None).1.as_deref() != Some(&data[..]))
+            .map(|(full, _)| full.as_str())
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{extra} bytes longer: readable after the damage, lost after repair (exit {}: {}) and gc ({}): {lost:?}",
+            r.code,
+            r.text().trim(),
+            g.text().trim()
+        );
+    }
+}
+
 /// Two pack files swap names (a careless restore). Their records are intact: after `repair`
 /// and `gc` every file must download.
 #[test]
