@@ -580,8 +580,10 @@ impl Window<'_> {
 }
 
 /// Read every record of a pack in order, past damage: a damaged header is skipped by
-/// resynchronizing on the next valid record header (`ScanReport::damaged` names the span).
-/// With `verify`, each record's data is checked on its own (`check_stored`).
+/// resynchronizing on the next valid record header (`ScanReport::damaged` names the span), and
+/// so is a valid header whose record would run past the end when a valid record follows it.
+/// With `verify`, each record's data is checked on its own (`check_stored`), and the scan goes
+/// on at a valid record header inside a record that fails (its length may be damaged).
 pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Result<ScanReport> {
     let file = File::open(path).at(path)?;
     let len = file.metadata().at(path)?.len();
@@ -633,7 +635,18 @@ pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Re
         };
         let end = offset + RECORD_HEADER_LEN as u64 + header.stored_len as u64;
         if end > len {
-            // A valid header whose data runs past the end: an append a crash interrupted.
+            // A valid header whose data runs past the end: an append a crash interrupted,
+            // unless a valid record starts after it (its length is damaged: a header checksum
+            // is 4 bytes, and a misdirected write can bring a valid header of another record).
+            if let Some(next) = w.resync(offset + 1)? {
+                rep.damaged.push(Damage {
+                    start: offset,
+                    end: next,
+                    reason: "a record runs past the end of the pack".into(),
+                });
+                offset = next;
+                continue;
+            }
             rep.torn_tail = Some(offset);
             break;
         }
@@ -658,8 +671,14 @@ pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Re
             base,
             data_ok,
         });
-        rep.end = end;
-        offset = end;
+        rep.end = rep.end.max(end);
+        // A record whose data fails its check may have a damaged length: a valid record
+        // header inside the span it claims starts the next record (else records after it,
+        // intact and still read through the index, would be lost to a rebuild).
+        offset = match data_ok {
+            Some(false) => w.resync(offset + 1)?.filter(|n| *n < end).unwrap_or(end),
+            _ => end,
+        };
     }
     Ok(rep)
 }

@@ -266,22 +266,27 @@ impl Store {
         // (its base may be long gone), and every delta record is remembered in case the one
         // indexed turns out not to decode.
         let mut delta_records: HashMap<ChunkId, Vec<pack::ChunkLoc>> = HashMap::new();
+        // Delta records that fail their check on their own (the inner checksum): reads never
+        // look at that checksum (they decode the record through its base and prove the result
+        // against the chunk id), so such a record may still hold its chunk, and be the only
+        // one that does. It is tried like any other delta record, after the sound ones.
+        let mut unchecked: Vec<(PathBuf, ChunkId, pack::ChunkLoc)> = Vec::new();
         let mut in_pack: HashMap<Id, Vec<ChunkId>> = HashMap::new();
         for (pid, path) in list_ids(&self.dir("packs"), "pack")? {
             let mut b = IndexBatch::default();
             let mut here: HashMap<ChunkId, pack::ChunkLoc> = HashMap::new();
             let ids = in_pack.entry(pid).or_default();
             let scanned = pack::scan(&path, pid, true, |r| {
+                let id = r.header.id;
+                let loc = pack::ChunkLoc {
+                    pack: pid,
+                    offset: r.offset,
+                    stored_len: r.header.stored_len,
+                    raw_len: r.header.raw_len,
+                    codec: r.header.codec,
+                    base: r.base,
+                };
                 if r.data_ok == Some(true) {
-                    let id = r.header.id;
-                    let loc = pack::ChunkLoc {
-                        pack: pid,
-                        offset: r.offset,
-                        stored_len: r.header.stored_len,
-                        raw_len: r.header.raw_len,
-                        codec: r.header.codec,
-                        base: r.base,
-                    };
                     ids.push(id);
                     if loc.base.is_some() {
                         delta_records.entry(id).or_default().push(loc);
@@ -294,6 +299,8 @@ impl Store {
                         b.put_chunk(&id, &loc);
                         here.insert(id, loc);
                     }
+                } else if r.data_ok == Some(false) && loc.base.is_some() {
+                    unchecked.push((path.clone(), id, loc));
                 } else if r.data_ok == Some(false) {
                     rep.damaged.push(format!(
                         "{}: chunk {} at offset {} is damaged",
@@ -327,7 +334,16 @@ impl Store {
             ix.apply_unflushed(b)?;
             rep.packs += 1;
         }
+        let mut b = IndexBatch::default();
+        for (_, id, loc) in &unchecked {
+            delta_records.entry(*id).or_default().push(*loc);
+            if ix.chunk(id)?.is_none() {
+                b.put_chunk(id, loc);
+            }
+        }
+        ix.apply_unflushed(b)?;
         self.prove_deltas(ix, &delta_records, &mut rep)?;
+        self.store_whole(ix, &unchecked, &mut in_pack, &mut rep)?;
 
         // Versions and events.
         let mut referenced: HashSet<ChunkId> = HashSet::new();
@@ -503,6 +519,63 @@ impl Store {
                     pack::pack_file_name(pid)
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Delta records that failed their check on their own: each one `prove_deltas` kept
+    /// (it decodes to its chunk id through its base) is stored again, whole, in a new pack, so
+    /// that gc, push and verify, which check records on their own, find a sound record of the
+    /// chunk; the others are reported damaged.
+    fn store_whole(
+        &self,
+        ix: &Index,
+        unchecked: &[(PathBuf, ChunkId, pack::ChunkLoc)],
+        in_pack: &mut HashMap<Id, Vec<ChunkId>>,
+        rep: &mut RebuildReport,
+    ) -> Result<()> {
+        let mut w: Option<PackWriter> = None;
+        let mut b = IndexBatch::default();
+        for (path, id, loc) in unchecked {
+            let what = || format!("chunk {id}");
+            let raw = if ix.chunk(id)? == Some(*loc) {
+                let mut located = crate::read::Located::new(self.dir("packs"));
+                located
+                    .add(ix, loc, &what)
+                    .and_then(|()| located.read(loc, id, &what))
+                    .ok()
+            } else {
+                None
+            };
+            let Some(raw) = raw else {
+                rep.damaged.push(format!(
+                    "{}: chunk {id} at offset {} is damaged",
+                    path.display(),
+                    loc.offset
+                ));
+                continue;
+            };
+            let w = match &mut w {
+                Some(w) => w,
+                None => w.insert(PackWriter::create(&self.dir("packs"), &self.opts.faults)?),
+            };
+            let new = match crate::codec::encode(&raw, self.opts.compression) {
+                Some((codec, stored)) => w.append(*id, loc.raw_len, codec, &stored)?,
+                None => w.append(*id, loc.raw_len, Codec::Raw, &raw)?,
+            };
+            b.put_chunk(id, &new);
+            in_pack.entry(w.id).or_default().push(*id);
+            rep.damaged.push(format!(
+                "{}: delta chunk {id} at offset {} fails its inner checksum but decodes to its id through its base; stored again whole in packs/{}",
+                path.display(),
+                loc.offset,
+                pack::pack_file_name(w.id)
+            ));
+        }
+        if let Some(mut w) = w {
+            w.sync()?;
+            b.put_pack(w.id, w.len());
+            ix.apply_unflushed(b)?;
         }
         Ok(())
     }

@@ -899,6 +899,50 @@ fn a_flipped_byte_in_a_record_header_loses_only_that_record_through_repair_and_g
     );
 }
 
+/// The header of the second record of a pack of six small files is rewritten with a longer
+/// length and a valid header checksum (a misdirected write can put any valid header there): 30
+/// bytes more, reaching into the next record's header, or 1 MiB more, past the end of the
+/// pack. Every file that still downloaded after the damage must still download after `repair`
+/// and `gc`.
+#[test]
+fn a_record_header_with_a_wrong_length_loses_only_that_record_through_repair_and_gc() {
+    for extra in [30u32, 1 << 20] {
+        let t = tmp();
+        let root = t.path().join("store");
+        let files = small_files(&root, 6);
+        let packs = pack_files(&root);
+        assert_eq!(packs.len(), 1);
+        let recs = pack_records(&packs[0]);
+        assert_eq!(recs.len(), 6);
+        let at = recs[1].offset as usize;
+        let mut b = fs::read(&packs[0]).unwrap();
+        let mut h = pack::decode_record_header(&b[at..]).unwrap();
+        assert_eq!(h.codec, Codec::Raw, "random bytes are stored raw");
+        h.raw_len += extra;
+        h.stored_len += extra;
+        b[at..at + pack::RECORD_HEADER_LEN].copy_from_slice(&pack::encode_record_header(&h));
+        fs::write(&packs[0], b).unwrap();
+        let readable: Vec<&(String, Vec<u8>)> = files
+            .iter()
+            .filter(|(full, data)| download(&root, "e", full, None).1.as_deref() == Some(&data[..]))
+            .collect();
+        assert_eq!(readable.len(), 5, "only the damaged record's file is lost");
+        let (r, g) = repair_then_gc(&root);
+        let lost: Vec<&str> = readable
+            .iter()
+            .filter(|(full, data)| download(&root, "e", full, None).1.as_deref() != Some(&data[..]))
+            .map(|(full, _)| full.as_str())
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{extra} bytes longer: readable after the damage, lost after repair (exit {}: {}) and gc ({}): {lost:?}",
+            r.code,
+            r.text().trim(),
+            g.text().trim()
+        );
+    }
+}
+
 /// Two pack files swap names (a careless restore). Their records are intact: after `repair`
 /// and `gc` every file must download.
 #[test]
@@ -1016,6 +1060,46 @@ fn a_repair_that_fails_halfway_keeps_the_previous_index() {
     let (o, rec) = upload(&root, "e", "/a.bin", &random_bytes(83, 5000));
     o.ok("upload after the failed repair");
     assert_eq!(rec.unwrap().version, 3, "the next version of /a.bin");
+}
+
+/// One bit of a delta record's inner checksum rots. The bytes it codes are intact and reads
+/// prove a delta by decoding it to its chunk id (not by that checksum), so every checkpoint
+/// still downloads; after `repair` and `gc` every one must still download.
+#[test]
+fn a_rotten_inner_checksum_of_a_delta_record_loses_nothing_through_repair_and_gc() {
+    let t = tmp();
+    let root = t.path().join("store");
+    let full = "/ck/model.safetensors";
+    let cks = crate::delta::model_checkpoints(400_000, 31, 3, 100);
+    for ck in &cks {
+        put(&root, "e", full, ck);
+    }
+    let (pack, rec) = pack_files(&root)
+        .into_iter()
+        .flat_map(|p| pack_records(&p).into_iter().map(move |r| (p.clone(), r)))
+        .find(|(_, r)| r.codec == Codec::Delta as u8)
+        .expect("the checkpoints are stored as deltas");
+    // Stored bytes: base [32], depth, transform, inner codec, 0, inner checksum [16], inner.
+    flip_byte(&pack, rec.data_start() + 40);
+    for (i, ck) in cks.iter().enumerate() {
+        let (o, got) = download(&root, "e", full, Some(i as u32 + 1));
+        let got = got.unwrap_or_else(|| panic!("v{} before the repair: {}", i + 1, o.stderr));
+        same_bytes(got, ck, &format!("v{} before the repair", i + 1));
+    }
+    let (r, g) = repair_then_gc(&root);
+    for (i, ck) in cks.iter().enumerate() {
+        let (o, got) = download(&root, "e", full, Some(i as u32 + 1));
+        assert!(
+            got.as_deref() == Some(&ck[..]),
+            "v{} read back before, lost after repair (exit {}: {}) and gc (exit {}: {}): {}",
+            i + 1,
+            r.code,
+            r.text().trim(),
+            g.code,
+            g.text().trim(),
+            o.stderr.trim()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
