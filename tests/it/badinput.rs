@@ -37,7 +37,7 @@ fn non_utf8_file_names_need_a_target_name() {
     // The CLI says the same and takes --to.
     let arg = src.to_str().map(str::to_string);
     assert!(arg.is_none(), "the name must not be valid UTF-8");
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .arg("--root")
         .arg(&root)
         .arg("upload")
@@ -51,7 +51,7 @@ fn non_utf8_file_names_need_a_target_name() {
         stderr.contains("UTF-8") && stderr.lines().count() == 1,
         "{stderr}"
     );
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .arg("--root")
         .arg(&root)
         .arg("upload")

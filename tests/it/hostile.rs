@@ -67,7 +67,7 @@ fn ml_with(root: &Path, args: &[&str], envs: &[(&str, &str)], quiet_stdout: bool
     // memory a process had before `exec` into its peak, and this test process may be large
     // (other tests run beside it), so the peak of a child forked from here says nothing.
     let mut c = Command::new("python3");
-    c.arg("-c").arg(MEASURE).arg(BIN);
+    c.arg("-c").arg(MEASURE).arg(bin());
     c.env_remove("ML_DASH_ROOT")
         .current_dir(root.parent().expect("root has a parent"))
         .arg("--root")

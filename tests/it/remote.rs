@@ -412,7 +412,7 @@ fn a_push_killed_midway_resumes_without_duplicate_data() {
             put(&a, &format!("e{k}"), "/big.bin", &data, &[], Value::Null);
         }
         let remote = Remote::open(&cfg).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(["--root", root.to_str().unwrap(), "push", &cfg.url, "--json"])
             .env("ML_DASH_PACK_TARGET", "4194304")
             .stdout(Stdio::null())
@@ -476,7 +476,7 @@ fn cli_push_and_pull_with_credentials_from_the_environment() {
         let a = t.path().join(format!("a{i}"));
         let f = write_file(t.path(), &format!("w{i}.bin"), &random_bytes(11, 300_000));
         let ok = |args: &[&str], root: &Path| -> Value {
-            let out = Command::new(BIN)
+            let out = Command::new(bin())
                 .arg("--root")
                 .arg(root)
                 .args(args)
@@ -521,7 +521,7 @@ fn cli_push_and_pull_with_credentials_from_the_environment() {
         assert_eq!(files["uploaded"], 1, "{files}");
     }
     // A bad URL is a clear error, exit 2.
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args([
             "--root",
             t.path().join("x").to_str().unwrap(),
@@ -743,7 +743,7 @@ fn a_pull_killed_at_any_point_leaves_a_store_that_verifies_and_a_rerun_completes
         for (round, kill) in plan.iter().enumerate() {
             let packs0 = count_named(&broot.join("packs"), "pack");
             let mans0 = count_named(&broot.join("manifests"), "manifest");
-            let mut child = Command::new(BIN)
+            let mut child = Command::new(bin())
                 .args([
                     "--root",
                     broot.to_str().unwrap(),

@@ -10,7 +10,44 @@ use ml_dash::index::Scope;
 use ml_dash::{Experiment, FileRecord, ListFilter, Store};
 use sha2::Digest as _;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ml-dash");
+/// The `ml-dash` binary (package `ml-dash-cli`, a workspace member of its own), built with
+/// this test run's profile the first time a test asks for it: a no-op when `cargo test` at the
+/// workspace root already built it, and never a stale binary when only the engine's tests run.
+pub fn bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        // target/<profile dir>/deps/it-<hash> → target/<profile dir>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/<profile>/deps");
+        let profile = if dir.file_name().is_some_and(|n| n == "release") {
+            "release"
+        } else {
+            "test"
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let st = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "ml-dash-cli",
+                "--bin",
+                "ml-dash",
+                "--profile",
+                profile,
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo to build the ml-dash binary");
+        assert!(st.success(), "cargo could not build the ml-dash binary");
+        let bin = dir.join("ml-dash");
+        assert!(bin.is_file(), "no binary at {}", bin.display());
+        bin
+    })
+}
 
 /// A fresh temporary directory (removed on drop).
 pub fn tmp() -> tempfile::TempDir {
@@ -136,7 +173,7 @@ pub fn read_via_download(exp: &Experiment, full_path: &str, version: Option<u32>
 pub type Run = (i32, String, String);
 
 fn command(root: Option<&Path>, cwd: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.env_remove("ML_DASH_ROOT").current_dir(cwd);
     if let Some(r) = root {
         c.arg("--root").arg(r);

@@ -1,5 +1,7 @@
-//! Argument parsing, output and exit codes. Errors print one line on stderr and exit 2;
-//! `verify` exits 1 when it finds damage; a closed stdout (broken pipe) exits 0.
+//! The `ml-dash` command line: argument parsing, output and exit codes (README.md has the
+//! contract). Errors print one line on stderr and exit 2; `verify` (and other commands that
+//! find damage) exit 1; a closed stdout (broken pipe) exits 0. `commands.rs` has one function
+//! per command; everything they do is the `ml-dash` engine crate's.
 
 mod commands;
 mod progress;
@@ -276,6 +278,10 @@ pub enum LayoutArg {
 
 /// Exit code for "ran, and found damage" (verify).
 pub const DAMAGE: i32 = 1;
+
+fn main() {
+    std::process::exit(run());
+}
 
 pub fn run() -> i32 {
     let cli = match Cli::try_parse() {

@@ -8,8 +8,8 @@ use ml_dash::index::Scope;
 use ml_dash::path::{self, ExperimentKey, FileKey};
 use ml_dash::{FileRecord, ListFilter, NewVersion, Store};
 
-use super::progress::Progress;
-use super::{Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, ScopeArgs, shown};
+use crate::progress::Progress;
+use crate::{Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, ScopeArgs, shown};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let root = cli.root;
@@ -654,7 +654,7 @@ fn import(root: &Path, dir: &Path, json: bool) -> Result<i32> {
 }
 
 #[cfg(feature = "remote")]
-fn connect(url: &str, a: &super::RemoteArgs) -> Result<ml_dash::remote::Remote> {
+fn connect(url: &str, a: &crate::RemoteArgs) -> Result<ml_dash::remote::Remote> {
     let cfg = ml_dash::remote::RemoteConfig {
         url: url.to_string(),
         endpoint: a.endpoint.clone(),
@@ -669,14 +669,14 @@ fn connect(url: &str, a: &super::RemoteArgs) -> Result<ml_dash::remote::Remote> 
 fn push(
     root: &Path,
     url: &str,
-    a: &super::RemoteArgs,
-    layout: super::PushLayout,
+    a: &crate::RemoteArgs,
+    layout: crate::PushLayout,
     json: bool,
 ) -> Result<i32> {
     let store = open(root)?;
     let remote = connect(url, a)?;
     match layout {
-        super::PushLayout::Packs => {
+        crate::PushLayout::Packs => {
             let rep = {
                 let p = Progress::start("push", None, !json);
                 store.push(&remote, Some(&p.counter))?
@@ -697,7 +697,7 @@ fn push(
                 ),
             )?;
         }
-        super::PushLayout::Files => {
+        crate::PushLayout::Files => {
             let rep = {
                 let p = Progress::start("push", None, !json);
                 store.push_files(&remote, Some(&p.counter))?
@@ -722,7 +722,7 @@ fn push(
 }
 
 #[cfg(feature = "remote")]
-fn pull(root: &Path, url: &str, a: &super::RemoteArgs, json: bool) -> Result<i32> {
+fn pull(root: &Path, url: &str, a: &crate::RemoteArgs, json: bool) -> Result<i32> {
     let remote = connect(url, a)?;
     let store = Store::open_with(root, options())?;
     let rep = {
