@@ -7,9 +7,9 @@ use std::hint::black_box;
 use std::io::Cursor;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ml_dash::chunker::{Chunker, ChunkerConfig};
-use ml_dash::codec::{self, Compression};
-use ml_dash::path::ExperimentKey;
+use ml_dash::ExperimentKey;
+use ml_dash::testing::codec::{self, Compression};
+use ml_dash::{ChunkerConfig, testing::chunker::Chunker};
 use ml_dash::{NewVersion, Store};
 use sha2::Digest as _;
 
@@ -103,12 +103,12 @@ fn stages(c: &mut Criterion) {
             || tempfile::tempdir().unwrap(),
             |dir| {
                 let mut w =
-                    ml_dash::pack::PackWriter::create(dir.path(), &Default::default()).unwrap();
+                    ml_dash::testing::PackWriter::create(dir.path(), &Default::default()).unwrap();
                 for c in data.chunks(64 * 1024) {
                     w.append(
-                        ml_dash::digest::ChunkId::default(),
+                        ml_dash::ChunkId::default(),
                         c.len() as u32,
-                        ml_dash::codec::Codec::Raw,
+                        ml_dash::testing::codec::Codec::Raw,
                         c,
                     )
                     .unwrap();

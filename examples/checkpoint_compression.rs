@@ -16,8 +16,8 @@ mod adam;
 
 use std::time::Instant;
 
-use ml_dash::codec::{self, Compression};
-use ml_dash::path::ExperimentKey;
+use ml_dash::ExperimentKey;
+use ml_dash::testing::codec::{self, Compression};
 use ml_dash::{NewVersion, Store, StoreOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use ml_dash::index::Scope;
+use ml_dash::Scope;
 use ml_dash::{Experiment, FileRecord};
 use serde_json::json;
 

@@ -12,13 +12,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::index::Scope;
-use crate::journal::{LogEntry, MetricPoint, Params};
-use crate::path::{self, ExperimentKey, FileKey};
-use crate::read::FileReader;
-use crate::record::FileRecord;
-use crate::store::{ListFilter, NewVersion, Store, StoreOptions};
+use crate::format::id::Id;
+use crate::format::names::{self, ExperimentKey, FileKey};
+use crate::format::record::FileRecord;
+use crate::store::index::Scope;
+use crate::store::journal::{LogEntry, MetricPoint, Params};
+use crate::store::read::FileReader;
+use crate::store::{ListFilter, NewVersion, RecordChanges, Store, StoreOptions};
 
 /// Settings for opening an experiment.
 pub struct ExperimentBuilder {
@@ -125,14 +125,14 @@ impl Experiment {
 
     /// `/a/b/name` in this experiment.
     pub fn file_key(&self, full_path: &str) -> Result<FileKey> {
-        let (p, name) = path::split_full(full_path)?;
+        let (p, name) = names::split_full(full_path)?;
         Ok(self.key.file(p, name))
     }
 
     /// Latest live version of every file (at or under `prefix`, `/` for all).
     pub fn files(&self, prefix: &str) -> Result<Vec<FileRecord>> {
         self.list(ListFilter {
-            prefix: Some(path::prefix(prefix)?),
+            prefix: Some(names::prefix(prefix)?),
             ..Default::default()
         })
     }
@@ -179,16 +179,10 @@ impl Experiment {
         self.store.delete(&self.file_key(full_path)?)
     }
 
-    /// Replace description / tags / metadata of the latest live version of a path.
-    pub fn update(
-        &self,
-        full_path: &str,
-        description: Option<Option<String>>,
-        tags: Option<Vec<String>>,
-        metadata: Option<serde_json::Value>,
-    ) -> Result<FileRecord> {
+    /// Change description / tags / metadata of the latest live version of a path.
+    pub fn update(&self, full_path: &str, changes: &RecordChanges) -> Result<FileRecord> {
         let rec = self.get(full_path, None)?;
-        self.store.update(rec.id, description, tags, metadata)
+        self.store.update(rec.id, changes)
     }
 
     /// This experiment's parameters: `experiment.parameters().set(&json!({...}))`.
@@ -224,9 +218,15 @@ impl Experiment {
         }
     }
 
-    /// Replace metadata of a version by id.
-    pub fn update_version(&self, id: Id, metadata: serde_json::Value) -> Result<FileRecord> {
-        self.store.update(id, None, None, Some(metadata))
+    /// Change description / tags / metadata of a version by id.
+    pub fn update_version(&self, id: Id, changes: &RecordChanges) -> Result<FileRecord> {
+        self.store.update(id, changes)
+    }
+
+    /// A whole version of a path (`None`: the latest live one) in memory, verified (for small
+    /// files; `open` reads any size).
+    pub fn read(&self, full_path: &str, version: Option<u32>) -> Result<Vec<u8>> {
+        crate::store::read::read_all(&self.open(full_path, version)?)
     }
 }
 
@@ -314,7 +314,7 @@ impl FileUpload<'_> {
 
     /// Check everything, then store the file as a new version.
     pub fn save(self) -> Result<FileRecord> {
-        let prefix = path::prefix(&self.prefix)?;
+        let prefix = names::prefix(&self.prefix)?;
         let name = match &self.to {
             Some(t) => t.clone(),
             None => self
@@ -333,7 +333,7 @@ impl FileUpload<'_> {
                 })?
                 .to_string(),
         };
-        let (dir, filename) = path::target(&prefix, &name)?;
+        let (dir, filename) = names::target(&prefix, &name)?;
         let key = self.exp.key.file(dir, filename);
         self.exp.store.put_file(&self.src, &key, self.v, None)
     }

@@ -1,40 +1,101 @@
 //! ml-dash: a content-addressed artifact store for machine-learning experiments.
 //!
-//! Files are cut by content-defined chunking, each chunk named by its BLAKE3 digest, compressed
-//! with zstd when that pays, and appended to pack files; a sled index maps experiment paths to
-//! versions whose manifests carry the SHA-256, tags and metadata. See `ARCHITECTURE.md`.
+//! Training code hands it models, checkpoints, plots, configs and results; it files them under
+//! `namespace / project / experiment / prefix / filename` with a SHA-256 checksum, tags, a
+//! description and metadata, every upload a new version. Files are cut into content-defined
+//! chunks (or on a grid aligned to the tensors of a checkpoint), each named by its BLAKE3
+//! digest, deduplicated across everything stored, compressed when that pays (zstd, byte planes
+//! for floats, deltas against the previous checkpoint), and appended to pack files; a sled
+//! index, derived from the packs and the per-version manifests, maps paths to versions. Reads
+//! are verified chunk by chunk and file by file.
+//!
+//! The entry points are [`Experiment`] (the ml-dash Files tutorial's API: an experiment whose
+//! `file(...)` stores a file and returns its [`FileRecord`]) and [`Store`] (the store itself:
+//! uploads, listing, reads, deletes, `verify`, `gc`, `repair`). With the `remote` feature (on by
+//! default), a store pushes to and pulls from S3-compatible object storage ([`Remote`]).
+//!
+//! ```
+//! use ml_dash::{Experiment, ListFilter};
+//!
+//! # fn main() -> ml_dash::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let root = dir.path().join(".ml-dash");
+//! # std::fs::write(dir.path().join("model.pth"), b"weights")?;
+//! # let model = dir.path().join("model.pth");
+//! let experiment = Experiment::new("my-experiment", "project").local_path(&root).open()?;
+//! let record = experiment
+//!     .file(&model)
+//!     .prefix("/models")
+//!     .tags(["checkpoint", "best"])
+//!     .metadata(serde_json::json!({"epoch": 50}))
+//!     .save()?;
+//! assert_eq!((record.filename.as_str(), record.size_bytes, record.version), ("model.pth", 7, 1));
+//!
+//! // Read it back (every chunk and the whole file are checked).
+//! let bytes = experiment.read("/models/model.pth", None)?;
+//! assert_eq!(bytes, b"weights");
+//! assert_eq!(experiment.list(ListFilter::default())?.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `ARCHITECTURE.md` is the map of the code; `docs/format.md` the on-disk format.
 
-pub mod chunker;
-pub mod codec;
-pub mod delta;
-pub mod digest;
-pub mod durable;
-pub mod error;
-pub mod experiment;
-pub mod export;
-pub mod fault;
-pub mod gc;
-pub mod glob;
-pub mod id;
-pub mod index;
-pub mod ingest;
-pub mod journal;
-pub mod manifest;
-pub mod pack;
-pub mod path;
-pub mod read;
-pub mod record;
-pub mod recover;
+#![warn(missing_docs)]
+
+pub(crate) mod error;
+pub(crate) mod experiment;
+pub(crate) mod format;
+pub(crate) mod interop;
 #[cfg(feature = "remote")]
-pub mod remote;
-pub mod rpack;
-pub mod stats;
-pub mod store;
-pub mod tensors;
-pub mod time;
-pub mod verify;
+pub(crate) mod remote;
+pub(crate) mod store;
 
 pub use error::{Error, Result};
-pub use experiment::{Experiment, FileUpload};
-pub use record::FileRecord;
-pub use store::{ListFilter, NewVersion, Store, StoreOptions};
+pub use experiment::{Experiment, ExperimentBuilder, FileUpload, Metric, Parameters};
+pub use format::chunker::ChunkerConfig;
+pub use format::codec::Compression;
+pub use format::digest::{ChunkId, Digest, Sha256};
+pub use format::glob::Glob;
+pub use format::id::Id;
+pub use format::names::{ExperimentKey, FileKey};
+pub use format::record::FileRecord;
+pub use interop::{ExportPlan, ExportSummary, ImportSummary, Layout as ExportLayout, import};
+#[cfg(feature = "remote")]
+pub use remote::{FilesReport, Inventory, PullReport, PushReport, Remote, RemoteConfig};
+pub use store::gc::{GcOptions, GcReport};
+pub use store::index::Scope;
+pub use store::journal::{JournalContents, LogEntry, MetricPoint, Params};
+pub use store::read::FileReader;
+pub use store::recover::RebuildReport;
+pub use store::stats::Stats;
+pub use store::verify::VerifyReport;
+pub use store::{ImportedVersion, ListFilter, NewVersion, RecordChanges, Store, StoreOptions};
+
+/// Checks of names and values, as every upload applies them: an embedder (or a form) can check
+/// input before calling the store, with the same errors.
+pub mod validate {
+    pub use crate::format::names::{
+        MAX_DEPTH, MAX_PREFIX, MAX_SEGMENT, prefix, segment, split_full, target, under,
+    };
+    pub use crate::format::record::{
+        MAX_DESCRIPTION, MAX_VERSION, check_description, check_metadata, check_tags,
+    };
+}
+
+/// Internals for tests, fuzz targets and benchmarks (cargo feature `testing`): fault injection
+/// and the on-disk formats, to craft and inspect packs, manifests, events and remote objects.
+/// Not a stable API.
+#[cfg(feature = "testing")]
+#[allow(missing_docs)]
+pub mod testing {
+    pub use crate::format::{
+        chunker, codec, delta, digest, manifest, names, pack, record, rpack, tensors, time,
+    };
+    #[cfg(feature = "remote")]
+    pub use crate::remote::{parse_url, part_size_for};
+    pub use crate::store::fault::{FaultKind, Faults};
+    pub use crate::store::index::Index;
+    pub use crate::store::packs::{self, PackWriter};
+    pub use crate::store::read::read_all;
+}

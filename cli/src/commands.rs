@@ -4,8 +4,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use ml_dash::index::Scope;
-use ml_dash::path::{self, ExperimentKey, FileKey};
+use ml_dash::Scope;
+use ml_dash::{ExperimentKey, FileKey, validate};
 use ml_dash::{FileRecord, ListFilter, NewVersion, Store};
 
 use crate::progress::Progress;
@@ -93,7 +93,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let store = open(&root)?;
             let rec = store.resolve(&key, None)?;
             let tags = (!tags.is_empty()).then_some(tags);
-            let rec = store.update(rec.id, description.map(Some), tags, metadata)?;
+            let changes = ml_dash::RecordChanges {
+                description: description.map(Some),
+                tags,
+                metadata,
+            };
+            let rec = store.update(rec.id, &changes)?;
             print_record(&mut io::stdout().lock(), &rec, json)?;
             Ok(0)
         }
@@ -127,7 +132,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             if !(0.0..=1.0).contains(&threshold) {
                 bail!("--threshold must be between 0 and 1");
             }
-            let rep = open(&root)?.gc_with(&ml_dash::gc::GcOptions {
+            let rep = open(&root)?.gc_with(&ml_dash::GcOptions {
                 dry_run,
                 rewrite_threshold: threshold,
                 drop_unreferenced,
@@ -351,7 +356,7 @@ fn exp_key(e: &ExpArgs) -> Result<ExperimentKey> {
 }
 
 fn file_key(e: &ExpArgs, full: &str) -> Result<FileKey> {
-    let (p, name) = path::split_full(full)?;
+    let (p, name) = validate::split_full(full)?;
     Ok(exp_key(e)?.file(p, name))
 }
 
@@ -362,7 +367,7 @@ fn scope_of(s: &ScopeArgs) -> Result<Scope> {
         ("experiment", &s.experiment),
     ] {
         if let Some(v) = v {
-            path::segment(what, v)?;
+            validate::segment(what, v)?;
         }
     }
     Ok(Scope {
@@ -375,7 +380,7 @@ fn scope_of(s: &ScopeArgs) -> Result<Scope> {
 fn parse_metadata(s: &str) -> Result<serde_json::Value> {
     let v: serde_json::Value =
         serde_json::from_str(s).with_context(|| format!("--metadata is not valid JSON: {s:?}"))?;
-    ml_dash::record::check_metadata(&v)?;
+    ml_dash::validate::check_metadata(&v)?;
     Ok(v)
 }
 
@@ -425,12 +430,12 @@ fn upload(
 ) -> Result<i32> {
     // Check every argument and every source before storing anything.
     let ek = exp_key(&exp)?;
-    let prefix = path::prefix(&prefix)?;
+    let prefix = validate::prefix(&prefix)?;
     let metadata = metadata
         .map(|m| parse_metadata(&m))
         .transpose()?
         .unwrap_or(serde_json::Value::Null);
-    ml_dash::record::check_tags(&tags)?;
+    ml_dash::validate::check_tags(&tags)?;
     if to.is_some() && files.len() > 1 {
         bail!("--to names one file, but {} files were given", files.len());
     }
@@ -467,7 +472,7 @@ fn upload(
                 );
             }
         }
-        let (dir, filename) = path::target(&prefix, &name)?;
+        let (dir, filename) = validate::target(&prefix, &name)?;
         plan.push((f.clone(), ek.file(dir, filename)));
     }
     let store = Store::open_with(root, options())?;
@@ -503,12 +508,12 @@ fn list(
     json: bool,
 ) -> Result<i32> {
     let glob = glob
-        .map(|g| ml_dash::glob::Glob::new(&g))
+        .map(|g| ml_dash::Glob::new(&g))
         .transpose()
         .context("bad --glob pattern")?;
     let f = ListFilter {
         scope: scope_of(&scope)?,
-        prefix: prefix.map(|p| path::prefix(&p)).transpose()?,
+        prefix: prefix.map(|p| validate::prefix(&p)).transpose()?,
         tags,
         glob,
         all_versions,
@@ -594,7 +599,7 @@ fn export(
     layout: LayoutArg,
     json: bool,
 ) -> Result<i32> {
-    use ml_dash::export::{ExportPlan, Layout};
+    use ml_dash::{ExportLayout as Layout, ExportPlan};
     let layout = match layout {
         LayoutArg::Tree => Layout::Tree,
         LayoutArg::MlDash => Layout::MlDash,
@@ -631,7 +636,7 @@ fn import(root: &Path, dir: &Path, json: bool) -> Result<i32> {
     let store = Store::open_with(root, options())?;
     let sum = {
         let p = Progress::start("import", None, !json);
-        ml_dash::export::import(&store, dir, Some(&p.counter))?
+        ml_dash::import(&store, dir, Some(&p.counter))?
     };
     report(
         json,
@@ -654,15 +659,15 @@ fn import(root: &Path, dir: &Path, json: bool) -> Result<i32> {
 }
 
 #[cfg(feature = "remote")]
-fn connect(url: &str, a: &crate::RemoteArgs) -> Result<ml_dash::remote::Remote> {
-    let cfg = ml_dash::remote::RemoteConfig {
+fn connect(url: &str, a: &crate::RemoteArgs) -> Result<ml_dash::Remote> {
+    let cfg = ml_dash::RemoteConfig {
         url: url.to_string(),
         endpoint: a.endpoint.clone(),
         access_key_id: a.access_key_id.clone(),
         secret_access_key: a.secret_access_key.clone(),
         region: a.region.clone(),
     };
-    Ok(ml_dash::remote::Remote::open(&cfg)?)
+    Ok(ml_dash::Remote::open(&cfg)?)
 }
 
 #[cfg(feature = "remote")]

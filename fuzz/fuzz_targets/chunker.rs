@@ -2,7 +2,7 @@
 //! any size gives the same cuts as chunking at once.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ml_dash::chunker::{Chunker, ChunkerConfig};
+use ml_dash::{ChunkerConfig, testing::chunker::Chunker};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {

@@ -26,16 +26,17 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use ml_dash::chunker::ChunkerConfig;
-use ml_dash::codec::{self, Codec, Compression};
-use ml_dash::delta::{self, Transform};
-use ml_dash::digest::ChunkId;
-use ml_dash::id::Id;
-use ml_dash::manifest::{self, Manifest};
-use ml_dash::pack::{self, RecordHeader};
-use ml_dash::path::{ExperimentKey, FileKey};
-use ml_dash::remote::{Remote, RemoteConfig};
-use ml_dash::{NewVersion, Store, StoreOptions, rpack};
+use ml_dash::ChunkId;
+use ml_dash::ChunkerConfig;
+use ml_dash::Id;
+use ml_dash::testing::codec::{self, Codec, Compression};
+use ml_dash::testing::delta::{self, Transform};
+use ml_dash::testing::manifest::{self, Manifest};
+use ml_dash::testing::pack::{self, RecordHeader};
+use ml_dash::testing::rpack;
+use ml_dash::{ExperimentKey, FileKey};
+use ml_dash::{NewVersion, Store, StoreOptions};
+use ml_dash::{Remote, RemoteConfig};
 use serde_json::{Value, json};
 
 /// Scratch directories: in memory when possible (every commit fsyncs; on a disk that is
@@ -222,7 +223,14 @@ fn build_template() -> Template {
         .delete(&oexp.file("/r".into(), "tmp.bin".into()))
         .unwrap();
     origin
-        .update(o0.id, None, Some(vec!["best".into()]), None)
+        .update(
+            o0.id,
+            &ml_dash::RecordChanges {
+                description: None,
+                tags: Some(vec!["best".into()]),
+                metadata: None,
+            },
+        )
         .unwrap();
     origin.push(&remote, None).unwrap();
     let oms = manifests_of(&oroot, &uploaded, &mut content);

@@ -6,13 +6,17 @@
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
-use ml_dash::chunker::ChunkerConfig;
-use ml_dash::path::ExperimentKey;
+use ml_dash::ChunkerConfig;
+use ml_dash::ExperimentKey;
 use ml_dash::{ListFilter, NewVersion, Store, StoreOptions};
 
 fn opts() -> StoreOptions {
     StoreOptions::default()
-        .chunker(ChunkerConfig { min: 64, avg: 256, max: 1024 })
+        .chunker(ChunkerConfig {
+            min: 64,
+            avg: 256,
+            max: 1024,
+        })
         .pack_target(1 << 20)
 }
 
@@ -39,14 +43,23 @@ fuzz_target!(|data: &[u8]| {
     // path -> versions (bytes, live)
     let mut model: HashMap<&str, Vec<(Vec<u8>, bool)>> = HashMap::new();
     for op in data.chunks(3).take(40) {
-        let (kind, a, b) = (op[0] % 6, op.get(1).copied().unwrap_or(0), op.get(2).copied().unwrap_or(0));
+        let (kind, a, b) = (
+            op[0] % 6,
+            op.get(1).copied().unwrap_or(0),
+            op.get(2).copied().unwrap_or(0),
+        );
         let name = names[a as usize % names.len()];
         let key = exp.file("/m".into(), name.into());
         match kind {
             0 | 1 => {
                 let bytes = content(b, (b as usize) * 37, &base);
                 let rec = store
-                    .put_reader(std::io::Cursor::new(bytes.clone()), &key, NewVersion::default(), None)
+                    .put_reader(
+                        std::io::Cursor::new(bytes.clone()),
+                        &key,
+                        NewVersion::default(),
+                        None,
+                    )
                     .unwrap();
                 let versions = model.entry(name).or_default();
                 // Versions continue after deletes.
@@ -70,7 +83,16 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 if let Ok(rec) = store.resolve(&key, None) {
-                    store.update(rec.id, None, Some(vec![format!("t{b}")]), None).unwrap();
+                    store
+                        .update(
+                            rec.id,
+                            &ml_dash::RecordChanges {
+                                description: None,
+                                tags: Some(vec![format!("t{b}")]),
+                                metadata: None,
+                            },
+                        )
+                        .unwrap();
                 }
             }
         }
@@ -87,7 +109,7 @@ fuzz_target!(|data: &[u8]| {
             for (i, (bytes, live)) in versions.iter().enumerate() {
                 let r = store.open_file(&key, Some(i as u32 + 1));
                 if *live {
-                    let got = ml_dash::read::read_all(&r.unwrap()).unwrap();
+                    let got = ml_dash::testing::read_all(&r.unwrap()).unwrap();
                     assert_eq!(&got, bytes, "{name} v{}", i + 1);
                 } else {
                     assert!(r.is_err(), "{name} v{} is deleted", i + 1);

@@ -2,7 +2,7 @@
 //! and empty segments, and stays inside any directory it is joined under.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ml_dash::path;
+use ml_dash::validate;
 
 fn clean(p: &str) {
     assert!(p.starts_with('/'));
@@ -18,16 +18,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(p) = path::prefix(s) {
+    if let Ok(p) = validate::prefix(s) {
         clean(&p);
-        assert_eq!(path::prefix(&p).unwrap(), p, "normalization is idempotent");
-        if let Ok((dir, name)) = path::target(&p, s) {
+        assert_eq!(
+            validate::prefix(&p).unwrap(),
+            p,
+            "normalization is idempotent"
+        );
+        if let Ok((dir, name)) = validate::target(&p, s) {
             clean(&dir);
-            assert!(path::under(&dir, &p));
-            assert!(path::segment("n", &name).is_ok());
+            assert!(validate::under(&dir, &p));
+            assert!(validate::segment("n", &name).is_ok());
         }
     }
-    if let Ok((dir, name)) = path::split_full(s) {
+    if let Ok((dir, name)) = validate::split_full(s) {
         clean(&dir);
         assert!(!name.contains('/'));
     }

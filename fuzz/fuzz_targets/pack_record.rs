@@ -3,13 +3,16 @@
 //! and lengths) is decoded: it never panics and never yields bytes that fail the chunk id.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ml_dash::codec::Codec;
-use ml_dash::digest::ChunkId;
-use ml_dash::pack::{self, RECORD_HEADER_LEN, RecordHeader};
+use ml_dash::ChunkId;
+use ml_dash::testing::codec::Codec;
+use ml_dash::testing::pack::{self, RECORD_HEADER_LEN, RecordHeader};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = pack::decode_record_header(data) {
-        assert_eq!(&pack::encode_record_header(&h)[..], &data[..RECORD_HEADER_LEN]);
+        assert_eq!(
+            &pack::encode_record_header(&h)[..],
+            &data[..RECORD_HEADER_LEN]
+        );
     }
     let _ = pack::ChunkLoc::decode(data);
     if data.len() < 4 {
@@ -19,8 +22,17 @@ fuzz_target!(|data: &[u8]| {
     let codec = Codec::from_u8(data[0] % 5).expect("codecs 0-4 exist");
     let raw_len = u16::from_le_bytes([data[1], data[2]]) as u32;
     let stored = &data[3..];
-    let id = if data[0] & 4 == 0 { ChunkId::of(stored) } else { ChunkId::of(&data[..1]) };
-    let h = RecordHeader { codec, raw_len, stored_len: stored.len() as u32, id };
+    let id = if data[0] & 4 == 0 {
+        ChunkId::of(stored)
+    } else {
+        ChunkId::of(&data[..1])
+    };
+    let h = RecordHeader {
+        codec,
+        raw_len,
+        stored_len: stored.len() as u32,
+        id,
+    };
     let enc = pack::encode_record_header(&h);
     if let Ok(back) = pack::decode_record_header(&enc) {
         assert_eq!(back, h);

@@ -3,7 +3,7 @@
 //! check is computed over the input so mutations reach the parser.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ml_dash::rpack;
+use ml_dash::testing::rpack;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= 8 {

@@ -21,13 +21,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use ml_dash::chunker::ChunkerConfig;
-use ml_dash::codec::Codec;
-use ml_dash::digest::ChunkId;
-use ml_dash::gc::GcOptions;
-use ml_dash::id::Id;
-use ml_dash::pack::{self, RecordHeader};
-use ml_dash::path::{ExperimentKey, FileKey};
+use ml_dash::ChunkId;
+use ml_dash::ChunkerConfig;
+use ml_dash::GcOptions;
+use ml_dash::Id;
+use ml_dash::testing::codec::Codec;
+use ml_dash::testing::pack::{self, RecordHeader};
+use ml_dash::testing::packs;
+use ml_dash::{ExperimentKey, FileKey};
 use ml_dash::{NewVersion, Store, StoreOptions};
 
 /// Scratch directories: in memory when possible (every commit fsyncs; on a disk that is
@@ -158,7 +159,7 @@ fn build(variant: usize) -> Template {
     for e in std::fs::read_dir(root.join("packs")).unwrap() {
         let p = e.unwrap().path();
         let id = pack::parse_pack_file_name(p.file_name().unwrap().to_str().unwrap()).unwrap();
-        pack::scan(&p, id, true, |r| {
+        packs::scan(&p, id, true, |r| {
             deltas += (r.header.codec == Codec::Delta && r.data_ok == Some(true)) as usize
         })
         .unwrap();
@@ -242,7 +243,7 @@ fn record_offsets(p: &Path) -> Vec<(u64, RecordHeader)> {
         return out;
     };
     if p.is_file() {
-        let _ = pack::scan(p, id, false, |r| out.push((r.offset, r.header)));
+        let _ = packs::scan(p, id, false, |r| out.push((r.offset, r.header)));
     }
     out
 }

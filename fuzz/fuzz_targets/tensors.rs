@@ -6,15 +6,19 @@
 //! decodes back to the first.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ml_dash::codec::Compression;
-use ml_dash::delta::{self, Transform};
-use ml_dash::digest::ChunkId;
-use ml_dash::tensors::{Grid, Layout};
+use ml_dash::ChunkId;
+use ml_dash::Compression;
+use ml_dash::testing::delta::{self, Transform};
+use ml_dash::testing::tensors::{Grid, Layout};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(l) = Layout::safetensors(data) {
         assert!(l.tensors.windows(2).all(|w| w[0].end <= w[1].start));
-        assert!(l.tensors.iter().all(|t| t.start >= l.data_start && t.start <= t.end));
+        assert!(
+            l.tensors
+                .iter()
+                .all(|t| t.start >= l.data_start && t.start <= t.end)
+        );
         let piece = 1 + data.len() % 97;
         let grid = Grid::new(l, piece);
         let mut whole = Vec::new();
@@ -34,7 +38,11 @@ fuzz_target!(|data: &[u8]| {
 
     if let Some(l) = Layout::zip(&mut std::io::Cursor::new(data), data.len() as u64) {
         assert!(l.tensors.windows(2).all(|w| w[0].end <= w[1].start));
-        assert!(l.tensors.iter().all(|t| t.start < t.end && t.end <= data.len() as u64));
+        assert!(
+            l.tensors
+                .iter()
+                .all(|t| t.start < t.end && t.end <= data.len() as u64)
+        );
     }
 
     if let Ok((h, inner)) = delta::parse(data) {

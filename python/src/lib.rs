@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ml_dash::remote::{Remote, RemoteConfig};
 use ml_dash::{Error, ListFilter};
+use ml_dash::{Remote, RemoteConfig};
 use pyo3::create_exception;
 use pyo3::exceptions::{
     PyException, PyFileNotFoundError, PyMemoryError, PyOSError, PyPermissionError, PyRuntimeError,
@@ -219,10 +219,12 @@ impl Experiment {
         remote: Option<String>,
         endpoint: Option<String>,
     ) -> PyResult<Self> {
-        ml_dash::path::ExperimentKey::new(namespace, &project, &name).map_err(py_err)?;
+        ml_dash::ExperimentKey::new(namespace, &project, &name).map_err(py_err)?;
         let remote = match remote {
             Some(url) => {
-                ml_dash::remote::parse_url(&url).map_err(py_err)?;
+                ml_dash::RemoteConfig::new(url.as_str())
+                    .check()
+                    .map_err(py_err)?;
                 let mut c = RemoteConfig::new(url);
                 c.endpoint = endpoint;
                 Some(c)
@@ -371,12 +373,9 @@ impl Experiment {
         include_deleted: bool,
     ) -> PyResult<Py<PyAny>> {
         let e = self.store(py)?;
-        let glob = glob
-            .map(ml_dash::glob::Glob::new)
-            .transpose()
-            .map_err(py_err)?;
+        let glob = glob.map(ml_dash::Glob::new).transpose().map_err(py_err)?;
         let f = ListFilter {
-            prefix: Some(ml_dash::path::prefix(prefix).map_err(py_err)?),
+            prefix: Some(ml_dash::validate::prefix(prefix).map_err(py_err)?),
             tags: tags.unwrap_or_default(),
             glob,
             all_versions,
@@ -478,7 +477,16 @@ impl Experiment {
             None => None,
         };
         let rec = py
-            .detach(|| e.update(path, description.map(Some), tags, meta))
+            .detach(|| {
+                e.update(
+                    path,
+                    &ml_dash::RecordChanges {
+                        description: description.map(Some),
+                        tags: tags,
+                        metadata: meta,
+                    },
+                )
+            })
             .map_err(py_err)?;
         to_py(py, &rec)
     }
@@ -629,7 +637,7 @@ impl Metric {
 /// A verified, seekable reader of one stored version.
 #[pyclass(module = "ml_dash")]
 pub struct Reader {
-    inner: Mutex<Option<ml_dash::read::FileReader>>,
+    inner: Mutex<Option<ml_dash::FileReader>>,
     record: Py<PyAny>,
 }
 
@@ -640,7 +648,7 @@ impl Reader {
     fn with<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut ml_dash::read::FileReader) -> std::io::Result<T> + Send,
+        f: impl FnOnce(&mut ml_dash::FileReader) -> std::io::Result<T> + Send,
     ) -> PyResult<T> {
         py.detach(|| {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

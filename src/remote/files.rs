@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::push::ObjectWriter;
 use super::{Remote, SMALL_CONCURRENCY};
 use crate::error::{Error, Result};
-use crate::record::FileRecord;
+use crate::format::record::FileRecord;
 use crate::store::{ListFilter, Store};
 
 /// What a plain-layout push did.
@@ -114,7 +114,7 @@ impl Store {
                 .buffered(SMALL_CONCURRENCY)
                 .collect(),
         );
-        let state: HashMap<crate::id::Id, RemoteRecord> =
+        let state: HashMap<crate::format::id::Id, RemoteRecord> =
             candidates.iter().map(|r| r.id).zip(states).collect();
         let mut rep = FilesReport {
             remote: remote.url.clone(),

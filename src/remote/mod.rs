@@ -32,10 +32,10 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as OPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::digest::ChunkId;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::rpack;
+use crate::format::digest::ChunkId;
+use crate::format::id::Id;
+use crate::format::rpack;
 
 pub use files::FilesReport;
 pub use pull::PullReport;
@@ -80,11 +80,18 @@ impl fmt::Debug for RemoteConfig {
 }
 
 impl RemoteConfig {
+    /// A remote at `url` (`s3://BUCKET[/PREFIX]` or `file:///DIR`), everything else from the
+    /// environment.
     pub fn new(url: impl Into<String>) -> RemoteConfig {
         RemoteConfig {
             url: url.into(),
             ..RemoteConfig::default()
         }
+    }
+
+    /// Is the URL one a remote can be opened at? (Nothing is sent.)
+    pub fn check(&self) -> Result<()> {
+        parse_url(&self.url).map(|_| ())
     }
 }
 
@@ -310,7 +317,9 @@ impl Remote {
             .list_dir(dir)
             .await?
             .into_iter()
-            .filter_map(|(n, size)| Some((crate::manifest::parse_file_name(&n, ext)?, size)))
+            .filter_map(|(n, size)| {
+                Some((crate::format::manifest::parse_file_name(&n, ext)?, size))
+            })
             .collect();
         v.sort();
         Ok(v)
@@ -477,7 +486,7 @@ impl Remote {
         }
         let key = self.key(&format!("packs/{}", rpack::object_name(id)));
         // Smallest possible pack: header, an empty index block, footer.
-        if size < crate::pack::PACK_HEADER_LEN + 12 + rpack::FOOTER_LEN {
+        if size < crate::format::pack::PACK_HEADER_LEN + 12 + rpack::FOOTER_LEN {
             return Ok(Err(format!("only {size} bytes, too short for a pack")));
         }
         let tail_len = size.min(1 << 20);
@@ -495,7 +504,7 @@ impl Remote {
             Err(r) => return Ok(Err(r)),
         };
         // Bound the allocation by what any pack of this size can need, before reading it.
-        let plausible = 12 + (off / crate::pack::RECORD_HEADER_LEN as u64 + 1) * 81;
+        let plausible = 12 + (off / crate::format::pack::RECORD_HEADER_LEN as u64 + 1) * 81;
         if len > MAX_INDEX_LEN || len > plausible {
             return Ok(Err(format!(
                 "index block of {len} bytes is implausibly large"
@@ -521,7 +530,7 @@ impl Remote {
         c.extend_from_slice(&off.to_le_bytes());
         c.extend_from_slice(&idx);
         // The cache is derived data: written atomically, not fsynced.
-        if let Ok(f) = crate::durable::AtomicFile::create(&cpath) {
+        if let Ok(f) = crate::store::durable::AtomicFile::create(&cpath) {
             let mut f = f;
             if std::io::Write::write_all(&mut f, &c).is_ok() {
                 let _ = f.commit_no_sync();
@@ -658,7 +667,7 @@ impl crate::store::Store {
         let h = blake3::hash(remote.url.as_bytes());
         self.dir("cache")
             .join("remote")
-            .join(crate::digest::hex_encode(&h.as_bytes()[..8]))
+            .join(crate::format::digest::hex_encode(&h.as_bytes()[..8]))
     }
 }
 

@@ -18,18 +18,19 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{Remote, SMALL_CONCURRENCY};
-use crate::codec::Codec;
-use crate::digest::ChunkId;
-use crate::durable;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::index::IndexBatch;
-use crate::manifest::{self, Event, Manifest};
-use crate::pack::{self, PackWriter};
-use crate::path::FileKey;
-use crate::read::PackFiles;
-use crate::recover::list_ids;
-use crate::rpack;
+use crate::format::codec::Codec;
+use crate::format::digest::ChunkId;
+use crate::format::id::Id;
+use crate::format::manifest::{self, Event, Manifest};
+use crate::format::names::FileKey;
+use crate::format::pack;
+use crate::format::rpack;
+use crate::store::durable;
+use crate::store::index::IndexBatch;
+use crate::store::packs::PackWriter;
+use crate::store::read::PackFiles;
+use crate::store::recover::list_ids;
 use crate::store::{Session, Store};
 
 /// Ranges closer than this are fetched as one GET.
@@ -167,7 +168,7 @@ impl Store {
                     continue;
                 }
             };
-            if let Err(e) = crate::record::check_pulled_manifest(&m) {
+            if let Err(e) = crate::format::record::check_pulled_manifest(&m) {
                 rep.damaged.push(format!("{what}: refused: {e}"));
                 continue;
             }
@@ -222,7 +223,7 @@ impl Store {
                     continue;
                 }
             };
-            if let Err(err) = crate::record::check_pulled_event(&e) {
+            if let Err(err) = crate::format::record::check_pulled_event(&e) {
                 rep.damaged.push(format!("{what}: refused: {err}"));
                 continue;
             }
@@ -377,11 +378,11 @@ fn plan_manifest(
         let (mut steps, mut next) = (0u8, w.entry.base);
         while let Some(b) = next {
             steps += 1;
-            if steps > crate::delta::MAX_DEPTH {
+            if steps > crate::format::delta::MAX_DEPTH {
                 return Err(format!(
                     "chunk {} would be a delta chain longer than {} here",
                     w.entry.id,
-                    crate::delta::MAX_DEPTH
+                    crate::format::delta::MAX_DEPTH
                 ));
             }
             next = match ix.chunk(&b).map_err(|e| e.to_string())? {
@@ -400,7 +401,7 @@ fn first_unready(s: &Session<'_>, chunks: &[ChunkId]) -> Result<Option<ChunkId>>
         let mut steps = 0;
         while let Some(id) = next {
             match s.index.chunk(&id)? {
-                Some(l) if steps <= crate::delta::MAX_DEPTH => next = l.base,
+                Some(l) if steps <= crate::format::delta::MAX_DEPTH => next = l.base,
                 _ => return Ok(Some(*c)),
             }
             steps += 1;
@@ -617,7 +618,7 @@ fn check_record<'b>(e: &rpack::Entry, rec: &'b [u8]) -> std::result::Result<&'b 
         return Err("record does not match the pack index".into());
     }
     let data = &rec[pack::RECORD_HEADER_LEN..];
-    if e.codec == Codec::Delta && crate::delta::base_of(data) != e.base {
+    if e.codec == Codec::Delta && crate::format::delta::base_of(data) != e.base {
         return Err("delta base differs from the pack index".into());
     }
     pack::check_stored(&h, data, &|| "the record".into()).map_err(|e| e.to_string())?;
@@ -742,5 +743,5 @@ fn commit(s: &Session<'_>, items: &[(Id, Vec<u8>)]) -> Result<()> {
         };
         durable::write_atomic(&p, bytes, faults)?;
     }
-    crate::recover::finish_pending(s)
+    crate::store::recover::finish_pending(s)
 }

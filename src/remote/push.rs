@@ -12,14 +12,15 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{Remote, SMALL_CONCURRENCY, part_size_for};
-use crate::digest::ChunkId;
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
-use crate::manifest::{self, Manifest};
-use crate::pack::{self, ChunkLoc};
-use crate::recover::list_ids;
-use crate::rpack;
+use crate::format::digest::ChunkId;
+use crate::format::id::Id;
+use crate::format::manifest::{self, Manifest};
+use crate::format::pack::{self, ChunkLoc};
+use crate::format::rpack;
 use crate::store::Store;
+use crate::store::packs;
+use crate::store::recover::list_ids;
 
 /// What a push did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -391,7 +392,7 @@ impl Store {
                     .par_iter()
                     .map(|(cid, loc)| {
                         let p = self.dir("packs").join(pack::pack_file_name(loc.pack));
-                        pack::read_record(&files[&loc.pack], loc, cid, &|| p.display().to_string())
+                        packs::read_record(&files[&loc.pack], loc, cid, &|| p.display().to_string())
                     })
                     .collect::<Result<_>>()?;
                 for ((cid, loc), buf) in batch.iter().zip(bufs) {

@@ -3,7 +3,7 @@
 
 use crate::adam;
 
-use ml_dash::path::ExperimentKey;
+use ml_dash::ExperimentKey;
 use ml_dash::{NewVersion, Store, StoreOptions};
 
 use crate::util::*;
@@ -27,7 +27,7 @@ fn stored_ratio(bf16: bool) -> f64 {
             .unwrap();
         raw += data.len() as u64;
         stored += rec.new_bytes;
-        let back = ml_dash::read::read_all(&s.open_file(&k, None).unwrap()).unwrap();
+        let back = ml_dash::testing::read_all(&s.open_file(&k, None).unwrap()).unwrap();
         assert!(back == data, "checkpoint {i} did not come back byte-exact");
         assert_eq!(sha256_hex(&back), rec.checksum.to_string());
     }

@@ -24,8 +24,8 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use ml_dash::chunker::ChunkerConfig;
-use ml_dash::path::{ExperimentKey, FileKey};
+use ml_dash::ChunkerConfig;
+use ml_dash::{ExperimentKey, FileKey};
 use ml_dash::{NewVersion, Store, StoreOptions};
 
 use crate::util::*;
@@ -95,7 +95,8 @@ fn build_small_store() -> Small {
             key: k,
             version: r.version,
             data,
-            manifest: Path::new("manifests").join(ml_dash::manifest::manifest_file_name(r.id)),
+            manifest: Path::new("manifests")
+                .join(ml_dash::testing::manifest::manifest_file_name(r.id)),
         });
         r
     };
@@ -121,9 +122,11 @@ fn build_small_store() -> Small {
     store
         .update(
             upd.id,
-            Some(Some("updated".into())),
-            Some(vec!["best".into()]),
-            Some(serde_json::json!({"score": 0.5})),
+            &ml_dash::RecordChanges {
+                description: Some(Some("updated".into())),
+                tags: Some(vec!["best".into()]),
+                metadata: Some(serde_json::json!({"score": 0.5})),
+            },
         )
         .unwrap();
     let gone = key("e", "/logs", "gone.log");
@@ -136,7 +139,8 @@ fn build_small_store() -> Small {
         )
         .unwrap();
     store.delete(&gone).unwrap();
-    let deleted_manifest = Path::new("manifests").join(ml_dash::manifest::manifest_file_name(g.id));
+    let deleted_manifest =
+        Path::new("manifests").join(ml_dash::testing::manifest::manifest_file_name(g.id));
     assert!(root.join(&deleted_manifest).exists());
 
     let rep = store.verify().unwrap();
@@ -219,7 +223,7 @@ impl Readers {
         let mut manifests = BTreeMap::new();
         for (i, l) in s.live.iter().enumerate() {
             let bytes = fs::read(s.root.join(&l.manifest)).unwrap();
-            let m = ml_dash::manifest::Manifest::decode(&bytes, "test").unwrap();
+            let m = ml_dash::testing::manifest::Manifest::decode(&bytes, "test").unwrap();
             chunks_of.push(m.chunks.iter().map(|(id, _)| *id.as_bytes()).collect());
             manifests.insert(l.manifest.clone(), i);
         }
@@ -339,7 +343,7 @@ fn check_flip(root: &Path, s: &Small, f: &Flip, readers: &[usize], counts: &mut 
             }
         };
         // The parallel download path, then the `Read` impl of the same reader.
-        let via_copy = ml_dash::read::read_all(&r).map_err(|e| e.to_string());
+        let via_copy = ml_dash::testing::read_all(&r).map_err(|e| e.to_string());
         let mut r = r;
         let mut buf = Vec::new();
         let via_read = r

@@ -47,9 +47,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ml_dash::index::{Index, Scope};
-use ml_dash::path::{ExperimentKey, FileKey};
 use ml_dash::{Error, FileRecord, ListFilter, NewVersion, Store, StoreOptions};
+use ml_dash::{ExperimentKey, FileKey};
+use ml_dash::{Scope, testing::Index};
 use serde_json::{Value, json};
 
 use crate::util::*;
@@ -282,7 +282,14 @@ impl Worker {
         }));
         let r = self
             .store
-            .update(rec.id, None, tags.clone(), Some(meta.clone()))
+            .update(
+                rec.id,
+                &ml_dash::RecordChanges {
+                    description: None,
+                    tags: tags.clone(),
+                    metadata: Some(meta.clone()),
+                },
+            )
             .unwrap_or_else(|e| panic!("child: update of {} failed: {e}", key.display()));
         assert_eq!(r.metadata, meta, "child: update result");
         self.journal.line(json!({
@@ -767,12 +774,15 @@ fn crash_signature(root: &Path, seen: &mut BTreeSet<String>) -> Result<Vec<Strin
             return Ok(sig);
         }
     };
-    let ids = |dir: &str, ext: &str| -> Vec<ml_dash::id::Id> {
+    let ids = |dir: &str, ext: &str| -> Vec<ml_dash::Id> {
         let mut v: Vec<_> = fs::read_dir(root.join(dir))
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| {
-                        ml_dash::manifest::parse_file_name(&e.file_name().to_string_lossy(), ext)
+                        ml_dash::testing::manifest::parse_file_name(
+                            &e.file_name().to_string_lossy(),
+                            ext,
+                        )
                     })
                     .collect()
             })
@@ -784,10 +794,10 @@ fn crash_signature(root: &Path, seen: &mut BTreeSet<String>) -> Result<Vec<Strin
     if let Some(p) = pending {
         let m = root
             .join("manifests")
-            .join(ml_dash::manifest::manifest_file_name(p));
+            .join(ml_dash::testing::manifest::manifest_file_name(p));
         let e = root
             .join("events")
-            .join(ml_dash::manifest::event_file_name(p));
+            .join(ml_dash::testing::manifest::event_file_name(p));
         sig.push(
             if m.exists() {
                 "pending commit, manifest durable"
@@ -801,7 +811,9 @@ fn crash_signature(root: &Path, seen: &mut BTreeSet<String>) -> Result<Vec<Strin
     }
     let committed: BTreeMap<_, _> = ix.packs().map_err(|e| e.to_string())?.into_iter().collect();
     for pid in ids("packs", "pack") {
-        let p = root.join("packs").join(ml_dash::pack::pack_file_name(pid));
+        let p = root
+            .join("packs")
+            .join(ml_dash::testing::pack::pack_file_name(pid));
         let len = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         if !seen.insert(format!("{pid}.pack {len}")) {
             continue;
@@ -815,7 +827,9 @@ fn crash_signature(root: &Path, seen: &mut BTreeSet<String>) -> Result<Vec<Strin
         }
     }
     for pid in committed.keys() {
-        let p = root.join("packs").join(ml_dash::pack::pack_file_name(*pid));
+        let p = root
+            .join("packs")
+            .join(ml_dash::testing::pack::pack_file_name(*pid));
         if !p.exists() {
             sig.push("index pack missing on disk".into());
         }
@@ -826,10 +840,12 @@ fn crash_signature(root: &Path, seen: &mut BTreeSet<String>) -> Result<Vec<Strin
     for id in ids("manifests", "manifest") {
         let p = root
             .join("manifests")
-            .join(ml_dash::manifest::manifest_file_name(id));
+            .join(ml_dash::testing::manifest::manifest_file_name(id));
         let m = fs::read(&p)
             .map_err(|e| e.to_string())
-            .and_then(|b| ml_dash::manifest::Manifest::decode(&b, "").map_err(|e| e.to_string()))
+            .and_then(|b| {
+                ml_dash::testing::manifest::Manifest::decode(&b, "").map_err(|e| e.to_string())
+            })
             .map_err(|e| format!("manifest {} unreadable after a kill: {e}", p.display()))?;
         referenced.extend(m.chunks.into_iter().map(|(c, _)| c));
     }
@@ -873,7 +889,7 @@ fn read_version(store: &Store, r: &FileRecord, via_read: bool) -> Result<Vec<u8>
             .map_err(|e| format!("{what}: read failed: {e}"))?;
     } else {
         bytes =
-            ml_dash::read::read_all(&reader).map_err(|e| format!("{what}: read failed: {e}"))?;
+            ml_dash::testing::read_all(&reader).map_err(|e| format!("{what}: read failed: {e}"))?;
     }
     Ok(bytes)
 }
@@ -1371,7 +1387,9 @@ fn repair_after_a_kill_during_pack_creation_verifies_clean() {
         .unwrap();
     let empty = root
         .join("packs")
-        .join(ml_dash::pack::pack_file_name(ml_dash::id::Id::generate()));
+        .join(ml_dash::testing::pack::pack_file_name(
+            ml_dash::Id::generate(),
+        ));
     File::create(&empty).unwrap();
     let rep = store.verify().unwrap();
     assert!(rep.ok, "an empty leftover pack is harmless: {rep:?}");
@@ -1405,7 +1423,9 @@ fn gc_removes_an_empty_pack_left_by_a_kill() {
         .unwrap();
     let empty = root
         .join("packs")
-        .join(ml_dash::pack::pack_file_name(ml_dash::id::Id::generate()));
+        .join(ml_dash::testing::pack::pack_file_name(
+            ml_dash::Id::generate(),
+        ));
     File::create(&empty).unwrap();
     store.gc(false, 0.0).unwrap();
     assert!(
@@ -1445,7 +1465,7 @@ fn store_after_gc_interrupted_between_index_and_unlink() -> (tempfile::TempDir, 
     store.delete(&gone).unwrap();
     let manifest = root
         .join("manifests")
-        .join(ml_dash::manifest::manifest_file_name(g.id));
+        .join(ml_dash::testing::manifest::manifest_file_name(g.id));
     let saved = std::fs::read(&manifest).unwrap();
     // Drop the version from the index only: a gc with a threshold that rewrites nothing would
     // still collect; instead remove it the way the old gc's first step did.
@@ -1460,7 +1480,7 @@ fn store_after_gc_interrupted_between_index_and_unlink() -> (tempfile::TempDir, 
 /// gc would find: after the failure, a clean gc leaves no manifest outside the index.
 #[test]
 fn every_failing_gc_step_leaves_no_orphan_manifest() {
-    use ml_dash::fault::{FaultKind, Faults};
+    use ml_dash::testing::{FaultKind, Faults};
     for kind in [FaultKind::Write, FaultKind::Sync] {
         for n in 1..=30 {
             let dir = tmp();

@@ -1,7 +1,7 @@
 //! Deduplication and compression: identical copies stored once, shifted content still shares
 //! chunks, compressible content shrinks, and `stats` reports it.
 
-use ml_dash::index::Scope;
+use ml_dash::Scope;
 
 use crate::util::*;
 

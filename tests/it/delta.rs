@@ -5,8 +5,8 @@
 
 use crate::adam;
 
-use ml_dash::path::{ExperimentKey, FileKey};
 use ml_dash::{Error, NewVersion, Store, StoreOptions};
+use ml_dash::{ExperimentKey, FileKey};
 
 use crate::util::*;
 
@@ -45,7 +45,7 @@ pub(crate) fn put(s: &Store, name: &str, data: &[u8]) -> ml_dash::FileRecord {
 }
 
 pub(crate) fn read(s: &Store, name: &str, version: Option<u32>) -> Result<Vec<u8>, Error> {
-    ml_dash::read::read_all(&s.open_file(&key(name), version)?)
+    ml_dash::testing::read_all(&s.open_file(&key(name), version)?)
 }
 
 /// Count the delta records in the store's packs.
@@ -285,7 +285,7 @@ fn push_and_pull_carry_the_bases_deltas_need() {
     let t = tmp();
     let ck = checkpoints(3, 100);
     for cfg in crate::remote::remotes(t.path(), "delta") {
-        let remote = ml_dash::remote::Remote::open(&cfg).unwrap();
+        let remote = ml_dash::Remote::open(&cfg).unwrap();
         let a_root = t.path().join(format!("a-{}", cfg.url.len()));
         let a = Store::open(&a_root).unwrap();
         for (i, c) in ck.iter().enumerate() {
@@ -321,8 +321,8 @@ fn push_and_pull_carry_the_bases_deltas_need() {
         put(&d, "s1.safetensors", &ck[1]);
         d.delete(&key("s0.safetensors")).unwrap();
         d.gc(false, 0.0).unwrap();
-        let cfg2 = ml_dash::remote::RemoteConfig::new(format!("{}-only-s1", cfg.url));
-        let r2 = ml_dash::remote::Remote::open(&cfg2).unwrap();
+        let cfg2 = ml_dash::RemoteConfig::new(format!("{}-only-s1", cfg.url));
+        let r2 = ml_dash::Remote::open(&cfg2).unwrap();
         d.push(&r2, None).unwrap();
         let e = Store::open(t.path().join(format!("e-{}", cfg.url.len()))).unwrap();
         e.pull(&r2, None).unwrap();
@@ -444,23 +444,21 @@ fn format_1_stores_and_remotes_are_marked_format_2() {
 
     // A version-1 remote is re-marked 2 by a push and stays readable.
     let rdir = t.path().join("remote");
-    let cfg = ml_dash::remote::RemoteConfig::new(format!("file://{}", rdir.display()));
+    let cfg = ml_dash::RemoteConfig::new(format!("file://{}", rdir.display()));
     std::fs::write(&format, v2.to_string()).unwrap();
     let s = Store::open(&root).unwrap();
-    s.push(&ml_dash::remote::Remote::open(&cfg).unwrap(), None)
-        .unwrap();
+    s.push(&ml_dash::Remote::open(&cfg).unwrap(), None).unwrap();
     let marker = rdir.join("ml-dash-remote.json");
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
     assert_eq!(m["version"], 2);
     std::fs::write(&marker, "{\"format\":\"ml-dash remote\",\"version\":1}\n").unwrap();
     put(&s, "b.bin", b"more");
-    s.push(&ml_dash::remote::Remote::open(&cfg).unwrap(), None)
-        .unwrap();
+    s.push(&ml_dash::Remote::open(&cfg).unwrap(), None).unwrap();
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
     assert_eq!(m["version"], 2);
     let other = Store::open(t.path().join("other")).unwrap();
     other
-        .pull(&ml_dash::remote::Remote::open(&cfg).unwrap(), None)
+        .pull(&ml_dash::Remote::open(&cfg).unwrap(), None)
         .unwrap();
     assert_eq!(
         read(&other, "a.safetensors", None).unwrap(),

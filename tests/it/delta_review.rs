@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ml_dash::remote::{Remote, RemoteConfig};
+use ml_dash::{Remote, RemoteConfig};
 use ml_dash::{Store, StoreOptions};
 
 use crate::util::*;
@@ -191,7 +191,7 @@ fn defect_upload_after_failed_pull_references_a_delta_whose_base_never_arrived()
     assert!(
         rep.damaged
             .iter()
-            .any(|d| d.contains(&ml_dash::digest::hex_encode(&be.id)))
+            .any(|d| d.contains(&ml_dash::testing::digest::hex_encode(&be.id)))
             && rep.manifests == 0,
         "{rep:?}"
     );

@@ -397,9 +397,11 @@ fn mldash_layout_has_the_clients_keys_and_formats() {
     let exp = experiment(&root, "project", "my-experiment");
     exp.update(
         "/models/model.pth",
-        Some(Some("Best model".into())),
-        Some(vec!["best".into()]),
-        Some(json!({"epoch": 50})),
+        &ml_dash::RecordChanges {
+            description: Some(Some("Best model".into())),
+            tags: Some(vec!["best".into()]),
+            metadata: Some(json!({"epoch": 50})),
+        },
     )
     .unwrap();
     exp.parameters()

@@ -5,7 +5,7 @@
 //! failed operation touched is either absent or complete.
 
 use ml_dash::StoreOptions;
-use ml_dash::fault::{FaultKind, Faults};
+use ml_dash::testing::{FaultKind, Faults};
 use ml_dash::{Error, Experiment, Store};
 
 use crate::util::*;
@@ -47,9 +47,11 @@ fn run_workload(root: &std::path::Path, dir: &std::path::Path, faults: Faults) -
         Box::new(|e| {
             e.update(
                 "/base/a.bin",
-                Some(Some("changed".into())),
-                None,
-                Some(serde_json::json!({"k": 2})),
+                &ml_dash::RecordChanges {
+                    description: Some(Some("changed".into())),
+                    tags: None,
+                    metadata: Some(serde_json::json!({"k": 2})),
+                },
             )
             .map(drop)
         }),

@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ml_dash::codec::Codec;
-use ml_dash::digest::ChunkId;
-use ml_dash::id::Id;
-use ml_dash::manifest::{self, Event, Manifest};
-use ml_dash::pack::{self, RecordHeader};
-use ml_dash::path::{ExperimentKey, FileKey};
-use ml_dash::{FileRecord, NewVersion, Store, StoreOptions, rpack};
+use ml_dash::ChunkId;
+use ml_dash::Id;
+use ml_dash::testing::codec::Codec;
+use ml_dash::testing::manifest::{self, Event, Manifest};
+use ml_dash::testing::pack::{self, RecordHeader};
+use ml_dash::testing::rpack;
+use ml_dash::{ExperimentKey, FileKey};
+use ml_dash::{FileRecord, NewVersion, Store, StoreOptions};
 use serde_json::Value;
 use sha2::Digest as _;
 
@@ -152,7 +153,7 @@ fn url(remote: &Path) -> String {
 const PROJECT: &str = "p";
 
 fn key(exp: &str, full: &str) -> FileKey {
-    let (p, name) = ml_dash::path::split_full(full).unwrap();
+    let (p, name) = ml_dash::validate::split_full(full).unwrap();
     ExperimentKey::new("local", PROJECT, exp)
         .unwrap()
         .file(p, name)
@@ -172,7 +173,7 @@ fn put_with(root: &Path, o: StoreOptions, exp: &str, full: &str, data: &[u8]) ->
 
 /// `ml-dash upload` of `data` as `full` in experiment `exp`; the record on success.
 fn upload(root: &Path, exp: &str, full: &str, data: &[u8]) -> (Out, Option<FileRecord>) {
-    let (prefix, name) = ml_dash::path::split_full(full).unwrap();
+    let (prefix, name) = ml_dash::validate::split_full(full).unwrap();
     let src = root
         .parent()
         .unwrap()
@@ -294,7 +295,8 @@ impl Rec {
             stored_len: h.stored_len,
             raw_len: h.raw_len,
             codec: h.codec,
-            base: (h.codec == Codec::Delta).then(|| ml_dash::delta::base_of(self.data()).unwrap()),
+            base: (h.codec == Codec::Delta)
+                .then(|| ml_dash::testing::delta::base_of(self.data()).unwrap()),
         }
     }
 }
@@ -302,7 +304,7 @@ impl Rec {
 /// A delta record that claims to be chunk `claimed`: XOR of `inner` (stored raw) onto chunk
 /// `base`, with a consistent record header and inner checksum, whatever it decodes to.
 fn delta_rec(claimed: ChunkId, base: ChunkId, depth: u8, inner: &[u8]) -> Rec {
-    let mut stored = Vec::with_capacity(ml_dash::delta::HEADER_LEN + inner.len());
+    let mut stored = Vec::with_capacity(ml_dash::testing::delta::HEADER_LEN + inner.len());
     stored.extend_from_slice(base.as_bytes());
     stored.extend_from_slice(&[depth, 0 /* XOR */, Codec::Raw as u8, 0]);
     stored.extend_from_slice(&blake3::hash(inner).as_bytes()[..16]);
@@ -411,8 +413,8 @@ fn put_remote_event(remote: &Path, e: &Event) {
 
 /// A record for `data` as version `version` of `full` in experiment `exp`, with a fresh id.
 fn record(exp: &str, full: &str, version: u32, data: &[u8]) -> FileRecord {
-    let (path, filename) = ml_dash::path::split_full(full).unwrap();
-    let now = ml_dash::time::now_iso();
+    let (path, filename) = ml_dash::validate::split_full(full).unwrap();
+    let now = ml_dash::testing::time::now_iso();
     FileRecord {
         id: Id::generate(),
         namespace: "local".into(),
@@ -656,7 +658,7 @@ fn a_pulled_delete_up_to_the_u32_limit_does_not_wrap_later_uploads() {
             path: "/models".into(),
             filename: "m.bin".into(),
             up_to_version: u32::MAX,
-            at: ml_dash::time::now_iso(),
+            at: ml_dash::testing::time::now_iso(),
         },
     );
     let user = t.path().join("user");
@@ -780,7 +782,7 @@ fn pulled_update_events_beyond_the_limits_are_refused() {
         description: None,
         tags,
         metadata,
-        at: ml_dash::time::now_iso(),
+        at: ml_dash::testing::time::now_iso(),
     };
     put_remote_event(
         &remote,
@@ -1340,7 +1342,7 @@ fn download_and_export_of_huge_chunks_stay_under_600_mb() {
     put_remote_pack(&remote, &recs);
     let mut rec = record("e", "/big.bin", 1, b"");
     rec.size_bytes = (N * CHUNK) as u64;
-    rec.checksum = ml_dash::digest::hex_encode(&sha.finalize())
+    rec.checksum = ml_dash::testing::digest::hex_encode(&sha.finalize())
         .parse()
         .unwrap();
     put_remote_manifest(&remote, &manifest_of(rec, chunks));
@@ -1547,7 +1549,7 @@ fn a_hostile_s3_remote_costs_nothing_acknowledged() {
             vec![(ChunkId::of(&files[2].1), 3000)],
         ),
     );
-    let url = format!("s3://{bucket}/it/hostile/{}", ml_dash::id::Id::generate());
+    let url = format!("s3://{bucket}/it/hostile/{}", ml_dash::Id::generate());
     mirror_to_s3(&remote, &url);
 
     let victim = t.path().join("victim");

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use ml_dash::chunker::{Chunker, ChunkerConfig};
+use ml_dash::{ChunkerConfig, testing::chunker::Chunker};
 use ml_dash::{Error, NewVersion, Store};
 
 use crate::util::*;
@@ -186,7 +186,7 @@ fn versions_number_1_2_3_per_path() {
     let all: Vec<u32> = exp
         .list(ml_dash::ListFilter {
             all_versions: true,
-            glob: Some(ml_dash::glob::Glob::new("model.pth").unwrap()),
+            glob: Some(ml_dash::Glob::new("model.pth").unwrap()),
             ..Default::default()
         })
         .unwrap()
@@ -200,7 +200,7 @@ fn versions_number_1_2_3_per_path() {
 fn put_reader_stores_a_stream() {
     let dir = tmp();
     let store = Store::open(dir.path().join("store")).unwrap();
-    let key = ml_dash::path::ExperimentKey::new("local", "p", "e")
+    let key = ml_dash::ExperimentKey::new("local", "p", "e")
         .unwrap()
         .file("/in".into(), "stdin.txt".into());
     let data = random_bytes(7, 300_000);
@@ -210,7 +210,7 @@ fn put_reader_stores_a_stream() {
     check_record(&rec, &data, "/in", "stdin.txt", 1);
     assert_eq!(rec.content_type, "text/plain");
     let r = store.open_file(&key, None).unwrap();
-    same_bytes(ml_dash::read::read_all(&r).unwrap(), &data, "read_all");
+    same_bytes(ml_dash::testing::read_all(&r).unwrap(), &data, "read_all");
 }
 
 #[test]
@@ -237,7 +237,7 @@ fn seek_and_read_match_the_source() {
     boundaries.pop(); // the end of the file
 
     let mut r = exp.open("/w.bin", None).unwrap();
-    let check = |r: &mut ml_dash::read::FileReader, start: usize, len: usize| {
+    let check = |r: &mut ml_dash::FileReader, start: usize, len: usize| {
         assert_eq!(r.seek(SeekFrom::Start(start as u64)).unwrap(), start as u64);
         let want = &data[start..(start + len).min(data.len())];
         let mut got = vec![0u8; want.len()];
@@ -416,7 +416,7 @@ fn bad_names_and_metadata_are_refused_and_change_nothing() {
         .open();
     assert!(matches!(r, Err(Error::InvalidInput { .. })));
     // A hand-made key that skips the constructors is checked again by the store.
-    let bad_key = ml_dash::path::FileKey {
+    let bad_key = ml_dash::FileKey {
         namespace: "local".into(),
         project: "p".into(),
         experiment: "..".into(),
@@ -428,7 +428,7 @@ fn bad_names_and_metadata_are_refused_and_change_nothing() {
             .put_file(&src, &bad_key, NewVersion::default(), None)
             .is_err()
     );
-    let bad_key = ml_dash::path::FileKey {
+    let bad_key = ml_dash::FileKey {
         experiment: "e".into(),
         path: "/a/../b".into(),
         ..bad_key
@@ -627,7 +627,7 @@ fn source_that_changes_while_read_is_refused() {
 
 #[test]
 fn store_options_round_trip() {
-    use ml_dash::codec::Compression;
+    use ml_dash::Compression;
     let dir = tmp();
     let text: Vec<u8> = (0..600_000u32)
         .flat_map(|i| format!("{} ", i % 977).into_bytes())

@@ -226,7 +226,7 @@ fn a_torn_line_is_skipped_and_harmless() {
 fn a_store_recreated_at_the_same_path_starts_a_fresh_journal() {
     let t = tmp();
     let root = t.path().join("s");
-    let key = ml_dash::path::ExperimentKey::new("local", "p", "e").unwrap();
+    let key = ml_dash::ExperimentKey::new("local", "p", "e").unwrap();
     {
         let s = ml_dash::Store::open(&root).unwrap();
         for i in 0..5 {

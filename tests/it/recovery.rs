@@ -42,15 +42,24 @@ fn populate() -> Setup {
     exp.store()
         .update(
             b.id,
-            Some(Some("updated description".into())),
-            Some(vec!["best".into(), "v2".into()]),
-            Some(serde_json::json!({"score": 0.93, "list": [1, 2, 3]})),
+            &ml_dash::RecordChanges {
+                description: Some(Some("updated description".into())),
+                tags: Some(vec!["best".into(), "v2".into()]),
+                metadata: Some(serde_json::json!({"score": 0.93, "list": [1, 2, 3]})),
+            },
         )
         .unwrap();
     // Clearing a description and the tags (the cleared values must survive a rebuild).
     let a2 = exp.get("/models/a.pth", None).unwrap();
     exp.store()
-        .update(a2.id, Some(None), Some(vec![]), None)
+        .update(
+            a2.id,
+            &ml_dash::RecordChanges {
+                description: Some(None),
+                tags: Some(vec![]),
+                metadata: None,
+            },
+        )
         .unwrap();
     // A path deleted, then uploaded again: the new version stays live through a rebuild.
     up(&exp2, "/data", "again.bin", 7, 1000);
@@ -203,7 +212,14 @@ fn rebuild_keeps_metadata_cleared_to_null() {
         .unwrap();
     let u = exp
         .store()
-        .update(r.id, None, None, Some(serde_json::Value::Null))
+        .update(
+            r.id,
+            &ml_dash::RecordChanges {
+                description: None,
+                tags: None,
+                metadata: Some(serde_json::Value::Null),
+            },
+        )
         .unwrap();
     assert_eq!(u.metadata, serde_json::Value::Null);
     let before = list_everything(exp.store());

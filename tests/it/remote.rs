@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ml_dash::remote::{Remote, RemoteConfig};
 use ml_dash::{ListFilter, Store, StoreOptions};
+use ml_dash::{Remote, RemoteConfig};
 use serde_json::Value;
 
 use crate::util::*;
@@ -28,7 +28,7 @@ pub(crate) fn remotes(tmp: &Path, name: &str) -> Vec<RemoteConfig> {
         ] {
             assert!(std::env::var(k).is_ok(), "ML_DASH_S3_TEST=1 needs {k}");
         }
-        let run = ml_dash::id::Id::generate();
+        let run = ml_dash::Id::generate();
         v.push(RemoteConfig::new(format!("s3://{bucket}/it/{name}/{run}")));
     } else {
         eprintln!("{name}: S3 part skipped (ML_DASH_S3_TEST is not 1; .ci/run starts Garage)");
@@ -55,8 +55,8 @@ fn all_records(s: &Store) -> Vec<Value> {
 
 /// Store `data` as `/prefix/name` in experiment `exp` of project `remote`.
 fn put(s: &Store, exp: &str, full: &str, data: &[u8], tags: &[&str], meta: Value) {
-    let (p, name) = ml_dash::path::split_full(full).unwrap();
-    let key = ml_dash::path::ExperimentKey::new("local", "remote", exp)
+    let (p, name) = ml_dash::validate::split_full(full).unwrap();
+    let key = ml_dash::ExperimentKey::new("local", "remote", exp)
         .unwrap()
         .file(p, name);
     let v = ml_dash::NewVersion {
@@ -68,17 +68,15 @@ fn put(s: &Store, exp: &str, full: &str, data: &[u8], tags: &[&str], meta: Value
 }
 
 fn delete(s: &Store, exp: &str, full: &str) {
-    let (p, name) = ml_dash::path::split_full(full).unwrap();
-    let key = ml_dash::path::ExperimentKey::new("local", "remote", exp)
+    let (p, name) = ml_dash::validate::split_full(full).unwrap();
+    let key = ml_dash::ExperimentKey::new("local", "remote", exp)
         .unwrap()
         .file(p, name);
     s.delete(&key).unwrap();
 }
 
 fn pack_bytes(s: &Store) -> u64 {
-    s.stats(&ml_dash::index::Scope::default())
-        .unwrap()
-        .pack_bytes
+    s.stats(&ml_dash::Scope::default()).unwrap().pack_bytes
 }
 
 /// Two experiments sharing most of their bytes, versions, a delete and a metadata update.
@@ -117,8 +115,8 @@ fn check_same(a: &Store, b: &Store) {
         })
         .unwrap()
     {
-        let x = ml_dash::read::read_all(&a.open_version(r.id).unwrap()).unwrap();
-        let y = ml_dash::read::read_all(&b.open_version(r.id).unwrap()).unwrap();
+        let x = ml_dash::testing::read_all(&a.open_version(r.id).unwrap()).unwrap();
+        let y = ml_dash::testing::read_all(&b.open_version(r.id).unwrap()).unwrap();
         assert!(x == y, "bytes of {} differ", r.full_path());
         assert_eq!(sha256_hex(&y), r.checksum.to_string());
     }
@@ -444,7 +442,7 @@ fn a_push_killed_midway_resumes_without_duplicate_data() {
         let mid = remote.inventory().unwrap();
         // Manifests go up only after all packs. The kill lands some time after the check above
         // saw two packs; a fast push (a local directory) may have finished its packs by then.
-        let local_chunks = a.stats(&ml_dash::index::Scope::default()).unwrap().chunks;
+        let local_chunks = a.stats(&ml_dash::Scope::default()).unwrap().chunks;
         let packs_done = mid.distinct_chunks == local_chunks;
         assert!(
             mid.manifests == 0 || packs_done,
@@ -716,9 +714,16 @@ fn a_pull_killed_at_any_point_leaves_a_store_that_verifies_and_a_rerun_completes
         }
         populate(&a, 21, "mixed");
         let first = all_records(&a)[0]["id"].clone();
-        let first: ml_dash::id::Id = serde_json::from_value(first).unwrap();
-        a.update(first, Some(Some("updated".into())), None, None)
-            .unwrap();
+        let first: ml_dash::Id = serde_json::from_value(first).unwrap();
+        a.update(
+            first,
+            &ml_dash::RecordChanges {
+                description: Some(Some("updated".into())),
+                tags: None,
+                metadata: None,
+            },
+        )
+        .unwrap();
         let remote = Remote::open(&cfg).unwrap();
         a.push(&remote, None).unwrap();
         let want = ids(&a);
@@ -871,7 +876,7 @@ fn a_gc_between_pulls_does_not_bring_deleted_versions_back() {
 /// that only a damaged pack held, after which a pull completes.
 #[test]
 fn damaged_or_truncated_remote_packs_are_reported_and_skipped() {
-    use ml_dash::rpack;
+    use ml_dash::testing::rpack;
     let t = tmp();
     for (i, cfg) in remotes(t.path(), "badpacks").into_iter().enumerate() {
         let raw = Raw::new(&cfg);
@@ -884,16 +889,16 @@ fn damaged_or_truncated_remote_packs_are_reported_and_skipped() {
         a.push(&remote, None).unwrap();
 
         // Foreign objects under pack names.
-        let name = |id: ml_dash::id::Id| format!("packs/{id}.pack");
-        raw.put(&name(ml_dash::id::Id::generate()), Vec::new());
-        raw.put(&name(ml_dash::id::Id::generate()), b"MLDPACK\0xx".to_vec());
-        let id = ml_dash::id::Id::generate();
+        let name = |id: ml_dash::Id| format!("packs/{id}.pack");
+        raw.put(&name(ml_dash::Id::generate()), Vec::new());
+        raw.put(&name(ml_dash::Id::generate()), b"MLDPACK\0xx".to_vec());
+        let id = ml_dash::Id::generate();
         let entry = rpack::Entry {
-            id: ml_dash::digest::ChunkId::of(b"x"),
+            id: ml_dash::ChunkId::of(b"x"),
             offset: u64::MAX - 10,
             stored_len: 1,
             raw_len: 1,
-            codec: ml_dash::codec::Codec::Raw,
+            codec: ml_dash::testing::codec::Codec::Raw,
             base: None,
         };
         let idx = rpack::encode_index(&[entry]);
@@ -1152,12 +1157,14 @@ fn push_layout_files_repairs_differing_objects_and_refreshes_changed_records() {
         assert_eq!((rep.uploaded, rep.skipped), (1, 1), "{rep:?}");
         assert!(raw.get(&obj) == data, "the truncated object was kept");
 
-        let id: ml_dash::id::Id = serde_json::from_value(r["id"].clone()).unwrap();
+        let id: ml_dash::Id = serde_json::from_value(r["id"].clone()).unwrap();
         a.update(
             id,
-            None,
-            Some(vec!["new".into()]),
-            Some(serde_json::json!({"k": 2})),
+            &ml_dash::RecordChanges {
+                description: None,
+                tags: Some(vec!["new".into()]),
+                metadata: Some(serde_json::json!({"k": 2})),
+            },
         )
         .unwrap();
         let rep = a.push_files(&remote, None).unwrap();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ml_dash::index::Scope;
+use ml_dash::Scope;
 use ml_dash::{Experiment, FileRecord, ListFilter, Store};
 use sha2::Digest as _;
 
@@ -111,7 +111,7 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// SHA-256 as 64 lowercase hex digits.
 pub fn sha256_hex(data: &[u8]) -> String {
     let d = sha2::Sha256::digest(data);
-    ml_dash::digest::hex_encode(d.as_slice())
+    ml_dash::testing::digest::hex_encode(d.as_slice())
 }
 
 /// Write `data` to `dir/name` (creating parent directories) and return the path.

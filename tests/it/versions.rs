@@ -66,7 +66,7 @@ fn old_version_stays_readable() {
     assert_eq!(latest, vec![r2.clone()]);
     // Opening by id reaches a specific version too.
     let r = exp.store().open_version(r1.id).unwrap();
-    same_bytes(ml_dash::read::read_all(&r).unwrap(), &old, "read_all");
+    same_bytes(ml_dash::testing::read_all(&r).unwrap(), &old, "read_all");
 }
 
 #[test]
@@ -147,7 +147,14 @@ fn delete_hides_every_version_and_numbering_continues() {
     // Updating a deleted version is refused.
     assert!(
         exp.store()
-            .update(deleted[0].id, None, Some(vec!["x".into()]), None)
+            .update(
+                deleted[0].id,
+                &ml_dash::RecordChanges {
+                    description: None,
+                    tags: Some(vec!["x".into()]),
+                    metadata: None
+                }
+            )
             .is_err()
     );
 
@@ -191,9 +198,11 @@ fn update_changes_description_tags_metadata() {
     let u = exp
         .update(
             "/cfg.json",
-            Some(Some("second".into())),
-            Some(vec!["b".into(), "c".into()]),
-            Some(serde_json::json!({"epoch": 2})),
+            &ml_dash::RecordChanges {
+                description: Some(Some("second".into())),
+                tags: Some(vec!["b".into(), "c".into()]),
+                metadata: Some(serde_json::json!({"epoch": 2})),
+            },
         )
         .unwrap();
     assert_eq!(u.id, r.id);
@@ -206,15 +215,37 @@ fn update_changes_description_tags_metadata() {
     assert!(is_iso_utc(&u.updated_at));
     assert_eq!(exp.get("/cfg.json", None).unwrap(), u);
     // Absent arguments stay as they are; Some(None) clears the description.
-    let u2 = exp.update("/cfg.json", Some(None), None, None).unwrap();
+    let u2 = exp
+        .update(
+            "/cfg.json",
+            &ml_dash::RecordChanges {
+                description: Some(None),
+                tags: None,
+                metadata: None,
+            },
+        )
+        .unwrap();
     assert_eq!(u2.description, None);
     assert_eq!(u2.tags, vec!["b", "c"]);
     assert_eq!(u2.metadata, serde_json::json!({"epoch": 2}));
     // Bad updates are refused and change nothing.
-    assert!(exp.update_version(r.id, serde_json::json!([1])).is_err());
     assert!(
-        exp.update("/cfg.json", None, Some(vec![String::new()]), None)
-            .is_err()
+        exp.update_version(
+            r.id,
+            &ml_dash::RecordChanges::new().metadata(serde_json::json!([1]))
+        )
+        .is_err()
+    );
+    assert!(
+        exp.update(
+            "/cfg.json",
+            &ml_dash::RecordChanges {
+                description: None,
+                tags: Some(vec![String::new()]),
+                metadata: None
+            }
+        )
+        .is_err()
     );
     assert_eq!(exp.get("/cfg.json", None).unwrap(), u2);
 }
@@ -276,7 +307,7 @@ fn list_filters_prefix_tag_glob_scope() {
         }),
         vec!["/logs/train.log"]
     );
-    let glob = |g: &str| Some(ml_dash::glob::Glob::new(g).unwrap());
+    let glob = |g: &str| Some(ml_dash::Glob::new(g).unwrap());
     assert_eq!(
         names(ListFilter {
             glob: glob("*.pth"),

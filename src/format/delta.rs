@@ -18,9 +18,9 @@
 //! on its own (verify, gc copies, push and pull) before its base is at hand. The decoded chunk
 //! is then proven, as every chunk is, against its BLAKE3 id.
 
-use crate::codec::{self, Codec, Compression};
-use crate::digest::{ChunkId, Digest};
 use crate::error::{Error, Result};
+use crate::format::codec::{self, Codec, Compression};
+use crate::format::digest::{ChunkId, Digest};
 
 pub const HEADER_LEN: usize = 52;
 /// The deepest chain any decoder follows (writers stay well below: `StoreOptions::delta_depth`).

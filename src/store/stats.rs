@@ -4,10 +4,10 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::digest::ChunkId;
 use crate::error::Result;
-use crate::index::Scope;
+use crate::format::digest::ChunkId;
 use crate::store::Store;
+use crate::store::index::Scope;
 
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -51,7 +51,7 @@ impl Store {
                 st.files += 1;
                 last_key = Some(key);
             }
-            let m = crate::read::load_manifest(&s, &r)?;
+            let m = crate::store::read::load_manifest(&s, &r)?;
             for (id, len) in m.chunks {
                 if seen.insert(id) {
                     st.unique_bytes += len as u64;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, IoContext, Result};
-use crate::path::ExperimentKey;
+use crate::format::names::ExperimentKey;
 use crate::store::Store;
 
 /// Current parameters of an experiment: every `set` merged, keys flattened with dots.
@@ -143,7 +143,7 @@ pub fn flatten(v: &Value) -> Result<BTreeMap<String, Value>> {
             "must be a JSON object",
         ));
     }
-    crate::record::check_metadata(v)?;
+    crate::format::record::check_metadata(v)?;
     let mut out = BTreeMap::new();
     walk("", v, &mut out);
     if let Some(k) = out
@@ -259,7 +259,7 @@ impl Store {
         let dir = self.dir("journals");
         if !dir.exists() {
             fs::create_dir_all(&dir).at(&dir)?;
-            crate::durable::fsync_dir(&self.root)?;
+            crate::store::durable::fsync_dir(&self.root)?;
         }
         let path = self.journal_path(exp);
         let mut file = OpenOptions::new()
@@ -299,17 +299,17 @@ impl Store {
         let r = self
             .opts
             .faults
-            .check(crate::fault::FaultKind::Write, &path)
+            .check(crate::store::fault::FaultKind::Write, &path)
             .and_then(|()| file.write_all(&out).at(&path));
         self.poison(r)?;
         let r = self
             .opts
             .faults
-            .check(crate::fault::FaultKind::Sync, &path)
+            .check(crate::store::fault::FaultKind::Sync, &path)
             .and_then(|()| file.sync_data().at(&path));
         self.poison(r)?;
         if size == 0 {
-            self.poison(crate::durable::fsync_dir(&dir))?;
+            self.poison(crate::store::durable::fsync_dir(&dir))?;
         }
         c.apply(entry.clone());
         store_cache(&file, &path, size + out.len() as u64, c)?;
@@ -320,7 +320,7 @@ impl Store {
     pub fn set_params(&self, exp: &ExperimentKey, values: &Value) -> Result<Params> {
         let data = flatten(values)?;
         self.append(exp, |_| Entry::Params {
-            at: crate::time::now_iso(),
+            at: crate::format::time::now_iso(),
             data,
         })?;
         Ok(self.journal(exp)?.params.unwrap_or_default())
@@ -342,12 +342,12 @@ impl Store {
             ));
         }
         if let Some(m) = &metadata {
-            crate::record::check_metadata(m)?;
+            crate::format::record::check_metadata(m)?;
         }
         let e = self.append(exp, |c| {
             Entry::Log(LogEntry {
                 sequence_number: c.logs.len() as u64 + 1,
-                timestamp: crate::time::now_iso(),
+                timestamp: crate::format::time::now_iso(),
                 level: level.to_string(),
                 message: message.to_string(),
                 metadata,
@@ -366,7 +366,7 @@ impl Store {
         name: &str,
         fields: &Value,
     ) -> Result<MetricPoint> {
-        crate::path::segment("metric name", name)?;
+        crate::format::names::segment("metric name", name)?;
         let Value::Object(data) = fields else {
             return Err(Error::invalid(
                 "metric point",
@@ -374,7 +374,7 @@ impl Store {
                 "must be a JSON object of named fields",
             ));
         };
-        crate::record::check_metadata(fields)?;
+        crate::format::record::check_metadata(fields)?;
         let mut data = data.clone();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -386,7 +386,7 @@ impl Store {
             point: MetricPoint {
                 index: c.metrics.get(name).map_or(0, |v| v.len() as u64),
                 data,
-                created_at: crate::time::now_iso(),
+                created_at: crate::format::time::now_iso(),
             },
         })?;
         match e {
@@ -450,7 +450,7 @@ impl Store {
     }
 
     pub fn import_metric(&self, exp: &ExperimentKey, name: &str, point: MetricPoint) -> Result<()> {
-        crate::path::segment("metric name", name)?;
+        crate::format::names::segment("metric name", name)?;
         self.append(exp, |_| Entry::Metric {
             name: name.to_string(),
             point,

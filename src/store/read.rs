@@ -14,15 +14,16 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::digest::ChunkId;
-use crate::durable::AtomicFile;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::index::Index;
-use crate::manifest::Manifest;
-use crate::pack::{self, ChunkLoc};
-use crate::path::FileKey;
-use crate::record::FileRecord;
+use crate::format::digest::ChunkId;
+use crate::format::id::Id;
+use crate::format::manifest::Manifest;
+use crate::format::names::FileKey;
+use crate::format::pack::{self, ChunkLoc};
+use crate::format::record::FileRecord;
+use crate::store::durable::AtomicFile;
+use crate::store::index::Index;
+use crate::store::packs;
 use crate::store::{Session, Store};
 
 /// Raw bytes decoded together by a download (at least one chunk): 128 chunks at the default
@@ -89,7 +90,7 @@ impl WholeFile {
 
     /// Compare with the record once every byte passed through.
     fn check(self, rec: &FileRecord) -> Result<()> {
-        let got = crate::digest::Sha256(crate::digest::Digest(
+        let got = crate::format::digest::Sha256(crate::format::digest::Digest(
             sha2::Digest::finalize(self.hasher).into(),
         ));
         if self.upto != rec.size_bytes || got != rec.checksum {
@@ -159,7 +160,7 @@ impl Located {
                 break; // resolved before, with its own chain
             }
             steps += 1;
-            if steps > crate::delta::MAX_DEPTH {
+            if steps > crate::format::delta::MAX_DEPTH {
                 return Err(Error::corrupt(
                     what(),
                     "delta chain longer than any writer makes",
@@ -192,7 +193,7 @@ impl Located {
         let mut next = loc.base;
         while let Some(b) = next {
             d += 1;
-            if d > crate::delta::MAX_DEPTH {
+            if d > crate::format::delta::MAX_DEPTH {
                 return None;
             }
             next = self.bases.get(&b)?.base;
@@ -218,7 +219,7 @@ impl Located {
             })?;
             Ok((pack_of(l)?, *l))
         };
-        pack::read_chunk(&*pack_of(loc)?, loc, id, &lookup, location)
+        packs::read_chunk(&*pack_of(loc)?, loc, id, &lookup, location)
     }
 }
 
@@ -247,7 +248,7 @@ impl PackFiles {
         Ok(f)
     }
 
-    /// Does the indexed record of chunk `id` at `loc` hold exactly `expect` (`pack::holds`,
+    /// Does the indexed record of chunk `id` at `loc` hold exactly `expect` (`packs::holds`,
     /// delta bases found through `index`)? Anything unreadable is a no.
     pub(crate) fn holds(&self, index: &Index, loc: &ChunkLoc, id: &ChunkId, expect: &[u8]) -> bool {
         let Ok(file) = self.get(loc.pack) else {
@@ -259,7 +260,7 @@ impl PackFiles {
                 .ok_or_else(|| Error::corrupt(b.to_string(), "delta base is not in the store"))?;
             Ok((self.get(l.pack)?, l))
         };
-        pack::holds(&file, loc, id, expect, &lookup)
+        packs::holds(&file, loc, id, expect, &lookup)
     }
 
     /// Does the record at `loc` decode (delta bases found through `index`) to chunk `id`?
@@ -273,7 +274,7 @@ impl PackFiles {
                 .ok_or_else(|| Error::corrupt(b.to_string(), "delta base is not in the store"))?;
             Ok((self.get(l.pack)?, l))
         };
-        pack::read_chunk(&file, loc, id, &lookup, &String::new).is_ok()
+        packs::read_chunk(&file, loc, id, &lookup, &String::new).is_ok()
     }
 }
 
@@ -331,6 +332,11 @@ impl FileReader {
     pub(crate) fn into_parts(self) -> (Vec<(u64, ChunkId, ChunkLoc)>, Located) {
         let chunks = self.chunks.iter().map(|c| (c.start, c.id, c.loc)).collect();
         (chunks, self.located)
+    }
+
+    /// The whole version in memory, verified (for small files; `copy_to` streams any size).
+    pub fn read_all(&self) -> Result<Vec<u8>> {
+        read_all(self)
     }
 
     pub fn record(&self) -> &FileRecord {

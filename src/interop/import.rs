@@ -32,10 +32,10 @@ use super::discover::{experiment_key, find_experiments, read_json, with};
 use super::mldash::{is_iso, parse_files_metadata};
 use super::safe::{self, Root};
 use crate::error::{Error, Result};
-use crate::index::Scope;
-use crate::journal::{LogEntry, MetricPoint, Params};
-use crate::path::{self, ExperimentKey};
-use crate::record::FileRecord;
+use crate::format::names::{self, ExperimentKey};
+use crate::format::record::FileRecord;
+use crate::store::index::Scope;
+use crate::store::journal::{LogEntry, MetricPoint, Params};
 use crate::store::{ImportedVersion, ListFilter, NewVersion, Store};
 
 /// What an import did.
@@ -169,7 +169,7 @@ impl Ctx<'_> {
             self.problem("parameters.json", "has no \"data\" object; not imported");
             return Ok(());
         };
-        let data = match crate::journal::flatten(data) {
+        let data = match crate::store::journal::flatten(data) {
             Ok(d) => d,
             Err(e) => {
                 self.problem("parameters.json", e);
@@ -193,7 +193,7 @@ impl Ctx<'_> {
         if data.is_empty() {
             return Ok(());
         }
-        let at = at.unwrap_or_else(crate::time::now_iso);
+        let at = at.unwrap_or_else(crate::format::time::now_iso);
         self.store.import_params(self.key, &at, data)?;
         self.sum.params += 1;
         Ok(())
@@ -246,7 +246,7 @@ impl Ctx<'_> {
             let l: LogEntry = serde_json::from_value(v)
                 .map_err(|e| Error::corrupt("logs/logs.jsonl", format!("a line: {e}")))?;
             if let Some(m) = &l.metadata {
-                crate::record::check_metadata(m)?;
+                crate::format::record::check_metadata(m)?;
             }
             if have.contains(&(l.sequence_number, l.timestamp.clone(), l.message.clone())) {
                 return Ok(());
@@ -285,7 +285,7 @@ impl Ctx<'_> {
                     continue;
                 }
             }
-            if let Err(e) = path::segment("metric name", &name) {
+            if let Err(e) = names::segment("metric name", &name) {
                 self.problem(&format!("metrics/{name}"), e);
                 continue;
             }
@@ -295,7 +295,7 @@ impl Ctx<'_> {
             self.jsonl(&data, |v| {
                 let p: MetricPoint = serde_json::from_value(v)
                     .map_err(|e| Error::corrupt("data.jsonl", format!("a line: {e}")))?;
-                crate::record::check_metadata(&Value::Object(p.data.clone()))?;
+                crate::format::record::check_metadata(&Value::Object(p.data.clone()))?;
                 if seen.contains(&(p.index, p.created_at.as_str())) {
                     return Ok(());
                 }
@@ -385,16 +385,16 @@ impl Ctx<'_> {
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(bad("file record", "has no id")),
         };
-        let prefix = path::prefix(s("path").unwrap_or("/"))?;
-        let filename = path::segment("file name", s("filename").unwrap_or(""))?.to_string();
-        let checksum: crate::digest::Sha256 = s("checksum")
+        let prefix = names::prefix(s("path").unwrap_or("/"))?;
+        let filename = names::segment("file name", s("filename").unwrap_or(""))?.to_string();
+        let checksum: crate::format::digest::Sha256 = s("checksum")
             .ok_or_else(|| bad("file record", "has no checksum"))?
             .parse()?;
         let size_bytes = r
             .get("sizeBytes")
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("file record", "has no sizeBytes"))?;
-        let now = crate::time::now_iso();
+        let now = crate::format::time::now_iso();
         let time = |k: &str| -> Result<String> {
             match s(k) {
                 Some(t) if is_iso(t) => Ok(t.to_string()),

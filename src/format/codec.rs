@@ -80,6 +80,7 @@ const PLANE_MIN_GAIN: f64 = 0.05;
 const SAMPLE_SPAN: usize = 1024;
 const SAMPLE_SPANS: usize = 4;
 
+#[cfg(test)]
 /// Order-0 entropy in bits per byte of up to 4 KiB sampled evenly from `data`.
 pub fn sample_entropy(data: &[u8]) -> f64 {
     let mut hist = [0u32; 256];

@@ -13,8 +13,8 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Result};
-use crate::fault::{FaultKind, Faults};
-use crate::id::Id;
+use crate::format::id::Id;
+use crate::store::fault::{FaultKind, Faults};
 
 /// fsync a directory so that a rename or create inside it survives a crash.
 pub fn fsync_dir(dir: &Path) -> Result<()> {

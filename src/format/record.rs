@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Sha256;
-use crate::id::Id;
-use crate::path::FileKey;
+use crate::format::digest::Sha256;
+use crate::format::id::Id;
+use crate::format::names::FileKey;
 
 /// One version of one file. Serialized with exactly the keys of the CLI contract, in this order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,7 +45,7 @@ impl FileRecord {
     }
 
     pub fn full_path(&self) -> String {
-        crate::path::join(&self.path, &self.filename)
+        crate::format::names::join(&self.path, &self.filename)
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -221,9 +221,9 @@ fn check_key(key: &FileKey) -> crate::Result<()> {
         ("experiment", &key.experiment),
         ("file name", &key.filename),
     ] {
-        crate::path::segment(what, s)?;
+        crate::format::names::segment(what, s)?;
     }
-    if crate::path::prefix(&key.path)? != key.path {
+    if crate::format::names::prefix(&key.path)? != key.path {
         return Err(crate::Error::invalid(
             "prefix",
             key.path.clone(),
@@ -236,7 +236,7 @@ fn check_key(key: &FileKey) -> crate::Result<()> {
 /// Check a manifest that comes from outside the store (a pull) as strictly as an upload
 /// checks its arguments: names, version number, tags, metadata, description, content type,
 /// timestamps, ids, chunk lengths.
-pub fn check_pulled_manifest(m: &crate::manifest::Manifest) -> crate::Result<()> {
+pub fn check_pulled_manifest(m: &crate::format::manifest::Manifest) -> crate::Result<()> {
     let r = &m.record;
     check_foreign_id("version id", r.id)?;
     check_key(&r.key())?;
@@ -268,7 +268,7 @@ pub fn check_pulled_manifest(m: &crate::manifest::Manifest) -> crate::Result<()>
     if let Some((c, len)) = m
         .chunks
         .iter()
-        .find(|(_, len)| *len == 0 || *len as usize > crate::chunker::MAX_CHUNK_LIMIT)
+        .find(|(_, len)| *len == 0 || *len as usize > crate::format::chunker::MAX_CHUNK_LIMIT)
     {
         return Err(crate::Error::invalid(
             "chunk length",
@@ -281,8 +281,8 @@ pub fn check_pulled_manifest(m: &crate::manifest::Manifest) -> crate::Result<()>
 
 /// Check an event that comes from outside the store (a pull) as strictly as `delete` and
 /// `update` check their arguments.
-pub fn check_pulled_event(e: &crate::manifest::Event) -> crate::Result<()> {
-    use crate::manifest::Event;
+pub fn check_pulled_event(e: &crate::format::manifest::Event) -> crate::Result<()> {
+    use crate::format::manifest::Event;
     check_foreign_id("event id", e.id())?;
     match e {
         Event::Delete {

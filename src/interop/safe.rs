@@ -1,6 +1,6 @@
 //! Paths under an export or import directory that cannot escape it, and the writes export does.
 //!
-//! Every path is built from segments checked by `path::segment` (no `..`, `.`, `/`, `\`, NUL,
+//! Every path is built from segments checked by `names::segment` (no `..`, `.`, `/`, `\`, NUL,
 //! control characters). Import checks the paths it reads (`Root`): a symbolic link found on the
 //! way is refused, never followed.
 //!
@@ -30,9 +30,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use sha2::Digest as _;
 
-use crate::digest::{Digest, Sha256};
-use crate::durable::{AtomicFileAt, Replace};
 use crate::error::{Error, IoContext, Result};
+use crate::format::digest::{Digest, Sha256};
+use crate::store::durable::{AtomicFileAt, Replace};
 
 /// A directory that imported paths must stay under.
 #[derive(Clone, Debug)]
@@ -60,7 +60,7 @@ impl Root {
     pub fn join(&self, segs: &[String]) -> Result<PathBuf> {
         let mut p = self.path.clone();
         for s in segs {
-            crate::path::segment("path segment", s)?;
+            crate::format::names::segment("path segment", s)?;
             p.push(s);
         }
         // Belt and braces: the checked segments cannot climb out, and we say so.
@@ -167,7 +167,7 @@ impl Dir {
 
     /// The directory `name` in this one, without following a symbolic link. A link is an error.
     fn lookup(&self, name: &str) -> Result<Lookup> {
-        crate::path::segment("path segment", name)?;
+        crate::format::names::segment("path segment", name)?;
         match rustix::fs::openat(&self.fd, name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
             Ok(fd) => Ok(Lookup::Dir(Dir {
                 fd,
@@ -604,7 +604,7 @@ impl<W: Write> Write for HashingWriter<'_, W> {
 pub(crate) fn split_rel(rel: &str) -> Option<Vec<String>> {
     let segs: Vec<String> = rel.split('/').map(str::to_string).collect();
     segs.iter()
-        .all(|s| crate::path::segment("path segment", s).is_ok())
+        .all(|s| crate::format::names::segment("path segment", s).is_ok())
         .then_some(segs)
 }
 

@@ -14,9 +14,9 @@
 //! cache the index block locally (objects are immutable). Every chunk fetched later is checked
 //! again against its record header and its BLAKE3 id.
 
-use crate::codec::Codec;
-use crate::digest::{ChunkId, Digest};
-use crate::id::Id;
+use crate::format::codec::Codec;
+use crate::format::digest::{ChunkId, Digest};
+use crate::format::id::Id;
 
 pub const INDEX_MAGIC: &[u8; 8] = b"MLDRIDX1";
 pub const FOOTER_MAGIC: &[u8; 8] = b"MLDREND\0";
@@ -24,8 +24,8 @@ pub const FOOTER_LEN: u64 = 48;
 pub const ENTRY_LEN: usize = 49;
 /// Largest raw and stored chunk lengths a record can hold (as `pack::decode_record_header`
 /// accepts them).
-const MAX_CHUNK_LIMIT: usize = crate::chunker::MAX_CHUNK_LIMIT;
-use crate::pack::MAX_STORED;
+const MAX_CHUNK_LIMIT: usize = crate::format::chunker::MAX_CHUNK_LIMIT;
+use crate::format::pack::MAX_STORED;
 
 /// One chunk record in a remote pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn record_len(&self) -> u64 {
-        crate::pack::RECORD_HEADER_LEN as u64 + self.stored_len as u64
+        crate::format::pack::RECORD_HEADER_LEN as u64 + self.stored_len as u64
     }
 }
 
@@ -82,7 +82,7 @@ pub fn decode_footer(f: &[u8], object_len: u64) -> Result<(u64, u64, [u8; 32]), 
     let end = object_len
         .checked_sub(FOOTER_LEN)
         .ok_or("object shorter than a footer")?;
-    if off < crate::pack::PACK_HEADER_LEN || off > end {
+    if off < crate::format::pack::PACK_HEADER_LEN || off > end {
         return Err(format!("index offset {off} out of bounds"));
     }
     Ok((off, end - off, f[8..40].try_into().expect("32")))
@@ -102,7 +102,7 @@ pub fn decode_index(b: &[u8], check: &[u8; 32], index_offset: u64) -> Result<Vec
         return Err("index length does not match its count".into());
     }
     let mut out = Vec::with_capacity(n);
-    let mut next = crate::pack::PACK_HEADER_LEN;
+    let mut next = crate::format::pack::PACK_HEADER_LEN;
     let mut rest = &b[12..];
     for _ in 0..n {
         let e = rest

@@ -1,16 +1,10 @@
-//! Pack files: append-only, self-describing containers of chunks.
+//! Pack files on disk: `PackWriter` appends records (fsync on `sync`), `read_chunk` reads and
+//! proves one chunk (following delta bases), `holds` compares a record with bytes, `scan` walks
+//! every record of a pack past damage. The format itself is `format::pack`.
 //!
-//! ```text
-//! pack   := header record*
-//! header := "MLDPACK\0" format:u32le(=1) reserved:u32le pack_id:[16]        (32 bytes)
-//! record := "CHNK" codec:u8 reserved:[3] raw_len:u32le stored_len:u32le
-//!           chunk_id:[32] check:u32le data:[stored_len]                      (52 + stored_len)
-//! ```
-//! `check` is the first 4 bytes of BLAKE3 over the 48 header bytes before it, so a damaged
-//! header is detected before its lengths are trusted; the data is proven by the chunk id
-//! (BLAKE3 of the decoded bytes). A pack is never rewritten in place: `gc` copies live chunks to
-//! a new pack and deletes the old one. A crash can leave an incomplete record at the very end of
-//! a pack (a torn tail); nothing is ever appended after a torn tail (see `PackWriter::open`).
+//! A pack is never rewritten in place: `gc` copies live chunks to a new pack and deletes the old
+//! one. A crash can leave an incomplete record at the very end of a pack (a torn tail); nothing
+//! is ever appended after a torn tail (see `PackWriter::reopen`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -18,193 +12,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::chunker::MAX_CHUNK_LIMIT;
-use crate::codec::{self, Codec};
-use crate::digest::{ChunkId, Digest};
 use crate::error::{Error, IoContext, Result};
-use crate::fault::{FaultKind, Faults};
-use crate::id::Id;
-
-pub const PACK_MAGIC: &[u8; 8] = b"MLDPACK\0";
-pub const PACK_FORMAT: u32 = 1;
-pub const PACK_HEADER_LEN: u64 = 32;
-pub const RECORD_MAGIC: &[u8; 4] = b"CHNK";
-pub const RECORD_HEADER_LEN: usize = 52;
-/// Stored bytes may exceed raw bytes by zstd's worst-case overhead; anything larger is corrupt.
-pub(crate) const MAX_STORED: usize = MAX_CHUNK_LIMIT + MAX_CHUNK_LIMIT / 64 + 1024;
-
-/// Where a chunk lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChunkLoc {
-    pub pack: Id,
-    /// Offset of the record header in the pack.
-    pub offset: u64,
-    pub stored_len: u32,
-    pub raw_len: u32,
-    pub codec: Codec,
-    /// The chunk a `Codec::Delta` chunk is stored against (`None` for every other codec).
-    pub base: Option<ChunkId>,
-}
-
-impl ChunkLoc {
-    /// Encoded length without a base; a delta chunk's location adds its base's 32 bytes.
-    pub const ENCODED_LEN: usize = 33;
-
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(Self::ENCODED_LEN + 32);
-        b.extend_from_slice(&self.pack.0);
-        b.extend_from_slice(&self.offset.to_le_bytes());
-        b.extend_from_slice(&self.stored_len.to_le_bytes());
-        b.extend_from_slice(&self.raw_len.to_le_bytes());
-        b.push(self.codec as u8);
-        if let Some(base) = &self.base {
-            b.extend_from_slice(base.as_bytes());
-        }
-        b
-    }
-
-    pub fn decode(b: &[u8]) -> Option<ChunkLoc> {
-        let codec = Codec::from_u8(*b.get(32)?)?;
-        let base = match (codec, b.len()) {
-            (Codec::Delta, 65) => Some(ChunkId(Digest(b[33..65].try_into().ok()?))),
-            (Codec::Delta, _) => return None,
-            (_, Self::ENCODED_LEN) => None,
-            _ => return None,
-        };
-        Some(ChunkLoc {
-            pack: Id(b[..16].try_into().ok()?),
-            offset: u64::from_le_bytes(b[16..24].try_into().ok()?),
-            stored_len: u32::from_le_bytes(b[24..28].try_into().ok()?),
-            raw_len: u32::from_le_bytes(b[28..32].try_into().ok()?),
-            codec,
-            base,
-        })
-    }
-
-    /// Bytes this chunk takes in its pack, header included.
-    pub fn record_len(&self) -> u64 {
-        RECORD_HEADER_LEN as u64 + self.stored_len as u64
-    }
-}
-
-pub fn pack_file_name(id: Id) -> String {
-    format!("{id}.pack")
-}
-
-/// Parse `<32 hex>.pack`.
-pub fn parse_pack_file_name(name: &str) -> Option<Id> {
-    name.strip_suffix(".pack")?.parse().ok()
-}
-
-fn header_check(h: &[u8]) -> u32 {
-    let d = blake3::hash(&h[..48]);
-    u32::from_le_bytes(d.as_bytes()[..4].try_into().expect("4 bytes"))
-}
-
-/// A decoded record header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RecordHeader {
-    pub codec: Codec,
-    pub raw_len: u32,
-    pub stored_len: u32,
-    pub id: ChunkId,
-}
-
-pub fn encode_record_header(h: &RecordHeader) -> [u8; RECORD_HEADER_LEN] {
-    let mut b = [0u8; RECORD_HEADER_LEN];
-    b[..4].copy_from_slice(RECORD_MAGIC);
-    b[4] = h.codec as u8;
-    b[8..12].copy_from_slice(&h.raw_len.to_le_bytes());
-    b[12..16].copy_from_slice(&h.stored_len.to_le_bytes());
-    b[16..48].copy_from_slice(h.id.as_bytes());
-    let check = header_check(&b);
-    b[48..52].copy_from_slice(&check.to_le_bytes());
-    b
-}
-
-/// Decode and check a record header; `Err(reason)` if it is not a valid header.
-pub fn decode_record_header(b: &[u8]) -> std::result::Result<RecordHeader, &'static str> {
-    if b.len() < RECORD_HEADER_LEN {
-        return Err("short record header");
-    }
-    if &b[..4] != RECORD_MAGIC {
-        return Err("bad record magic");
-    }
-    if u32::from_le_bytes(b[48..52].try_into().expect("4")) != header_check(b) {
-        return Err("record header checksum mismatch");
-    }
-    let codec = Codec::from_u8(b[4]).ok_or("unknown codec")?;
-    if b[5..8] != [0, 0, 0] {
-        return Err("reserved bytes set");
-    }
-    let raw_len = u32::from_le_bytes(b[8..12].try_into().expect("4"));
-    let stored_len = u32::from_le_bytes(b[12..16].try_into().expect("4"));
-    if raw_len as usize > MAX_CHUNK_LIMIT || stored_len as usize > MAX_STORED {
-        return Err("record length out of bounds");
-    }
-    if codec == Codec::Raw && raw_len != stored_len {
-        return Err("raw record with stored length != raw length");
-    }
-    let id = ChunkId(Digest(b[16..48].try_into().expect("32")));
-    Ok(RecordHeader {
-        codec,
-        raw_len,
-        stored_len,
-        id,
-    })
-}
-
-pub(crate) fn encode_pack_header(id: Id) -> [u8; PACK_HEADER_LEN as usize] {
-    let mut b = [0u8; PACK_HEADER_LEN as usize];
-    b[..8].copy_from_slice(PACK_MAGIC);
-    b[8..12].copy_from_slice(&PACK_FORMAT.to_le_bytes());
-    b[16..32].copy_from_slice(&id.0);
-    b
-}
-
-pub(crate) fn check_pack_header(b: &[u8], expect: Id) -> std::result::Result<(), String> {
-    if b.len() < PACK_HEADER_LEN as usize || &b[..8] != PACK_MAGIC {
-        return Err("bad pack magic".into());
-    }
-    let format = u32::from_le_bytes(b[8..12].try_into().expect("4"));
-    if format != PACK_FORMAT {
-        return Err(format!("unsupported pack format {format}"));
-    }
-    if b[16..32] != expect.0 {
-        return Err("pack id in header does not match its file name".into());
-    }
-    Ok(())
-}
-
-/// Decode a whole record's data (header already parsed) and prove it against the chunk id.
-/// A delta record cannot be decoded on its own: see `read_chunk`.
-pub fn decode_and_verify(
-    h: &RecordHeader,
-    stored: &[u8],
-    location: &dyn Fn() -> String,
-) -> Result<Vec<u8>> {
-    let raw = codec::decode(h.codec, stored, h.raw_len as usize, location)?;
-    if ChunkId::of(&raw) != h.id {
-        return Err(Error::corrupt(
-            location(),
-            format!("chunk {} fails its BLAKE3 check", h.id),
-        ));
-    }
-    Ok(raw)
-}
-
-/// Check a record's data on its own: a plain record decodes to its chunk id; a delta record
-/// has a valid delta header and inner bytes matching their checksum (its bytes are proven
-/// against the chunk id when read with its base). For checks and verbatim copies.
-pub fn check_stored(h: &RecordHeader, stored: &[u8], location: &dyn Fn() -> String) -> Result<()> {
-    if h.codec == Codec::Delta {
-        crate::delta::parse(stored)
-            .map(|_| ())
-            .map_err(|r| Error::corrupt(location(), format!("chunk {}: {r}", h.id)))
-    } else {
-        decode_and_verify(h, stored, location).map(|_| ())
-    }
-}
+use crate::format::codec::{self, Codec};
+use crate::format::digest::ChunkId;
+use crate::format::id::Id;
+use crate::format::pack::{
+    ChunkLoc, PACK_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RecordHeader, check_pack_header,
+    check_stored, decode_and_verify, decode_record_header, encode_pack_header,
+    encode_record_header, pack_file_name,
+};
+use crate::store::fault::{FaultKind, Faults};
 
 /// Where the base of a delta chunk is: its location and its open pack.
 pub type BaseLookup<'a> = &'a dyn Fn(&ChunkId) -> Result<(Arc<File>, ChunkLoc)>;
@@ -266,7 +83,7 @@ fn read_chained(
             codec::decode(h.codec, stored, h.raw_len as usize, location)
         };
     }
-    if steps >= crate::delta::MAX_DEPTH {
+    if steps >= crate::format::delta::MAX_DEPTH {
         return Err(Error::corrupt(
             location(),
             format!("delta chain above chunk {id} is longer than any writer makes"),
@@ -274,7 +91,7 @@ fn read_chained(
     }
     // Only the chunk asked for is proven (below), and that proves every byte under it: the
     // inner checksum is for checking a record on its own.
-    let (dh, inner) = crate::delta::parse_header(stored)
+    let (dh, inner) = crate::format::delta::parse_header(stored)
         .map_err(|r| Error::corrupt(location(), format!("chunk {id}: {r}")))?;
     if loc.base != Some(dh.base) {
         return Err(Error::corrupt(
@@ -284,7 +101,7 @@ fn read_chained(
     }
     let (bfile, bloc) = bases(&dh.base)?;
     let base = read_chained(&bfile, &bloc, &dh.base, steps + 1, false, bases, location)?;
-    let raw = crate::delta::decode(&dh, inner, h.raw_len as usize, &base, location)?;
+    let raw = crate::format::delta::decode(&dh, inner, h.raw_len as usize, &base, location)?;
     if verify && ChunkId::of(&raw) != h.id {
         return Err(Error::corrupt(
             location(),
@@ -422,7 +239,7 @@ impl PackWriter {
             id,
         };
         let base = match codec {
-            Codec::Delta => Some(crate::delta::base_of(stored).ok_or_else(|| {
+            Codec::Delta => Some(crate::format::delta::base_of(stored).ok_or_else(|| {
                 Error::corrupt(self.path.display().to_string(), "delta record too short")
             })?),
             _ => None,
@@ -464,7 +281,7 @@ impl PackWriter {
         self.faults.check(FaultKind::Sync, &self.path)?;
         self.out.sync_data().at(&self.path)?;
         if self.created {
-            crate::durable::fsync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+            crate::store::durable::fsync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
             self.created = false;
         }
         Ok(())
@@ -658,7 +475,7 @@ pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Re
             )?);
             let ok = verify.then(|| check_stored(&header, &data, &String::new).is_ok());
             let base = match header.codec {
-                Codec::Delta => crate::delta::base_of(&data),
+                Codec::Delta => crate::format::delta::base_of(&data),
                 _ => None,
             };
             (ok, base)
@@ -742,22 +559,5 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-    }
-
-    #[test]
-    fn every_header_byte_flip_is_detected() {
-        let h = RecordHeader {
-            codec: Codec::Raw,
-            raw_len: 10,
-            stored_len: 10,
-            id: ChunkId::of(b"x"),
-        };
-        let enc = encode_record_header(&h);
-        assert_eq!(decode_record_header(&enc), Ok(h));
-        for i in 0..RECORD_HEADER_LEN {
-            let mut b = enc;
-            b[i] ^= 0x40;
-            assert!(decode_record_header(&b).is_err(), "flip at {i} undetected");
-        }
     }
 }

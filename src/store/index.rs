@@ -14,19 +14,19 @@
 
 use std::path::Path;
 
-use crate::digest::ChunkId;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::pack::ChunkLoc;
-use crate::path::FileKey;
-use crate::record::FileRecord;
+use crate::format::digest::ChunkId;
+use crate::format::id::Id;
+use crate::format::names::FileKey;
+use crate::format::pack::ChunkLoc;
+use crate::format::record::FileRecord;
 
 pub const INDEX_FORMAT: u32 = 1;
 
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
-    faults: crate::fault::Faults,
+    faults: crate::store::fault::Faults,
 }
 
 fn ie(e: sled::Error) -> Error {
@@ -163,14 +163,14 @@ impl Index {
     }
 
     /// Route this handle's flushes through an injected-fault plan (tests).
-    pub fn with_faults(mut self, faults: crate::fault::Faults) -> Index {
+    pub fn with_faults(mut self, faults: crate::store::fault::Faults) -> Index {
         self.faults = faults;
         self
     }
 
     pub fn flush(&self) -> Result<()> {
         self.faults
-            .check(crate::fault::FaultKind::Sync, Path::new("index"))?;
+            .check(crate::store::fault::FaultKind::Sync, Path::new("index"))?;
         self.db.flush().map(|_| ()).map_err(ie)
     }
 
@@ -199,7 +199,7 @@ impl Index {
     pub fn chunks(&self) -> impl Iterator<Item = Result<(ChunkId, ChunkLoc)>> + '_ {
         self.db.scan_prefix(b"c").map(|kv| {
             let (k, v) = kv.map_err(ie)?;
-            let id = ChunkId(crate::digest::Digest(
+            let id = ChunkId(crate::format::digest::Digest(
                 k[1..]
                     .try_into()
                     .map_err(|_| Error::Index("bad chunk key".into()))?,

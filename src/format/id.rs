@@ -12,8 +12,8 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::digest::{hex_decode, hex_encode};
 use crate::error::Error;
+use crate::format::digest::{hex_decode, hex_encode};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Id(pub [u8; 16]);

@@ -7,14 +7,15 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::codec::Codec;
-use crate::digest::ChunkId;
+use crate::format::codec::Codec;
+use crate::format::digest::ChunkId;
 
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
-use crate::index::{Index, IndexBatch};
-use crate::manifest::{self, Event, Manifest};
-use crate::pack::{self, PackWriter};
+use crate::format::id::Id;
+use crate::format::manifest::{self, Event, Manifest};
+use crate::format::pack;
+use crate::store::index::{Index, IndexBatch};
+use crate::store::packs::{self, PackWriter};
 use crate::store::{Session, Store};
 
 /// The index changes an event makes.
@@ -183,7 +184,7 @@ pub(crate) fn write_held(store: &Store, held: &HashSet<Id>) -> Result<()> {
     let p = store.root.join(HELD_FILE);
     if held.is_empty() {
         return match fs::remove_file(&p) {
-            Ok(()) => crate::durable::fsync_dir(&store.root),
+            Ok(()) => crate::store::durable::fsync_dir(&store.root),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(p, e)),
         };
@@ -191,7 +192,7 @@ pub(crate) fn write_held(store: &Store, held: &HashSet<Id>) -> Result<()> {
     let mut ids: Vec<Id> = held.iter().copied().collect();
     ids.sort();
     let body: String = ids.iter().map(|id| format!("{id}\n")).collect();
-    crate::durable::write_atomic(&p, body.as_bytes(), &store.opts.faults)
+    crate::store::durable::write_atomic(&p, body.as_bytes(), &store.opts.faults)
 }
 
 /// Where packs go that `gc` could not account for (`<root>/quarantine/`): kept for
@@ -249,7 +250,7 @@ impl Store {
             fs::rename(&dir, self.dir("index.old")).at(&dir)?;
         }
         fs::rename(&new_dir, &dir).at(&new_dir)?;
-        crate::durable::fsync_dir(&self.root)?;
+        crate::store::durable::fsync_dir(&self.root)?;
         remove_any(&self.dir("index.old"))?;
         Ok(rep)
     }
@@ -276,7 +277,7 @@ impl Store {
             let mut b = IndexBatch::default();
             let mut here: HashMap<ChunkId, pack::ChunkLoc> = HashMap::new();
             let ids = in_pack.entry(pid).or_default();
-            let scanned = pack::scan(&path, pid, true, |r| {
+            let scanned = packs::scan(&path, pid, true, |r| {
                 let id = r.header.id;
                 let loc = pack::ChunkLoc {
                     pack: pid,
@@ -479,7 +480,7 @@ impl Store {
         rep: &mut RebuildReport,
     ) -> Result<()> {
         let proves = |loc: &pack::ChunkLoc, id: &ChunkId| -> bool {
-            let mut located = crate::read::Located::new(self.dir("packs"));
+            let mut located = crate::store::read::Located::new(self.dir("packs"));
             let what = || format!("chunk {id}");
             located.add(ix, loc, &what).is_ok() && located.read(loc, id, &what).is_ok()
         };
@@ -539,7 +540,7 @@ impl Store {
         for (path, id, loc) in unchecked {
             let what = || format!("chunk {id}");
             let raw = if ix.chunk(id)? == Some(*loc) {
-                let mut located = crate::read::Located::new(self.dir("packs"));
+                let mut located = crate::store::read::Located::new(self.dir("packs"));
                 located
                     .add(ix, loc, &what)
                     .and_then(|()| located.read(loc, id, &what))
@@ -559,7 +560,7 @@ impl Store {
                 Some(w) => w,
                 None => w.insert(PackWriter::create(&self.dir("packs"), &self.opts.faults)?),
             };
-            let new = match crate::codec::encode(&raw, self.opts.compression) {
+            let new = match crate::format::codec::encode(&raw, self.opts.compression) {
                 Some((codec, stored)) => w.append(*id, loc.raw_len, codec, &stored)?,
                 None => w.append(*id, loc.raw_len, Codec::Raw, &raw)?,
             };
@@ -594,7 +595,7 @@ impl Store {
         }
         let mut spares: HashMap<ChunkId, Vec<Spare>> = HashMap::new();
         for (pid, path) in list_ids(&qdir, "pack")? {
-            pack::scan(&path, pid, true, |r| {
+            packs::scan(&path, pid, true, |r| {
                 if r.data_ok == Some(true)
                     && referenced.contains(&r.header.id)
                     && ix.chunk(&r.header.id).ok().flatten().is_none()
@@ -649,7 +650,7 @@ impl Store {
                     rep.salvaged_chunks += 1;
                     return false;
                 }
-                let mut located = crate::read::Located::new(self.dir("packs"));
+                let mut located = crate::store::read::Located::new(self.dir("packs"));
                 let what = || format!("chunk {id}");
                 if located.add(ix, loc, &what).is_ok() && located.read(loc, id, &what).is_ok() {
                     b.put_chunk(id, loc);

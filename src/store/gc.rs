@@ -14,14 +14,15 @@ use std::fs::File;
 
 use serde::Serialize;
 
-use crate::digest::ChunkId;
-use crate::durable::fsync_dir;
 use crate::error::{IoContext, Result};
-use crate::id::Id;
-use crate::index::IndexBatch;
-use crate::pack::{self, ChunkLoc, PackWriter};
-use crate::recover::list_ids;
+use crate::format::digest::ChunkId;
+use crate::format::id::Id;
+use crate::format::pack::{self, ChunkLoc};
 use crate::store::Store;
+use crate::store::durable::fsync_dir;
+use crate::store::index::IndexBatch;
+use crate::store::packs::{self, PackWriter};
+use crate::store::recover::list_ids;
 
 /// What `gc` freed (or, with `dry_run`, would free).
 #[derive(Debug, Default, Serialize)]
@@ -109,7 +110,7 @@ impl Store {
         let held = if o.drop_unreferenced {
             HashSet::new()
         } else {
-            crate::recover::read_held(&self.root)?
+            crate::store::recover::read_held(&self.root)?
         };
 
         let mut live: HashSet<ChunkId> = HashSet::new();
@@ -119,7 +120,7 @@ impl Store {
             if r.is_deleted() {
                 dead_versions.push(r);
             } else {
-                let m = crate::read::load_manifest(&s, &r)?;
+                let m = crate::store::read::load_manifest(&s, &r)?;
                 live.extend(m.chunks.iter().map(|(id, _)| *id));
             }
         }
@@ -247,7 +248,7 @@ impl Store {
                 rep.problems.push(format!(
                     "packs/{}: moved to {}/ (not deleted): {}",
                     pack::pack_file_name(p.id),
-                    crate::recover::QUARANTINE_DIR,
+                    crate::store::recover::QUARANTINE_DIR,
                     unaccounted.join("; ")
                 ));
                 if !dry_run {
@@ -259,11 +260,11 @@ impl Store {
             self.poison(
                 self.opts
                     .faults
-                    .check(crate::fault::FaultKind::Sync, &packs_dir)
+                    .check(crate::store::fault::FaultKind::Sync, &packs_dir)
                     .and_then(|()| fsync_dir(&packs_dir)),
             )?;
             if o.drop_unreferenced {
-                self.poison(crate::recover::write_held(self, &HashSet::new()))?;
+                self.poison(crate::store::recover::write_held(self, &HashSet::new()))?;
             }
         }
         Ok(rep)
@@ -279,7 +280,7 @@ impl Store {
         let file = File::open(&p.path).at(&p.path)?;
         for (id, loc) in live {
             let where_ = || format!("{} offset {}", p.path.display(), loc.offset);
-            if let Err(e) = pack::read_record(&file, loc, id, &where_) {
+            if let Err(e) = packs::read_record(&file, loc, id, &where_) {
                 return Ok(Some(format!(
                     "packs/{}: not rewritten: a live record fails its check ({e})",
                     pack::pack_file_name(p.id)
@@ -302,7 +303,7 @@ impl Store {
         let committed = s.index.pack_len(p.id)?.unwrap_or(0);
         let mut why = Vec::new();
         let mut needed: Vec<ChunkId> = Vec::new();
-        let scanned = pack::scan(&p.path, p.id, false, |r| {
+        let scanned = packs::scan(&p.path, p.id, false, |r| {
             if live.contains(&r.header.id) {
                 needed.push(r.header.id);
             }
@@ -331,12 +332,12 @@ impl Store {
         p: &PackPlan,
         was_active: bool,
     ) -> Result<()> {
-        let qdir = self.dir(crate::recover::QUARANTINE_DIR);
+        let qdir = self.dir(crate::store::recover::QUARANTINE_DIR);
         std::fs::create_dir_all(&qdir).at(&qdir)?;
         let to = qdir.join(pack::pack_file_name(p.id));
         self.opts
             .faults
-            .check(crate::fault::FaultKind::Write, &to)?;
+            .check(crate::store::fault::FaultKind::Write, &to)?;
         std::fs::rename(&p.path, &to).at(&p.path)?;
         fsync_dir(&qdir)?;
         let mut b = IndexBatch::default();
@@ -363,13 +364,13 @@ impl Store {
             }
         }
         // Manifests an older, interrupted gc left behind: not in the index, covered by a delete.
-        for (id, p) in crate::recover::list_ids(&self.dir("manifests"), "manifest")? {
+        for (id, p) in crate::store::recover::list_ids(&self.dir("manifests"), "manifest")? {
             if s.index.version(id)?.is_some() {
                 continue;
             }
             let covered = std::fs::read(&p)
                 .ok()
-                .and_then(|b| crate::manifest::Manifest::decode(&b, "").ok())
+                .and_then(|b| crate::format::manifest::Manifest::decode(&b, "").ok())
                 .is_some_and(|m| {
                     s.index
                         .deleted_up_to(&m.record.key())
@@ -381,7 +382,7 @@ impl Store {
         }
         self.opts
             .faults
-            .check(crate::fault::FaultKind::Sync, &self.dir("manifests"))?;
+            .check(crate::store::fault::FaultKind::Sync, &self.dir("manifests"))?;
         fsync_dir(&self.dir("manifests"))?;
         let mut b = IndexBatch::default();
         for r in dead {
@@ -429,7 +430,9 @@ impl Store {
     }
 
     fn remove_file(&self, p: &std::path::Path) -> Result<()> {
-        self.opts.faults.check(crate::fault::FaultKind::Write, p)?;
+        self.opts
+            .faults
+            .check(crate::store::fault::FaultKind::Write, p)?;
         std::fs::remove_file(p).at(p)
     }
 }

@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::safe::{self, Dir, Entry, Ledger};
 use super::{Doc, ExpPlan, FileJob, LedgerKind};
 use crate::error::{Error, Result};
-use crate::index::Scope;
-use crate::record::FileRecord;
+use crate::format::record::FileRecord;
 use crate::store::Store;
+use crate::store::index::Scope;
 
 pub(crate) const RECORDS_FILE: &str = ".ml-dash-records.json";
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::safe::Root;
 use crate::error::{Error, Result};
-use crate::path::{self, ExperimentKey};
+use crate::format::names::{self, ExperimentKey};
 
 /// Deepest experiment prefix looked for.
 const MAX_DEPTH: usize = 32;
@@ -57,7 +57,7 @@ pub(super) fn find_experiments(
         if is_exp && ["files", "logs", "metrics", "tracks"].contains(&name.as_str()) {
             continue;
         }
-        if path::segment("folder", &name).is_err() {
+        if names::segment("folder", &name).is_err() {
             problems.push(format!(
                 "{}/{name}: name not usable; skipped",
                 here.display()

@@ -28,12 +28,12 @@ use serde_json::{Value, json};
 use super::safe::{self, Dir, Entry, Ledger};
 use super::{Doc, ExpPlan, FileJob, LedgerKind, pyjson};
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::index::Scope;
-use crate::journal::JournalContents;
-use crate::path::ExperimentKey;
-use crate::record::FileRecord;
+use crate::format::id::Id;
+use crate::format::names::ExperimentKey;
+use crate::format::record::FileRecord;
 use crate::store::Store;
+use crate::store::index::Scope;
+use crate::store::journal::JournalContents;
 
 pub(crate) const LEDGER_FILE: &str = ".ml-dash-export.json";
 

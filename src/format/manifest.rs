@@ -8,10 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::ChunkId;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::record::FileRecord;
+use crate::format::digest::ChunkId;
+use crate::format::id::Id;
+use crate::format::record::FileRecord;
 
 pub const MANIFEST_MAGIC: &str = "MLDMAN1";
 pub const EVENT_MAGIC: &str = "MLDEVT1";
@@ -85,7 +85,7 @@ where
 
 impl Event {
     /// The path a delete event names.
-    pub fn file_key(&self) -> Option<crate::path::FileKey> {
+    pub fn file_key(&self) -> Option<crate::format::names::FileKey> {
         match self {
             Event::Delete {
                 namespace,
@@ -94,7 +94,7 @@ impl Event {
                 path,
                 filename,
                 ..
-            } => Some(crate::path::FileKey {
+            } => Some(crate::format::names::FileKey {
                 namespace: namespace.clone(),
                 project: project.clone(),
                 experiment: experiment.clone(),
@@ -227,8 +227,8 @@ mod tests {
                 description: None,
                 tags: vec!["a".into()],
                 metadata: serde_json::json!({"epoch": 1}),
-                uploaded_at: crate::time::now_iso(),
-                updated_at: crate::time::now_iso(),
+                uploaded_at: crate::format::time::now_iso(),
+                updated_at: crate::format::time::now_iso(),
                 deleted_at: None,
                 new_bytes: 5,
             },
@@ -264,7 +264,7 @@ mod tests {
             description: Some(None),
             tags: None,
             metadata: Some(serde_json::json!({"x": 1})),
-            at: crate::time::now_iso(),
+            at: crate::format::time::now_iso(),
         };
         assert_eq!(decode_event(&encode_event(&e), "e").unwrap(), e);
         assert!(decode_event(&sample().encode(), "e").is_err());

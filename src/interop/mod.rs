@@ -40,10 +40,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::index::Scope;
-use crate::read::FileReader;
-use crate::record::FileRecord;
+use crate::format::record::FileRecord;
 use crate::store::Store;
+use crate::store::index::Scope;
+use crate::store::read::FileReader;
 use safe::{Check, Dir, Entry, HashingWriter, Ledger};
 
 pub use import::{ImportSummary, import};
@@ -153,7 +153,7 @@ impl ExportPlan {
             ("experiment", &scope.experiment),
         ] {
             if let Some(v) = v {
-                crate::path::segment(what, v)?;
+                crate::format::names::segment(what, v)?;
             }
         }
         let (mut exps, mut problems) = match layout {

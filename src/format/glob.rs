@@ -3,7 +3,7 @@
 //! a file's full path (`/a/b/name`; a leading `/` is implied), one without matches its name.
 
 use crate::error::{Error, Result};
-use crate::record::FileRecord;
+use crate::format::record::FileRecord;
 
 /// A compiled file glob (see the module documentation).
 #[derive(Clone, Debug)]
@@ -63,7 +63,7 @@ mod tests {
     #[test]
     fn the_shared_glob_table() {
         let t: serde_json::Value =
-            serde_json::from_str(include_str!("../tests/data/glob_table.json")).unwrap();
+            serde_json::from_str(include_str!("../../tests/data/glob_table.json")).unwrap();
         let paths: Vec<&str> = t["paths"]
             .as_array()
             .unwrap()

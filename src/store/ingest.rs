@@ -29,15 +29,16 @@ use sha2::Digest as _;
 
 use std::collections::HashMap;
 
-use crate::chunker::Chunker;
-use crate::codec::{self, Codec, Compression};
-use crate::digest::{ChunkId, Digest, Sha256};
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::index::{Index, IndexBatch};
-use crate::pack::{ChunkLoc, PackWriter, RECORD_HEADER_LEN};
-use crate::read::Located;
-use crate::tensors::{Grid, Layout};
+use crate::format::chunker::Chunker;
+use crate::format::codec::{self, Codec, Compression};
+use crate::format::digest::{ChunkId, Digest, Sha256};
+use crate::format::id::Id;
+use crate::format::pack::{ChunkLoc, RECORD_HEADER_LEN};
+use crate::format::tensors::{Grid, Layout};
+use crate::store::index::{Index, IndexBatch};
+use crate::store::packs::PackWriter;
+use crate::store::read::Located;
 
 const WINDOW: usize = 8 << 20;
 
@@ -66,7 +67,7 @@ pub struct IngestConfig<'a> {
     /// The pack to continue, if the index has one open.
     pub active: Option<(Id, u64)>,
     pub progress: Option<&'a AtomicU64>,
-    pub faults: &'a crate::fault::Faults,
+    pub faults: &'a crate::store::fault::Faults,
     /// The version to store deltas against: found (by `find_previous`) only once the source
     /// turns out to have a tensor layout, so other uploads never pay for looking.
     pub previous: &'a OnceLock<Option<Previous>>,
@@ -77,7 +78,7 @@ pub struct IngestConfig<'a> {
     /// a safetensors header in the first window is detected here.
     pub layout: Option<Layout>,
     /// Open packs for checking the records of known chunks.
-    pub(crate) pack_files: &'a crate::read::PackFiles,
+    pub(crate) pack_files: &'a crate::store::read::PackFiles,
 }
 
 /// A delta must be predicted to store this fraction of a piece's size less than the piece on
@@ -335,10 +336,10 @@ fn encode_delta(chunk: &[u8], h: &Hint, cfg: &IngestConfig<'_>) -> Option<(Codec
     // A base that cannot be read back (damage) is simply not used.
     let base = prev.located.read(&h.loc, &h.base, &String::new).ok()?;
     let t = match h.width {
-        Some(w) => crate::delta::Transform::for_width(w),
-        None => crate::delta::Transform::guess(chunk, &base),
+        Some(w) => crate::format::delta::Transform::for_width(w),
+        None => crate::format::delta::Transform::guess(chunk, &base),
     };
-    let stored = crate::delta::encode(
+    let stored = crate::format::delta::encode(
         chunk,
         &base,
         &h.base,

@@ -5,13 +5,13 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::digest::ChunkId;
 use crate::error::Result;
-use crate::id::Id;
-use crate::manifest;
-use crate::pack;
-use crate::recover::list_ids;
+use crate::format::digest::ChunkId;
+use crate::format::id::Id;
+use crate::format::manifest;
 use crate::store::Store;
+use crate::store::packs;
+use crate::store::recover::list_ids;
 
 /// What `verify` found. Healthy when `damaged_files` and `problems` are both empty.
 #[derive(Debug, Default, Serialize)]
@@ -41,7 +41,7 @@ impl Store {
         for (pid, path) in list_ids(&self.dir("packs"), "pack")? {
             rep.packs += 1;
             let mut bad_in_pack = Vec::new();
-            let scanned = pack::scan(&path, pid, true, |r| {
+            let scanned = packs::scan(&path, pid, true, |r| {
                 if r.data_ok == Some(true) {
                     good.insert((pid, r.offset, r.header.id));
                 } else {
@@ -107,7 +107,7 @@ impl Store {
                 deltas.push((id, loc));
             }
         }
-        let mut located = crate::read::Located::new(self.dir("packs"));
+        let mut located = crate::store::read::Located::new(self.dir("packs"));
         for (id, loc) in deltas {
             let what = || format!("chunk {id} (a delta in pack {})", loc.pack);
             let r = located
@@ -129,7 +129,7 @@ impl Store {
             indexed.insert(r.id);
             let name = format!("{} v{}", r.key().display(), r.version);
             let manifest_exists = self.manifest_path(r.id).exists();
-            match crate::read::load_manifest(&s, &r) {
+            match crate::store::read::load_manifest(&s, &r) {
                 // A deleted version whose manifest gc already removed: fine.
                 Err(_) if r.is_deleted() && !manifest_exists => {}
                 Err(e) if r.is_deleted() => {
@@ -168,7 +168,7 @@ impl Store {
             }
         }
         for (name, r) in to_read {
-            let checked = crate::read::open_reader(&s, r)
+            let checked = crate::store::read::open_reader(&s, r)
                 .and_then(|reader| reader.copy_to(&mut std::io::sink()));
             if let Err(e) = checked {
                 rep.damaged_files.push(format!("{name}: {e}"));
@@ -239,7 +239,7 @@ impl Store {
             }
         }
         // 7. Packs gc moved aside, and packs a rebuild asked gc to keep.
-        let qdir = self.dir(crate::recover::QUARANTINE_DIR);
+        let qdir = self.dir(crate::store::recover::QUARANTINE_DIR);
         if qdir.is_dir() {
             for (_, path) in list_ids(&qdir, "pack")? {
                 rep.problems.push(format!(
@@ -248,7 +248,7 @@ impl Store {
                 ));
             }
         }
-        let held = crate::recover::read_held(&self.root)?;
+        let held = crate::store::recover::read_held(&self.root)?;
         if !held.is_empty() {
             rep.notes.push(format!(
                 "{} pack(s) hold chunks no manifest references and are kept by gc (listed by `ml-dash repair`; `ml-dash gc --drop-unreferenced` collects them)",

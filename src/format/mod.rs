@@ -1,0 +1,19 @@
+//! The on-disk formats and the rules for names, with no I/O: what a chunk id, a version id, a
+//! file record, a manifest, an event, a pack record and a remote pack are as bytes; how files are
+//! cut into chunks (content-defined, or on a tensor grid) and how chunks are coded (zstd, byte
+//! planes, deltas). Everything here is a pure function of its input, so it can be fuzzed and
+//! tested on its own; the byte-level layout is written down once, in docs/format.md.
+
+pub mod chunker;
+pub mod codec;
+pub mod delta;
+pub mod digest;
+pub mod glob;
+pub mod id;
+pub mod manifest;
+pub mod names;
+pub mod pack;
+pub mod record;
+pub mod rpack;
+pub mod tensors;
+pub mod time;

@@ -1,0 +1,387 @@
+//! The store: one directory of packs, manifests, events and journals, and the sled index
+//! derived from them, opened per operation under a lock. Everything here does I/O; the bytes'
+//! layout is `format`'s.
+//!
+//! ```text
+//! <root>/FORMAT        {"format":2,...}: which on-disk format this is
+//! <root>/lock          flock'd for the length of each operation
+//! <root>/packs/        <pack id>.pack       chunk records (packs.rs, format::pack)
+//! <root>/manifests/    <version id>.manifest (format::manifest)
+//! <root>/events/       <event id>.event      deletes and updates (format::manifest)
+//! <root>/index/        sled, derived: rebuilt from the three above (recover.rs)
+//! ```
+//! sled admits one process at a time, so every operation takes the exclusive lock on
+//! `<root>/lock`, opens the index, does its work, flushes and closes the index, and releases the
+//! lock. A `Store` value (or an `Experiment`) holds no lock between operations, so a training run
+//! that keeps its experiment open for days never locks out `ml-dash list` in another terminal;
+//! concurrent callers wait for the lock (up to `lock_timeout`) instead of failing.
+
+pub(crate) mod durable;
+pub mod fault;
+pub(crate) mod gc;
+pub mod index;
+pub(crate) mod ingest;
+pub(crate) mod journal;
+mod list;
+pub mod packs;
+pub mod read;
+pub(crate) mod recover;
+pub(crate) mod stats;
+pub(crate) mod verify;
+mod write;
+
+pub use list::ListFilter;
+pub(crate) use list::resolve_in;
+pub use write::{ImportedVersion, NewVersion, RecordChanges};
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::chunker::{Chunker, ChunkerConfig};
+use crate::format::codec::Compression;
+use crate::format::id::Id;
+use crate::format::manifest::{self};
+use crate::store::index::Index;
+
+/// 2: format 1 plus delta records (codec 4), delta bases in index values and remote pack
+/// indexes. A format-1 store is marked 2 when this version opens it, so older versions refuse
+/// it instead of misreading delta records as damage.
+pub const STORE_FORMAT: u32 = 2;
+/// Default for `StoreOptions::delta_depth`.
+pub const DEFAULT_DELTA_DEPTH: u8 = 2;
+const FORMAT_FILE: &str = "FORMAT";
+/// Store settings. Builder-style setters document their defaults.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub(crate) chunker: ChunkerConfig,
+    pub(crate) compression: Compression,
+    pub(crate) pack_target: u64,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) faults: crate::store::fault::Faults,
+    pub(crate) delta_depth: u8,
+}
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            chunker: ChunkerConfig::default(),
+            compression: Compression::default(),
+            pack_target: 64 << 20,
+            lock_timeout: Duration::from_secs(600),
+            faults: Default::default(),
+            delta_depth: DEFAULT_DELTA_DEPTH,
+        }
+    }
+}
+impl StoreOptions {
+    /// Chunk sizes (default min 16 KiB / avg 64 KiB / max 256 KiB). Changing them on an existing
+    /// store is allowed but new uploads then dedup poorly against old ones.
+    pub fn chunker(mut self, c: ChunkerConfig) -> Self {
+        self.chunker = c;
+        self
+    }
+    /// Chunk compression (default `Compression::Auto(1)`).
+    pub fn compression(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+    /// Size at which a pack is closed and a new one started (default 64 MiB).
+    pub fn pack_target(mut self, bytes: u64) -> Self {
+        self.pack_target = bytes.max(1 << 20);
+        self
+    }
+    /// Inject I/O failures (tests; default none). See `fault.rs`.
+    pub fn faults(mut self, f: crate::store::fault::Faults) -> Self {
+        self.faults = f;
+        self
+    }
+    /// Longest chain of deltas a new tensor piece may be stored at the end of (default
+    /// `DEFAULT_DELTA_DEPTH`; 0 turns deltas off, at most `delta::MAX_DEPTH`). A read of a
+    /// piece at depth d decodes d + 1 records, so this bounds read cost; after d deltas in a
+    /// row a piece is stored whole again.
+    pub fn delta_depth(mut self, d: u8) -> Self {
+        self.delta_depth = d.min(crate::format::delta::MAX_DEPTH);
+        self
+    }
+    /// How long an operation waits for another process's operation (default 10 minutes).
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
+    }
+}
+/// An open store. Cheap to clone; holds no lock between operations.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) root: PathBuf,
+    pub(crate) opts: StoreOptions,
+    pub(crate) chunker: Chunker,
+    poisoned: Arc<Mutex<Option<String>>>,
+}
+/// One operation's hold on the store: the lock and the open index.
+pub(crate) struct Session<'a> {
+    pub store: &'a Store,
+    pub index: Index,
+    _lock: File,
+}
+/// Take an exclusive flock on `lock_path`, polling with backoff for up to `timeout`.
+fn acquire_lock(lock_path: &Path, timeout: Duration) -> Result<File> {
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(lock_path)
+        .at(lock_path)?;
+    let start = Instant::now();
+    let mut wait = Duration::from_millis(2);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if start.elapsed() >= timeout {
+                    return Err(Error::LockTimeout {
+                        path: lock_path.to_path_buf(),
+                        secs: timeout.as_secs(),
+                    });
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(lock_path, e)),
+        }
+    }
+}
+/// Lay out a new store in `root` (caller holds the lock). Refuses a directory holding anything
+/// but what an interrupted creation leaves: the lock, a FORMAT temp file, our empty directories.
+fn create_layout(root: &Path) -> Result<()> {
+    check_empty_for_create(root)?;
+    let bad = |reason: String| Error::BadStore {
+        root: root.to_path_buf(),
+        reason,
+    };
+    for d in ["packs", "manifests", "events", "index"] {
+        fs::create_dir_all(root.join(d)).map_err(|e| bad(format!("cannot create {d}/: {e}")))?;
+    }
+    durable::fsync_dir(root)?;
+    let body = serde_json::json!({
+        "format": STORE_FORMAT,
+        "kind": "ml-dash artifact store",
+        "packFormat": crate::format::pack::PACK_FORMAT,
+        "manifestFormat": manifest::FORMAT,
+    });
+    durable::write_atomic(
+        &root.join(FORMAT_FILE),
+        format!("{body}\n").as_bytes(),
+        &Default::default(),
+    )
+}
+/// Mark a format-1 store as format 2 (under the lock). Failure (a read-only store) is left
+/// for the first write to run into.
+fn upgrade_format(root: &Path, timeout: Duration) {
+    let path = root.join(FORMAT_FILE);
+    let is_v1 = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b)
+            .ok()
+            .and_then(|v| v.get("format").and_then(|f| f.as_u64()))
+            == Some(1)
+    };
+    if !fs::read(&path).is_ok_and(|b| is_v1(&b)) {
+        return;
+    }
+    let Ok(_lock) = acquire_lock(&root.join("lock"), timeout) else {
+        return;
+    };
+    let Ok(b) = fs::read(&path) else { return };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&b) else {
+        return;
+    };
+    if !is_v1(&b) {
+        return;
+    }
+    v["format"] = STORE_FORMAT.into();
+    let _ = durable::write_atomic(&path, format!("{v}\n").as_bytes(), &Default::default());
+}
+fn check_empty_for_create(root: &Path) -> Result<()> {
+    let bad = |reason: String| Error::BadStore {
+        root: root.to_path_buf(),
+        reason,
+    };
+    let leftover = |e: &fs::DirEntry| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name == "lock"
+            || name.starts_with(".FORMAT")
+            || (["packs", "manifests", "events", "index"].contains(&name.as_ref())
+                && fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none()))
+    };
+    let entries = fs::read_dir(root).map_err(|e| bad(e.to_string()))?;
+    if entries.flatten().any(|e| !leftover(&e)) {
+        return Err(bad(
+            "directory is not empty and has no FORMAT file: not an ml-dash store".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Open the store at `root`, creating it if the directory is missing or empty.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(root, StoreOptions::default())
+    }
+    pub fn open_with(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        Store::open_inner(root.as_ref(), opts, true)
+    }
+    /// Open an existing store; never creates one (for read-only commands).
+    pub fn open_existing(root: impl AsRef<Path>) -> Result<Store> {
+        Store::open_existing_with(root, StoreOptions::default())
+    }
+    pub fn open_existing_with(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        Store::open_inner(root.as_ref(), opts, false)
+    }
+    fn open_inner(root: &Path, opts: StoreOptions, create: bool) -> Result<Store> {
+        let root = root.to_path_buf();
+        let bad = |reason: String| Error::BadStore {
+            root: root.clone(),
+            reason,
+        };
+        match fs::metadata(&root) {
+            Ok(m) if !m.is_dir() => return Err(bad("exists and is not a directory".into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                fs::create_dir_all(&root).map_err(|e| bad(format!("cannot create it: {e}")))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(bad(
+                    "no ml-dash store here (the first upload creates one)".into()
+                ));
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let format_path = root.join(FORMAT_FILE);
+        let check_format = |b: &[u8]| -> Result<()> {
+            let v: serde_json::Value =
+                serde_json::from_slice(b).map_err(|_| bad("FORMAT file is damaged".into()))?;
+            if !matches!(v.get("format").and_then(|f| f.as_u64()), Some(1 | 2)) {
+                return Err(bad(format!("unsupported store format {}", v["format"])));
+            }
+            Ok(())
+        };
+        match fs::read(&format_path) {
+            Ok(b) => check_format(&b)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                return Err(bad(
+                    "no ml-dash store here (the first upload creates one)".into()
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Refuse a foreign directory before creating anything in it; unless another
+                // process finished creating the store since we looked (FORMAT exists now).
+                if let Err(refused) = check_empty_for_create(&root) {
+                    let b = fs::read(&format_path).map_err(|_| refused)?;
+                    check_format(&b)?;
+                    return Store::finish_open(root, opts);
+                }
+                // Create under the store lock so that processes racing to create the same
+                // store agree: the loser finds FORMAT when it gets the lock.
+                let _lock = acquire_lock(&root.join("lock"), opts.lock_timeout)?;
+                match fs::read(&format_path) {
+                    Ok(b) => check_format(&b)?,
+                    Err(_) => create_layout(&root).map_err(|e| match e {
+                        Error::BadStore { .. } => e,
+                        other => bad(other.to_string()),
+                    })?,
+                }
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        Store::finish_open(root, opts)
+    }
+    fn finish_open(root: PathBuf, opts: StoreOptions) -> Result<Store> {
+        let chunker = Chunker::new(opts.chunker)?;
+        upgrade_format(&root, opts.lock_timeout);
+        Ok(Store {
+            root,
+            opts,
+            chunker,
+            poisoned: Arc::new(Mutex::new(None)),
+        })
+    }
+    /// Does any pack, manifest or event exist?
+    fn has_durable_data(&self) -> Result<bool> {
+        for d in ["packs", "manifests", "events"] {
+            let dir = self.dir(d);
+            let mut it = fs::read_dir(&dir).at(&dir)?;
+            if it.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub(crate) fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+    pub(crate) fn manifest_path(&self, id: Id) -> PathBuf {
+        self.dir("manifests").join(manifest::manifest_file_name(id))
+    }
+    pub(crate) fn event_path(&self, id: Id) -> PathBuf {
+        self.dir("events").join(manifest::event_file_name(id))
+    }
+    pub(crate) fn check_poison(&self) -> Result<()> {
+        match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+    /// Mark the store unusable for writes after a failed durable step (never retry an fsync).
+    pub(crate) fn poison<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+            p.get_or_insert_with(|| e.to_string());
+        }
+        r
+    }
+    /// Take the store lock (waiting up to `lock_timeout`).
+    pub(crate) fn lock(&self) -> Result<File> {
+        acquire_lock(&self.root.join("lock"), self.opts.lock_timeout)
+    }
+    /// Take the lock, open the index and finish any commit a crash interrupted.
+    ///
+    /// The index is derived data: if it is missing (deleted, or never built by this version)
+    /// while the store holds packs, manifests or events, or sled reports its files damaged, it
+    /// is rebuilt here first, so a lost index never looks like an empty store (and never
+    /// restarts version numbers).
+    pub(crate) fn session(&self) -> Result<Session<'_>> {
+        let lock = self.lock()?;
+        if !self.dir("index").join("conf").exists() && self.has_durable_data()? {
+            self.rebuild_locked()?;
+        }
+        let index = match Index::open(&self.dir("index")) {
+            // Derived data whose files are damaged (e.g. after a full disk, or overwritten),
+            // or an empty index beside durable data: rebuild it.
+            Err(Error::IndexDamaged(_)) => {
+                self.rebuild_locked()?;
+                Index::open(&self.dir("index"))
+            }
+            Ok(ix) if ix.is_blank()? && self.has_durable_data()? => {
+                drop(ix);
+                self.rebuild_locked()?;
+                Index::open(&self.dir("index"))
+            }
+            other => other,
+        }
+        .map_err(|e| Error::Index(format!("{e} (run `ml-dash repair` to rebuild the index)")))?
+        .with_faults(self.opts.faults.clone());
+        let s = Session {
+            store: self,
+            index,
+            _lock: lock,
+        };
+        crate::store::recover::finish_pending(&s)?;
+        Ok(s)
+    }
+}

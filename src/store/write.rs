@@ -1,0 +1,503 @@
+//! Writes: uploads (`put_file`, `put_reader`), deletes and record updates, each committed in
+//! the store's write order (see ARCHITECTURE.md).
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+use super::{Session, Store};
+use crate::error::{Error, IoContext, Result};
+use crate::format::id::Id;
+use crate::format::manifest::{self, Event, Manifest};
+use crate::format::names::FileKey;
+use crate::format::record::{self, FileRecord};
+use crate::store::durable;
+use crate::store::index::{Index, IndexBatch, Scope};
+use crate::store::ingest::{self, IngestConfig, Ingested, Previous};
+
+/// What to record with a new version.
+#[derive(Clone, Debug, Default)]
+pub struct NewVersion {
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: serde_json::Value,
+}
+/// Changes to a version's record (`Store::update`): what is left `None` stays as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordChanges {
+    /// `Some(Some(text))` sets the description, `Some(None)` clears it.
+    pub description: Option<Option<String>>,
+    /// Replaces every tag.
+    pub tags: Option<Vec<String>>,
+    /// Replaces the metadata (a JSON object, or null).
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl RecordChanges {
+    /// No change.
+    pub fn new() -> RecordChanges {
+        RecordChanges::default()
+    }
+    /// Set the description.
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = Some(Some(d.into()));
+        self
+    }
+    /// Clear the description.
+    pub fn clear_description(mut self) -> Self {
+        self.description = Some(None);
+        self
+    }
+    /// Replace the tags.
+    pub fn tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = Some(tags.into_iter().map(Into::into).collect());
+        self
+    }
+    /// Replace the metadata.
+    pub fn metadata(mut self, m: serde_json::Value) -> Self {
+        self.metadata = Some(m);
+        self
+    }
+}
+
+/// What an import keeps from the record it copies (`Store::put_file_imported`, used only by
+/// `ml-dash import`): the original timestamps, and the size and SHA-256 the bytes must have.
+#[derive(Clone, Debug)]
+pub struct ImportedVersion {
+    /// Recorded as given (the caller checks the format).
+    pub uploaded_at: String,
+    pub updated_at: String,
+    /// The bytes read must hash to this and have this length, else nothing is recorded.
+    pub checksum: crate::format::digest::Sha256,
+    pub size_bytes: u64,
+}
+/// What a stream upload knows besides its bytes.
+struct How<'a> {
+    /// Import: the record's timestamps, size and checksum to keep.
+    imported: Option<&'a ImportedVersion>,
+    /// The source's tensor layout, when read from a file (zip archives).
+    layout: Option<crate::format::tensors::Layout>,
+}
+fn is_source_error(e: &Error) -> bool {
+    matches!(e, Error::Io { path, .. } if path == Path::new(ingest::SOURCE))
+}
+fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
+    // Keys come from `path::` constructors, but a FileKey is a plain struct: check again.
+    for (what, s) in [
+        ("namespace", &key.namespace),
+        ("project", &key.project),
+        ("experiment", &key.experiment),
+        ("file name", &key.filename),
+    ] {
+        crate::format::names::segment(what, s)?;
+    }
+    if crate::format::names::prefix(&key.path)? != key.path {
+        return Err(Error::invalid(
+            "prefix",
+            key.path.clone(),
+            "is not normalized",
+        ));
+    }
+    record::check_tags(&v.tags)?;
+    record::check_metadata(&v.metadata)?;
+    if let Some(d) = &v.description {
+        record::check_description(d)?;
+    }
+    Ok(())
+}
+/// The version a new upload of `key` may store deltas against: the latest live version of
+/// `key`, else the newest live file with the same extension in the same experiment and
+/// prefix (checkpoints are often saved under a new name each time), if it is a safetensors
+/// file. Anything unreadable just means no deltas (verify reports damage).
+fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
+    let ix = &s.index;
+    let live = |id: Id| ix.version(id).ok().flatten().filter(|r| !r.is_deleted());
+    let own = ix
+        .versions_of(key)
+        .ok()?
+        .iter()
+        .rev()
+        .find_map(|(_, id)| live(*id));
+    let rec = match own {
+        Some(r) => r,
+        None => {
+            let ext = key.filename.rsplit_once('.').map(|x| x.1)?;
+            let scope = Scope {
+                namespace: Some(key.namespace.clone()),
+                project: Some(key.project.clone()),
+                experiment: Some(key.experiment.clone()),
+            };
+            ix.scan_versions(&scope)
+                .filter_map(|r| r.ok())
+                .filter(|r| {
+                    !r.is_deleted()
+                        && r.path == key.path
+                        && r.filename.rsplit_once('.').map(|x| x.1) == Some(ext)
+                })
+                .max_by_key(|r| r.id)?
+        }
+    };
+    let mut r = crate::store::read::open_reader(s, rec).ok()?;
+    let mut first = vec![0u8; 8];
+    r.read_exact(&mut first).ok()?;
+    let n = u64::from_le_bytes(first[..8].try_into().ok()?);
+    let layout = if n <= crate::format::tensors::MAX_HEADER && n < r.len() {
+        first.resize(8 + n as usize, 0);
+        r.read_exact(&mut first[8..]).ok()?;
+        crate::format::tensors::Layout::safetensors(&first)
+    } else {
+        None
+    };
+    let layout = match layout {
+        Some(l) => l,
+        None => {
+            let len = r.len();
+            zip_layout(&mut r, len)?
+        }
+    };
+    let (chunks, located) = r.into_parts();
+    let chunk_at = chunks
+        .into_iter()
+        .map(|(start, id, loc)| (start, (id, loc.raw_len, loc)))
+        .collect();
+    Some(Previous {
+        layout,
+        chunk_at,
+        located,
+    })
+}
+/// The layout of a zip archive (`tensors::Layout::zip`), if `r` starts like one.
+fn zip_layout<R: Read + std::io::Seek>(
+    r: &mut R,
+    len: u64,
+) -> Option<crate::format::tensors::Layout> {
+    let mut magic = [0u8; 4];
+    r.seek(std::io::SeekFrom::Start(0)).ok()?;
+    r.read_exact(&mut magic).ok()?;
+    if magic != *b"PK\x03\x04" {
+        return None;
+    }
+    crate::format::tensors::Layout::zip(r, len)
+}
+fn next_version(ix: &Index, key: &FileKey) -> Result<u32> {
+    let last = ix.versions_of(key)?.last().map_or(0, |(v, _)| *v);
+    last.max(ix.deleted_up_to(key)?)
+        .checked_add(1)
+        .filter(|v| *v <= record::MAX_VERSION)
+        .ok_or_else(|| {
+            Error::invalid(
+                "path",
+                key.display(),
+                "has no version numbers left (the last is 2147483647)",
+            )
+        })
+}
+/// Write order: packs fsynced and their chunk locations recorded (by ingest) → pending marker
+/// and index flush →
+/// manifest durable → version in the index. A crash between steps leaves either nothing visible
+/// or, via the pending marker, a version that `finish_pending` completes on the next open.
+fn commit_version(s: &Session<'_>, rec: &FileRecord, ing: Ingested) -> Result<()> {
+    // Chunk locations and pack lengths are already in the index (ingest records them after each
+    // pack's fsync); this flush makes them durable together with the pending marker.
+    let mut b = IndexBatch::default();
+    if let Some((id, _)) = ing.packs.last() {
+        b.set_meta("active_pack", &id.0);
+    }
+    b.set_meta("pending", &rec.id.0);
+    b.set_meta("last_id", &rec.id.0);
+    s.index.apply(b)?;
+    let m = Manifest {
+        format: manifest::FORMAT,
+        record: rec.clone(),
+        chunks: ing.chunks,
+    };
+    durable::write_atomic(
+        &s.store.manifest_path(rec.id),
+        &m.encode(),
+        &s.store.opts.faults,
+    )?;
+    let mut b = IndexBatch::default();
+    b.put_version(rec);
+    b.remove_meta("pending");
+    s.index.apply(b)
+}
+fn commit_event(s: &Session<'_>, e: &Event) -> Result<()> {
+    let mut b = IndexBatch::default();
+    b.set_meta("pending", &e.id().0);
+    b.set_meta("last_id", &e.id().0);
+    s.index.apply(b)?;
+    durable::write_atomic(
+        &s.store.event_path(e.id()),
+        &manifest::encode_event(e),
+        &s.store.opts.faults,
+    )?;
+    let mut b = crate::store::recover::event_batch(&s.index, e)?;
+    b.remove_meta("pending");
+    s.index.apply(b)
+}
+
+impl Store {
+    /// Store a file from disk as a new version of `key`. Symlinks are followed; directories,
+    /// FIFOs, sockets and devices are refused. If the file changes while it is read (size or
+    /// mtime differ before and after), nothing is recorded and `SourceChanged` is returned.
+    pub fn put_file(
+        &self,
+        src: &Path,
+        key: &FileKey,
+        v: NewVersion,
+        progress: Option<&AtomicU64>,
+    ) -> Result<FileRecord> {
+        self.put_file_inner(src, key, v, progress, None)
+    }
+    /// Import: store a file as a new version keeping the timestamps of `imported`. The bytes are
+    /// checked against its size and SHA-256 before anything is recorded: on a mismatch the
+    /// version is not created (`Error::Corrupt`; chunks already appended are garbage for `gc`).
+    pub fn put_file_imported(
+        &self,
+        src: &Path,
+        key: &FileKey,
+        v: NewVersion,
+        imported: &ImportedVersion,
+        progress: Option<&AtomicU64>,
+    ) -> Result<FileRecord> {
+        self.put_file_inner(src, key, v, progress, Some(imported))
+    }
+    fn put_file_inner(
+        &self,
+        src: &Path,
+        key: &FileKey,
+        v: NewVersion,
+        progress: Option<&AtomicU64>,
+        imported: Option<&ImportedVersion>,
+    ) -> Result<FileRecord> {
+        check_new(key, &v)?;
+        let meta = fs::metadata(src).at(src)?;
+        if meta.is_dir() {
+            return Err(Error::invalid(
+                "source",
+                src.display().to_string(),
+                "is a directory",
+            ));
+        }
+        if !meta.is_file() {
+            return Err(Error::invalid(
+                "source",
+                src.display().to_string(),
+                "is not a regular file (FIFO, socket or device)",
+            ));
+        }
+        let file = File::open(src).at(src)?;
+        let before = file.metadata().at(src)?;
+        // A zip archive (PyTorch checkpoints) is laid out from its central directory, at the
+        // end; a second handle reads it (a stale layout only changes where chunks are cut).
+        let layout = match self.opts.delta_depth {
+            0 => None,
+            _ => File::open(src)
+                .ok()
+                .and_then(|mut f| zip_layout(&mut f, before.len())),
+        };
+        let changed = |reason: String| Error::SourceChanged {
+            path: src.to_path_buf(),
+            reason,
+        };
+        let how = How { imported, layout };
+        self.put_stream(file, key, v, progress, how, |got| {
+            let after =
+                fs::metadata(src).map_err(|e| changed(format!("cannot stat it again: {e}")))?;
+            if after.len() != before.len() || got != before.len() {
+                return Err(changed(format!(
+                    "size was {} bytes, read {got}, now {}",
+                    before.len(),
+                    after.len()
+                )));
+            }
+            if after.modified().ok() != before.modified().ok() {
+                return Err(changed("modification time changed".into()));
+            }
+            Ok(())
+        })
+    }
+    /// Store everything `src` yields as a new version of `key` (e.g. standard input).
+    pub fn put_reader(
+        &self,
+        src: impl Read + Send,
+        key: &FileKey,
+        v: NewVersion,
+        progress: Option<&AtomicU64>,
+    ) -> Result<FileRecord> {
+        check_new(key, &v)?;
+        let how = How {
+            imported: None,
+            layout: None,
+        };
+        self.put_stream(src, key, v, progress, how, |_| Ok(()))
+    }
+    fn put_stream(
+        &self,
+        src: impl Read + Send,
+        key: &FileKey,
+        v: NewVersion,
+        progress: Option<&AtomicU64>,
+        how: How<'_>,
+        check_source: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<FileRecord> {
+        let How { imported, layout } = how;
+        self.check_poison()?;
+        let s = self.session()?;
+        let ix = &s.index;
+        let active = match ix.meta_id("active_pack")? {
+            Some(id) => ix.pack_len(id)?.map(|len| (id, len)),
+            None => None,
+        };
+        let packs_dir = self.dir("packs");
+        let previous = std::sync::OnceLock::new();
+        let find_previous = || previous_for(&s, key);
+        let pack_files = crate::store::read::PackFiles::new(packs_dir.clone());
+        let cfg = IngestConfig {
+            packs_dir: &packs_dir,
+            chunker: &self.chunker,
+            compression: self.opts.compression,
+            pack_target: self.opts.pack_target,
+            active,
+            progress,
+            faults: &self.opts.faults,
+            previous: &previous,
+            find_previous: &find_previous,
+            delta_depth: self.opts.delta_depth,
+            layout,
+            pack_files: &pack_files,
+        };
+        // Any failure other than reading the source happened while writing packs: the fate of
+        // those bytes is unknown, so the store stops taking writes until reopened.
+        let ing = ingest::ingest(src, ix, &cfg).map_err(|e| match e {
+            e @ Error::Io { .. } if is_source_error(&e) => e,
+            e => self.poison::<()>(Err(e)).unwrap_err(),
+        })?;
+        check_source(ing.size)?;
+        if let Some(imp) = imported
+            && (imp.checksum != ing.checksum || imp.size_bytes != ing.size)
+        {
+            return Err(Error::corrupt(
+                key.display(),
+                format!(
+                    "the record says {} bytes with SHA-256 {}, the bytes are {} with {}",
+                    imp.size_bytes, imp.checksum, ing.size, ing.checksum
+                ),
+            ));
+        }
+
+        let version = next_version(ix, key)?;
+        let vid = Id::generate_after(ix.meta_id("last_id")?);
+        if ix.version(vid)?.is_some() {
+            return Err(Error::Index(format!("version id {vid} already exists")));
+        }
+        let now = crate::format::time::now_iso();
+        let (uploaded_at, updated_at) = match imported {
+            Some(imp) => (imp.uploaded_at.clone(), imp.updated_at.clone()),
+            None => (now.clone(), now),
+        };
+        let rec = FileRecord {
+            id: vid,
+            namespace: key.namespace.clone(),
+            project: key.project.clone(),
+            experiment: key.experiment.clone(),
+            path: key.path.clone(),
+            filename: key.filename.clone(),
+            version,
+            size_bytes: ing.size,
+            checksum: ing.checksum,
+            content_type: record::content_type(&key.filename).to_string(),
+            description: v.description,
+            tags: v.tags,
+            metadata: v.metadata,
+            uploaded_at,
+            updated_at,
+            deleted_at: None,
+            new_bytes: ing.new_bytes,
+        };
+        self.poison(commit_version(&s, &rec, ing))?;
+        Ok(rec)
+    }
+    /// Soft-delete every version of a path. Returns the versions hidden.
+    pub fn delete(&self, key: &FileKey) -> Result<Vec<FileRecord>> {
+        self.check_poison()?;
+        let s = self.session()?;
+        let live: Vec<FileRecord> = s
+            .index
+            .versions_of(key)?
+            .into_iter()
+            .filter_map(|(_, id)| s.index.version(id).transpose())
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|r| !r.is_deleted())
+            .collect();
+        let Some(last) = live.last() else {
+            return Err(Error::NotFound(key.display()));
+        };
+        let event = Event::Delete {
+            id: Id::generate_after(s.index.meta_id("last_id")?),
+            namespace: key.namespace.clone(),
+            project: key.project.clone(),
+            experiment: key.experiment.clone(),
+            path: key.path.clone(),
+            filename: key.filename.clone(),
+            up_to_version: last.version,
+            at: crate::format::time::now_iso(),
+        };
+        self.poison(commit_event(&s, &event))?;
+        // The records as they are now (deleted).
+        live.iter()
+            .map(|r| {
+                s.index
+                    .version(r.id)?
+                    .ok_or_else(|| Error::Index(format!("version {} vanished", r.id)))
+            })
+            .collect()
+    }
+    /// Change description, tags or metadata of one version (absent arguments stay as they are).
+    pub fn update(&self, version_id: Id, changes: &RecordChanges) -> Result<FileRecord> {
+        let RecordChanges {
+            description,
+            tags,
+            metadata,
+        } = changes.clone();
+        if let Some(t) = &tags {
+            record::check_tags(t)?;
+        }
+        if let Some(m) = &metadata {
+            record::check_metadata(m)?;
+        }
+        if let Some(Some(d)) = &description {
+            record::check_description(d)?;
+        }
+        self.check_poison()?;
+        let s = self.session()?;
+        let rec = s
+            .index
+            .version(version_id)?
+            .ok_or_else(|| Error::NotFound(format!("version {version_id}")))?;
+        if rec.is_deleted() {
+            return Err(Error::NotFound(format!(
+                "{} (deleted)",
+                rec.key().display()
+            )));
+        }
+        let event = Event::Update {
+            id: Id::generate_after(s.index.meta_id("last_id")?),
+            version_id,
+            description,
+            tags,
+            metadata,
+            at: crate::format::time::now_iso(),
+        };
+        self.poison(commit_event(&s, &event))?;
+        s.index
+            .version(version_id)?
+            .ok_or_else(|| Error::NotFound(format!("version {version_id}")))
+    }
+}
