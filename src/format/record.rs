@@ -187,12 +187,19 @@ fn check_timestamp(what: &'static str, t: &str) -> crate::Result<()> {
     Ok(())
 }
 
-fn check_version(v: u32) -> crate::Result<()> {
-    if v == 0 || v > MAX_VERSION {
+/// The highest version number a pulled manifest or delete event may name. An honest store gets
+/// there only after a billion uploads of one path; a remote naming a higher number (up to
+/// `MAX_VERSION`, which uploads may reach) would leave this store no number for the next upload
+/// of that path, for good: the next number is one past the highest version or delete seen.
+pub const MAX_PULLED_VERSION: u32 = 1 << 30;
+
+fn check_pulled_version(v: u32) -> crate::Result<()> {
+    if v == 0 || v > MAX_PULLED_VERSION {
         return Err(crate::Error::invalid(
             "version",
             v.to_string(),
-            "must be between 1 and 2147483647",
+            "must be between 1 and 1073741824 in a pulled record (higher numbers would leave \
+             no room for uploads)",
         ));
     }
     Ok(())
@@ -240,7 +247,7 @@ pub fn check_pulled_manifest(m: &crate::format::manifest::Manifest) -> crate::Re
     let r = &m.record;
     check_foreign_id("version id", r.id)?;
     check_key(&r.key())?;
-    check_version(r.version)?;
+    check_pulled_version(r.version)?;
     check_tags(&r.tags)?;
     check_metadata(&r.metadata)?;
     if let Some(d) = &r.description {
@@ -289,7 +296,7 @@ pub fn check_pulled_event(e: &crate::format::manifest::Event) -> crate::Result<(
             up_to_version, at, ..
         } => {
             check_key(&e.file_key().expect("a delete names a path"))?;
-            check_version(*up_to_version)?;
+            check_pulled_version(*up_to_version)?;
             check_timestamp("deletion time", at)
         }
         Event::Update {

@@ -668,6 +668,40 @@ fn a_pulled_delete_up_to_the_u32_limit_does_not_wrap_later_uploads() {
     assert_eq!(pull.code, 1, "the pull must report the delete event");
 }
 
+/// A pulled manifest and a pulled delete event (validly framed) name version 2147483647, the
+/// largest number an upload may have, for two paths the user then uploads to.
+#[test]
+fn pulled_version_numbers_at_the_i32_limit_do_not_use_up_later_uploads() {
+    let t = tmp();
+    let data = random_bytes(34, 3000);
+    let (origin, remote, recs) = honest_remote(t.path(), &[("/other.bin", &data)]);
+    let chunks = local_manifest(&origin, recs[0].id).chunks;
+    let top = i32::MAX as u32;
+    put_remote_manifest(
+        &remote,
+        &manifest_of(record("e", "/models/m.bin", top, &data), chunks),
+    );
+    put_remote_event(
+        &remote,
+        &Event::Delete {
+            id: Id::generate(),
+            namespace: "local".into(),
+            project: PROJECT.into(),
+            experiment: "e".into(),
+            path: "/models".into(),
+            filename: "d.bin".into(),
+            up_to_version: top,
+            at: ml_dash::time::now_iso(),
+        },
+    );
+    let user = t.path().join("user");
+    let pull = ml(&user, &["pull", &url(&remote)]);
+    assert!(!pull.panicked(), "{}", pull.stderr);
+    assert_uploads_get_sane_versions(&user, "e", "/models/m.bin");
+    assert_uploads_get_sane_versions(&user, "e", "/models/d.bin");
+    assert_eq!(pull.code, 1, "the pull must report the version numbers");
+}
+
 /// A name for a message: Rust-escaped, at most 40 characters, with its length.
 fn short(s: &str) -> String {
     let head: String = s.chars().take(40).collect();
