@@ -104,10 +104,12 @@ impl Experiment {
         }
     }
 
+    /// The store this experiment lives in.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// Namespace, project and name of this experiment.
     pub fn key(&self) -> &ExperimentKey {
         &self.key
     }
@@ -294,10 +296,12 @@ impl FileUpload<'_> {
         self.to = Some(name.into());
         self
     }
+    /// A description for the record (default none).
     pub fn description(mut self, d: impl Into<String>) -> Self {
         self.v.description = Some(d.into());
         self
     }
+    /// Tags for the record (default none; at most 256, each 1-256 bytes).
     pub fn tags<I, S>(mut self, tags: I) -> Self
     where
         I: IntoIterator<Item = S>,

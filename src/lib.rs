@@ -20,7 +20,7 @@
 //! # fn main() -> ml_dash::Result<()> {
 //! # let dir = tempfile::tempdir().unwrap();
 //! # let root = dir.path().join(".ml-dash");
-//! # std::fs::write(dir.path().join("model.pth"), b"weights")?;
+//! # std::fs::write(dir.path().join("model.pth"), b"weights").unwrap();
 //! # let model = dir.path().join("model.pth");
 //! let experiment = Experiment::new("my-experiment", "project").local_path(&root).open()?;
 //! let record = experiment
@@ -41,7 +41,8 @@
 //!
 //! `ARCHITECTURE.md` is the map of the code; `docs/format.md` the on-disk format.
 
-#![warn(missing_docs)]
+// Every public item of the API is documented; the internals `testing` exposes are not an API.
+#![cfg_attr(not(feature = "testing"), warn(missing_docs))]
 
 pub(crate) mod error;
 pub(crate) mod experiment;
@@ -63,6 +64,7 @@ pub use format::record::FileRecord;
 pub use interop::{ExportPlan, ExportSummary, ImportSummary, Layout as ExportLayout, import};
 #[cfg(feature = "remote")]
 pub use remote::{FilesReport, Inventory, PullReport, PushReport, Remote, RemoteConfig};
+pub use store::findings::{Finding, GcKind, PullKind, RebuildKind, VerifyKind};
 pub use store::gc::{GcOptions, GcReport};
 pub use store::index::Scope;
 pub use store::journal::{JournalContents, LogEntry, MetricPoint, Params};

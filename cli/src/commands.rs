@@ -108,9 +108,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 json,
                 &rep,
                 &[
-                    ("DAMAGED ", &rep.damaged_files),
-                    ("problem: ", &rep.problems),
-                    ("note: ", &rep.notes),
+                    ("DAMAGED ", &lines(&rep.damaged_files)),
+                    ("problem: ", &lines(&rep.problems)),
+                    ("note: ", &lines(&rep.notes)),
                 ],
                 format!(
                     "{}: {} packs, {} chunks, {} versions, {} events checked",
@@ -132,7 +132,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             if !(0.0..=1.0).contains(&threshold) {
                 bail!("--threshold must be between 0 and 1");
             }
-            let rep = open(&root)?.gc_with(&ml_dash::GcOptions {
+            let rep = open(&root)?.gc(&ml_dash::GcOptions {
                 dry_run,
                 rewrite_threshold: threshold,
                 drop_unreferenced,
@@ -161,7 +161,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     rep.packs_quarantined
                 ));
             }
-            report(json, &rep, &[("problem: ", &rep.problems)], summary)?;
+            report(json, &rep, &[("problem: ", &lines(&rep.problems))], summary)?;
             Ok(if rep.problems.is_empty() { 0 } else { DAMAGE })
         }
         Cmd::Stats { scope, json } => {
@@ -284,10 +284,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 json,
                 &rep,
                 &[
-                    ("damaged: ", &rep.damaged),
-                    ("UNREADABLE ", &rep.unreadable_versions),
-                    ("LOST ", &rep.lost_versions),
-                    ("unreferenced: ", &rep.unreferenced),
+                    ("damaged: ", &lines(&rep.damaged)),
+                    ("UNREADABLE ", &lines(&rep.unreadable_versions)),
+                    ("LOST ", &lines(&rep.lost_versions)),
+                    ("unreferenced: ", &lines(&rep.unreferenced)),
                 ],
                 summary,
             )?;
@@ -309,12 +309,17 @@ fn shown_lines(s: &str) -> String {
         .join("\n")
 }
 
+/// Each item of a report's list, as something to print.
+fn lines<T: std::fmt::Display>(v: &[T]) -> Vec<&dyn std::fmt::Display> {
+    v.iter().map(|x| x as &dyn std::fmt::Display).collect()
+}
+
 /// Print an operation's report: with `--json` one JSON line; else every line of each list with
 /// its label (e.g. `problem: `), then the summary line.
 fn report(
     json: bool,
     rep: &impl serde::Serialize,
-    lists: &[(&str, &[String])],
+    lists: &[(&str, &[&dyn std::fmt::Display])],
     summary: String,
 ) -> Result<()> {
     let mut out = io::stdout().lock();
@@ -323,7 +328,7 @@ fn report(
     } else {
         for (label, lines) in lists {
             for l in *lines {
-                writeln!(out, "{label}{}", shown(l))?;
+                writeln!(out, "{label}{}", shown(&l.to_string()))?;
             }
         }
         writeln!(out, "{}", shown(&summary))?;
@@ -613,7 +618,7 @@ fn export(
     report(
         json,
         &sum,
-        &[("problem: ", &sum.problems)],
+        &[("problem: ", &lines(&sum.problems))],
         format!(
             "exported {} files of {} experiments to {}: {} written ({} bytes), {} already there{}",
             sum.files,
@@ -641,7 +646,7 @@ fn import(root: &Path, dir: &Path, json: bool) -> Result<i32> {
     report(
         json,
         &sum,
-        &[("problem: ", &sum.problems)],
+        &[("problem: ", &lines(&sum.problems))],
         format!(
             "imported {} experiments: {} of {} files ({} bytes; {} already present, {} deleted not imported), {} parameter sets, {} log lines, {} metric points",
             sum.experiments,
@@ -737,7 +742,10 @@ fn pull(root: &Path, url: &str, a: &crate::RemoteArgs, json: bool) -> Result<i32
     report(
         json,
         &rep,
-        &[("conflict: ", &rep.conflicts), ("damaged: ", &rep.damaged)],
+        &[
+            ("conflict: ", &lines(&rep.conflicts)),
+            ("damaged: ", &lines(&rep.damaged)),
+        ],
         format!(
             "pulled from {}: {} versions, {} events, {} chunks ({} bytes); {} chunks were already here",
             rep.remote, rep.manifests, rep.events, rep.chunks, rep.bytes, rep.chunks_already_local

@@ -75,7 +75,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             3 => {
-                store.gc(false, (b % 3) as f64 / 2.0).unwrap();
+                store
+                    .gc(&ml_dash::GcOptions::new().rewrite_threshold((b % 3) as f64 / 2.0))
+                    .unwrap();
             }
             4 => {
                 drop(store);

@@ -178,7 +178,9 @@ fn build(variant: usize) -> Template {
         }
     }
     if variant == 3 {
-        store.gc(false, 0.0).unwrap();
+        store
+            .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+            .unwrap();
     }
     assert!(store.verify().unwrap().ok);
     let packs = std::fs::read_dir(root.join("packs")).unwrap().count();
@@ -602,7 +604,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(rep) => {
                 repaired = true;
                 let drop = flags & 0x20 != 0 && rep.unreferenced.is_empty();
-                let _ = store.gc_with(&GcOptions {
+                let _ = store.gc(&GcOptions {
                     dry_run: false,
                     rewrite_threshold: threshold,
                     drop_unreferenced: drop,
@@ -611,7 +613,7 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => {
                 let after = readable(&root, t, false, "after a failed repair");
                 still_readable(&before, &after, t, &format!("after a failed repair ({e})"));
-                let _ = store.gc(false, threshold);
+                let _ = store.gc(&ml_dash::GcOptions::new().rewrite_threshold(threshold));
             }
         }
         let after = readable(&root, t, last, "after repair and gc");

@@ -45,7 +45,9 @@ fn py_err(e: Error) -> PyErr {
             std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
             _ => PyOSError::new_err(msg),
         },
-        Error::SourceChanged { .. } | Error::Output(_) => PyOSError::new_err(msg),
+        Error::SourceChanged { .. } | Error::Output(_) | Error::Source(_) => {
+            PyOSError::new_err(msg)
+        }
         Error::LockTimeout { .. } => PyTimeoutError::new_err(msg),
         Error::Remote { .. } => RemoteError::new_err(msg),
         _ => StoreError::new_err(msg),
@@ -482,7 +484,7 @@ impl Experiment {
                     path,
                     &ml_dash::RecordChanges {
                         description: description.map(Some),
-                        tags: tags,
+                        tags,
                         metadata: meta,
                     },
                 )

@@ -12,8 +12,11 @@ use crate::error::{Error, Result};
 /// Chunk size bounds. Defaults: min 16 KiB, average 64 KiB, max 256 KiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkerConfig {
+    /// Smallest chunk (bytes), except at the end of a file.
     pub min: usize,
+    /// Average chunk size the cut points aim for (bytes).
     pub avg: usize,
+    /// Largest chunk (bytes).
     pub max: usize,
 }
 

@@ -15,6 +15,7 @@ use crate::error::Error;
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
+    /// 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         hex_encode(&self.0)
     }
@@ -77,9 +78,11 @@ macro_rules! digest_newtype {
         pub struct $name(pub Digest);
 
         impl $name {
+            /// The 32 bytes.
             pub fn as_bytes(&self) -> &[u8; 32] {
                 &self.0 .0
             }
+            /// 64 lowercase hex digits.
             pub fn to_hex(&self) -> String {
                 self.0.to_hex()
             }
@@ -124,6 +127,7 @@ digest_newtype!(
 );
 
 impl ChunkId {
+    /// The id of a chunk: BLAKE3 of its raw bytes.
     pub fn of(data: &[u8]) -> ChunkId {
         ChunkId(Digest(*blake3::hash(data).as_bytes()))
     }

@@ -15,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::Error;
 use crate::format::digest::{hex_decode, hex_encode};
 
+/// A version, event or pack id: 48 bits of Unix milliseconds, a 16-bit sequence, 64 random
+/// bits; shown as 32 hex digits, so string order is time order.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Id(pub [u8; 16]);
 
@@ -80,6 +82,7 @@ impl Id {
         Id(b)
     }
 
+    /// The Unix time (milliseconds) the id was made at.
     pub fn millis(&self) -> u64 {
         let mut m = [0u8; 8];
         m[2..].copy_from_slice(&self.0[..6]);
@@ -90,6 +93,7 @@ impl Id {
         u16::from_be_bytes([self.0[6], self.0[7]])
     }
 
+    /// 32 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         hex_encode(&self.0)
     }

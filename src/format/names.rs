@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 
+/// Longest name or prefix segment (bytes).
 pub const MAX_SEGMENT: usize = 255;
 /// Longest normalized prefix, in bytes (`/a/b` is 4).
 pub const MAX_PREFIX: usize = 1024;
@@ -19,11 +20,15 @@ pub const MAX_DEPTH: usize = 64;
 /// Where a file lives: one path of one experiment. Every field is validated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileKey {
+    /// Namespace (`local` by default).
     pub namespace: String,
+    /// Project.
     pub project: String,
+    /// Experiment.
     pub experiment: String,
     /// `/` for the root, else `/a/b` (no trailing slash).
     pub path: String,
+    /// The file name (one segment).
     pub filename: String,
 }
 
@@ -48,12 +53,16 @@ impl FileKey {
 /// Which experiment (namespace, project, name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ExperimentKey {
+    /// Namespace (`local` by default).
     pub namespace: String,
+    /// Project.
     pub project: String,
+    /// Experiment.
     pub experiment: String,
 }
 
 impl ExperimentKey {
+    /// An experiment key, each name checked (`validate::segment`).
     pub fn new(namespace: &str, project: &str, experiment: &str) -> Result<Self> {
         Ok(ExperimentKey {
             namespace: segment("namespace", namespace)?.to_string(),
@@ -62,6 +71,8 @@ impl ExperimentKey {
         })
     }
 
+    /// The key of a file of this experiment: `path` a normalized prefix (`validate::prefix`),
+    /// `filename` one segment.
     pub fn file(&self, path: String, filename: String) -> FileKey {
         FileKey {
             namespace: self.namespace.clone(),

@@ -10,30 +10,44 @@ use crate::format::names::FileKey;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FileRecord {
+    /// The version's id (unique in the store).
     pub id: Id,
+    /// Namespace.
     pub namespace: String,
+    /// Project.
     pub project: String,
+    /// Experiment.
     pub experiment: String,
     /// The prefix: `/models`, root `/`.
     pub path: String,
+    /// File name.
     pub filename: String,
     /// 1 for the first upload of this path, then 2, 3, ...
     pub version: u32,
+    /// Size of the file (bytes).
     pub size_bytes: u64,
+    /// SHA-256 of the file.
     pub checksum: Sha256,
+    /// MIME type guessed from the file name.
     pub content_type: String,
+    /// Description given at upload (or by an update).
     pub description: Option<String>,
+    /// Tags.
     pub tags: Vec<String>,
     /// A JSON object, or null.
     pub metadata: serde_json::Value,
+    /// When it was uploaded (ISO-8601 UTC with microseconds).
     pub uploaded_at: String,
+    /// When its record last changed (upload, update or delete).
     pub updated_at: String,
+    /// When it was deleted, if it was (soft delete: `gc` reclaims the bytes).
     pub deleted_at: Option<String>,
     /// Bytes this upload added to the store after dedup and compression.
     pub new_bytes: u64,
 }
 
 impl FileRecord {
+    /// The path this is a version of.
     pub fn key(&self) -> FileKey {
         FileKey {
             namespace: self.namespace.clone(),
@@ -44,10 +58,12 @@ impl FileRecord {
         }
     }
 
+    /// `/a/b/name` (or `/name` at the root).
     pub fn full_path(&self) -> String {
         crate::format::names::join(&self.path, &self.filename)
     }
 
+    /// Was this version deleted?
     pub fn is_deleted(&self) -> bool {
         self.deleted_at.is_some()
     }

@@ -42,6 +42,7 @@ use crate::store::{ImportedVersion, ListFilter, NewVersion, Store};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImportSummary {
+    /// Experiments found in the tree.
     pub experiments: u64,
     /// Live file records found.
     pub files: u64,
@@ -55,7 +56,9 @@ pub struct ImportSummary {
     pub bytes: u64,
     /// Parameter sets imported (one per experiment at most).
     pub params: u64,
+    /// Log lines imported.
     pub logs: u64,
+    /// Metric points imported.
     pub metric_points: u64,
     /// What could not be imported, one line each (the rest was). Non-empty: exit 1.
     pub problems: Vec<String>,

@@ -244,7 +244,9 @@ fn file_ids(live: &[&FileRecord]) -> Result<HashMap<Id, u64>> {
         let n = [primary, fallback]
             .into_iter()
             .find(|n| !used.contains_key(n))
-            .ok_or_else(|| Error::Index(format!("no unique ml-dash file id for version {id}")))?;
+            .ok_or_else(|| {
+                Error::Internal(format!("no unique ml-dash file id for version {id}"))
+            })?;
         used.insert(n, id);
         out.insert(id, n);
     }

@@ -67,7 +67,9 @@ pub struct ExportSummary {
     pub written: u64,
     /// Files already present with the same size and SHA-256.
     pub skipped: u64,
+    /// Bytes written.
     pub bytes: u64,
+    /// Experiment directories written to.
     pub experiments: u64,
     /// Files an earlier export wrote that are no longer part of it (e.g. deleted paths).
     #[serde(skip_serializing_if = "is_zero")]
@@ -233,7 +235,7 @@ impl ExportPlan {
                     .min(MAX_THREADS),
             )
             .build()
-            .map_err(|e| Error::Index(format!("cannot start export threads: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start export threads: {e}")))?;
 
         // 1. Check every destination (hashing existing files) in parallel.
         let checks: Vec<Result<Check>> = pool.install(|| {

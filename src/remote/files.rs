@@ -19,11 +19,13 @@ use crate::store::{ListFilter, Store};
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FilesReport {
+    /// The remote's URL.
     pub remote: String,
     /// Live versions in the store.
     pub files: u64,
     /// Objects uploaded (new or differing) and their bytes.
     pub uploaded: u64,
+    /// Bytes uploaded.
     pub bytes: u64,
     /// Already present with the same size and SHA-256 and the same record.
     pub skipped: u64,

@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::format::digest::ChunkId;
 use crate::format::id::Id;
 use crate::format::rpack;
+use crate::store::findings::{Finding, PullKind};
 
 pub use files::FilesReport;
 pub use pull::PullReport;
@@ -158,16 +159,14 @@ impl Remote {
     /// Connect to `cfg.url` (nothing is sent until the first request).
     pub fn open(cfg: &RemoteConfig) -> Result<Remote> {
         let (scheme, bucket, prefix) = parse_url(&cfg.url)?;
-        let err = |reason: String| Error::Remote {
+        let err = |e: object_store::Error| Error::Remote {
             remote: cfg.url.clone(),
-            reason,
+            reason: e.to_string(),
+            source: Some(Box::new(e)),
         };
         let os: Arc<dyn ObjectStore> = if scheme == "file" {
             std::fs::create_dir_all(&bucket).map_err(|e| Error::io(&bucket, e))?;
-            Arc::new(
-                object_store::local::LocalFileSystem::new_with_prefix(&bucket)
-                    .map_err(|e| err(e.to_string()))?,
-            )
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&bucket).map_err(err)?)
         } else {
             let endpoint = cfg
                 .endpoint
@@ -205,7 +204,7 @@ impl Remote {
             if let Some(s) = &cfg.secret_access_key {
                 b = b.with_secret_access_key(s);
             }
-            Arc::new(b.build().map_err(|e| err(e.to_string()))?)
+            Arc::new(b.build().map_err(err)?)
         };
         let prefix = if scheme == "file" {
             String::new()
@@ -237,6 +236,7 @@ impl Remote {
         })
     }
 
+    /// The URL the remote was opened with.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -263,14 +263,12 @@ impl Remote {
         Error::Remote {
             remote: self.url.clone(),
             reason: format!("{what}: {e}"),
+            source: Some(Box::new(e)),
         }
     }
 
     pub(crate) fn damaged(&self, what: impl fmt::Display, reason: impl fmt::Display) -> Error {
-        Error::Remote {
-            remote: self.url.clone(),
-            reason: format!("{what} is damaged: {reason}"),
-        }
+        Error::remote(self.url.clone(), format!("{what} is damaged: {reason}"))
     }
 
     /// Keys and sizes of every object under `dir/`.
@@ -416,9 +414,9 @@ impl Remote {
             let entries = match entries {
                 Ok(entries) => entries,
                 Err(reason) => {
-                    map.damaged.push(format!(
-                        "packs/{}: {reason} (left out)",
-                        rpack::object_name(pack)
+                    map.damaged.push(Finding::new(
+                        PullKind::PackLeftOut,
+                        format!("packs/{}: {reason} (left out)", rpack::object_name(pack)),
                     ));
                     continue;
                 }
@@ -554,16 +552,21 @@ fn local_fs_reserved(p: &OPath) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Inventory {
+    /// Pack objects.
     pub packs: u64,
     /// Bytes of all pack objects.
     pub pack_bytes: u64,
     /// Chunk records in all packs, and how many distinct chunks they hold.
     pub chunk_records: u64,
+    /// Distinct chunk ids among them.
     pub distinct_chunks: u64,
+    /// Manifest objects (versions).
     pub manifests: u64,
+    /// Event objects (deletes, updates).
     pub events: u64,
     /// Objects of the plain layout (`push --layout files`), data and records.
     pub file_objects: u64,
+    /// Bytes of those objects.
     pub file_bytes: u64,
 }
 
@@ -639,7 +642,7 @@ pub(crate) struct RemoteChunks {
     /// Bytes of chunk records in all packs (duplicates included).
     pub bytes: u64,
     /// Pack objects left out because they are damaged, one line each.
-    pub damaged: Vec<String>,
+    pub damaged: Vec<Finding<PullKind>>,
 }
 
 impl RemoteChunks {

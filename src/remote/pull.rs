@@ -27,6 +27,7 @@ use crate::format::names::FileKey;
 use crate::format::pack;
 use crate::format::rpack;
 use crate::store::durable;
+use crate::store::findings::{Finding, PullKind};
 use crate::store::index::IndexBatch;
 use crate::store::packs::PackWriter;
 use crate::store::read::PackFiles;
@@ -48,21 +49,24 @@ const MAX_EVENT_LEN: u64 = 1 << 20;
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PullReport {
+    /// The remote's URL.
     pub remote: String,
     /// New versions and events committed.
     pub manifests: u64,
+    /// Events committed.
     pub events: u64,
     /// Chunks fetched (the store lacked them) and their bytes as stored.
     pub chunks: u64,
+    /// Their bytes as stored (record headers included).
     pub bytes: u64,
     /// Chunks the new versions use that the store already had.
     pub chunks_already_local: u64,
     /// Versions not pulled because the store has another version with the same number for
     /// the same path (two machines uploaded it independently).
-    pub conflicts: Vec<String>,
+    pub conflicts: Vec<Finding<PullKind>>,
     /// Remote objects and records that could not be used (damaged, invalid, too large, or
     /// naming chunks the remote lacks), and the versions kept out because of them.
-    pub damaged: Vec<String>,
+    pub damaged: Vec<Finding<PullKind>>,
 }
 
 #[derive(Clone, Copy)]
@@ -93,10 +97,10 @@ impl Store {
     /// Merge the remote into this store (which may be empty). Holds the store lock throughout.
     pub fn pull(&self, remote: &Remote, progress: Option<&AtomicU64>) -> Result<PullReport> {
         if !remote.rt.block_on(remote.check_marker(false))? {
-            return Err(Error::Remote {
-                remote: remote.url.clone(),
-                reason: "no ml-dash remote here (nothing was pushed to it)".into(),
-            });
+            return Err(Error::remote(
+                remote.url.clone(),
+                "no ml-dash remote here (nothing was pushed to it)",
+            ));
         }
         // Manifests before packs: a pusher uploads packs before manifests, so every manifest
         // listed here has its chunks in a pack listed after it (listed the other way round, a
@@ -129,8 +133,11 @@ impl Store {
         let mut new_m = Vec::new();
         for (id, size) in rman.into_iter().filter(|(id, _)| !have_m.contains(id)) {
             if size > manifest::MAX_FILE_LEN as u64 {
-                rep.damaged.push(format!(
-                    "manifests/{id}.manifest: {size} bytes, larger than any manifest (not read)"
+                rep.damaged.push(Finding::new(
+                    PullKind::TooLarge,
+                    format!(
+                        "manifests/{id}.manifest: {size} bytes, larger than any manifest (not read)"
+                    ),
                 ));
             } else {
                 new_m.push((id, size));
@@ -139,8 +146,9 @@ impl Store {
         let mut new_e = Vec::new();
         for (id, size) in rev.into_iter().filter(|(id, _)| !have_e.contains(id)) {
             if size > MAX_EVENT_LEN {
-                rep.damaged.push(format!(
-                    "events/{id}.event: {size} bytes, larger than any event (not read)"
+                rep.damaged.push(Finding::new(
+                    PullKind::TooLarge,
+                    format!("events/{id}.event: {size} bytes, larger than any event (not read)"),
                 ));
             } else {
                 new_e.push((id, size));
@@ -158,18 +166,24 @@ impl Store {
             let what = format!("manifests/{id}.manifest");
             let m = match Manifest::decode(&bytes, &what) {
                 Ok(m) if m.record.id != id => {
-                    rep.damaged
-                        .push(format!("{what}: id does not match its name"));
+                    rep.damaged.push(Finding::new(
+                        PullKind::Undecodable,
+                        format!("{what}: id does not match its name"),
+                    ));
                     continue;
                 }
                 Ok(m) => m,
                 Err(e) => {
-                    rep.damaged.push(e.to_string());
+                    rep.damaged
+                        .push(Finding::new(PullKind::Undecodable, e.to_string()));
                     continue;
                 }
             };
             if let Err(e) = crate::format::record::check_pulled_manifest(&m) {
-                rep.damaged.push(format!("{what}: refused: {e}"));
+                rep.damaged.push(Finding::new(
+                    PullKind::Refused,
+                    format!("{what}: refused: {e}"),
+                ));
                 continue;
             }
             let key = m.record.key();
@@ -187,9 +201,12 @@ impl Store {
                 .map(|(_, lid)| *lid)
                 .or_else(|| taken.get(&(key.clone(), v)).copied())
             {
-                rep.conflicts.push(format!(
-                    "{} version {v}: remote {id} kept out, this store has {other}",
-                    key.display()
+                rep.conflicts.push(Finding::new(
+                    PullKind::VersionConflict,
+                    format!(
+                        "{} version {v}: remote {id} kept out, this store has {other}",
+                        key.display()
+                    ),
                 ));
                 continue;
             }
@@ -206,7 +223,9 @@ impl Store {
                         updates: None,
                     });
                 }
-                Err(why) => rep.damaged.push(format!("{what}: {why}")),
+                Err(why) => rep
+                    .damaged
+                    .push(Finding::new(PullKind::Unusable, format!("{what}: {why}"))),
             }
         }
         for (id, bytes) in events {
@@ -214,17 +233,23 @@ impl Store {
             let e = match manifest::decode_event(&bytes, &what) {
                 Ok(e) if e.id() == id => e,
                 Ok(_) => {
-                    rep.damaged
-                        .push(format!("{what}: id does not match its name"));
+                    rep.damaged.push(Finding::new(
+                        PullKind::Undecodable,
+                        format!("{what}: id does not match its name"),
+                    ));
                     continue;
                 }
                 Err(e) => {
-                    rep.damaged.push(e.to_string());
+                    rep.damaged
+                        .push(Finding::new(PullKind::Undecodable, e.to_string()));
                     continue;
                 }
             };
             if let Err(err) = crate::format::record::check_pulled_event(&e) {
-                rep.damaged.push(format!("{what}: refused: {err}"));
+                rep.damaged.push(Finding::new(
+                    PullKind::Refused,
+                    format!("{what}: refused: {err}"),
+                ));
                 continue;
             }
             // A delete names a path and a version number. A live local version of that path
@@ -244,10 +269,10 @@ impl Store {
                     }
                 }
                 if let Some((v, vid)) = unseen {
-                    rep.conflicts.push(format!(
+                    rep.conflicts.push(Finding::new(PullKind::DeleteConflict, format!(
                         "{} delete up to version {up_to_version}: remote event {id} kept out, this store's version {v} ({vid}) was never pushed",
                         key.display()
-                    ));
+                    )));
                     continue;
                 }
             }
@@ -272,7 +297,7 @@ impl Store {
                 .rt
                 .block_on(remote.report_bad_record(b.pack, b.offset, &b.chunk, &b.reason))
                 .is_ok();
-            rep.damaged.push(format!(
+            rep.damaged.push(Finding::new(PullKind::RottenRecord, format!(
                 "packs/{}: chunk {} at offset {}: {} (skipped{})",
                 rpack::object_name(b.pack),
                 b.chunk,
@@ -283,7 +308,7 @@ impl Store {
                 } else {
                     ""
                 }
-            ));
+            )));
         }
 
         // Commit the versions whose every chunk is now indexed, with the events that can apply.
@@ -292,10 +317,10 @@ impl Store {
         for it in items {
             if let Some(chunks) = &it.chunks {
                 if let Some(c) = first_unready(&s, chunks)? {
-                    rep.damaged.push(format!(
+                    rep.damaged.push(Finding::new(PullKind::KeptOut, format!(
                         "manifests/{}.manifest: kept out: chunk {c} did not arrive intact (a later pull tries again)",
                         it.id
-                    ));
+                    )));
                     continue;
                 }
                 versions_here.insert(it.id);

@@ -26,6 +26,7 @@ use crate::store::recover::list_ids;
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PushReport {
+    /// The remote's URL.
     pub remote: String,
     /// Packs uploaded by this push.
     pub packs: u64,
@@ -33,12 +34,15 @@ pub struct PushReport {
     pub chunks: u64,
     /// Bytes of pack objects uploaded.
     pub bytes: u64,
+    /// Manifests (versions) uploaded.
     pub manifests: u64,
+    /// Events (deletes, updates) uploaded.
     pub events: u64,
     /// Chunks the new manifests use that the remote already had.
     pub chunks_already_remote: u64,
     /// The remote after the push: packs and bytes of chunk records in them.
     pub remote_packs: u64,
+    /// Bytes of chunk records the remote holds after the push.
     pub remote_bytes: u64,
 }
 
@@ -101,6 +105,7 @@ impl<'a> PartUploader<'a> {
             let r = self.remote.rt.block_on(h).map_err(|e| Error::Remote {
                 remote: self.remote.url.clone(),
                 reason: format!("part upload of {} stopped: {e}", self.key),
+                source: Some(Box::new(e)),
             })?;
             r.map_err(|e| {
                 self.remote

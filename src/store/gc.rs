@@ -20,6 +20,7 @@ use crate::format::id::Id;
 use crate::format::pack::{self, ChunkLoc};
 use crate::store::Store;
 use crate::store::durable::fsync_dir;
+use crate::store::findings::{Finding, GcKind};
 use crate::store::index::IndexBatch;
 use crate::store::packs::{self, PackWriter};
 use crate::store::recover::list_ids;
@@ -28,12 +29,17 @@ use crate::store::recover::list_ids;
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GcReport {
+    /// Nothing was changed: the figures say what gc would do.
     pub dry_run: bool,
+    /// Deleted versions dropped (their manifests removed).
     pub deleted_versions: usize,
+    /// Chunks no live version needs.
     pub garbage_chunks: usize,
     /// Pack bytes (records with headers) of chunks no live version references.
     pub garbage_bytes: u64,
+    /// Packs deleted whole.
     pub packs_deleted: usize,
+    /// Packs whose live records were copied to a new pack.
     pub packs_rewritten: usize,
     /// Bytes of pack files removed from disk (new pack bytes subtracted).
     pub reclaimed_bytes: u64,
@@ -49,7 +55,7 @@ pub struct GcReport {
     /// account for as garbage (damaged spans, or a chunk a file needs that the index lacks).
     pub packs_quarantined: usize,
     /// What gc left alone and why (a live record that fails its check is never copied).
-    pub problems: Vec<String>,
+    pub problems: Vec<Finding<GcKind>>,
 }
 
 /// How `gc` runs.
@@ -63,6 +69,28 @@ pub struct GcOptions {
     /// Also collect the packs a rebuild held because they hold chunks no manifest references
     /// (default false: they may be all that is left of versions whose manifests were lost).
     pub drop_unreferenced: bool,
+}
+
+impl GcOptions {
+    /// The defaults: collect, rewrite packs at least half garbage, keep held packs.
+    pub fn new() -> GcOptions {
+        GcOptions::default()
+    }
+    /// Report only (default false).
+    pub fn dry_run(mut self, yes: bool) -> Self {
+        self.dry_run = yes;
+        self
+    }
+    /// Rewrite a pack when at least this fraction of it is garbage (default 0.5).
+    pub fn rewrite_threshold(mut self, t: f64) -> Self {
+        self.rewrite_threshold = t;
+        self
+    }
+    /// Also collect packs a rebuild held (default false).
+    pub fn drop_unreferenced(mut self, yes: bool) -> Self {
+        self.drop_unreferenced = yes;
+        self
+    }
 }
 
 impl Default for GcOptions {
@@ -85,18 +113,10 @@ struct PackPlan {
 }
 
 impl Store {
-    /// Collect garbage. A pack is rewritten when at least `rewrite_threshold` of its bytes are
-    /// garbage (0.0 rewrites every pack with any garbage; the CLI default is 0.5).
-    pub fn gc(&self, dry_run: bool, rewrite_threshold: f64) -> Result<GcReport> {
-        self.gc_with(&GcOptions {
-            dry_run,
-            rewrite_threshold,
-            ..GcOptions::default()
-        })
-    }
-
-    /// Collect garbage as `o` says.
-    pub fn gc_with(&self, o: &GcOptions) -> Result<GcReport> {
+    /// Collect garbage as `o` says: drop deleted versions, forget chunks no live version
+    /// needs, delete packs that hold nothing live and rewrite packs that are mostly garbage
+    /// (see the module documentation for what gc never deletes).
+    pub fn gc(&self, o: &GcOptions) -> Result<GcReport> {
         let dry_run = o.dry_run;
         if !dry_run {
             self.check_poison()?;
@@ -212,7 +232,8 @@ impl Store {
             if rewrite {
                 let moved = &live_in_pack[&p.id];
                 if let Some(why) = self.check_live_records(&p, moved)? {
-                    rep.problems.push(why);
+                    rep.problems
+                        .push(Finding::new(GcKind::LiveRecordFails, why));
                     rep.remaining_garbage_bytes += garbage_here;
                     continue;
                 }
@@ -245,11 +266,14 @@ impl Store {
                 if rewrite {
                     rep.packs_rewritten += 1;
                 }
-                rep.problems.push(format!(
-                    "packs/{}: moved to {}/ (not deleted): {}",
-                    pack::pack_file_name(p.id),
-                    crate::store::recover::QUARANTINE_DIR,
-                    unaccounted.join("; ")
+                rep.problems.push(Finding::new(
+                    GcKind::Quarantined,
+                    format!(
+                        "packs/{}: moved to {}/ (not deleted): {}",
+                        pack::pack_file_name(p.id),
+                        crate::store::recover::QUARANTINE_DIR,
+                        unaccounted.join("; ")
+                    ),
                 ));
                 if !dry_run {
                     self.poison(self.quarantine(&s, &p, active == Some(p.id) && !rewrite))?;

@@ -30,7 +30,10 @@ pub struct Index {
 }
 
 fn ie(e: sled::Error) -> Error {
-    Error::Index(e.to_string())
+    Error::Index {
+        reason: e.to_string(),
+        source: Some(Box::new(e)),
+    }
 }
 
 fn path_prefix(parts: &[&str]) -> Vec<u8> {
@@ -57,14 +60,17 @@ fn file_key_bytes(tag: u8, key: &FileKey) -> Vec<u8> {
 fn id_from(b: &[u8]) -> Result<Id> {
     b.try_into()
         .map(Id)
-        .map_err(|_| Error::Index("bad id value".into()))
+        .map_err(|_| Error::index("bad id value"))
 }
 
 /// Which versions to scan: any leading part of (namespace, project, experiment).
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
+    /// Only this namespace.
     pub namespace: Option<String>,
+    /// Only this project (of the namespace, if one is given).
     pub project: Option<String>,
+    /// Only this experiment.
     pub experiment: Option<String>,
 }
 
@@ -80,6 +86,7 @@ impl Scope {
         path_prefix(&parts)
     }
 
+    /// Is `r` in scope?
     pub fn matches(&self, r: &FileRecord) -> bool {
         self.namespace.as_ref().is_none_or(|n| *n == r.namespace)
             && self.project.as_ref().is_none_or(|p| *p == r.project)
@@ -87,45 +94,60 @@ impl Scope {
     }
 }
 
+/// Wait (up to 10 s) until the flock sled takes on `db` is free, as it is once our own previous
+/// handle has finished closing.
+fn wait_for_sled_lock(db: &Path) {
+    let Ok(f) = std::fs::File::open(db) else {
+        return; // a new index, or one sled will report on
+    };
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        match f.try_lock() {
+            Ok(()) => return, // released when `f` is dropped
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::Error(_)) => return,
+        }
+    }
+}
+
 impl Index {
     /// Open (or create) the index in `dir`.
     ///
     /// Callers hold the store lock, so no other process has the index open. sled drops its own
-    /// file lock asynchronously (a background thread may hold the last reference for a moment
-    /// after `Db` is dropped), so a `WouldBlock` here means our own previous handle is still
-    /// closing: retry for up to 10 s.
+    /// file lock (an flock on `db`) asynchronously: a background thread may hold the last
+    /// reference for a moment after `Db` is dropped. So first wait, for up to 10 s, until that
+    /// flock can be taken (and let go of it), then open.
     pub fn open(dir: &Path) -> Result<Index> {
-        let start = std::time::Instant::now();
-        let db = loop {
-            let r = sled::Config::new()
-                .path(dir)
-                .cache_capacity(64 << 20)
-                .flush_every_ms(None)
-                .open();
-            match r {
-                Err(sled::Error::Io(e))
-                    if (e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock"))
-                        && start.elapsed() < std::time::Duration::from_secs(10) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                // Anything but a refusal of the file system to let us in means the index's
-                // files are not what sled wrote: derived data, rebuilt by the caller.
-                Err(sled::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::PermissionDenied
-                            | std::io::ErrorKind::ReadOnlyFilesystem
-                            | std::io::ErrorKind::StorageFull
-                            | std::io::ErrorKind::QuotaExceeded
-                            | std::io::ErrorKind::WouldBlock
-                    ) =>
-                {
-                    return Err(ie(sled::Error::Io(e)));
-                }
-                Err(e) => return Err(Error::IndexDamaged(e.to_string())),
-                Ok(db) => break db,
+        wait_for_sled_lock(&dir.join("db"));
+        let db = match sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .flush_every_ms(None)
+            .open()
+        {
+            Ok(db) => db,
+            // A refusal of the file system to let us in is reported as it is.
+            Err(sled::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                        | std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::QuotaExceeded
+                        | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Err(ie(sled::Error::Io(e)));
+            }
+            // Anything else means the index's files are not what sled wrote: derived data,
+            // rebuilt by the caller.
+            Err(e) => {
+                return Err(Error::IndexDamaged {
+                    reason: e.to_string(),
+                    source: Some(Box::new(e)),
+                });
             }
         };
         let ix = Index {
@@ -139,7 +161,12 @@ impl Index {
                     .map_err(ie)?;
             }
             Some(v) if v == INDEX_FORMAT.to_le_bytes() => {}
-            Some(_) => return Err(Error::IndexDamaged("unsupported index format".into())),
+            Some(_) => {
+                return Err(Error::IndexDamaged {
+                    reason: "unsupported index format".into(),
+                    source: None,
+                });
+            }
         }
         Ok(ix)
     }
@@ -192,7 +219,7 @@ impl Index {
             None => Ok(None),
             Some(v) => ChunkLoc::decode(&v)
                 .map(Some)
-                .ok_or_else(|| Error::Index(format!("bad location for chunk {id}"))),
+                .ok_or_else(|| Error::index(format!("bad location for chunk {id}"))),
         }
     }
 
@@ -202,10 +229,10 @@ impl Index {
             let id = ChunkId(crate::format::digest::Digest(
                 k[1..]
                     .try_into()
-                    .map_err(|_| Error::Index("bad chunk key".into()))?,
+                    .map_err(|_| Error::index("bad chunk key"))?,
             ));
             let loc = ChunkLoc::decode(&v)
-                .ok_or_else(|| Error::Index(format!("bad location for chunk {id}")))?;
+                .ok_or_else(|| Error::index(format!("bad location for chunk {id}")))?;
             Ok((id, loc))
         })
     }
@@ -217,7 +244,7 @@ impl Index {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
-                .map_err(|e| Error::Index(e.to_string())),
+                .map_err(|e| Error::index(e.to_string())),
         }
     }
 
@@ -231,7 +258,7 @@ impl Index {
                 let ver = k[prefix.len()..]
                     .try_into()
                     .map(u32::from_be_bytes)
-                    .map_err(|_| Error::Index("bad path key".into()))?;
+                    .map_err(|_| Error::index("bad path key"))?;
                 Ok((ver, id_from(&v)?))
             })
             .collect()
@@ -257,7 +284,7 @@ impl Index {
                     let (_, v) = kv.map_err(ie)?;
                     let id = id_from(&v)?;
                     self.version(id)?
-                        .ok_or_else(|| Error::Index(format!("path entry without version {id}")))
+                        .ok_or_else(|| Error::index(format!("path entry without version {id}")))
                 })();
                 match r {
                     Ok(rec) if !scope.matches(&rec) => None,
@@ -285,7 +312,7 @@ impl Index {
                     .as_ref()
                     .try_into()
                     .map(u64::from_le_bytes)
-                    .map_err(|_| Error::Index("bad pack entry".into()))?;
+                    .map_err(|_| Error::index("bad pack entry"))?;
                 Ok((id_from(&k[1..])?, len))
             })
             .collect()

@@ -42,8 +42,6 @@ use crate::store::read::Located;
 
 const WINDOW: usize = 8 << 20;
 
-/// The path named in errors reading the caller's source (not the store).
-pub const SOURCE: &str = "<source>";
 const POOL: usize = 6;
 
 /// What an ingest produced. Nothing is visible until the caller commits it.
@@ -169,10 +167,10 @@ pub fn ingest<R: Read + Send>(
         let read = read_windows(&mut src, cfg, pool_tx, pool_rx, sha_tx, batch_tx);
         let written = worker
             .join()
-            .map_err(|_| Error::Index("ingest worker panicked".into()))?;
+            .map_err(|_| Error::Internal("ingest worker panicked".into()))?;
         let (checksum, size) = sha
             .join()
-            .map_err(|_| Error::Index("hash thread panicked".into()))?;
+            .map_err(|_| Error::Internal("hash thread panicked".into()))?;
         read?;
         let mut out = written?;
         out.checksum = checksum;
@@ -219,7 +217,7 @@ fn read_windows(
         if let Some(c) = carry.take() {
             buf[..carried].copy_from_slice(&c);
         }
-        let fresh = read_full(src, &mut buf[carried..]).map_err(|e| Error::io(SOURCE, e))?;
+        let fresh = read_full(src, &mut buf[carried..]).map_err(Error::Source)?;
         let eof = carried + fresh < window_len;
         let len = carried + fresh;
         let window = Bytes::from_owner(PoolBuf {
@@ -437,7 +435,7 @@ fn write_chunks(
                                 Some(w) if w.is_empty() || w.len() + need <= cfg.pack_target => w,
                                 Some(full) => {
                                     sync_tx.send((full, std::mem::take(&mut locs))).map_err(
-                                        |_| Error::Index("pack sync thread stopped".into()),
+                                        |_| Error::Internal("pack sync thread stopped".into()),
                                     )?;
                                     PackWriter::create(cfg.packs_dir, cfg.faults)?
                                 }
@@ -472,7 +470,7 @@ fn write_chunks(
         drop(sync_tx);
         let synced = syncer
             .join()
-            .map_err(|_| Error::Index("pack sync thread panicked".into()))?;
+            .map_err(|_| Error::Internal("pack sync thread panicked".into()))?;
         // A failed fsync is the root cause when both failed (the worker then only saw the
         // sync thread stop): report it first.
         out.packs = synced?;

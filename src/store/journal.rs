@@ -31,23 +31,32 @@ use crate::store::Store;
 pub struct Params {
     /// Number of `set` calls so far.
     pub version: u64,
+    /// Flattened keys (`model.arch`) and their values.
     pub data: BTreeMap<String, Value>,
+    /// When the parameters were first set.
     pub created_at: String,
+    /// When they last changed.
     pub updated_at: String,
 }
 
+/// One log line of an experiment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
     /// 1, 2, 3, ... per experiment.
     pub sequence_number: u64,
+    /// When it was written (ISO-8601 UTC).
     pub timestamp: String,
+    /// `debug`, `info`, `warn`, `error` or `critical`.
     pub level: String,
+    /// The text.
     pub message: String,
+    /// Extra fields given with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
 }
 
+/// One point of a metric series.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricPoint {
@@ -55,6 +64,7 @@ pub struct MetricPoint {
     pub index: u64,
     /// The named fields of the point (`value`, `epoch`, ..., and `_ts`, Unix seconds).
     pub data: Map<String, Value>,
+    /// When it was appended (ISO-8601 UTC).
     pub created_at: String,
 }
 
@@ -86,8 +96,11 @@ struct Line {
 /// Everything in one experiment's journal.
 #[derive(Clone, Debug, Default)]
 pub struct JournalContents {
+    /// Parameters, if any were set.
     pub params: Option<Params>,
+    /// Log lines in order.
     pub logs: Vec<LogEntry>,
+    /// Metric series by name, points in order.
     pub metrics: BTreeMap<String, Vec<MetricPoint>>,
     /// Complete lines that failed their checksum or did not parse: damage.
     pub bad_lines: usize,
@@ -445,10 +458,12 @@ impl Store {
         .map(drop)
     }
 
+    /// Append a log line as it is (import: keeps its timestamp and sequence number).
     pub fn import_log(&self, exp: &ExperimentKey, entry: LogEntry) -> Result<()> {
         self.append(exp, |_| Entry::Log(entry)).map(drop)
     }
 
+    /// Append a metric point as it is (import: keeps its index and time).
     pub fn import_metric(&self, exp: &ExperimentKey, name: &str, point: MetricPoint) -> Result<()> {
         crate::format::names::segment("metric name", name)?;
         self.append(exp, |_| Entry::Metric {

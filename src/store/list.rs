@@ -19,7 +19,7 @@ pub(crate) fn resolve_in(
         let r = s
             .index
             .version(*id)?
-            .ok_or_else(|| Error::Index(format!("missing version {id}")))?;
+            .ok_or_else(|| Error::index(format!("missing version {id}")))?;
         if !r.is_deleted() {
             return Ok(r);
         }
@@ -39,6 +39,7 @@ pub(crate) fn resolve_in(
 /// What `list` shows.
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
+    /// Which namespace / project / experiment (default: all).
     pub scope: Scope,
     /// A normalized prefix; matches whole segments.
     pub prefix: Option<String>,
@@ -47,7 +48,9 @@ pub struct ListFilter {
     /// Matched against the full path (`/a/b/name`), or the file name when it has no `/`
     /// (`crate::format::glob`: `*` stays inside a segment, `**` crosses segments).
     pub glob: Option<crate::format::glob::Glob>,
+    /// Every version, not only the latest live one of each path.
     pub all_versions: bool,
+    /// Deleted versions too.
     pub include_deleted: bool,
 }
 impl ListFilter {

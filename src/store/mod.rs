@@ -18,6 +18,7 @@
 
 pub(crate) mod durable;
 pub mod fault;
+pub mod findings;
 pub(crate) mod gc;
 pub mod index;
 pub(crate) mod ingest;
@@ -111,7 +112,32 @@ impl StoreOptions {
         self
     }
 }
+
 /// An open store. Cheap to clone; holds no lock between operations.
+///
+/// ```
+/// use ml_dash::{ExperimentKey, GcOptions, ListFilter, NewVersion, Store};
+///
+/// # fn main() -> ml_dash::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = Store::open(dir.path().join("store"))?;
+/// let key = ExperimentKey::new("local", "vision", "run-1")?
+///     .file("/checkpoints".into(), "step-100.bin".into());
+/// let rec = store.put_reader(&b"weights"[..], &key, NewVersion::default(), None)?;
+/// assert_eq!((rec.version, rec.size_bytes), (1, 7));
+///
+/// let mut back = Vec::new();
+/// store.download_to(&key, None, &mut back)?; // every chunk and the SHA-256 checked
+/// assert_eq!(back, b"weights");
+///
+/// store.delete(&key)?; // soft: the bytes stay until gc
+/// assert!(store.list(&ListFilter::default())?.is_empty());
+/// let freed = store.gc(&GcOptions::new())?;
+/// assert_eq!(freed.deleted_versions, 1);
+/// assert!(store.verify()?.ok);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Store {
     pub(crate) root: PathBuf,
@@ -119,6 +145,7 @@ pub struct Store {
     pub(crate) chunker: Chunker,
     poisoned: Arc<Mutex<Option<String>>>,
 }
+
 /// One operation's hold on the store: the lock and the open index.
 pub(crate) struct Session<'a> {
     pub store: &'a Store,
@@ -230,6 +257,7 @@ impl Store {
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         Store::open_with(root, StoreOptions::default())
     }
+    /// `open` with options.
     pub fn open_with(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
         Store::open_inner(root.as_ref(), opts, true)
     }
@@ -237,6 +265,7 @@ impl Store {
     pub fn open_existing(root: impl AsRef<Path>) -> Result<Store> {
         Store::open_existing_with(root, StoreOptions::default())
     }
+    /// `open_existing` with options.
     pub fn open_existing_with(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
         Store::open_inner(root.as_ref(), opts, false)
     }
@@ -319,6 +348,7 @@ impl Store {
         }
         Ok(false)
     }
+    /// The store directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -363,7 +393,7 @@ impl Store {
         let index = match Index::open(&self.dir("index")) {
             // Derived data whose files are damaged (e.g. after a full disk, or overwritten),
             // or an empty index beside durable data: rebuild it.
-            Err(Error::IndexDamaged(_)) => {
+            Err(Error::IndexDamaged { .. }) => {
                 self.rebuild_locked()?;
                 Index::open(&self.dir("index"))
             }
@@ -374,7 +404,7 @@ impl Store {
             }
             other => other,
         }
-        .map_err(|e| Error::Index(format!("{e} (run `ml-dash repair` to rebuild the index)")))?
+        .map_err(|e| Error::index(format!("{e} (run `ml-dash repair` to rebuild the index)")))?
         .with_faults(self.opts.faults.clone());
         let s = Session {
             store: self,

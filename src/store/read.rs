@@ -339,14 +339,17 @@ impl FileReader {
         read_all(self)
     }
 
+    /// The version being read.
     pub fn record(&self) -> &FileRecord {
         &self.record
     }
 
+    /// Its size (bytes).
     pub fn len(&self) -> u64 {
         self.record.size_bytes
     }
 
+    /// Is it empty?
     pub fn is_empty(&self) -> bool {
         self.record.size_bytes == 0
     }
@@ -410,7 +413,7 @@ impl FileReader {
             drop(tx);
             let written = writer
                 .join()
-                .map_err(|_| Error::Index("download writer panicked".into()))?;
+                .map_err(|_| Error::Internal("download writer panicked".into()))?;
             produced?;
             let whole = written.map_err(Error::Output)?;
             let n = whole.upto;

@@ -14,6 +14,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::id::Id;
 use crate::format::manifest::{self, Event, Manifest};
 use crate::format::pack;
+use crate::store::findings::{Finding, RebuildKind};
 use crate::store::index::{Index, IndexBatch};
 use crate::store::packs::{self, PackWriter};
 use crate::store::{Session, Store};
@@ -133,23 +134,27 @@ pub(crate) fn list_ids(dir: &Path, ext: &str) -> Result<Vec<(Id, std::path::Path
 #[derive(Debug, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RebuildReport {
+    /// Packs scanned.
     pub packs: usize,
+    /// Chunks indexed.
     pub chunks: usize,
+    /// Versions indexed (from manifests).
     pub versions: usize,
+    /// Events applied.
     pub events: usize,
     /// Damage found, one line each: spans of packs that hold no valid record (the scan
     /// resumed after each), records whose data fails its check, damaged manifests and events.
-    pub damaged: Vec<String>,
+    pub damaged: Vec<Finding<RebuildKind>>,
     /// Versions that cannot be read back after the rebuild (a chunk they need is in no
     /// valid record), `ns/project/experiment/path/name vN: why`.
-    pub unreadable_versions: Vec<String>,
+    pub unreadable_versions: Vec<Finding<RebuildKind>>,
     /// Versions this store had (the old index, or an update event, names them) whose
     /// manifest is gone: they cannot be brought back from this store.
-    pub lost_versions: Vec<String>,
+    pub lost_versions: Vec<Finding<RebuildKind>>,
     /// Packs holding valid chunks that no manifest references, one line each. They may be
     /// all that is left of versions whose manifests were lost, so `gc` keeps these packs
     /// until it is told otherwise (`gc --drop-unreferenced`).
-    pub unreferenced: Vec<String>,
+    pub unreferenced: Vec<Finding<RebuildKind>>,
     /// Chunks copied back into the store from packs `gc` had quarantined.
     pub salvaged_chunks: usize,
 }
@@ -303,28 +308,34 @@ impl Store {
                 } else if r.data_ok == Some(false) && loc.base.is_some() {
                     unchecked.push((path.clone(), id, loc));
                 } else if r.data_ok == Some(false) {
-                    rep.damaged.push(format!(
-                        "{}: chunk {} at offset {} is damaged",
-                        path.display(),
-                        r.header.id,
-                        r.offset
+                    rep.damaged.push(Finding::new(
+                        RebuildKind::DamagedRecord,
+                        format!(
+                            "{}: chunk {} at offset {} is damaged",
+                            path.display(),
+                            r.header.id,
+                            r.offset
+                        ),
                     ));
                 }
             })?;
             if let Some(reason) = &scanned.header {
-                rep.damaged.push(format!(
-                    "{}: {reason} (its records were read anyway)",
-                    path.display()
+                rep.damaged.push(Finding::new(
+                    RebuildKind::BadPackHeader,
+                    format!(
+                        "{}: {reason} (its records were read anyway)",
+                        path.display()
+                    ),
                 ));
             }
             for d in &scanned.damaged {
-                rep.damaged.push(format!(
+                rep.damaged.push(Finding::new(RebuildKind::DamagedSpan, format!(
                     "{}: bytes {}..{} hold no valid record ({}); the records after them were kept",
                     path.display(),
                     d.start,
                     d.end,
                     d.reason
-                ));
+                )));
             }
             rep.chunks += here.len();
             // A pack shorter than its header (killed right after creation) holds nothing:
@@ -366,10 +377,13 @@ impl Store {
                     referenced.extend(chunks.iter().copied());
                     live.push((m.record, chunks));
                 }
-                Ok(_) => rep
+                Ok(_) => rep.damaged.push(Finding::new(
+                    RebuildKind::Unreadable,
+                    format!("{}: id does not match file name", path.display()),
+                )),
+                Err(e) => rep
                     .damaged
-                    .push(format!("{}: id does not match file name", path.display())),
-                Err(e) => rep.damaged.push(e.to_string()),
+                    .push(Finding::new(RebuildKind::Unreadable, e.to_string())),
             }
         }
         for (id, path) in list_ids(&self.dir("events"), "event")? {
@@ -383,24 +397,28 @@ impl Store {
                         && !known_before.contains_key(version_id)
                         && ix.version(*version_id)?.is_none()
                     {
-                        rep.lost_versions.push(format!(
+                        rep.lost_versions.push(Finding::new(RebuildKind::LostVersion, format!(
                             "version {version_id}: event {id} updates it, but its manifest is gone"
-                        ));
+                        )));
                     }
                     ix.apply_unflushed(event_batch(ix, &e)?)?;
                     rep.events += 1;
                     last_id = last_id.max(Some(id));
                 }
-                Ok(_) => rep
+                Ok(_) => rep.damaged.push(Finding::new(
+                    RebuildKind::Unreadable,
+                    format!("{}: id does not match file name", path.display()),
+                )),
+                Err(e) => rep
                     .damaged
-                    .push(format!("{}: id does not match file name", path.display())),
-                Err(e) => rep.damaged.push(e.to_string()),
+                    .push(Finding::new(RebuildKind::Unreadable, e.to_string())),
             }
         }
         for (id, name) in known_before {
             if !have_manifest.contains(id) {
-                rep.lost_versions.push(format!(
-                    "{name} ({id}): in the index before the rebuild, its manifest is gone"
+                rep.lost_versions.push(Finding::new(
+                    RebuildKind::LostVersion,
+                    format!("{name} ({id}): in the index before the rebuild, its manifest is gone"),
                 ));
             }
         }
@@ -423,10 +441,13 @@ impl Store {
                 continue;
             }
             if let Some(c) = chunks.iter().find(|c| ix.chunk(c).ok().flatten().is_none()) {
-                rep.unreadable_versions.push(format!(
-                    "{} v{}: chunk {c} is in no valid record",
-                    rec.key().display(),
-                    rec.version
+                rep.unreadable_versions.push(Finding::new(
+                    RebuildKind::UnreadableVersion,
+                    format!(
+                        "{} v{}: chunk {c} is in no valid record",
+                        rec.key().display(),
+                        rec.version
+                    ),
                 ));
             }
         }
@@ -453,10 +474,10 @@ impl Store {
             }
             if n > 0 {
                 held.insert(*pid);
-                rep.unreferenced.push(format!(
+                rep.unreferenced.push(Finding::new(RebuildKind::Unreferenced, format!(
                     "packs/{}: {n} chunks ({bytes} bytes) that no manifest references; kept by gc until `ml-dash gc --drop-unreferenced`",
                     pack::pack_file_name(*pid)
-                ));
+                )));
             }
         }
         write_held(self, &held)?;
@@ -515,10 +536,10 @@ impl Store {
                 .chunk(&id)?
                 .is_none_or(|l| l.pack != pid || l.offset != off)
             {
-                rep.damaged.push(format!(
+                rep.damaged.push(Finding::new(RebuildKind::DeltaUndecodable, format!(
                     "packs/{}: delta chunk {id} at offset {off} does not decode to its id (its base is missing or damaged)",
                     pack::pack_file_name(pid)
-                ));
+                )));
             }
         }
         Ok(())
@@ -549,10 +570,13 @@ impl Store {
                 None
             };
             let Some(raw) = raw else {
-                rep.damaged.push(format!(
-                    "{}: chunk {id} at offset {} is damaged",
-                    path.display(),
-                    loc.offset
+                rep.damaged.push(Finding::new(
+                    RebuildKind::DamagedRecord,
+                    format!(
+                        "{}: chunk {id} at offset {} is damaged",
+                        path.display(),
+                        loc.offset
+                    ),
                 ));
                 continue;
             };
@@ -566,12 +590,12 @@ impl Store {
             };
             b.put_chunk(id, &new);
             in_pack.entry(w.id).or_default().push(*id);
-            rep.damaged.push(format!(
+            rep.damaged.push(Finding::new(RebuildKind::DamagedRecord, format!(
                 "{}: delta chunk {id} at offset {} fails its inner checksum but decodes to its id through its base; stored again whole in packs/{}",
                 path.display(),
                 loc.offset,
                 pack::pack_file_name(w.id)
-            ));
+            )));
         }
         if let Some(mut w) = w {
             w.sync()?;

@@ -9,6 +9,7 @@ use crate::format::digest::ChunkId;
 use crate::store::Store;
 use crate::store::index::Scope;
 
+/// What a store (or a scope of it) holds, and what it costs on disk.
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
@@ -16,6 +17,7 @@ pub struct Stats {
     pub files: u64,
     /// Live versions.
     pub versions: u64,
+    /// Deleted versions gc has not yet dropped.
     pub deleted_versions: u64,
     /// Sum of the sizes of live versions.
     pub logical_bytes: u64,
@@ -29,10 +31,12 @@ pub struct Stats {
     pub saving_ratio: f64,
     /// Whole store, regardless of scope: pack files and their bytes on disk.
     pub packs: u64,
+    /// Bytes of pack files on disk.
     pub pack_bytes: u64,
 }
 
 impl Store {
+    /// Files, versions, and logical / unique / stored bytes of `scope`.
     pub fn stats(&self, scope: &Scope) -> Result<Stats> {
         let s = self.session()?;
         let mut st = Stats::default();

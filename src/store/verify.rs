@@ -10,6 +10,7 @@ use crate::format::digest::ChunkId;
 use crate::format::id::Id;
 use crate::format::manifest;
 use crate::store::Store;
+use crate::store::findings::{Finding, VerifyKind};
 use crate::store::packs;
 use crate::store::recover::list_ids;
 
@@ -17,17 +18,22 @@ use crate::store::recover::list_ids;
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyReport {
+    /// No damage and no problem found.
     pub ok: bool,
+    /// Packs checked.
     pub packs: usize,
+    /// Chunks checked.
     pub chunks: usize,
+    /// Versions checked.
     pub versions: usize,
+    /// Events checked.
     pub events: usize,
     /// `ns/project/experiment/path/name vN` of every version whose bytes cannot be read back.
-    pub damaged_files: Vec<String>,
+    pub damaged_files: Vec<Finding<VerifyKind>>,
     /// Damage that does not (yet) affect a file, and inconsistencies, one line each.
-    pub problems: Vec<String>,
+    pub problems: Vec<Finding<VerifyKind>>,
     /// Harmless leftovers (a torn pack tail after a crash), reported for information.
-    pub notes: Vec<String>,
+    pub notes: Vec<Finding<VerifyKind>>,
 }
 
 impl Store {
@@ -45,11 +51,14 @@ impl Store {
                 if r.data_ok == Some(true) {
                     good.insert((pid, r.offset, r.header.id));
                 } else {
-                    bad_in_pack.push(format!(
-                        "{}: chunk {} at offset {} fails its check",
-                        path.display(),
-                        r.header.id,
-                        r.offset
+                    bad_in_pack.push(Finding::new(
+                        VerifyKind::DamagedRecord,
+                        format!(
+                            "{}: chunk {} at offset {} fails its check",
+                            path.display(),
+                            r.header.id,
+                            r.offset
+                        ),
                     ));
                 }
             })?;
@@ -57,40 +66,46 @@ impl Store {
             pack_lens.insert(pid, scanned.len);
             let committed = s.index.pack_len(pid)?.unwrap_or(0);
             if let Some(reason) = &scanned.header {
-                rep.problems.push(format!(
-                    "{}: {reason} (its records are still read; gc rewrites it)",
-                    path.display()
+                rep.problems.push(Finding::new(
+                    VerifyKind::BadPackHeader,
+                    format!(
+                        "{}: {reason} (its records are still read; gc rewrites it)",
+                        path.display()
+                    ),
                 ));
             }
             for d in &scanned.damaged {
                 if d.start >= committed {
-                    rep.notes.push(format!(
+                    rep.notes.push(Finding::new(VerifyKind::UncommittedSpan, format!(
                         "{}: bytes {}..{} after the committed end hold no valid record (interrupted write, harmless)",
                         path.display(),
                         d.start,
                         d.end
-                    ));
+                    )));
                 } else {
-                    rep.problems.push(format!(
+                    rep.problems.push(Finding::new(VerifyKind::DamagedSpan, format!(
                         "{}: bytes {}..{} hold no valid record ({}); the records after them are intact",
                         path.display(),
                         d.start,
                         d.end,
                         d.reason
-                    ));
+                    )));
                 }
             }
             if let Some(offset) = scanned.torn_tail {
                 if offset < committed {
-                    rep.problems.push(format!(
-                        "{}: truncated at {offset}, index expects {committed} bytes",
-                        path.display()
+                    rep.problems.push(Finding::new(
+                        VerifyKind::Truncated,
+                        format!(
+                            "{}: truncated at {offset}, index expects {committed} bytes",
+                            path.display()
+                        ),
                     ));
                 } else {
-                    rep.notes.push(format!(
+                    rep.notes.push(Finding::new(VerifyKind::TornTail, format!(
                         "{}: incomplete record after offset {offset} (interrupted write, harmless)",
                         path.display()
-                    ));
+                    )));
                 }
             }
         }
@@ -114,7 +129,8 @@ impl Store {
                 .add(&s.index, &loc, &what)
                 .and_then(|()| located.read(&loc, &id, &what));
             if let Err(e) = r {
-                rep.problems.push(e.to_string());
+                rep.problems
+                    .push(Finding::new(VerifyKind::DeltaUndecodable, e.to_string()));
                 bad_chunks.insert(id);
             }
         }
@@ -133,10 +149,16 @@ impl Store {
                 // A deleted version whose manifest gc already removed: fine.
                 Err(_) if r.is_deleted() && !manifest_exists => {}
                 Err(e) if r.is_deleted() => {
-                    rep.problems.push(format!("{name} (deleted): {e}"));
+                    rep.problems.push(Finding::new(
+                        VerifyKind::DeletedVersionDamaged,
+                        format!("{name} (deleted): {e}"),
+                    ));
                 }
                 Err(e) => {
-                    rep.damaged_files.push(format!("{name}: {e}"));
+                    rep.damaged_files.push(Finding::new(
+                        VerifyKind::DamagedFile,
+                        format!("{name}: {e}"),
+                    ));
                 }
                 // A deleted version's chunks are garbage: gc may already have taken them.
                 Ok(_) if r.is_deleted() => {}
@@ -145,13 +167,17 @@ impl Store {
                         && m.record.version == r.version
                         && m.record.content_type == r.content_type;
                     if !same {
-                        rep.damaged_files
-                            .push(format!("{name}: manifest record differs from the index"));
+                        rep.damaged_files.push(Finding::new(
+                            VerifyKind::DamagedFile,
+                            format!("{name}: manifest record differs from the index"),
+                        ));
                     } else if let Some((id, _)) = m.chunks.iter().find(|(id, _)| {
                         bad_chunks.contains(id) || s.index.chunk(id).ok().flatten().is_none()
                     }) {
-                        rep.damaged_files
-                            .push(format!("{name}: chunk {id} is damaged or missing"));
+                        rep.damaged_files.push(Finding::new(
+                            VerifyKind::DamagedFile,
+                            format!("{name}: chunk {id} is damaged or missing"),
+                        ));
                     } else {
                         // Every chunk is good: the whole file must still hash to its record.
                         // Versions with the same chunks and checksum are read once.
@@ -171,7 +197,10 @@ impl Store {
             let checked = crate::store::read::open_reader(&s, r)
                 .and_then(|reader| reader.copy_to(&mut std::io::sink()));
             if let Err(e) = checked {
-                rep.damaged_files.push(format!("{name}: {e}"));
+                rep.damaged_files.push(Finding::new(
+                    VerifyKind::DamagedFile,
+                    format!("{name}: {e}"),
+                ));
             }
         }
         // 4. Manifests the index does not know (other than deleted ones gc is removing).
@@ -184,13 +213,17 @@ impl Store {
                 .and_then(|b| manifest::Manifest::decode(&b, "").map_err(|e| e.to_string()))
             {
                 Ok(m) if m.record.version <= s.index.deleted_up_to(&m.record.key())? => {}
-                Ok(_) => rep.problems.push(format!(
-                    "{}: manifest not in the index (run `ml-dash repair`)",
-                    path.display()
+                Ok(_) => rep.problems.push(Finding::new(
+                    VerifyKind::ManifestNotIndexed,
+                    format!(
+                        "{}: manifest not in the index (run `ml-dash repair`)",
+                        path.display()
+                    ),
                 )),
-                Err(e) => rep
-                    .problems
-                    .push(format!("{}: unreadable manifest: {e}", path.display())),
+                Err(e) => rep.problems.push(Finding::new(
+                    VerifyKind::Unreadable,
+                    format!("{}: unreadable manifest: {e}", path.display()),
+                )),
             }
         }
         // 5. Events.
@@ -201,13 +234,14 @@ impl Store {
                 .and_then(|b| manifest::decode_event(&b, "").map_err(|e| e.to_string()))
             {
                 Ok(e) if e.id() == id => {}
-                Ok(_) => rep.problems.push(format!(
-                    "{}: event id does not match its name",
-                    path.display()
+                Ok(_) => rep.problems.push(Finding::new(
+                    VerifyKind::Unreadable,
+                    format!("{}: event id does not match its name", path.display()),
                 )),
-                Err(e) => rep
-                    .problems
-                    .push(format!("{}: unreadable event: {e}", path.display())),
+                Err(e) => rep.problems.push(Finding::new(
+                    VerifyKind::Unreadable,
+                    format!("{}: unreadable event: {e}", path.display()),
+                )),
             }
         }
         // 6. Journals: every complete line must pass its checksum (a torn last line is harmless).
@@ -215,26 +249,31 @@ impl Store {
             let j = self.journal_from_disk(&exp)?;
             let name = format!("{}/{}/{}", exp.namespace, exp.project, exp.experiment);
             if j.bad_lines > 0 {
-                rep.problems.push(format!(
-                    "journal of {name}: {} damaged line(s) skipped",
-                    j.bad_lines
+                rep.problems.push(Finding::new(
+                    VerifyKind::JournalDamaged,
+                    format!("journal of {name}: {} damaged line(s) skipped", j.bad_lines),
                 ));
             }
             if j.torn_lines > 0 {
-                rep.notes.push(format!(
-                    "journal of {name}: {} line(s) torn by an interrupted append (harmless)",
-                    j.torn_lines
+                rep.notes.push(Finding::new(
+                    VerifyKind::JournalTorn,
+                    format!(
+                        "journal of {name}: {} line(s) torn by an interrupted append (harmless)",
+                        j.torn_lines
+                    ),
                 ));
             }
         }
         for (pid, committed) in s.index.packs()? {
             match pack_lens.get(&pid) {
-                None => rep
-                    .problems
-                    .push(format!("pack {pid} is in the index but missing on disk")),
-                Some(len) if *len < committed => rep
-                    .problems
-                    .push(format!("pack {pid} is shorter than the index says")),
+                None => rep.problems.push(Finding::new(
+                    VerifyKind::PackMissing,
+                    format!("pack {pid} is in the index but missing on disk"),
+                )),
+                Some(len) if *len < committed => rep.problems.push(Finding::new(
+                    VerifyKind::PackMissing,
+                    format!("pack {pid} is shorter than the index says"),
+                )),
                 _ => {}
             }
         }
@@ -242,18 +281,18 @@ impl Store {
         let qdir = self.dir(crate::store::recover::QUARANTINE_DIR);
         if qdir.is_dir() {
             for (_, path) in list_ids(&qdir, "pack")? {
-                rep.problems.push(format!(
+                rep.problems.push(Finding::new(VerifyKind::Quarantined, format!(
                     "{}: quarantined by gc (it holds bytes gc could not account for); `ml-dash repair` copies back any chunk a file needs, then it can be inspected or removed",
                     path.display()
-                ));
+                )));
             }
         }
         let held = crate::store::recover::read_held(&self.root)?;
         if !held.is_empty() {
-            rep.notes.push(format!(
+            rep.notes.push(Finding::new(VerifyKind::HeldPacks, format!(
                 "{} pack(s) hold chunks no manifest references and are kept by gc (listed by `ml-dash repair`; `ml-dash gc --drop-unreferenced` collects them)",
                 held.len()
-            ));
+            )));
         }
         rep.damaged_files.sort();
         rep.ok = rep.damaged_files.is_empty() && rep.problems.is_empty();

@@ -19,8 +19,11 @@ use crate::store::ingest::{self, IngestConfig, Ingested, Previous};
 /// What to record with a new version.
 #[derive(Clone, Debug, Default)]
 pub struct NewVersion {
+    /// A description (at most 64 KiB).
     pub description: Option<String>,
+    /// Tags (at most 256, each 1-256 bytes, no control characters).
     pub tags: Vec<String>,
+    /// A JSON object or null (at most 64 KiB, 32 levels).
     pub metadata: serde_json::Value,
 }
 /// Changes to a version's record (`Store::update`): what is left `None` stays as it is.
@@ -71,9 +74,11 @@ impl RecordChanges {
 pub struct ImportedVersion {
     /// Recorded as given (the caller checks the format).
     pub uploaded_at: String,
+    /// Recorded as given.
     pub updated_at: String,
     /// The bytes read must hash to this and have this length, else nothing is recorded.
     pub checksum: crate::format::digest::Sha256,
+    /// The size the bytes must have.
     pub size_bytes: u64,
 }
 /// What a stream upload knows besides its bytes.
@@ -82,9 +87,6 @@ struct How<'a> {
     imported: Option<&'a ImportedVersion>,
     /// The source's tensor layout, when read from a file (zip archives).
     layout: Option<crate::format::tensors::Layout>,
-}
-fn is_source_error(e: &Error) -> bool {
-    matches!(e, Error::Io { path, .. } if path == Path::new(ingest::SOURCE))
 }
 fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
     // Keys come from `path::` constructors, but a FileKey is a plain struct: check again.
@@ -375,7 +377,7 @@ impl Store {
         // Any failure other than reading the source happened while writing packs: the fate of
         // those bytes is unknown, so the store stops taking writes until reopened.
         let ing = ingest::ingest(src, ix, &cfg).map_err(|e| match e {
-            e @ Error::Io { .. } if is_source_error(&e) => e,
+            e @ Error::Source(_) => e,
             e => self.poison::<()>(Err(e)).unwrap_err(),
         })?;
         check_source(ing.size)?;
@@ -394,7 +396,7 @@ impl Store {
         let version = next_version(ix, key)?;
         let vid = Id::generate_after(ix.meta_id("last_id")?);
         if ix.version(vid)?.is_some() {
-            return Err(Error::Index(format!("version id {vid} already exists")));
+            return Err(Error::index(format!("version id {vid} already exists")));
         }
         let now = crate::format::time::now_iso();
         let (uploaded_at, updated_at) = match imported {
@@ -455,7 +457,7 @@ impl Store {
             .map(|r| {
                 s.index
                     .version(r.id)?
-                    .ok_or_else(|| Error::Index(format!("version {} vanished", r.id)))
+                    .ok_or_else(|| Error::index(format!("version {} vanished", r.id)))
             })
             .collect()
     }

@@ -246,7 +246,9 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
         &small,
         "small.bin",
     );
-    exp.store().gc(false, 0.0).unwrap();
+    exp.store()
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     exp.file(&big).save().unwrap();
     assert_untouched(&root, 2);
 }

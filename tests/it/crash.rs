@@ -303,7 +303,7 @@ impl Worker {
             .line(json!({"op": "gc", "phase": "begin", "threshold": threshold}));
         let rep = self
             .store
-            .gc(false, threshold)
+            .gc(&ml_dash::GcOptions::new().rewrite_threshold(threshold))
             .unwrap_or_else(|e| panic!("child: gc failed: {e}"));
         self.journal.line(json!({
             "op": "gc", "phase": "ack", "deletedVersions": rep.deleted_versions,
@@ -899,7 +899,12 @@ fn check_verify(store: &Store) -> Result<usize, String> {
     let rep = store
         .verify()
         .map_err(|e| format!("verify failed to run: {e}"))?;
-    let bad: Vec<&String> = rep.damaged_files.iter().chain(&rep.problems).collect();
+    let bad: Vec<&str> = rep
+        .damaged_files
+        .iter()
+        .chain(&rep.problems)
+        .map(|f| &**f)
+        .collect();
     if !bad.is_empty() {
         return Err(format!(
             "verify: {bad:?} (damaged files {:?}, problems {:?}, notes {:?})",
@@ -1427,7 +1432,9 @@ fn gc_removes_an_empty_pack_left_by_a_kill() {
             ml_dash::Id::generate(),
         ));
     File::create(&empty).unwrap();
-    store.gc(false, 0.0).unwrap();
+    store
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert!(
         !empty.exists(),
         "gc left the empty leftover pack {} in place",
@@ -1469,7 +1476,9 @@ fn store_after_gc_interrupted_between_index_and_unlink() -> (tempfile::TempDir, 
     let saved = std::fs::read(&manifest).unwrap();
     // Drop the version from the index only: a gc with a threshold that rewrites nothing would
     // still collect; instead remove it the way the old gc's first step did.
-    store.gc(false, 1.0).unwrap();
+    store
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(1.0))
+        .unwrap();
     assert!(!manifest.exists());
     std::fs::write(&manifest, saved).unwrap();
     assert!(list_everything(&store).iter().all(|r| r.id != g.id));
@@ -1505,9 +1514,13 @@ fn every_failing_gc_step_leaves_no_orphan_manifest() {
                 StoreOptions::default().faults(Faults::fail_nth(kind, n)),
             )
             .unwrap();
-            let failed = faulty.gc(false, 0.0).is_err();
+            let failed = faulty
+                .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+                .is_err();
             let store = Store::open(&root).unwrap();
-            store.gc(false, 0.0).unwrap();
+            store
+                .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+                .unwrap();
             let indexed: std::collections::HashSet<String> = list_everything(&store)
                 .iter()
                 .map(|r| r.id.to_string())
@@ -1540,7 +1553,9 @@ fn every_failing_gc_step_leaves_no_orphan_manifest() {
 #[test]
 fn gc_after_an_interrupted_gc_removes_the_leftover_manifests() {
     let (_dir, store, manifest) = store_after_gc_interrupted_between_index_and_unlink();
-    store.gc(false, 0.0).unwrap();
+    store
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert!(
         !manifest.exists(),
         "the manifest of a version an interrupted gc dropped from the index is never removed: {}",
@@ -1555,7 +1570,9 @@ fn gc_after_an_interrupted_gc_removes_the_leftover_manifests() {
 #[test]
 fn repair_after_an_interrupted_gc_verifies_clean() {
     let (_dir, store, _manifest) = store_after_gc_interrupted_between_index_and_unlink();
-    store.gc(false, 0.0).unwrap();
+    store
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert!(store.verify().unwrap().ok);
     store.rebuild_index().unwrap();
     let rep = store.verify().unwrap();

@@ -139,7 +139,9 @@ fn gc_keeps_the_bases_of_live_deltas_and_frees_them_later() {
     let (t, s, ck) = two_checkpoints();
     s.delete(&key("a.safetensors")).unwrap();
     let before = packs_total(t.path());
-    let g = s.gc(false, 0.0).unwrap();
+    let g = s
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert!(g.kept_as_delta_bases > 0, "{g:?}");
     assert_eq!(
         g.garbage_chunks, 0,
@@ -151,7 +153,9 @@ fn gc_keeps_the_bases_of_live_deltas_and_frees_them_later() {
 
     // With the delta's version gone too, everything goes.
     s.delete(&key("b.safetensors")).unwrap();
-    let g = s.gc(false, 0.0).unwrap();
+    let g = s
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert_eq!(g.kept_as_delta_bases, 0);
     assert!(packs_total(t.path()) < 1024, "{g:?}");
     assert!(s.verify().unwrap().ok);
@@ -217,7 +221,12 @@ fn repair_restores_delta_bases_from_the_packs() {
     }
     // gc after the rebuild still knows the bases.
     s.delete(&key("s0.safetensors")).unwrap();
-    assert!(s.gc(false, 0.0).unwrap().kept_as_delta_bases > 0);
+    assert!(
+        s.gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+            .unwrap()
+            .kept_as_delta_bases
+            > 0
+    );
     assert!(read(&s, "s2.safetensors", None).unwrap() == ck[2]);
 }
 
@@ -320,7 +329,8 @@ fn push_and_pull_carry_the_bases_deltas_need() {
         put(&d, "s0.safetensors", &ck[0]);
         put(&d, "s1.safetensors", &ck[1]);
         d.delete(&key("s0.safetensors")).unwrap();
-        d.gc(false, 0.0).unwrap();
+        d.gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+            .unwrap();
         let cfg2 = ml_dash::RemoteConfig::new(format!("{}-only-s1", cfg.url));
         let r2 = ml_dash::Remote::open(&cfg2).unwrap();
         d.push(&r2, None).unwrap();

@@ -162,7 +162,8 @@ fn defect_upload_after_failed_pull_references_a_delta_whose_base_never_arrived()
     put(&d, "s0.safetensors", &ck[0]);
     put(&d, "s1.safetensors", &ck[1]);
     d.delete(&key("s0.safetensors")).unwrap();
-    d.gc(false, 0.0).unwrap();
+    d.gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     d.push(&remote, None).unwrap();
 
     // Damage the data of the last base record that follows its delta in the remote pack (the
@@ -239,7 +240,8 @@ fn defect_rebuild_index_prefers_a_stale_delta_whose_base_was_collected() {
     s.delete(&key("b.safetensors")).unwrap();
     // The CLI default threshold is 0.5 (the second pack is nearly all garbage here, so 1.0
     // stands in for a pack that holds more live data).
-    s.gc(false, 1.0).unwrap();
+    s.gc(&ml_dash::GcOptions::new().rewrite_threshold(1.0))
+        .unwrap();
     assert_eq!(pack_files(&root).len(), 1, "checkpoint 0's pack is gone");
     // Checkpoint 1 again under a new name: no base version any more, stored whole.
     put(&s, "c.safetensors", &ck[1]);
@@ -283,7 +285,12 @@ fn defect_push_heal_does_not_resend_a_base_held_only_by_a_damaged_remote_pack() 
     );
     // Checkpoint 0 is deleted here; its chunks stay as the bases of checkpoint 1.
     d.delete(&key("s0.safetensors")).unwrap();
-    assert!(d.gc(false, 0.0).unwrap().kept_as_delta_bases > 0);
+    assert!(
+        d.gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+            .unwrap()
+            .kept_as_delta_bases
+            > 0
+    );
     assert!(read(&d, "s1.safetensors", None).unwrap() == ck[1]);
 
     // Remote pack 1 loses its footer (a truncated object): left out and reported.
@@ -338,18 +345,23 @@ fn gc_keeps_a_whole_chain_under_its_last_delta_through_rewrites() {
     put(&s, "other.bin", &random_bytes(3, 50_000));
     s.delete(&key("s0.safetensors")).unwrap();
     s.delete(&key("s1.safetensors")).unwrap();
-    let g = s.gc(false, 0.0).unwrap();
+    let g = s
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert!(g.kept_as_delta_bases > 0, "{g:?}");
     assert!(read(&s, "s2.safetensors", None).unwrap() == ck[2]);
     assert!(s.verify().unwrap().ok);
     // Twice: the moved bases are found again.
-    s.gc(false, 0.0).unwrap();
+    s.gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert!(read(&s, "s2.safetensors", None).unwrap() == ck[2]);
     // A repair after the rewrites still knows the chain.
     assert!(s.rebuild_index().unwrap().damaged.is_empty());
     assert!(read(&s, "s2.safetensors", None).unwrap() == ck[2]);
     s.delete(&key("s2.safetensors")).unwrap();
-    let g = s.gc(false, 0.0).unwrap();
+    let g = s
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert_eq!(g.kept_as_delta_bases, 0);
     assert!(read(&s, "other.bin", None).is_ok());
     assert!(s.verify().unwrap().ok);

@@ -55,7 +55,11 @@ fn run_workload(root: &std::path::Path, dir: &std::path::Path, faults: Faults) -
             )
             .map(drop)
         }),
-        Box::new(|e| e.store().gc(false, 0.0).map(drop)),
+        Box::new(|e| {
+            e.store()
+                .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+                .map(drop)
+        }),
     ];
     for step in &steps {
         if let Err(e) = step(&exp) {
@@ -74,7 +78,8 @@ fn run_workload(root: &std::path::Path, dir: &std::path::Path, faults: Faults) -
             );
             assert!(matches!(exp.delete("/base/a.bin"), Err(Error::Poisoned(_))));
             assert!(matches!(
-                exp.store().gc(false, 0.0),
+                exp.store()
+                    .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0)),
                 Err(Error::Poisoned(_))
             ));
             // Reads still work.

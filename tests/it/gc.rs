@@ -37,7 +37,12 @@ fn gc_reclaims_exactly_the_garbage() {
     // Dry run: nothing on disk changes.
     let before = snapshot_durable(&root);
     let total_before = packs_total(&root);
-    let dry = exp.store().gc(true, 0.0).unwrap();
+    let dry = exp
+        .store()
+        .gc(&ml_dash::GcOptions::new()
+            .dry_run(true)
+            .rewrite_threshold(0.0))
+        .unwrap();
     assert!(dry.dry_run);
     assert_eq!(snapshot_durable(&root), before, "a dry run changed files");
     assert_eq!(dry.deleted_versions, 2);
@@ -56,7 +61,10 @@ fn gc_reclaims_exactly_the_garbage() {
         "dry run keeps versions"
     );
 
-    let rep = exp.store().gc(false, 0.0).unwrap();
+    let rep = exp
+        .store()
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert!(!rep.dry_run);
     assert_eq!(
         rep.garbage_bytes, dry.garbage_bytes,
@@ -104,7 +112,10 @@ fn gc_reclaims_exactly_the_garbage() {
     );
 
     // Nothing left to collect.
-    let again = exp.store().gc(false, 0.0).unwrap();
+    let again = exp
+        .store()
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert_eq!(
         (
             again.garbage_bytes,
@@ -153,7 +164,7 @@ fn whole_pack_garbage_is_deleted() {
     let total = packs_total(&root);
     let n_packs = pack_files(&root).len();
     assert!(n_packs >= 1);
-    let rep = exp.store().gc(false, 0.5).unwrap();
+    let rep = exp.store().gc(&ml_dash::GcOptions::new()).unwrap();
     assert_eq!(rep.packs_deleted, n_packs);
     assert_eq!(rep.reclaimed_bytes, total);
     assert_eq!(packs_total(&root), 0);
@@ -183,7 +194,7 @@ fn gc_below_threshold_keeps_the_pack_and_reports_leftover() {
         .unwrap();
     exp.delete("/small.bin").unwrap();
     let before = packs_total(&root);
-    let rep = exp.store().gc(false, 0.5).unwrap();
+    let rep = exp.store().gc(&ml_dash::GcOptions::new()).unwrap();
     assert_eq!(rep.deleted_versions, 1);
     assert_eq!(rep.packs_rewritten + rep.packs_deleted, 0);
     assert_eq!(rep.reclaimed_bytes, 0);
@@ -197,7 +208,10 @@ fn gc_below_threshold_keeps_the_pack_and_reports_leftover() {
     );
     assert!(exp.store().verify().unwrap().ok);
     // A later gc with a lower threshold reclaims the leftover exactly.
-    let rep2 = exp.store().gc(false, 0.0).unwrap();
+    let rep2 = exp
+        .store()
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert_eq!(rep2.reclaimed_bytes, rep.remaining_garbage_bytes);
     assert_eq!(before - packs_total(&root), rep.remaining_garbage_bytes);
     same_bytes(
@@ -234,8 +248,16 @@ fn gc_across_many_small_packs() {
         exp.delete(&format!("/f{i}")).unwrap();
     }
     let before = packs_total(&root);
-    let dry = exp.store().gc(true, 0.0).unwrap();
-    let rep = exp.store().gc(false, 0.0).unwrap();
+    let dry = exp
+        .store()
+        .gc(&ml_dash::GcOptions::new()
+            .dry_run(true)
+            .rewrite_threshold(0.0))
+        .unwrap();
+    let rep = exp
+        .store()
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert_eq!(dry.garbage_bytes, rep.garbage_bytes);
     assert!(rep.garbage_bytes >= 3 * 900_000);
     // Packs that held only garbage go entirely (their 32-byte headers too); the others are
@@ -292,7 +314,10 @@ fn gc_never_copies_damage_forward() {
 
     // Rewriting the pack would copy B's damaged chunk: gc must leave that pack alone (and
     // say so), not launder it.
-    let rep = exp.store().gc(false, 0.0).unwrap();
+    let rep = exp
+        .store()
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert_eq!(rep.packs_rewritten, 0, "{rep:?}");
     assert_eq!(
         pack_files(&root),

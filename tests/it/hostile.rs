@@ -691,7 +691,7 @@ fn pulled_version_numbers_at_the_i32_limit_do_not_use_up_later_uploads() {
             path: "/models".into(),
             filename: "d.bin".into(),
             up_to_version: top,
-            at: ml_dash::time::now_iso(),
+            at: ml_dash::testing::time::now_iso(),
         },
     );
     let user = t.path().join("user");

@@ -608,7 +608,9 @@ fn source_that_changes_while_read_is_refused() {
     assert!(e.to_string().contains("nothing was stored"), "{e}");
     assert_store_empty_and_healthy(exp.store());
     // Whatever chunks the refused upload wrote are garbage gc removes entirely.
-    exp.store().gc(false, 0.0).unwrap();
+    exp.store()
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert_eq!(packs_total(&root), 0);
     // And the store works normally afterwards.
     let data = random_bytes(5, 100_000);

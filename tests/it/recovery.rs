@@ -179,7 +179,9 @@ fn repair_after_removing_the_index_directory() {
 fn rebuild_after_gc_keeps_deletions_and_numbering() {
     let s = populate();
     let store = Store::open(&s.root).unwrap();
-    let rep = store.gc(false, 0.0).unwrap();
+    let rep = store
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert_eq!(rep.deleted_versions, 3);
     let before = full_listing(&store);
     assert_eq!(before.len(), 5);
@@ -187,7 +189,9 @@ fn rebuild_after_gc_keeps_deletions_and_numbering() {
     assert_eq!(full_listing(&store), before);
     check_contents(&s, &["/logs/gone.log"]);
     assert!(store.verify().unwrap().ok);
-    let g = store.gc(false, 0.0).unwrap();
+    let g = store
+        .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+        .unwrap();
     assert_eq!((g.garbage_bytes, g.reclaimed_bytes), (0, 0));
     let exp = experiment(&s.root, "proj", "exp");
     let r = exp

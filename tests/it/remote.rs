@@ -834,7 +834,9 @@ fn a_gc_between_pulls_does_not_bring_deleted_versions_back() {
 
         // A itself collects, then pulls from the remote it pushed to.
         let live_before = live_paths(&a);
-        let g = a.gc(false, 0.0).unwrap();
+        let g = a
+            .gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+            .unwrap();
         assert!(g.deleted_versions >= 2, "{g:?}");
         let p = a.pull(&remote, None).unwrap();
         assert_eq!(
@@ -849,14 +851,19 @@ fn a_gc_between_pulls_does_not_bring_deleted_versions_back() {
         let b = Store::open(t.path().join(format!("b{i}"))).unwrap();
         b.pull(&remote, None).unwrap();
         assert_eq!(live_paths(&b), live_before);
-        b.gc(false, 0.0).unwrap();
+        b.gc(&ml_dash::GcOptions::new().rewrite_threshold(0.0))
+            .unwrap();
         let p = b.pull(&remote, None).unwrap();
         assert_eq!(
             live_paths(&b),
             live_before,
             "gc'd versions came back: {p:?}"
         );
-        let g = b.gc(true, 0.0).unwrap();
+        let g = b
+            .gc(&ml_dash::GcOptions::new()
+                .dry_run(true)
+                .rewrite_threshold(0.0))
+            .unwrap();
         assert_eq!(
             g.garbage_chunks, 0,
             "the pull fetched collected chunks again: {g:?}"
