@@ -1,15 +1,9 @@
 //! Push and pull a store to S3-compatible object storage (or a directory, `file://`).
 //!
-//! Remote layout under `s3://BUCKET/PREFIX` (every name is immutable and unique, so machines
-//! pushing to one PREFIX at the same time never overwrite each other's data):
-//! ```text
-//! PREFIX/ml-dash-remote.json          {"format":"ml-dash remote","version":2}
-//! PREFIX/packs/<id>.pack              chunk records + their index + footer (rpack.rs)
-//! PREFIX/manifests/<id>.manifest      the local manifest file, verbatim (checksummed)
-//! PREFIX/events/<id>.event            the local event file, verbatim (checksummed)
-//! PREFIX/files/<ns>/<project>/<experiment>/<file id>/<filename>   push --layout files
-//! PREFIX/files/<ns>/<project>/<experiment>/<file id>.json         its record
-//! ```
+//! The remote layout (marker, packs, manifests, events, `damaged/`, `files/`) is in
+//! docs/format.md, "Remote layout". Every name is immutable and unique, so machines pushing to
+//! one PREFIX at the same time never overwrite each other's data.
+//!
 //! Push order: packs (each complete before it is visible), then manifests, then events; so a
 //! manifest on the remote implies its chunks are there. A push computes what the remote lacks
 //! (chunk ids from the pack indexes, cached locally under `cache/remote/`), so a second push of
@@ -243,7 +237,7 @@ impl Remote {
 
     /// The object key for `rel` under the prefix, spelled as given: `OPath::from` would
     /// percent-encode `%`, `#`, `~`, `[`, `?`, ... so `files/.../a%b.txt` became the key
-    /// `a%25b.txt`. Names reaching here are checked (`path.rs`, `parse_url`): no empty, `.`
+    /// `a%25b.txt`. Names reaching here are checked (`format/names.rs`, `parse_url`): no empty, `.`
     /// or `..` segments, no control characters, so `OPath::parse` accepts them.
     pub(crate) fn key(&self, rel: &str) -> OPath {
         let full = if self.prefix.is_empty() {
@@ -528,7 +522,7 @@ impl Remote {
         c.extend_from_slice(&off.to_le_bytes());
         c.extend_from_slice(&idx);
         // The cache is derived data: written atomically, not fsynced.
-        if let Ok(f) = crate::store::durable::AtomicFile::create(&cpath) {
+        if let Ok(f) = crate::store::durable::AtomicFile::create(&cpath, &Default::default()) {
             let mut f = f;
             if std::io::Write::write_all(&mut f, &c).is_ok() {
                 let _ = f.commit_no_sync();

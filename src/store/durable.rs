@@ -1,8 +1,11 @@
-//! The one way this crate makes anything durable.
+//! The one way this crate makes anything durable, and the one place a durable step can be made
+//! to fail (every helper takes the store's `Faults`, so no call site can skip the check).
 //!
 //! `write_atomic` writes a whole small file (manifest, event, format file): temp file in the same
 //! directory, fsync, rename over the final name, fsync the directory. `AtomicFile` does the same
-//! for a streamed file (a download). No other call site renames into place or fsyncs a directory.
+//! for a streamed file (a download). `fsync_dir`, `rename` and `remove_file` are the other
+//! durable steps. No other call site renames into place, removes a store file or fsyncs a
+//! directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -17,8 +20,21 @@ use crate::format::id::Id;
 use crate::store::fault::{FaultKind, Faults};
 
 /// fsync a directory so that a rename or create inside it survives a crash.
-pub fn fsync_dir(dir: &Path) -> Result<()> {
+pub fn fsync_dir(dir: &Path, faults: &Faults) -> Result<()> {
+    faults.check(FaultKind::Sync, dir)?;
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Rename `from` to `to` (the caller fsyncs the directories involved).
+pub fn rename(from: &Path, to: &Path, faults: &Faults) -> Result<()> {
+    faults.check(FaultKind::Write, to)?;
+    fs::rename(from, to).at(to)
+}
+
+/// Remove a file of the store (the caller fsyncs its directory).
+pub fn remove_file(p: &Path, faults: &Faults) -> Result<()> {
+    faults.check(FaultKind::Write, p)?;
+    fs::remove_file(p).at(p)
 }
 
 fn temp_name(dest: &Path) -> PathBuf {
@@ -32,8 +48,7 @@ fn temp_name(dest: &Path) -> PathBuf {
 /// Durably replace `dest` with `bytes`: after this returns, a crash leaves either the old
 /// content or the new, never a mix, and the new content survives.
 pub fn write_atomic(dest: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
-    let mut f = AtomicFile::create(dest)?;
-    f.faults = faults.clone();
+    let mut f = AtomicFile::create(dest, faults)?;
     faults.check(FaultKind::Write, &f.temp)?;
     f.write_all(bytes).at(dest)?;
     f.commit()
@@ -49,7 +64,8 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    pub fn create(dest: &Path) -> Result<AtomicFile> {
+    /// Start writing `dest` under a temporary name beside it.
+    pub fn create(dest: &Path, faults: &Faults) -> Result<AtomicFile> {
         let temp = temp_name(dest);
         let file = OpenOptions::new()
             .write(true)
@@ -60,7 +76,7 @@ impl AtomicFile {
             dest: dest.to_path_buf(),
             temp,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
-            faults: Faults::none(),
+            faults: faults.clone(),
         })
     }
 
@@ -86,8 +102,7 @@ impl AtomicFile {
             file.sync_all().at(&self.temp)?;
         }
         drop(file);
-        self.faults.check(FaultKind::Write, &self.dest)?;
-        fs::rename(&self.temp, &self.dest).at(&self.dest)?;
+        rename(&self.temp, &self.dest, &self.faults)?;
         if !durable {
             return Ok(());
         }
@@ -95,8 +110,7 @@ impl AtomicFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        self.faults.check(FaultKind::Sync, &dir)?;
-        fsync_dir(&dir)
+        fsync_dir(&dir, &self.faults)
     }
 }
 
@@ -247,7 +261,7 @@ mod tests {
         let dest = dir.path().join("out");
         fs::write(&dest, b"old").unwrap();
         {
-            let mut f = AtomicFile::create(&dest).unwrap();
+            let mut f = AtomicFile::create(&dest, &Faults::none()).unwrap();
             f.write_all(b"partial").unwrap();
         }
         assert_eq!(fs::read(&dest).unwrap(), b"old");

@@ -2,8 +2,9 @@
 //! hold nothing live and rewrite packs that became mostly garbage.
 //!
 //! Crash safety, step by step (each step is durable before the next starts):
-//! 1. deleted versions leave the index; then their manifests are removed (their tombstone events
-//!    stay, so a rebuild still knows them as deleted);
+//! 1. the manifests of deleted versions are removed, then those versions leave the index (their
+//!    tombstone events stay, so a rebuild still knows them as deleted; a crash in between leaves
+//!    index entries without manifests, which the next gc drops);
 //! 2. garbage chunks leave the index;
 //! 3. a pack to rewrite: live records are copied to a new pack and fsynced, the index moves to
 //!    the new locations, then the old pack file is deleted. A crash in between leaves a second,
@@ -281,12 +282,7 @@ impl Store {
             }
         }
         if !dry_run {
-            self.poison(
-                self.opts
-                    .faults
-                    .check(crate::store::fault::FaultKind::Sync, &packs_dir)
-                    .and_then(|()| fsync_dir(&packs_dir)),
-            )?;
+            self.poison(fsync_dir(&packs_dir, &self.opts.faults))?;
             if o.drop_unreferenced {
                 self.poison(crate::store::recover::write_held(self, &HashSet::new()))?;
             }
@@ -359,11 +355,8 @@ impl Store {
         let qdir = self.dir(crate::store::recover::QUARANTINE_DIR);
         std::fs::create_dir_all(&qdir).at(&qdir)?;
         let to = qdir.join(pack::pack_file_name(p.id));
-        self.opts
-            .faults
-            .check(crate::store::fault::FaultKind::Write, &to)?;
-        std::fs::rename(&p.path, &to).at(&p.path)?;
-        fsync_dir(&qdir)?;
+        crate::store::durable::rename(&p.path, &to, &self.opts.faults)?;
+        fsync_dir(&qdir, &self.opts.faults)?;
         let mut b = IndexBatch::default();
         b.remove_pack(p.id);
         if was_active {
@@ -404,10 +397,7 @@ impl Store {
                 self.remove_file(&p)?;
             }
         }
-        self.opts
-            .faults
-            .check(crate::store::fault::FaultKind::Sync, &self.dir("manifests"))?;
-        fsync_dir(&self.dir("manifests"))?;
+        fsync_dir(&self.dir("manifests"), &self.opts.faults)?;
         let mut b = IndexBatch::default();
         for r in dead {
             b.remove_version(r);
@@ -454,10 +444,7 @@ impl Store {
     }
 
     fn remove_file(&self, p: &std::path::Path) -> Result<()> {
-        self.opts
-            .faults
-            .check(crate::store::fault::FaultKind::Write, p)?;
-        std::fs::remove_file(p).at(p)
+        crate::store::durable::remove_file(p, &self.opts.faults)
     }
 }
 

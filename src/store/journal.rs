@@ -272,7 +272,7 @@ impl Store {
         let dir = self.dir("journals");
         if !dir.exists() {
             fs::create_dir_all(&dir).at(&dir)?;
-            crate::store::durable::fsync_dir(&self.root)?;
+            crate::store::durable::fsync_dir(&self.root, &self.opts.faults)?;
         }
         let path = self.journal_path(exp);
         let mut file = OpenOptions::new()
@@ -322,7 +322,7 @@ impl Store {
             .and_then(|()| file.sync_data().at(&path));
         self.poison(r)?;
         if size == 0 {
-            self.poison(crate::store::durable::fsync_dir(&dir))?;
+            self.poison(crate::store::durable::fsync_dir(&dir, &self.opts.faults))?;
         }
         c.apply(entry.clone());
         store_cache(&file, &path, size + out.len() as u64, c)?;

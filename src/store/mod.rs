@@ -1,15 +1,7 @@
 //! The store: one directory of packs, manifests, events and journals, and the sled index
 //! derived from them, opened per operation under a lock. Everything here does I/O; the bytes'
-//! layout is `format`'s.
+//! layout is `format`'s. The store directory and every file in it: docs/format.md.
 //!
-//! ```text
-//! <root>/FORMAT        {"format":2,...}: which on-disk format this is
-//! <root>/lock          flock'd for the length of each operation
-//! <root>/packs/        <pack id>.pack       chunk records (packs.rs, format::pack)
-//! <root>/manifests/    <version id>.manifest (format::manifest)
-//! <root>/events/       <event id>.event      deletes and updates (format::manifest)
-//! <root>/index/        sled, derived: rebuilt from the three above (recover.rs)
-//! ```
 //! sled admits one process at a time, so every operation takes the exclusive lock on
 //! `<root>/lock`, opens the index, does its work, flushes and closes the index, and releases the
 //! lock. A `Store` value (or an `Experiment`) holds no lock between operations, so a training run
@@ -191,7 +183,7 @@ fn create_layout(root: &Path) -> Result<()> {
     for d in ["packs", "manifests", "events", "index"] {
         fs::create_dir_all(root.join(d)).map_err(|e| bad(format!("cannot create {d}/: {e}")))?;
     }
-    durable::fsync_dir(root)?;
+    durable::fsync_dir(root, &Default::default())?;
     let body = serde_json::json!({
         "format": STORE_FORMAT,
         "kind": "ml-dash artifact store",

@@ -281,7 +281,10 @@ impl PackWriter {
         self.faults.check(FaultKind::Sync, &self.path)?;
         self.out.sync_data().at(&self.path)?;
         if self.created {
-            crate::store::durable::fsync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+            crate::store::durable::fsync_dir(
+                self.path.parent().unwrap_or(Path::new(".")),
+                &self.faults,
+            )?;
             self.created = false;
         }
         Ok(())

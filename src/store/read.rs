@@ -523,7 +523,7 @@ impl Store {
                 "is a directory",
             ));
         }
-        let mut out = AtomicFile::create(dest)?;
+        let mut out = AtomicFile::create(dest, &self.opts.faults)?;
         r.copy_to(&mut out).map_err(|e| match e {
             Error::Output(source) => Error::io(dest, source),
             other => other,

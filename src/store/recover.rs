@@ -188,11 +188,11 @@ pub(crate) fn read_held(root: &Path) -> Result<HashSet<Id>> {
 pub(crate) fn write_held(store: &Store, held: &HashSet<Id>) -> Result<()> {
     let p = store.root.join(HELD_FILE);
     if held.is_empty() {
-        return match fs::remove_file(&p) {
-            Ok(()) => crate::store::durable::fsync_dir(&store.root),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(p, e)),
-        };
+        if !p.exists() {
+            return Ok(());
+        }
+        crate::store::durable::remove_file(&p, &store.opts.faults)?;
+        return crate::store::durable::fsync_dir(&store.root, &store.opts.faults);
     }
     let mut ids: Vec<Id> = held.iter().copied().collect();
     ids.sort();
@@ -252,10 +252,10 @@ impl Store {
         };
         // Swap: the old index (or whatever is in its place) moves aside, the new one in.
         if fs::symlink_metadata(&dir).is_ok() {
-            fs::rename(&dir, self.dir("index.old")).at(&dir)?;
+            crate::store::durable::rename(&dir, &self.dir("index.old"), &self.opts.faults)?;
         }
-        fs::rename(&new_dir, &dir).at(&new_dir)?;
-        crate::store::durable::fsync_dir(&self.root)?;
+        crate::store::durable::rename(&new_dir, &dir, &self.opts.faults)?;
+        crate::store::durable::fsync_dir(&self.root, &self.opts.faults)?;
         remove_any(&self.dir("index.old"))?;
         Ok(rep)
     }
