@@ -16,16 +16,7 @@ use sha2::Digest as _;
 const MIB: usize = 1 << 20;
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
+    ml_dash::testing::random_bytes(seed, n)
 }
 
 /// fp32 weights, roughly normal: what checkpoints hold.

@@ -1,4 +1,6 @@
-//! Seed block "Basic Upload".
+//! "Basic Upload" from the ml-dash Files tutorial.
+#[path = "support/rng.rs"]
+mod rng;
 #[path = "support/mod.rs"]
 mod support;
 

@@ -1,4 +1,4 @@
-//! Measure how checkpoints of a model trained with Adam compress (issue G).
+//! Measure how checkpoints of a model trained with Adam compress.
 //!
 //! ```sh
 //! cargo run --release --example checkpoint_compression -- [PARAMS_MILLIONS] [CHECKPOINTS] [STEPS_BETWEEN]

@@ -1,4 +1,6 @@
-//! Seed block "File Metadata".
+//! "File Metadata" from the ml-dash Files tutorial.
+#[path = "support/rng.rs"]
+mod rng;
 #[path = "support/mod.rs"]
 mod support;
 

@@ -1,4 +1,6 @@
-//! Seed block "Organizing Files".
+//! "Organizing Files" from the ml-dash Files tutorial.
+#[path = "support/rng.rs"]
+mod rng;
 #[path = "support/mod.rs"]
 mod support;
 

@@ -1,5 +1,7 @@
-//! Seed block "Saving Visualizations": draws the loss curve into a real PNG (a tiny encoder
+//! "Saving Visualizations" from the ml-dash Files tutorial: draws the loss curve into a real PNG (a tiny encoder
 //! below stands in for matplotlib) and uploads it.
+#[path = "support/rng.rs"]
+mod rng;
 #[path = "support/mod.rs"]
 mod support;
 

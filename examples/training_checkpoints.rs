@@ -1,4 +1,4 @@
-//! The main job: the seed's "Training with Checkpoints", simulated in Rust.
+//! The main job: "Training with Checkpoints" of the ml-dash Files tutorial, simulated in Rust.
 //!
 //! A model with a frozen backbone (24 MiB of fp32, never changes) and a trained head (8 MiB of
 //! fp32 that drifts every epoch) trains for 100 epochs; every 10 epochs a checkpoint is saved,
@@ -11,6 +11,10 @@
 
 use std::path::Path;
 
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
+
 use ml_dash::Scope;
 use ml_dash::{Experiment, FileRecord};
 use serde_json::json;
@@ -18,21 +22,9 @@ use serde_json::json;
 const BACKBONE_FLOATS: usize = 6 << 20; // 24 MiB
 const HEAD_FLOATS: usize = 2 << 20; // 8 MiB
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Roughly normal, small weights (sum of uniforms).
-    fn weight(&mut self) -> f32 {
-        let u = (0..4)
-            .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32)
-            .sum::<f32>();
-        (u - 2.0) * 0.05
-    }
+/// Roughly normal, small weights.
+fn weight(rng: &mut Rng) -> f32 {
+    rng.normal() * (0.05 / 1.732)
 }
 
 /// Write a safetensors-like file: a JSON header, then the raw little-endian tensors.
@@ -63,9 +55,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set(&json!({"model": "resnet50", "epochs": 100}))?;
     experiment.log("Starting training")?;
 
-    let mut rng = Rng(0x5eed);
-    let backbone: Vec<f32> = (0..BACKBONE_FLOATS).map(|_| rng.weight()).collect();
-    let mut head: Vec<f32> = (0..HEAD_FLOATS).map(|_| rng.weight()).collect();
+    let mut rng = Rng::new(0x5eed);
+    let backbone: Vec<f32> = (0..BACKBONE_FLOATS).map(|_| weight(&mut rng)).collect();
+    let mut head: Vec<f32> = (0..HEAD_FLOATS).map(|_| weight(&mut rng)).collect();
     let mut best_accuracy = 0.0f64;
     let mut records: Vec<FileRecord> = Vec::new();
     let started = std::time::Instant::now();
@@ -73,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for epoch in 0..100u32 {
         // One "training step": every head weight moves a little.
         for w in head.iter_mut() {
-            *w -= 1e-3 * (*w + (rng.weight() * 0.1));
+            *w -= 1e-3 * (*w + (weight(&mut rng) * 0.1));
         }
         let val_accuracy =
             1.0 - 0.5 * (-(epoch as f64) / 30.0).exp() - 0.02 * ((epoch * 7 % 11) as f64 / 11.0);

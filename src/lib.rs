@@ -51,6 +51,8 @@ pub(crate) mod interop;
 #[cfg(feature = "remote")]
 pub(crate) mod remote;
 pub(crate) mod store;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod test_support;
 
 pub use error::{Error, Result};
 pub use experiment::{Experiment, ExperimentBuilder, FileUpload, Metric, Parameters};
@@ -100,4 +102,5 @@ pub mod testing {
     pub use crate::store::index::Index;
     pub use crate::store::packs::{self, PackWriter};
     pub use crate::store::read::read_all;
+    pub use crate::test_support::{XorShift, random_bytes};
 }

@@ -2,6 +2,10 @@
 //! like a real network (normal, scaled by 1/sqrt(fan_in)), updated by Adam from noisy
 //! gradients, saved as safetensors in fp32 or bf16. Deterministic for a seed. No I/O here.
 
+#[path = "rng.rs"]
+mod rng;
+use rng::Rng;
+
 /// A model: named 2-D weight tensors and their Adam state.
 pub struct Model {
     pub tensors: Vec<(String, usize, usize)>,
@@ -9,29 +13,15 @@ pub struct Model {
     m: Vec<f32>,
     v: Vec<f32>,
     t: u32,
-    rng: u64,
+    rng: Rng,
     /// Adam learning rate (default 1e-3; `ML_DASH_LR` overrides it in the examples).
     pub lr: f32,
-}
-
-fn next(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
-}
-
-/// Approximately standard normal (sum of 4 uniforms, rescaled): cheap and smooth enough.
-fn normal(x: &mut u64) -> f32 {
-    let r = next(x);
-    let s: u32 = (0..4).map(|i| ((r >> (16 * i)) & 0xffff) as u32).sum();
-    (s as f32 / 65535.0 - 2.0) * 1.732
 }
 
 impl Model {
     /// Layers of a width-`d` MLP stack until about `params` parameters.
     pub fn new(params: usize, d: usize, seed: u64) -> Model {
-        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut rng = Rng::new(seed);
         let mut tensors = Vec::new();
         let mut n = 0;
         let mut i = 0;
@@ -45,7 +35,7 @@ impl Model {
         for (_, rows, cols) in &tensors {
             let scale = (2.0 / *cols as f32).sqrt();
             for _ in 0..rows * cols {
-                w.push(normal(&mut rng) * scale);
+                w.push(rng.normal() * scale);
             }
         }
         Model {
@@ -68,7 +58,7 @@ impl Model {
             let bc1 = 1.0 - b1.powi(self.t as i32);
             let bc2 = 1.0 - b2.powi(self.t as i32);
             for i in 0..self.w.len() {
-                let g = 0.05 * self.w[i] + 0.02 * normal(&mut self.rng);
+                let g = 0.05 * self.w[i] + 0.02 * self.rng.normal();
                 self.m[i] = b1 * self.m[i] + (1.0 - b1) * g;
                 self.v[i] = b2 * self.v[i] + (1.0 - b2) * g * g;
                 let upd = (self.m[i] / bc1) / ((self.v[i] / bc2).sqrt() + eps);

@@ -1,26 +1,17 @@
-//! Shared by the seed examples: a scratch directory with the files the seed uploads, and the
+//! Shared by the tutorial examples: a scratch directory with the files the tutorial uploads, and the
 //! store location (`ML_DASH_ROOT` or `.ml-dash`, made absolute before changing directory).
 
 use std::path::PathBuf;
 
-/// Change into a fresh scratch directory holding small stand-ins for the seed's files;
+/// Change into a fresh scratch directory holding small stand-ins for the tutorial's files;
 /// returns the absolute store path and the guard that deletes the scratch directory.
 pub fn scratch() -> (PathBuf, tempfile::TempDir) {
     let root = std::env::var("ML_DASH_ROOT").unwrap_or_else(|_| ".ml-dash".into());
     let root = std::path::absolute(root).expect("absolute store path");
     let dir = tempfile::tempdir().expect("temp dir");
     std::env::set_current_dir(dir.path()).expect("chdir");
-    let mut x = 0x1234_5678_9abc_def1u64;
-    let mut bytes = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let mut rng = crate::rng::Rng::new(0x1234_5678);
+    let mut bytes = |n: usize| rng.bytes(n);
     for (name, size) in [
         ("model.pth", 3 << 20),
         ("best_model.pth", 3 << 20),

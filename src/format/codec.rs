@@ -448,15 +448,7 @@ mod tests {
     use super::*;
 
     fn noise(n: usize) -> Vec<u8> {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::test_support::random_bytes(0x9e37_79b9, n)
     }
 
     #[test]
@@ -482,15 +474,12 @@ mod tests {
     }
 
     fn weights(n: usize, bf16: bool) -> Vec<u8> {
-        let mut x = 0x2545F4914F6CDD1Du64;
+        let mut rng = crate::test_support::XorShift::new(0x2545_F491);
         let mut out = Vec::new();
         while out.len() < n {
             let mut u = 0f32;
             for _ in 0..4 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                u += (x >> 40) as f32 / (1u64 << 24) as f32;
+                u += rng.unit_f32();
             }
             let b = ((u - 2.0) * 0.05).to_le_bytes();
             out.extend_from_slice(if bf16 { &b[2..] } else { &b });

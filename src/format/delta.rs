@@ -285,14 +285,11 @@ mod tests {
     use super::*;
 
     fn floats(n: usize, seed: u64, jitter: f32) -> Vec<u8> {
-        let mut x = seed | 1;
+        let mut rng = crate::test_support::XorShift::new(seed);
         let mut out = Vec::with_capacity(n * 4);
         for i in 0..n {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
             let base = ((i as f32) * 0.37).sin() * 0.05;
-            let v = base + jitter * ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5);
+            let v = base + jitter * (rng.unit_f32() - 0.5);
             out.extend_from_slice(&v.to_le_bytes());
         }
         out

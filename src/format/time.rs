@@ -37,6 +37,37 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Is `s` a timestamp as ml-dash writes it: `YYYY-MM-DDTHH:MM:SS[.digits]Z` (Python's
+/// `isoformat()` plus `Z`), with every field in range? The one check used for imported
+/// records and by the tests.
+pub fn is_iso_utc(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 20 || b.last() != Some(&b'Z') {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r.clone()]
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| s[r].parse().ok())
+            .flatten()
+    };
+    let frac = &b[19..b.len() - 1];
+    let seps = b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':';
+    let frac_ok = frac.is_empty()
+        || (frac.len() > 1 && frac[0] == b'.' && frac[1..].iter().all(u8::is_ascii_digit));
+    let in_range = |r: std::ops::Range<usize>, lo: u32, hi: u32| {
+        num(r).is_some_and(|v| (lo..=hi).contains(&v))
+    };
+    seps && frac_ok
+        && num(0..4).is_some()
+        && in_range(5..7, 1, 12)
+        && in_range(8..10, 1, 31)
+        && in_range(11..13, 0, 23)
+        && in_range(14..16, 0, 59)
+        && in_range(17..19, 0, 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +82,19 @@ mod tests {
         );
         assert_eq!(format_micros(951_782_400, 1), "2000-02-29T00:00:00.000001Z");
         assert!(now_iso().ends_with('Z'));
+    }
+
+    #[test]
+    fn iso_timestamps() {
+        assert!(is_iso_utc("2026-11-27T00:16:12.655188Z"));
+        assert!(is_iso_utc("2026-11-27T00:16:12Z"));
+        assert!(is_iso_utc(&now_iso()));
+        assert!(!is_iso_utc("2026-11-27 00:16:12Z"));
+        assert!(!is_iso_utc("2026-11-27T00:16:12.Z"));
+        assert!(!is_iso_utc("2026-13-27T00:16:12Z"));
+        assert!(!is_iso_utc("2026-11-00T00:16:12Z"));
+        assert!(!is_iso_utc("2026-11-27T24:16:12Z"));
+        assert!(!is_iso_utc("2026-11-27T00:16:12.5"));
+        assert!(!is_iso_utc("yesterday"));
     }
 }

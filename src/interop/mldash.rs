@@ -357,28 +357,7 @@ pub(super) fn parse_files_metadata(text: &[u8]) -> (Vec<Value>, Option<String>) 
     (out, Some("not valid JSON, torn or corrupt".into()))
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.digits]Z`, as ml-dash writes (Python's isoformat + "Z").
-pub(super) fn is_iso(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() < 20 || b.last() != Some(&b'Z') {
-        return false;
-    }
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    let frac = &b[19..b.len() - 1];
-    digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && b[10] == b'T'
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19)
-        && (frac.is_empty()
-            || (frac.len() > 1 && frac[0] == b'.' && frac[1..].iter().all(u8::is_ascii_digit)))
-}
+pub(super) use crate::format::time::is_iso_utc as is_iso;
 
 #[cfg(test)]
 mod tests {
@@ -429,14 +408,5 @@ mod tests {
         assert!(d.is_some());
         let (r, d) = parse_files_metadata(b"");
         assert!(r.is_empty() && d.is_some());
-    }
-
-    #[test]
-    fn iso_timestamps() {
-        assert!(is_iso("2026-11-27T00:16:12.655188Z"));
-        assert!(is_iso("2026-11-27T00:16:12Z"));
-        assert!(!is_iso("2026-11-27 00:16:12Z"));
-        assert!(!is_iso("2026-11-27T00:16:12.Z"));
-        assert!(!is_iso("yesterday"));
     }
 }

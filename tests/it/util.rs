@@ -57,56 +57,7 @@ pub fn tmp() -> tempfile::TempDir {
         .expect("create temp dir")
 }
 
-/// xorshift64: a small, seedable, deterministic generator (no `rand` crate).
-pub struct XorShift(u64);
-
-impl XorShift {
-    pub fn new(seed: u64) -> Self {
-        // Spread small seeds and never start at 0 (a fixed point of xorshift).
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-        if s == 0 {
-            s = 1;
-        }
-        let mut r = XorShift(s);
-        for _ in 0..4 {
-            r.next_u64();
-        }
-        r
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform-enough integer in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0);
-        self.next_u64() % n
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for c in &mut chunks {
-            c.copy_from_slice(&self.next_u64().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        let last = self.next_u64().to_le_bytes();
-        let n = rest.len();
-        rest.copy_from_slice(&last[..n]);
-    }
-}
-
-/// `len` pseudo-random (incompressible) bytes from `seed`.
-pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    XorShift::new(seed).fill(&mut v);
-    v
-}
+pub use ml_dash::testing::{XorShift, random_bytes};
 
 /// SHA-256 as 64 lowercase hex digits.
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -283,33 +234,7 @@ pub fn json_lines(stdout: &str) -> Vec<serde_json::Map<String, serde_json::Value
         .collect()
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`.
-pub fn is_iso_utc(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() < 20 || !s.ends_with('Z') {
-        return false;
-    }
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    let shape = digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && b[10] == b'T'
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19);
-    let rest = &s[19..s.len() - 1];
-    let frac_ok = rest.is_empty()
-        || (rest.len() > 1
-            && rest.starts_with('.')
-            && rest[1..].bytes().all(|c| c.is_ascii_digit()));
-    let month: u32 = s[5..7].parse().unwrap_or(0);
-    let day: u32 = s[8..10].parse().unwrap_or(0);
-    shape && frac_ok && (1..=12).contains(&month) && (1..=31).contains(&day)
-}
+pub use ml_dash::testing::time::is_iso_utc;
 
 // ---------------------------------------------------------------------------------------------
 // On-disk inspection.
@@ -376,7 +301,7 @@ impl PackRecord {
     }
 }
 
-/// Walk a pack's complete records (format in src/pack.rs); stops at a torn tail.
+/// Walk a pack's complete records (format in docs/format.md); stops at a torn tail.
 pub fn pack_records(path: &Path) -> Vec<PackRecord> {
     let b = fs::read(path).unwrap();
     assert!(b.len() as u64 >= PACK_HEADER_LEN, "pack too short");
