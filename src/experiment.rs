@@ -1,4 +1,4 @@
-//! The user-facing API of the seed: an `Experiment` and its `file(...)` builder.
+//! The user-facing API of the ml-dash Files tutorial: an `Experiment` and its `file(...)` builder.
 //!
 //! ```no_run
 //! use ml_dash::Experiment;
@@ -76,7 +76,7 @@ pub struct Experiment {
 }
 
 impl Experiment {
-    /// Describe an experiment; finish with `.open()`. (Returns a builder, mirroring the seed's
+    /// Describe an experiment; finish with `.open()`. (Returns a builder, mirroring the ml-dash Files tutorial's
     /// `Experiment(name=, project=, local_path=)` keyword arguments.)
     #[allow(clippy::new_ret_no_self)]
     pub fn new(name: impl Into<String>, project: impl Into<String>) -> ExperimentBuilder {

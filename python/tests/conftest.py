@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SEED = Path(__file__).resolve().parent / "seed"
+TUTORIAL = Path(__file__).resolve().parent / "tutorial"
 
 
 def cli_binary():
@@ -22,7 +22,7 @@ def cli_binary():
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    """Run in a fresh directory, as a user would (the seed uses relative paths)."""
+    """Run in a fresh directory, as a user would (the ml-dash Files tutorial uses relative paths)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -42,5 +42,5 @@ def cli():
     return run
 
 
-def seed_block(name):
-    return (SEED / f"{name}.py").read_text()
+def tutorial_block(name):
+    return (TUTORIAL / f"{name}.py").read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import seed_block
+from conftest import tutorial_block
 
 import ml_dash
 
@@ -21,10 +21,10 @@ RECORD_KEYS = {
 
 
 def run_block(name, **names):
-    """Execute a seed block with `Experiment` in scope (blocks 2, 3 assume the import of
-    block 1) plus the stand-ins given."""
-    ns = {"Experiment": ml_dash.Experiment, "__name__": "__seed__", **names}
-    exec(compile(seed_block(name), f"seed/{name}.py", "exec"), ns)
+    """Execute a block of the ml-dash Files tutorial with `Experiment` in scope (blocks 2, 3
+    assume the import of block 1) plus the stand-ins given."""
+    ns = {"Experiment": ml_dash.Experiment, "__name__": "__tutorial__", **names}
+    exec(compile(tutorial_block(name), f"tutorial/{name}.py", "exec"), ns)
     return ns
 
 
@@ -60,7 +60,7 @@ def training_stand_ins():
                 train_one_epoch=train_one_epoch, validate=validate)
 
 
-def test_the_six_seed_blocks_run_unchanged_and_the_cli_lists_them(workdir, cli, capsys, monkeypatch):
+def test_the_six_tutorial_blocks_run_unchanged_and_the_cli_lists_them(workdir, cli, capsys, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     make_files(workdir)
     ns = run_block("basic_upload")

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Checkpoint series vs peers: ml-dash (this repo), restic, borg, DVC and the ml-dash 0.11 Python
 # SDK (local mode), against the `openssl dgst -sha256` floor. Prints a markdown table and writes
-# it to bench/results/compare-<date>.md.
-#   bench/compare.sh [RUNS=2]          (COMPARE_SKIP="borg dvc" leaves tools out)
+# it to scripts/bench/results/compare-<date>.md.
+#   scripts/bench/compare.sh [RUNS=2]          (COMPARE_SKIP="borg dvc" leaves tools out)
 #
 # Installs the peers itself, idempotently (skipped when already there): restic and borgbackup
 # from Debian (borg from PyPI into the venv if Debian's is missing or older than 1.2), and a
 # venv at bench/.venv with dvc, ml-dash==0.11.0 and numpy. A peer that cannot be installed is
 # reported in the table as not installed; the run goes on without it.
 #
-# Data (bench/gen_data.py, seeded): 5 checkpoints x 256 MiB = a 192 MiB frozen part (float32
+# Data (scripts/bench/gen_data.py, seeded): 5 checkpoints x 256 MiB = a 192 MiB frozen part (float32
 # weights, byte-identical in all 5) + a 64 MiB part that is new in each one; and a 1 GiB random
 # file for the SHA-256 floor. Each tool ingests the 5 files in order into one fresh store/repo.
 # Page cache warm for the sources. Before every timed step: `sync`. Per step we time the tool
@@ -17,14 +17,14 @@
 # matters for tools that do not fsync). Best of RUNS (by wall+sync), a fresh store every run.
 set -euo pipefail
 runs=${1:-2}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 repo=$PWD
-bench=$repo/bench
+bench=$repo/scripts/bench
 venv=$bench/.venv
 mkdir -p "$bench/results"
 stamp=$(date +%F)
-out_md=$bench/results/compare-$stamp.md
-log=$bench/results/compare-$stamp.log
+out_md=$scripts/bench/results/compare-$stamp.md
+log=$scripts/bench/results/compare-$stamp.log
 : > "$log"
 say() { echo "$*" >&2; echo "# $*" >> "$log"; }
 t_start=$(date +%s.%N)
@@ -102,7 +102,7 @@ git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || commit="$commi
 data=$work/data
 say "generating data in $data"
 if have_py 'import numpy'; then
-  "$vpy" "$bench/gen_data.py" "$data" "$n_ckpt" "$frozen_mib" "$delta_mib" "$floor_mib"
+  "$vpy" "$scripts/bench/gen_data.py" "$data" "$n_ckpt" "$frozen_mib" "$delta_mib" "$floor_mib"
   datakind="float32 weights N(0, 0.02) from numpy PCG64"
 else
   # fallback without numpy: AES-256-CTR keystream (incompressible bytes, not float-like)
@@ -259,7 +259,7 @@ ratio() { awk "BEGIN{if ($2 + 0 == 0) print \"-\"; else printf \"%.2fx\", $1 / $
 
 t_end=$(date +%s.%N)
 {
-  echo "\`bench/compare.sh $runs\` ($stamp, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(df -T /var/tmp | awk 'NR==2{print $2}') under /var/tmp; total script time $(awk "BEGIN{printf \"%.0f\", $t_end - $t_start}") s; 1-min load average $load_start at start, $(cut -d' ' -f1 /proc/loadavg) at end):"
+  echo "\`scripts/bench/compare.sh $runs\` ($stamp, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(df -T /var/tmp | awk 'NR==2{print $2}') under /var/tmp; total script time $(awk "BEGIN{printf \"%.0f\", $t_end - $t_start}") s; 1-min load average $load_start at start, $(cut -d' ' -f1 /proc/loadavg) at end):"
   echo
   echo "Series: $n_ckpt checkpoints x $ckpt_mib MiB = $series_mib MiB ($frozen_mib MiB frozen + $delta_mib MiB new each; $((frozen_mib + n_ckpt * delta_mib)) MiB unique), $datakind; best of $runs by wall+sync, fresh store each run. ckpt_1.bin sha256 $ckpt1_sha."
   echo

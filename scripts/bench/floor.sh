@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Ingest / re-ingest / verified download of one random file against `openssl dgst -sha256`
 # (the SHA-256 floor), page cache warm, `sync` before every timed step. Prints a markdown table.
-#   bench/floor.sh [SIZE_MIB=1024] [RUNS=3]
+#   scripts/bench/floor.sh [SIZE_MIB=1024] [RUNS=3]
 set -euo pipefail
 size_mib=${1:-1024}
 runs=${2:-3}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cargo build --release --quiet
 bin=$PWD/target/release/ml-dash
 work=$(mktemp -d /var/tmp/mldash-floor.XXXXXX)

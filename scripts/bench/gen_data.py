@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Deterministic data for bench/compare.sh (needs numpy).
+"""Deterministic data for scripts/bench/compare.sh (needs numpy).
 
     gen_data.py OUTDIR [N_CKPT=5] [FROZEN_MIB=192] [DELTA_MIB=64] [FLOOR_MIB=1024]
 

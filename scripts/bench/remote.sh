@@ -2,10 +2,10 @@
 # push / pull against the local Garage (scripts/garage.sh start): a store holding SIZE_MIB of
 # random data plus 4 more versions of it with 1 % changed (a checkpoint-like series), pushed to
 # a fresh prefix, re-pushed, and pulled into an empty root. Wall seconds, peak RSS, bucket bytes.
-#   bench/remote.sh [SIZE_MIB=1024]
+#   scripts/bench/remote.sh [SIZE_MIB=1024]
 set -euo pipefail
 size_mib=${1:-1024}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cargo build --release --quiet --bin ml-dash
 scripts/garage.sh start > /dev/null
 # shellcheck disable=SC1091

@@ -1,7 +1,7 @@
 //! Names users give: namespace, project, experiment, prefix and file name.
 //!
 //! Every name is checked here, once, before anything is written: segments may not be empty,
-//! `.` or `..`, nor contain `/`, NUL or control characters, nor be longer than 255 bytes. A prefix
+//! `.` or `..`, nor contain `/`, `\`, NUL or control characters, nor be longer than 255 bytes. A prefix
 //! is a `/`-separated list of such segments (`/` alone is the root), at most 64 of them and at
 //! most 1024 bytes in all, so every stored path fits in a directory tree on any common file
 //! system; a target given with `--to` is relative (`a/b.pth` files under the prefix) and never

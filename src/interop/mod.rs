@@ -51,7 +51,7 @@ pub use import::{ImportSummary, import};
 /// Where exported files go (see the module documentation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Layout {
-    /// `DIR/<project>/<experiment>/files/<prefix>/<filename>`: the seed's documented tree.
+    /// `DIR/<project>/<experiment>/files/<prefix>/<filename>`: the tree the ml-dash Files tutorial documents.
     #[default]
     Tree,
     /// `DIR/<namespace>/<project>/<experiment>/...`: the ml-dash 0.11 local layout.

@@ -1,8 +1,8 @@
-//! The `tree` layout: the seed's documented `project/experiment/files/<prefix>/<filename>`.
+//! The `tree` layout: the documented `project/experiment/files/<prefix>/<filename>`.
 //!
 //! The latest live version of each path, plus `.ml-dash-records.json` beside `files/`: every
 //! live version's record (the JSON of `list --json`), as one array. The namespace is not part
-//! of the path (the seed omits it), so two namespaces holding the same project/experiment are
+//! of the path (the ml-dash Files tutorial omits it), so two namespaces holding the same project/experiment are
 //! refused unless the scope names one. The records file doubles as the ledger: the latest
 //! record of each path names a file this export wrote, except a file whose name a folder
 //! takes (`/a` beside `/a/x`), which the plan leaves out.

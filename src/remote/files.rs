@@ -1,4 +1,4 @@
-//! `push --layout files`: the seed's plain layout, one object per live version and a JSON
+//! `push --layout files`: the plain layout of the ml-dash Files tutorial, one object per live version and a JSON
 //! record beside it, for tools that want plain objects instead of packs.
 
 use std::collections::HashMap;

@@ -5,7 +5,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `c` chunk id (32) | `ChunkLoc` (33 bytes) |
+//! | `c` chunk id (32) | `ChunkLoc` (33 bytes; 65 for a delta: its base id follows) |
 //! | `v` version id (16) | the version's `FileRecord` as JSON |
 //! | `p` ns `\0` project `\0` experiment `\0` path `\0` filename `\0` version (u32 BE) | version id |
 //! | `d` ns `\0` ... filename `\0` | highest version ever deleted (u32 BE), kept after gc |

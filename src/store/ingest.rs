@@ -14,7 +14,7 @@
 //! Windows come from a fixed pool of buffers (`POOL` × `WINDOW`), so memory is bounded whatever
 //! the file size and a slow stage applies back-pressure to the reader. Chunks are `Bytes` slices
 //! of those buffers (no copy); a buffer returns to the pool when its last chunk is dropped.
-//! Nothing here touches manifests or the index beyond lookups: `store.rs` commits the result.
+//! Nothing here touches manifests or the index beyond lookups: `write.rs` commits the result.
 
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read};

@@ -1,4 +1,4 @@
-//! Float checkpoints (issue G): realistic weights (a model updated by Adam, saved as
+//! Float checkpoints: realistic weights (a model updated by Adam, saved as
 //! safetensors) are stored as byte planes and come back byte-exact.
 
 use crate::adam;

@@ -1,4 +1,4 @@
-//! Delta storage of successive checkpoints (issue G): safetensors files are cut on a grid
+//! Delta storage of successive checkpoints: safetensors files are cut on a grid
 //! aligned to their tensors, and each piece is stored as a delta against the same piece of the
 //! previous checkpoint when that pays, within a bounded chain. Everything must still come back
 //! byte-exact, survive gc, verify, repair, push and pull, and never return damaged bytes.

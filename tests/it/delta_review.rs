@@ -1,9 +1,10 @@
-//! Review of the delta feature (issue G, commit 132d7c3): adversarial tests around the places
-//! where a delta's base can be missing or recorded at another depth than the delta announces
-//! (pull, push, interrupted pull, index rebuild, push healing), plus regression tests for what
-//! held up (deep chains, gc of a chain's middle, odd safetensors headers).
+//! Adversarial tests of delta storage around the places where a delta's base can be missing
+//! or recorded at another depth than the delta announces (pull, push, interrupted pull, index
+//! rebuild, push healing), plus regression tests for what held up (deep chains, gc of a
+//! chain's middle, odd safetensors headers).
 //!
-//! Tests named `defect_*` failed on 132d7c3 (fixed since); each says which invariant it guards.
+//! Tests named `defect_*` guard defects that were found and fixed; each says which invariant
+//! it guards.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,7 +77,7 @@ fn remote_packs(dir: &Path) -> Vec<PathBuf> {
 // Defects.
 
 /// A delta record names its base's depth (`depth - 1`) and the reader insists on exactly that
-/// depth (src/pack.rs `read_at_depth`), but a chunk's depth is a property of how one store
+/// depth (src/store/read.rs), but a chunk's depth is a property of how one store
 /// happened to store it, not of its content. A store that holds the base chunk at another depth
 /// (here: it uploaded checkpoint 1 itself, whole) pulls the remote's depth-2 delta of
 /// checkpoint 2 against it as a "local hit": the pulled version can never be read there.

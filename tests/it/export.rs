@@ -1,4 +1,4 @@
-//! `ml-dash export` and `ml-dash import`: the seed's tree, incremental re-exports, refusals
+//! `ml-dash export` and `ml-dash import`: the tutorial's tree, incremental re-exports, refusals
 //! (namespace clashes, symbolic links, files export did not write), the ml-dash 0.11 layout,
 //! and interop with the real ml-dash 0.11 client (a venv in `target/mldash-venv`).
 
@@ -73,7 +73,7 @@ fn jsonl(p: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The seed's "Organizing Files" example; returns (store root, path → bytes).
+/// The "Organizing Files" example of the ml-dash Files tutorial; returns (store root, path → bytes).
 fn organizing_files(base: &Path) -> (PathBuf, BTreeMap<&'static str, Vec<u8>>) {
     let root = base.join("store");
     let src = base.join("src");
@@ -134,7 +134,7 @@ fn tree_export_is_the_seeds_documented_tree() {
     assert_eq!(
         tree_files(&out),
         expected,
-        "exactly the seed's tree plus the records dotfile"
+        "exactly the tutorial's tree plus the records dotfile"
     );
     for (rel, data) in &want {
         same_bytes(fs::read(out.join(rel)).unwrap(), data, rel);

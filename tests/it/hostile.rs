@@ -1,7 +1,7 @@
 //! Hostile inputs: what a malicious remote, bit rot or a careless hand can do to a store.
 //!
 //! Remote attacks craft packs, manifests and events in a directory remote (`file://`, layout in
-//! ARCHITECTURE.md "Remote layout") next to what an honest `push` wrote; local attacks flip
+//! docs/format.md "Remote layout") next to what an honest `push` wrote; local attacks flip
 //! bytes or rename files in `<root>` before `repair` and `gc`. Every test asserts what a user
 //! sees: files read back byte-exact, exit codes, version numbers, what `list` shows, whether
 //! anything outside the store changed, and peak memory. Every command runs with a timeout.

@@ -1,4 +1,4 @@
-# Verbatim from the ml-dash Files tutorial (../shared/seed/files-tutorial.md).
+# Verbatim from the ml-dash Files tutorial.
 with Experiment(name="my-experiment", project="project",
         local_path=".ml-dash") as experiment:
     # Models

@@ -1,4 +1,4 @@
-# Verbatim from the ml-dash Files tutorial (../shared/seed/files-tutorial.md).
+# Verbatim from the ml-dash Files tutorial.
 import matplotlib.pyplot as plt
 from ml_dash import Experiment
 
