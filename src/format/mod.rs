@@ -2,7 +2,8 @@
 //! file record, a manifest, an event, a pack record and a remote pack are as bytes; how files are
 //! cut into chunks (content-defined, or on a tensor grid) and how chunks are coded (zstd, byte
 //! planes, deltas). Everything here is a pure function of its input, so it can be fuzzed and
-//! tested on its own; the byte-level layout is written down once, in docs/format.md.
+//! tested on its own. docs/format.md is the complete byte-level reference; each module here
+//! keeps only the grammar of its own bytes next to the code that parses them.
 
 pub mod chunker;
 pub mod codec;
