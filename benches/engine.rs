@@ -41,13 +41,13 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             let mut cuts = Vec::new();
             black_box(chunker.cuts(&data, true, &mut cuts))
-        })
+        });
     });
     g.bench_function("blake3_64MiB", |b| {
-        b.iter(|| black_box(blake3::hash(&data)))
+        b.iter(|| black_box(blake3::hash(&data)));
     });
     g.bench_function("sha256_64MiB", |b| {
-        b.iter(|| black_box(sha2::Sha256::digest(&data)))
+        b.iter(|| black_box(sha2::Sha256::digest(&data)));
     });
     let fl = floats(64 * MIB);
     g.bench_function("codec_auto_random_64MiB", |b| {
@@ -55,7 +55,7 @@ fn stages(c: &mut Criterion) {
             data.chunks(64 * 1024)
                 .filter(|c| codec::encode(c, Compression::Auto(1)).is_some())
                 .count()
-        })
+        });
     });
     g.bench_function("codec_auto_fp32_64MiB", |b| {
         b.iter(|| {
@@ -63,7 +63,7 @@ fn stages(c: &mut Criterion) {
                 .filter_map(|c| codec::encode(c, Compression::Auto(1)))
                 .map(|(_, v)| v.len())
                 .sum::<usize>()
-        })
+        });
     });
     let bf: Vec<u8> = fl.chunks(4).flat_map(|c| [c[2], c[3]]).collect();
     let bf = [bf.clone(), bf].concat();
@@ -73,7 +73,7 @@ fn stages(c: &mut Criterion) {
                 .filter_map(|c| codec::encode(c, Compression::Auto(1)))
                 .map(|(_, v)| v.len())
                 .sum::<usize>()
-        })
+        });
     });
     let enc: Vec<(codec::Codec, Vec<u8>, usize)> = fl
         .chunks(64 * 1024)
@@ -87,7 +87,7 @@ fn stages(c: &mut Criterion) {
             enc.iter()
                 .map(|(k, v, n)| codec::decode(*k, v, *n, &|| String::new()).unwrap().len())
                 .sum::<usize>()
-        })
+        });
     });
     g.bench_function("pack_append_64MiB", |b| {
         b.iter_with_setup(
@@ -106,7 +106,7 @@ fn stages(c: &mut Criterion) {
                 }
                 w.sync().unwrap();
             },
-        )
+        );
     });
     g.finish();
 }
@@ -128,7 +128,7 @@ fn end_to_end(c: &mut Criterion) {
                 s.put_reader(Cursor::new(&data), &key, NewVersion::default(), None)
                     .unwrap();
             },
-        )
+        );
     });
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
@@ -138,13 +138,13 @@ fn end_to_end(c: &mut Criterion) {
         b.iter(|| {
             s.put_reader(Cursor::new(&data), &key, NewVersion::default(), None)
                 .unwrap()
-        })
+        });
     });
     g.bench_function("download_verified_128MiB", |b| {
         b.iter(|| {
             let mut sink = std::io::sink();
             s.download_to(&key, Some(1), &mut sink).unwrap()
-        })
+        });
     });
     g.finish();
 

@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for epoch in 0..100u32 {
         // One "training step": every head weight moves a little.
-        for w in head.iter_mut() {
+        for w in &mut head {
             *w -= 1e-3 * (*w + (weight(&mut rng) * 0.1));
         }
         let val_accuracy =

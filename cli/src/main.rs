@@ -50,6 +50,10 @@ pub struct ScopeArgs {
     pub namespace: Option<String>,
 }
 
+#[allow(
+    clippy::doc_markdown,
+    reason = "clap prints these doc comments as --help text, where backticks would show"
+)]
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Store files as new versions (FILE `-` reads standard input; then --to is required).
@@ -245,6 +249,10 @@ pub enum Cmd {
 
 /// How to reach a remote. Credentials default to the standard AWS environment variables and
 /// are never printed.
+#[allow(
+    clippy::doc_markdown,
+    reason = "clap prints these doc comments as --help text, where backticks would show"
+)]
 #[derive(Args, Clone)]
 pub struct RemoteArgs {
     /// S3 endpoint URL, e.g. http://127.0.0.1:3900 (default: AWS_ENDPOINT_URL, else AWS).

@@ -1,5 +1,5 @@
 //! Simulated training checkpoints for compression measurements: a model's weights initialized
-//! like a real network (normal, scaled by 1/sqrt(fan_in)), updated by Adam from noisy
+//! like a real network (normal, scaled by `1/sqrt(fan_in)`), updated by Adam from noisy
 //! gradients, saved as safetensors in fp32 or bf16. Deterministic for a seed. No I/O here.
 
 #[path = "rng.rs"]

@@ -1,5 +1,5 @@
 //! `ml_dash._core`: the Python face of the ml-dash engine. The public module `ml_dash`
-//! (python/ml_dash/__init__.py) re-exports these classes and adds a file object for reads.
+//! (`python/ml_dash/__init__.py`) re-exports these classes and adds a file object for reads.
 //!
 //! Every call that touches the store or the network releases the GIL (`Python::detach`), so
 //! training threads keep running while a checkpoint is ingested. Errors become Python
@@ -58,7 +58,7 @@ fn py_err(e: Error) -> PyErr {
 /// works; anything else is a `ValueError`). The `dumps`/`loads` round trip turns the value into
 /// plain dicts, lists, str, int, float, bool and None, which are converted exactly: NaN and
 /// infinities, and integers outside 64 bits (JSON numbers here are i64, u64 or f64), are a
-/// `ValueError` rather than text serde_json would reject or silently round to a float.
+/// `ValueError` rather than text `serde_json` would reject or silently round to a float.
 fn to_json(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
     let json = py.import("json")?;
     let kw = PyDict::new(py);
@@ -178,7 +178,7 @@ impl Experiment {
 
     /// `exp`, for calls that open the store's index (sled) or run parallel work (rayon). Both
     /// start threads on first use, and a process forked after that has none of them: such a
-    /// call there would wait forever (DataLoader workers, `multiprocessing` with `fork`). It is
+    /// call there would wait forever (`DataLoader` workers, `multiprocessing` with `fork`). It is
     /// refused instead. Journal calls (log, parameters, metrics) and readers opened before the
     /// fork do not need those threads and keep working.
     fn store(&self, py: Python<'_>) -> PyResult<ml_dash::Experiment> {

@@ -203,7 +203,12 @@ fn clog2c_table() -> &'static [f64; SAMPLE_SPAN * SAMPLE_SPANS + 1] {
     static T: std::sync::OnceLock<Box<[f64; SAMPLE_SPAN * SAMPLE_SPANS + 1]>> =
         std::sync::OnceLock::new();
     T.get_or_init(|| {
-        let mut t = Box::new([0f64; SAMPLE_SPAN * SAMPLE_SPANS + 1]);
+        // Built on the heap: 32 KiB is too much for a thread's stack.
+        let mut t: Box<[f64; SAMPLE_SPAN * SAMPLE_SPANS + 1]> =
+            vec![0f64; SAMPLE_SPAN * SAMPLE_SPANS + 1]
+                .into_boxed_slice()
+                .try_into()
+                .expect("the length of the array");
         for (c, v) in t.iter_mut().enumerate().skip(1) {
             *v = c as f64 * (c as f64).log2();
         }
@@ -508,6 +513,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::float_cmp,
+        reason = "the entropy of one repeated byte is exactly 0.0 (no term is summed)"
+    )]
     fn entropy_bounds() {
         assert_eq!(sample_entropy(&[7u8; 10000]), 0.0);
         assert!(sample_entropy(&noise(1 << 20)) > 7.9);

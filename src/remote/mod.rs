@@ -96,7 +96,7 @@ pub struct Remote {
     prefix: String,
     url: String,
     pub(crate) rt: tokio::runtime::Runtime,
-    /// A `file://` directory (object_store's `LocalFileSystem` reserves some file names).
+    /// A `file://` directory (`object_store`'s `LocalFileSystem` reserves some file names).
     local: bool,
 }
 
@@ -535,7 +535,7 @@ impl Remote {
 /// A pack's index entries, or why the pack object is damaged.
 type PackIndex = std::result::Result<Vec<rpack::Entry>, String>;
 
-/// Would object_store's `LocalFileSystem` refuse `p` (a file name ending in `#<digits>`)?
+/// Would `object_store`'s `LocalFileSystem` refuse `p` (a file name ending in `#<digits>`)?
 fn local_fs_reserved(p: &OPath) -> bool {
     p.filename()
         .and_then(|f| f.split_once('#'))

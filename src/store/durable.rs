@@ -208,7 +208,7 @@ impl<'d> AtomicFileAt<'d> {
                             Err(Errno::PERM | Errno::NOSYS | Errno::OPNOTSUPP) => {
                                 match rustix::fs::statat(dir, to, AtFlags::SYMLINK_NOFOLLOW) {
                                     Err(Errno::NOENT) => {
-                                        rustix::fs::renameat(dir, from, dir, to).map_err(io)?
+                                        rustix::fs::renameat(dir, from, dir, to).map_err(io)?;
                                     }
                                     Ok(_) => return Err(io(Errno::EXIST)),
                                     Err(e) => return Err(io(e)),

@@ -232,7 +232,7 @@ impl Store {
             }
             if rewrite {
                 let moved = &live_in_pack[&p.id];
-                if let Some(why) = self.check_live_records(&p, moved)? {
+                if let Some(why) = Self::check_live_records(&p, moved)? {
                     rep.problems
                         .push(Finding::new(GcKind::LiveRecordFails, why));
                     rep.remaining_garbage_bytes += garbage_here;
@@ -244,7 +244,7 @@ impl Store {
             }
             // Everything live is elsewhere now: the pack may go if gc can account for every
             // byte of it; else it is moved aside.
-            let unaccounted = self.unaccounted(&s, &p, &live, dry_run && rewrite)?;
+            let unaccounted = Self::unaccounted(&s, &p, &live, dry_run && rewrite)?;
             if unaccounted.is_empty() {
                 if rewrite {
                     rep.packs_rewritten += 1;
@@ -292,11 +292,7 @@ impl Store {
 
     /// Check every live record of a pack about to be rewritten: `Some(why)` if one fails (it
     /// is never copied forward; the pack stays as it is and `verify` names the file).
-    fn check_live_records(
-        &self,
-        p: &PackPlan,
-        live: &[(ChunkId, ChunkLoc)],
-    ) -> Result<Option<String>> {
+    fn check_live_records(p: &PackPlan, live: &[(ChunkId, ChunkLoc)]) -> Result<Option<String>> {
         let file = File::open(&p.path).at(&p.path)?;
         for (id, loc) in live {
             let where_ = || format!("{} offset {}", p.path.display(), loc.offset);
@@ -314,7 +310,6 @@ impl Store {
     /// elsewhere (`relocated`: a dry run counts them as moved): spans inside its committed length that hold no valid record (they may have
     /// held anything), and records of chunks a live file needs that the index does not hold.
     fn unaccounted(
-        &self,
         s: &crate::store::Session<'_>,
         p: &PackPlan,
         live: &HashSet<ChunkId>,

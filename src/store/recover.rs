@@ -35,7 +35,7 @@ pub(crate) fn event_batch(ix: &Index, e: &Event) -> Result<IndexBatch> {
                     && r.deleted_at.is_none()
                 {
                     r.deleted_at = Some(at.clone());
-                    r.updated_at = at.clone();
+                    r.updated_at.clone_from(at);
                     b.put_version(&r);
                 }
             }
@@ -51,15 +51,15 @@ pub(crate) fn event_batch(ix: &Index, e: &Event) -> Result<IndexBatch> {
         } => {
             if let Some(mut r) = ix.version(*version_id)? {
                 if let Some(d) = description {
-                    r.description = d.clone();
+                    r.description.clone_from(d);
                 }
                 if let Some(t) = tags {
-                    r.tags = t.clone();
+                    r.tags.clone_from(t);
                 }
                 if let Some(m) = metadata {
                     r.metadata = m.clone();
                 }
-                r.updated_at = at.clone();
+                r.updated_at.clone_from(at);
                 b.put_version(&r);
             }
         }

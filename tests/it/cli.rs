@@ -277,7 +277,7 @@ fn populate_for_list(root: &Path, src: &Path) {
             "--prefix",
             prefix,
         ];
-        for t in tags.iter() {
+        for t in *tags {
             args.extend(["--tag", t]);
         }
         ok(&run(root, &args));

@@ -326,21 +326,17 @@ fn check_flip(root: &Path, s: &Small, f: &Flip, readers: &[usize], counts: &mut 
         f.offset,
         f.mask
     );
-    let store = match Store::open_with(root, options()) {
-        Ok(st) => st,
-        Err(_) => return Outcome::RefusedToOpen,
+    let Ok(store) = Store::open_with(root, options()) else {
+        return Outcome::RefusedToOpen;
     };
     let report = store.verify();
     let mut failed: Vec<&Live> = Vec::new();
     for &i in readers {
         let l = &s.live[i];
         counts.reads += 1;
-        let r = match store.open_file(&l.key, Some(l.version)) {
-            Ok(r) => r,
-            Err(_) => {
-                failed.push(l);
-                continue;
-            }
+        let Ok(r) = store.open_file(&l.key, Some(l.version)) else {
+            failed.push(l);
+            continue;
         };
         // The parallel download path, then the `Read` impl of the same reader.
         let via_copy = ml_dash::testing::read_all(&r).map_err(|e| e.to_string());
@@ -367,10 +363,9 @@ fn check_flip(root: &Path, s: &Small, f: &Flip, readers: &[usize], counts: &mut 
             failed.push(l);
         }
     }
-    let rep = match report {
-        Ok(rep) => rep,
-        // verify refusing to run on damaged data is a detection, if a loud one.
-        Err(_) => return Outcome::Detected,
+    // verify refusing to run on damaged data is a detection, if a loud one.
+    let Ok(rep) = report else {
+        return Outcome::Detected;
     };
     if rep.ok {
         if !failed.is_empty() {

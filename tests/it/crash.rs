@@ -551,7 +551,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
                     sha: v["sha"].as_str().unwrap_or_default().to_string(),
                     size: v["size"].as_u64().unwrap_or(u64::MAX),
                     meta: v["meta"].clone(),
-                })
+                });
             }
             ("put", "ack") => {
                 let st = model.entry(k.expect("key")).or_default();
@@ -577,7 +577,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
             ("del", "begin") => {
                 inflight = Some(InFlight::Del {
                     key: k.expect("key"),
-                })
+                });
             }
             ("del", "ack") => {
                 let st = model.entry(k.expect("key")).or_default();

@@ -411,7 +411,7 @@ fn deep_chains_decode_and_depth_changes_between_sessions_are_safe() {
     assert!(s.verify().unwrap().ok);
 }
 
-/// Hostile safetensors headers (offsets near u64::MAX, a header of exactly the limit, a
+/// Hostile safetensors headers (offsets near `u64::MAX`, a header of exactly the limit, a
 /// tensor running past the end of the file, duplicate names, empty and unknown dtypes) never
 /// panic and always read back exactly, also as a second version stored against the first.
 #[test]
