@@ -24,7 +24,7 @@ fn floats(n: usize) -> Vec<u8> {
     let raw = noise(n * 2, 99);
     raw.chunks(8)
         .flat_map(|c| {
-            let u: f32 = c.iter().map(|&b| b as f32 / 255.0).sum::<f32>() / 8.0;
+            let u: f32 = c.iter().map(|&b| f32::from(b) / 255.0).sum::<f32>() / 8.0;
             ((u - 0.5) * 0.1).to_le_bytes()
         })
         .take(n)
@@ -98,7 +98,7 @@ fn stages(c: &mut Criterion) {
                 for c in data.chunks(64 * 1024) {
                     w.append(
                         ml_dash::ChunkId::default(),
-                        c.len() as u32,
+                        u32::try_from(c.len()).expect("64 KiB"),
                         ml_dash::testing::codec::Codec::Raw,
                         c,
                     )

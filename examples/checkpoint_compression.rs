@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let params = args.first().copied().unwrap_or(16) * 1_000_000;
     let count = args.get(1).copied().unwrap_or(4);
-    let steps = args.get(2).copied().unwrap_or(100) as u32;
+    let steps = u32::try_from(args.get(2).copied().unwrap_or(100)).expect("steps fit a u32");
     let mut model = adam::Model::new(params, 1024, 7);
     if let Ok(lr) = std::env::var("ML_DASH_LR") {
         model.lr = lr.parse().expect("ML_DASH_LR is a number");
@@ -114,8 +114,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                     let d = u16::from_le_bytes([a[0], a[1]])
                                         .wrapping_sub(u16::from_le_bytes([b[0], b[1]]));
                                     // zigzag so small negative differences are small too
-                                    let z = ((d as i16) << 1) ^ ((d as i16) >> 15);
-                                    (z as u16).to_le_bytes()
+                                    let d = d.cast_signed();
+                                    ((d << 1) ^ (d >> 15)).cast_unsigned().to_le_bytes()
                                 })
                                 .collect()
                         } else {
@@ -152,7 +152,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{:>4} {pname}: {} checkpoints of {:.1} MiB, {} steps apart: stored {:.1} % of raw, ingest {:.2} GB/s ({:.2} CPU s/GB), read {:.2} GB/s; XOR delta vs previous + codec: {:.1} % of raw",
             if bf16 { "bf16" } else { "fp32" },
             ckpts.len(),
-            raw as f64 / ckpts.len() as f64 / (1 << 20) as f64,
+            raw as f64 / ckpts.len() as f64 / f64::from(1 << 20),
             steps,
             100.0 * stored as f64 / raw as f64,
             raw as f64 / secs / 1e9,

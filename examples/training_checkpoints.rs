@@ -67,9 +67,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for w in &mut head {
             *w -= 1e-3 * (*w + (weight(&mut rng) * 0.1));
         }
-        let val_accuracy =
-            1.0 - 0.5 * (-(epoch as f64) / 30.0).exp() - 0.02 * ((epoch * 7 % 11) as f64 / 11.0);
-        let train_loss = 0.5 * (-(epoch as f64) / 25.0).exp() + 0.01;
+        let val_accuracy = 1.0
+            - 0.5 * (-f64::from(epoch) / 30.0).exp()
+            - 0.02 * (f64::from(epoch * 7 % 11) / 11.0);
+        let train_loss = 0.5 * (-f64::from(epoch) / 25.0).exp() + 0.01;
 
         // Metric metrics
         experiment

@@ -44,6 +44,11 @@
 // Every public item of the API is documented; the internals `testing` exposes are not an API.
 #![cfg_attr(not(feature = "testing"), warn(missing_docs))]
 
+// Offsets and lengths are u64 on disk and usize in memory: on the 64-bit targets ml-dash
+// supports, `format::usize_from` converts them without loss. Refuse anything else.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("ml-dash supports only 64-bit targets (usize must hold every u64 offset)");
+
 pub(crate) mod error;
 pub(crate) mod experiment;
 pub(crate) mod format;
@@ -95,6 +100,7 @@ pub mod validate {
 pub mod testing {
     pub use crate::format::{
         chunker, codec, delta, digest, manifest, names, pack, record, rpack, tensors, time,
+        usize_from,
     };
     #[cfg(feature = "remote")]
     pub use crate::remote::{parse_url, part_size_for};

@@ -346,7 +346,7 @@ fn options() -> ml_dash::StoreOptions {
         o = o.pack_target(n);
     }
     if let Some(d) = var("ML_DASH_DELTA_DEPTH") {
-        o = o.delta_depth(d.min(u8::MAX as u64) as u8);
+        o = o.delta_depth(u8::try_from(d).unwrap_or(u8::MAX));
     }
     o
 }

@@ -55,8 +55,9 @@ impl Model {
         let (lr, b1, b2, eps, wd) = (self.lr, 0.9f32, 0.999f32, 1e-8f32, 0.01f32);
         for _ in 0..steps {
             self.t += 1;
-            let bc1 = 1.0 - b1.powi(self.t as i32);
-            let bc2 = 1.0 - b2.powi(self.t as i32);
+            let t = i32::try_from(self.t).expect("fewer than 2^31 steps");
+            let bc1 = 1.0 - b1.powi(t);
+            let bc2 = 1.0 - b2.powi(t);
             for i in 0..self.w.len() {
                 let g = 0.05 * self.w[i] + 0.02 * self.rng.normal();
                 self.m[i] = b1 * self.m[i] + (1.0 - b1) * g;
@@ -111,7 +112,8 @@ impl Model {
     /// archives over 4 GiB) and the directory gives local offsets in zip64 extra fields.
     pub fn torch_zip(&self, bf16: bool, zip64: bool) -> Vec<u8> {
         let st = self.safetensors(bf16);
-        let n = u64::from_le_bytes(st[..8].try_into().expect("8")) as usize;
+        let n = usize::try_from(u64::from_le_bytes(st[..8].try_into().expect("8")))
+            .expect("a header of a few KiB");
         let data = &st[8 + n..];
         let width = if bf16 { 2 } else { 4 };
         let mut entries: Vec<(String, &[u8])> = Vec::new();
@@ -128,6 +130,10 @@ impl Model {
             off += len;
         }
         entries.push(("archive/version".into(), b"3\n"));
+        // The 16- and 32-bit fields of a zip without zip64 (a real torch.save switches to
+        // zip64 past 4 GiB; these sizes have no zip64 field here).
+        let u16_field = |n: usize| u16::try_from(n).expect("a name or count under 64 Ki");
+        let u32_field = |n: usize| u32::try_from(n).expect("an entry or offset under 4 GiB");
         let mut out = Vec::new();
         let mut central = Vec::new();
         for (name, body) in &entries {
@@ -138,15 +144,15 @@ impl Model {
                 out.extend_from_slice(sig);
                 out.extend_from_slice(&[45, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
                 out.extend_from_slice(&crc.to_le_bytes());
-                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                out.extend_from_slice(&u32_field(body.len()).to_le_bytes());
+                out.extend_from_slice(&u32_field(body.len()).to_le_bytes());
+                out.extend_from_slice(&u16_field(name.len()).to_le_bytes());
             };
             head(&mut out, b"PK\x03\x04");
-            out.extend_from_slice(&((4 + pad) as u16).to_le_bytes());
+            out.extend_from_slice(&u16_field(4 + pad).to_le_bytes());
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"FB");
-            out.extend_from_slice(&(pad as u16).to_le_bytes());
+            out.extend_from_slice(&u16_field(pad).to_le_bytes());
             out.resize(out.len() + pad, b'Z');
             out.extend_from_slice(body);
             // Central directory record ("made by" is one more field before the local part).
@@ -157,7 +163,7 @@ impl Model {
             central.extend_from_slice(&(if zip64 { 12u16 } else { 0 }).to_le_bytes());
             central.extend_from_slice(&[0; 8]); // comment len, disk, internal, external attrs
             central.extend_from_slice(&[0; 2]);
-            let local_field = if zip64 { u32::MAX } else { at as u32 };
+            let local_field = if zip64 { u32::MAX } else { u32_field(at) };
             central.extend_from_slice(&local_field.to_le_bytes());
             central.extend_from_slice(name.as_bytes());
             if zip64 {
@@ -185,10 +191,10 @@ impl Model {
             );
         } else {
             out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
-            out.extend_from_slice(&(count as u16).to_le_bytes());
-            out.extend_from_slice(&(count as u16).to_le_bytes());
-            out.extend_from_slice(&(central.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(cd_at as u32).to_le_bytes());
+            out.extend_from_slice(&u16_field(count).to_le_bytes());
+            out.extend_from_slice(&u16_field(count).to_le_bytes());
+            out.extend_from_slice(&u32_field(central.len()).to_le_bytes());
+            out.extend_from_slice(&u32_field(cd_at).to_le_bytes());
             out.extend_from_slice(&[0, 0]);
         }
         out
@@ -199,7 +205,7 @@ impl Model {
 fn crc32(data: &[u8]) -> u32 {
     let mut c = !0u32;
     for &b in data {
-        c ^= b as u32;
+        c ^= u32::from(b);
         for _ in 0..8 {
             c = if c & 1 != 0 {
                 (c >> 1) ^ 0xEDB8_8320

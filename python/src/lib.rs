@@ -685,15 +685,15 @@ impl Reader {
     fn read<'py>(&self, py: Python<'py>, n: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
         let data = self.with(py, |r| {
             let left = r.len().saturating_sub(r.stream_position()?);
-            let n = match n {
-                Some(n) if n >= 0 => left.min(n as u64),
-                _ => left,
-            };
+            // None or negative: all the rest.
+            let n = n
+                .and_then(|n| u64::try_from(n).ok())
+                .map_or(left, |n| left.min(n));
             let mut buf = match buffer(n) {
                 Ok(b) => b,
                 Err(e) => return Ok(Err(e)),
             };
-            buf.resize(n as usize, 0); // fits: `buffer` reserved it
+            buf.resize(usize::try_from(n).expect("fits: `buffer` reserved it"), 0);
             let mut got = 0;
             while got < buf.len() {
                 match r.read(&mut buf[got..])? {

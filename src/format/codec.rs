@@ -84,29 +84,28 @@ const SAMPLE_SPANS: usize = 4;
 /// Order-0 entropy in bits per byte of up to 4 KiB sampled evenly from `data`.
 pub fn sample_entropy(data: &[u8]) -> f64 {
     let mut hist = [0u32; 256];
-    let mut n = 0u32;
     if data.len() <= SAMPLE_SPAN * SAMPLE_SPANS {
         for &b in data {
             hist[b as usize] += 1;
         }
-        n = data.len() as u32;
     } else {
         let stride = data.len() / SAMPLE_SPANS;
         for i in 0..SAMPLE_SPANS {
             for &b in &data[i * stride..i * stride + SAMPLE_SPAN] {
                 hist[b as usize] += 1;
             }
-            n += SAMPLE_SPAN as u32;
         }
     }
+    // The bytes sampled: at most 4 KiB.
+    let n: u32 = hist.iter().sum();
     if n == 0 {
         return 0.0;
     }
-    let n = n as f64;
+    let n = f64::from(n);
     hist.iter()
         .filter(|&&c| c > 0)
         .map(|&c| {
-            let p = c as f64 / n;
+            let p = f64::from(c) / n;
             -p * p.log2()
         })
         .sum()
@@ -179,7 +178,7 @@ fn sample_stats(data: &[u8]) -> ([f64; 4], f64) {
         // H = log2 n - (1/n) sum c log2 c, with c log2 c from a table (counts <= 4096).
         let t = clog2c_table();
         let s: f64 = h.iter().map(|&c| t[c as usize]).sum();
-        (n as f64).log2() - s / n as f64
+        f64::from(n).log2() - s / f64::from(n)
     };
     let mut all = [0u32; 256];
     for h in &hist {
@@ -289,8 +288,11 @@ pub fn encode(data: &[u8], policy: Compression) -> Option<(Codec, Vec<u8>)> {
 
 fn encode_planes(data: &[u8], width: usize, hs: &[f64], level: i32) -> Option<(Codec, Vec<u8>)> {
     let n = data.len() / width;
+    // Plane lengths are u32 fields: a chunk with longer planes is not plane-coded (it cannot
+    // happen: chunks are at most 16 MiB).
+    let n32 = u32::try_from(n).ok()?;
     let mut out = Vec::with_capacity(data.len() + 2 + 4 * width);
-    out.push(width as u8);
+    out.push(u8::try_from(width).expect("a plane width is 2 or 4"));
     out.push(0); // mask, set below
     let mut mask = 0u8;
     let planes = split_planes(data, width);
@@ -304,11 +306,12 @@ fn encode_planes(data: &[u8], width: usize, hs: &[f64], level: i32) -> Option<(C
         match packed {
             Some(c) => {
                 mask |= 1 << k;
-                out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                let len = u32::try_from(c.len()).expect("at most n, a u32 (filtered above)");
+                out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(&c);
             }
             None => {
-                out.extend_from_slice(&(n as u32).to_le_bytes());
+                out.extend_from_slice(&n32.to_le_bytes());
                 out.extend_from_slice(plane);
             }
         }

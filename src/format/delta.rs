@@ -131,8 +131,8 @@ pub fn parse_header(stored: &[u8]) -> std::result::Result<(Header, &[u8]), &'sta
 
 #[cfg(test)]
 fn zigzag16(d: u16) -> u16 {
-    let d = d as i16;
-    ((d << 1) ^ (d >> 15)) as u16
+    let d = d.cast_signed();
+    ((d << 1) ^ (d >> 15)).cast_unsigned()
 }
 
 #[cfg(test)]
@@ -142,8 +142,8 @@ fn unzigzag16(z: u16) -> u16 {
 
 #[cfg(test)]
 fn zigzag32(d: u32) -> u32 {
-    let d = d as i32;
-    ((d << 1) ^ (d >> 31)) as u32
+    let d = d.cast_signed();
+    ((d << 1) ^ (d >> 31)).cast_unsigned()
 }
 
 #[cfg(test)]
@@ -359,7 +359,9 @@ mod tests {
             .enumerate()
             .flat_map(|(i, c)| {
                 let v = u32::from_le_bytes(c.try_into().unwrap());
-                v.wrapping_add((i % 7) as u32).wrapping_sub(3).to_le_bytes()
+                v.wrapping_add(u32::try_from(i % 7).expect("below 7"))
+                    .wrapping_sub(3)
+                    .to_le_bytes()
             })
             .collect();
         let base_id = ChunkId::of(&old);

@@ -34,6 +34,10 @@ fn random_u64() -> u64 {
 impl Id {
     /// A new id, greater than every id this process made before.
     pub fn generate() -> Id {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "milliseconds since 1970 fit a u64 until the year 584 million"
+        )]
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

@@ -165,7 +165,7 @@ impl Manifest {
                 format!("unsupported manifest format {}", m.format),
             ));
         }
-        let sum: u64 = m.chunks.iter().map(|(_, l)| *l as u64).sum();
+        let sum: u64 = m.chunks.iter().map(|(_, l)| u64::from(*l)).sum();
         if sum != m.record.size_bytes {
             return Err(Error::corrupt(
                 what.to_string(),

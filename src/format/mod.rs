@@ -18,3 +18,14 @@ pub mod record;
 pub mod rpack;
 pub mod tensors;
 pub mod time;
+
+/// `n` (an offset or length, u64 on disk) as a `usize`, without loss: ml-dash builds only for
+/// 64-bit targets (see `src/lib.rs`). A value too large for memory still fails where it is
+/// allocated or sliced, not silently here.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "usize is 64 bits wide: src/lib.rs refuses to build for other targets"
+)]
+pub const fn usize_from(n: u64) -> usize {
+    n as usize
+}

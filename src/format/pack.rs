@@ -16,6 +16,7 @@ use crate::format::chunker::MAX_CHUNK_LIMIT;
 use crate::format::codec::{self, Codec};
 use crate::format::digest::{ChunkId, Digest};
 use crate::format::id::Id;
+use crate::format::usize_from;
 
 pub const PACK_MAGIC: &[u8; 8] = b"MLDPACK\0";
 pub const PACK_FORMAT: u32 = 1;
@@ -24,6 +25,18 @@ pub const RECORD_MAGIC: &[u8; 4] = b"CHNK";
 pub const RECORD_HEADER_LEN: usize = 52;
 /// Stored bytes may exceed raw bytes by zstd's worst-case overhead; anything larger is corrupt.
 pub(crate) const MAX_STORED: usize = MAX_CHUNK_LIMIT + MAX_CHUNK_LIMIT / 64 + 1024;
+
+/// `bytes.len()` as a record's `raw_len` or `stored_len` field. Chunks are cut at most
+/// `MAX_CHUNK_LIMIT` (16 MiB) long, so this fails only on a bug, and then as an error instead of
+/// a truncated length on disk.
+pub(crate) fn len_field(bytes: &[u8]) -> Result<u32> {
+    u32::try_from(bytes.len()).map_err(|_| {
+        Error::Internal(format!(
+            "a chunk of {} bytes does not fit a pack record",
+            bytes.len()
+        ))
+    })
+}
 
 /// Where a chunk lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +88,7 @@ impl ChunkLoc {
 
     /// Bytes this chunk takes in its pack, header included.
     pub fn record_len(&self) -> u64 {
-        RECORD_HEADER_LEN as u64 + self.stored_len as u64
+        RECORD_HEADER_LEN as u64 + u64::from(self.stored_len)
     }
 }
 
@@ -147,8 +160,8 @@ pub fn decode_record_header(b: &[u8]) -> std::result::Result<RecordHeader, &'sta
     })
 }
 
-pub(crate) fn encode_pack_header(id: Id) -> [u8; PACK_HEADER_LEN as usize] {
-    let mut b = [0u8; PACK_HEADER_LEN as usize];
+pub(crate) fn encode_pack_header(id: Id) -> [u8; usize_from(PACK_HEADER_LEN)] {
+    let mut b = [0u8; usize_from(PACK_HEADER_LEN)];
     b[..8].copy_from_slice(PACK_MAGIC);
     b[8..12].copy_from_slice(&PACK_FORMAT.to_le_bytes());
     b[16..32].copy_from_slice(&id.0);
@@ -156,7 +169,7 @@ pub(crate) fn encode_pack_header(id: Id) -> [u8; PACK_HEADER_LEN as usize] {
 }
 
 pub(crate) fn check_pack_header(b: &[u8], expect: Id) -> std::result::Result<(), String> {
-    if b.len() < PACK_HEADER_LEN as usize || &b[..8] != PACK_MAGIC {
+    if b.len() < usize_from(PACK_HEADER_LEN) || &b[..8] != PACK_MAGIC {
         return Err("bad pack magic".into());
     }
     let format = u32::from_le_bytes(b[8..12].try_into().expect("4"));

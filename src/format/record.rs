@@ -224,6 +224,10 @@ fn check_pulled_version(v: u32) -> crate::Result<()> {
 /// An id made by another machine must not lie far in the future (ids are time-ordered and
 /// every later id of this store is made after it): a day of clock skew is allowed.
 fn check_foreign_id(what: &'static str, id: Id) -> crate::Result<()> {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "milliseconds since 1970 fit a u64 until the year 584 million"
+    )]
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

@@ -17,6 +17,7 @@
 use crate::format::codec::Codec;
 use crate::format::digest::{ChunkId, Digest};
 use crate::format::id::Id;
+use crate::format::usize_from;
 
 pub const INDEX_MAGIC: &[u8; 8] = b"MLDRIDX1";
 pub const FOOTER_MAGIC: &[u8; 8] = b"MLDREND\0";
@@ -42,15 +43,16 @@ pub struct Entry {
 
 impl Entry {
     pub fn record_len(&self) -> u64 {
-        crate::format::pack::RECORD_HEADER_LEN as u64 + self.stored_len as u64
+        crate::format::pack::RECORD_HEADER_LEN as u64 + u64::from(self.stored_len)
     }
 }
 
-/// The index block for `entries`.
+/// The index block for `entries`, fewer than 2^32 of them (the push checks before uploading).
 pub fn encode_index(entries: &[Entry]) -> Vec<u8> {
+    let count = u32::try_from(entries.len()).expect("a remote pack has fewer than 2^32 records");
     let mut b = Vec::with_capacity(12 + entries.len() * ENTRY_LEN);
     b.extend_from_slice(INDEX_MAGIC);
-    b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    b.extend_from_slice(&count.to_le_bytes());
     for e in entries {
         b.extend_from_slice(e.id.as_bytes());
         b.extend_from_slice(&e.offset.to_le_bytes());
@@ -65,8 +67,8 @@ pub fn encode_index(entries: &[Entry]) -> Vec<u8> {
 }
 
 /// The footer that follows an index block written at `index_offset`.
-pub fn encode_footer(index_offset: u64, index: &[u8]) -> [u8; FOOTER_LEN as usize] {
-    let mut f = [0u8; FOOTER_LEN as usize];
+pub fn encode_footer(index_offset: u64, index: &[u8]) -> [u8; usize_from(FOOTER_LEN)] {
+    let mut f = [0u8; usize_from(FOOTER_LEN)];
     f[..8].copy_from_slice(&index_offset.to_le_bytes());
     f[8..40].copy_from_slice(blake3::hash(index).as_bytes());
     f[40..].copy_from_slice(FOOTER_MAGIC);
@@ -75,7 +77,7 @@ pub fn encode_footer(index_offset: u64, index: &[u8]) -> [u8; FOOTER_LEN as usiz
 
 /// Parse a footer: `(index_offset, index_len, index checksum)`. `object_len` is the object size.
 pub fn decode_footer(f: &[u8], object_len: u64) -> Result<(u64, u64, [u8; 32]), String> {
-    if f.len() != FOOTER_LEN as usize || &f[40..] != FOOTER_MAGIC {
+    if f.len() != usize_from(FOOTER_LEN) || &f[40..] != FOOTER_MAGIC {
         return Err("no remote pack footer".into());
     }
     let off = u64::from_le_bytes(f[..8].try_into().expect("8"));
@@ -159,7 +161,7 @@ mod tests {
         (0..5u32)
             .map(|i| Entry {
                 id: ChunkId::of(&i.to_le_bytes()),
-                offset: 32 + i as u64 * 152,
+                offset: 32 + u64::from(i) * 152,
                 stored_len: 100,
                 raw_len: 200,
                 codec: if i == 3 { Codec::Delta } else { Codec::Zstd },

@@ -22,6 +22,8 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 
+use crate::format::usize_from;
+
 /// One tensor: absolute byte range in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tensor {
@@ -73,7 +75,7 @@ impl Layout {
         if !(2..=MAX_HEADER).contains(&n) {
             return None;
         }
-        let header = prefix.get(8..8 + n as usize)?;
+        let header = prefix.get(8..8 + usize_from(n))?;
         if header.first() != Some(&b'{') {
             return None;
         }
@@ -125,15 +127,16 @@ impl Layout {
             r.read_exact(&mut b).ok()?;
             Some(b)
         };
-        let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as u64;
+        let u16_at = |b: &[u8], i: usize| u64::from(u16::from_le_bytes([b[i], b[i + 1]]));
         let u32_at =
-            |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as u64;
+            |b: &[u8], i: usize| u64::from(u32::from_le_bytes(b[i..i + 4].try_into().unwrap()));
         let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
         // End of central directory: the last "PK\5\6" whose comment reaches exactly the end.
         let tail_len = len.min(22 + 0xffff) as usize;
         let tail = read_at(len - tail_len as u64, tail_len)?;
         let eocd = (0..=tail_len.checked_sub(22)?).rev().find(|&i| {
-            tail[i..i + 4] == *b"PK\x05\x06" && i + 22 + u16_at(&tail, i + 20) as usize == tail_len
+            tail[i..i + 4] == *b"PK\x05\x06"
+                && i + 22 + usize_from(u16_at(&tail, i + 20)) == tail_len
         })?;
         let e = &tail[eocd..];
         let eocd_at = len - (tail_len - eocd) as u64;
@@ -153,7 +156,7 @@ impl Layout {
         if cd_size > 256 << 20 || count > cd_size / 46 || cd_at.checked_add(cd_size)? > len {
             return None;
         }
-        let cd = read_at(cd_at, cd_size as usize)?;
+        let cd = read_at(cd_at, usize_from(cd_size))?;
         let mut tensors = Vec::new();
         let mut p = 0usize;
         for _ in 0..count {
@@ -164,9 +167,9 @@ impl Layout {
             let (method, flags) = (u16_at(h, 10), u16_at(h, 8));
             let (mut csize, mut usize_) = (u32_at(h, 20), u32_at(h, 24));
             let (n, x, c) = (
-                u16_at(h, 28) as usize,
-                u16_at(h, 30) as usize,
-                u16_at(h, 32) as usize,
+                usize_from(u16_at(h, 28)),
+                usize_from(u16_at(h, 30)),
+                usize_from(u16_at(h, 32)),
             );
             let mut local = u32_at(h, 42);
             let name = std::str::from_utf8(cd.get(p + 46..p + 46 + n)?)
@@ -176,7 +179,7 @@ impl Layout {
             p += 46 + n + x + c;
             // zip64 extended information: the fields that overflowed, in this order.
             while extra.len() >= 4 {
-                let (id, size) = (u16_at(extra, 0), u16_at(extra, 2) as usize);
+                let (id, size) = (u16_at(extra, 0), usize_from(u16_at(extra, 2)));
                 let body = extra.get(4..4 + size)?;
                 if id == 1 {
                     let mut f = body.chunks_exact(8).map(|b| u64_at(b, 0));
@@ -289,7 +292,7 @@ impl Grid {
         while used < window.len() {
             let pos = at + used as u64;
             let (cut, place) = self.next(pos);
-            let len = (cut - pos) as usize;
+            let len = usize_from(cut - pos);
             if used + len > window.len() {
                 if !eof {
                     break;
@@ -347,7 +350,7 @@ mod tests {
         let h = r#"{"a":{"dtype":"F32","data_offsets":[0,1000]},"b":{"dtype":"F32","data_offsets":[1000,1250]},"__metadata__":{"step":"100"}}"#;
         let f = file(h, 1250 + 77);
         let grid = Grid::new(Layout::safetensors(&f).unwrap(), 300);
-        let ds = grid.layout().data_start as usize;
+        let ds = usize_from(grid.layout().data_start);
         // Whole file at once.
         let mut all = Vec::new();
         assert_eq!(grid.cuts(0, &f, true, &mut all), f.len());

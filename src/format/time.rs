@@ -7,7 +7,12 @@ pub fn now_iso() -> String {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    format_micros(d.as_secs() as i64, d.subsec_micros())
+    #[allow(
+        clippy::cast_possible_wrap,
+        reason = "seconds since 1970 fit an i64 for the next 292 billion years"
+    )]
+    let secs = d.as_secs() as i64;
+    format_micros(secs, d.subsec_micros())
 }
 
 /// Format seconds since the epoch plus microseconds.
@@ -32,8 +37,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let y = yoe + era * 400;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    // doy is in 0..=365 and mp in 0..=11 (doe is a rem_euclid), for any input.
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).expect("a day of the month, 1..=31");
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).expect("a month, 1..=12");
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 

@@ -343,7 +343,12 @@ fn is_file(st: &Stat) -> bool {
 
 /// What identifies one state of a file: a rewrite in place changes the times, a replacement
 /// the inode.
-#[allow(clippy::unnecessary_cast)] // the field types differ between architectures
+#[allow(
+    clippy::unnecessary_cast,
+    trivial_numeric_casts,
+    clippy::cast_possible_wrap,
+    reason = "the field types differ between architectures; nanoseconds are below 10^9"
+)]
 fn stamp(st: &Stat) -> (u64, u64, i64, i64, i64, i64, i64) {
     (
         st.st_dev as u64,
@@ -439,7 +444,7 @@ pub(crate) fn check_dest(
             dest.display()
         )));
     }
-    let sizes_match = |e: &Entry| e.size == st.st_size as u64;
+    let sizes_match = |e: &Entry| u64::try_from(st.st_size) == Ok(e.size);
     if !sizes_match(&want) && !ours.as_ref().is_some_and(sizes_match) {
         return Ok(foreign(&dest));
     }
@@ -497,7 +502,7 @@ pub(crate) fn write_doc(exp: &Dir, rel: &[String], bytes: &[u8], owned: bool) ->
                 dest.display()
             )));
         }
-        if st.st_size as u64 == bytes.len() as u64 {
+        if u64::try_from(st.st_size) == Ok(bytes.len() as u64) {
             let Some(mut f) = dir.open_same(name, st)? else {
                 return Ok(changed(&dest));
             };
@@ -533,7 +538,7 @@ pub(crate) fn remove_ours(exp: &Dir, rel: &[String], entry: Entry) -> Result<boo
     let Some(st) = dir.stat(name)? else {
         return Ok(false);
     };
-    if !is_file(&st) || st.st_size as u64 != entry.size {
+    if !is_file(&st) || u64::try_from(st.st_size) != Ok(entry.size) {
         return Ok(false);
     }
     let Some(mut f) = dir.open_same(name, &st)? else {

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::format::digest::ChunkId;
 use crate::format::id::Id;
 use crate::format::rpack;
+use crate::format::usize_from;
 use crate::store::findings::{Finding, PullKind};
 
 pub use files::FilesReport;
@@ -490,7 +491,7 @@ impl Remote {
         if tail.len() as u64 != tail_len {
             return Ok(Err("short read of its tail".into()));
         }
-        let footer = &tail[tail.len() - rpack::FOOTER_LEN as usize..];
+        let footer = &tail[tail.len() - usize_from(rpack::FOOTER_LEN)..];
         let (off, len, check) = match rpack::decode_footer(footer, size) {
             Ok(f) => f,
             Err(r) => return Ok(Err(r)),
@@ -503,8 +504,8 @@ impl Remote {
             )));
         }
         let idx = if len + rpack::FOOTER_LEN <= tail_len {
-            let start = (tail_len - rpack::FOOTER_LEN - len) as usize;
-            tail.slice(start..start + len as usize)
+            let start = usize_from(tail_len - rpack::FOOTER_LEN - len);
+            tail.slice(start..start + usize_from(len))
         } else {
             self.os
                 .get_range(&key, off..off + len)

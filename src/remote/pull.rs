@@ -26,6 +26,7 @@ use crate::format::manifest::{self, Event, Manifest};
 use crate::format::names::FileKey;
 use crate::format::pack;
 use crate::format::rpack;
+use crate::format::usize_from;
 use crate::store::durable;
 use crate::store::findings::{Finding, PullKind};
 use crate::store::index::IndexBatch;
@@ -607,8 +608,8 @@ fn fetch_round(
                 .entries
                 .par_iter()
                 .map(|e| {
-                    let at = (e.offset - f.range.start) as usize;
-                    check_record(e, &b[at..at + e.record_len() as usize])
+                    let at = usize_from(e.offset - f.range.start);
+                    check_record(e, &b[at..at + usize_from(e.record_len())])
                 })
                 .collect();
             for (e, data) in f.entries.iter().zip(checked) {

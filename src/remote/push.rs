@@ -168,7 +168,7 @@ impl<'a> ObjectWriter<'a> {
             Ok(ObjectWriter::Whole {
                 remote,
                 key,
-                buf: Vec::with_capacity(total as usize),
+                buf: Vec::with_capacity(crate::format::usize_from(total)),
                 overwrite,
             })
         } else {
@@ -377,6 +377,17 @@ impl Store {
         chunks: &[(ChunkId, ChunkLoc)],
         progress: Option<&AtomicU64>,
     ) -> Result<u64> {
+        // The index block counts records in a u32: a pack target of hundreds of GB of small
+        // records could overflow it. Refuse rather than write a wrong count.
+        if u32::try_from(chunks.len()).is_err() {
+            return Err(Error::remote(
+                remote.url(),
+                format!(
+                    "{} records are too many for one remote pack; lower the pack target",
+                    chunks.len()
+                ),
+            ));
+        }
         let id = Id::generate();
         let key = remote.key(&format!("packs/{}", rpack::object_name(id)));
         let records: u64 = chunks.iter().map(|c| c.1.record_len()).sum();

@@ -420,7 +420,7 @@ impl Store {
         let mut sorted = live.to_vec();
         sorted.sort_by_key(|(_, l)| l.offset);
         for (id, loc) in &sorted {
-            let mut buf = vec![0u8; loc.record_len() as usize];
+            let mut buf = vec![0u8; crate::format::usize_from(loc.record_len())];
             std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, loc.offset).at(&old_path)?;
             // Never copy damage forward: decode and check before writing the copy.
             let where_ = || format!("{} offset {}", old_path.display(), loc.offset);
@@ -445,7 +445,7 @@ impl Store {
 
 /// Is the 32-byte header of the pack at `path` valid and does it name `id`?
 fn pack_header_ok(path: &std::path::Path, id: Id) -> bool {
-    let mut h = [0u8; pack::PACK_HEADER_LEN as usize];
+    let mut h = [0u8; crate::format::usize_from(pack::PACK_HEADER_LEN)];
     File::open(path)
         .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut h, 0))
         .is_ok()

@@ -34,7 +34,7 @@ use crate::format::chunker::Chunker;
 use crate::format::codec::{self, Codec, Compression};
 use crate::format::digest::{ChunkId, Digest, Sha256};
 use crate::format::id::Id;
-use crate::format::pack::{ChunkLoc, RECORD_HEADER_LEN};
+use crate::format::pack::{ChunkLoc, RECORD_HEADER_LEN, len_field};
 use crate::format::tensors::{Grid, Layout};
 use crate::store::index::{Index, IndexBatch};
 use crate::store::packs::PackWriter;
@@ -362,7 +362,7 @@ fn process(
     if let Some(loc) = index.chunk(&id)?
         && cfg.pack_files.holds(index, &loc, &id, &chunk)
     {
-        return Ok(Processed::Known(id, chunk.len() as u32));
+        return Ok(Processed::Known(id, len_field(&chunk)?));
     }
     let packed = hint
         .and_then(|h| encode_delta(&chunk, &h, cfg))
@@ -422,7 +422,7 @@ fn write_chunks(
                     match p? {
                         Processed::Known(id, len) => out.chunks.push((id, len)),
                         Processed::New { id, raw, packed } => {
-                            out.chunks.push((id, raw.len() as u32));
+                            out.chunks.push((id, len_field(&raw)?));
                             if !seen.insert(id) {
                                 continue;
                             }
@@ -455,7 +455,7 @@ fn write_chunks(
                                 },
                             };
                             let w = writer.insert(w);
-                            let loc = w.append(id, raw.len() as u32, codec, stored)?;
+                            let loc = w.append(id, len_field(&raw)?, codec, stored)?;
                             out.new_bytes += loc.record_len();
                             locs.push((id, loc));
                         }

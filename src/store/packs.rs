@@ -19,8 +19,9 @@ use crate::format::id::Id;
 use crate::format::pack::{
     ChunkLoc, PACK_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RecordHeader, check_pack_header,
     check_stored, decode_and_verify, decode_record_header, encode_pack_header,
-    encode_record_header, pack_file_name,
+    encode_record_header, len_field, pack_file_name,
 };
+use crate::format::usize_from;
 use crate::store::fault::{FaultKind, Faults};
 
 /// Where the base of a delta chunk is: its location and its open pack.
@@ -135,7 +136,7 @@ fn read_record_unverified(
     id: &ChunkId,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; loc.record_len() as usize];
+    let mut buf = vec![0u8; usize_from(loc.record_len())];
     file.read_exact_at(&mut buf, loc.offset)
         .map_err(|e| Error::corrupt(location(), format!("cannot read chunk {id}: {e}")))?;
     let h = decode_record_header(&buf)
@@ -235,7 +236,7 @@ impl PackWriter {
         let h = RecordHeader {
             codec,
             raw_len,
-            stored_len: stored.len() as u32,
+            stored_len: len_field(stored)?,
             id,
         };
         let base = match codec {
@@ -353,12 +354,12 @@ impl Window<'_> {
     fn get(&mut self, off: u64, n: usize) -> Result<&[u8]> {
         let have = off >= self.start && off + n as u64 <= self.start + self.buf.len() as u64;
         if !have {
-            let want = (n.max(self.read_ahead) as u64).min(self.len - off) as usize;
+            let want = usize_from((n.max(self.read_ahead) as u64).min(self.len - off));
             self.buf.resize(want, 0);
             self.file.read_exact_at(&mut self.buf, off).at(self.path)?;
             self.start = off;
         }
-        let at = (off - self.start) as usize;
+        let at = usize_from(off - self.start);
         Ok(&self.buf[at..at + n])
     }
 
@@ -369,7 +370,7 @@ impl Window<'_> {
     fn resync(&mut self, from: u64) -> Result<Option<u64>> {
         let mut at = from;
         while at + RECORD_HEADER_LEN as u64 <= self.len {
-            let n = ((self.len - at) as usize).min(Self::SIZE);
+            let n = usize_from(self.len - at).min(Self::SIZE);
             let block = self.get(at, n)?;
             let found = block
                 .windows(RECORD_MAGIC.len())
@@ -384,7 +385,7 @@ impl Window<'_> {
                 let mut hb = [0u8; RECORD_HEADER_LEN];
                 hb.copy_from_slice(self.get(cand, RECORD_HEADER_LEN)?);
                 if let Ok(h) = decode_record_header(&hb)
-                    && cand + RECORD_HEADER_LEN as u64 + h.stored_len as u64 <= self.len
+                    && cand + RECORD_HEADER_LEN as u64 + u64::from(h.stored_len) <= self.len
                 {
                     return Ok(Some(cand));
                 }
@@ -425,7 +426,7 @@ pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Re
         buf: Vec::new(),
         read_ahead: if verify { Window::SIZE } else { 4096 },
     };
-    if let Err(reason) = check_pack_header(w.get(0, PACK_HEADER_LEN as usize)?, id) {
+    if let Err(reason) = check_pack_header(w.get(0, usize_from(PACK_HEADER_LEN))?, id) {
         rep.header = Some(reason);
     }
     let mut offset = PACK_HEADER_LEN;
@@ -453,7 +454,7 @@ pub fn scan(path: &Path, id: Id, verify: bool, mut f: impl FnMut(Scanned)) -> Re
                 }
             }
         };
-        let end = offset + RECORD_HEADER_LEN as u64 + header.stored_len as u64;
+        let end = offset + RECORD_HEADER_LEN as u64 + u64::from(header.stored_len);
         if end > len {
             // A valid header whose data runs past the end: an append a crash interrupted,
             // unless a valid record starts after it (its length is damaged: a header checksum
@@ -514,11 +515,11 @@ mod tests {
         let a = b"hello chunk".to_vec();
         let b = vec![3u8; 5000];
         let la = w
-            .append(ChunkId::of(&a), a.len() as u32, Codec::Raw, &a)
+            .append(ChunkId::of(&a), len_field(&a).unwrap(), Codec::Raw, &a)
             .unwrap();
         let (_, cb) = codec::encode(&b, codec::Compression::Always(1)).unwrap();
         let lb = w
-            .append(ChunkId::of(&b), b.len() as u32, Codec::Zstd, &cb)
+            .append(ChunkId::of(&b), len_field(&b).unwrap(), Codec::Zstd, &cb)
             .unwrap();
         w.sync().unwrap();
         let path = dir.path().join(pack_file_name(w.id));

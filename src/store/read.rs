@@ -314,7 +314,7 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
         }
         located.add(&s.index, &loc, &|| rec.key().display())?;
         chunks.push(ChunkRef { id, loc, start });
-        start += len as u64;
+        start += u64::from(len);
     }
     Ok(FileReader {
         record: rec,
@@ -391,11 +391,11 @@ impl FileReader {
                 while start < self.chunks.len() {
                     // Chunks up to BATCH_BYTES of raw bytes, at least one.
                     let mut end = start + 1;
-                    let mut bytes = self.chunks[start].loc.raw_len as u64;
+                    let mut bytes = u64::from(self.chunks[start].loc.raw_len);
                     while end < self.chunks.len()
-                        && bytes + self.chunks[end].loc.raw_len as u64 <= BATCH_BYTES
+                        && bytes + u64::from(self.chunks[end].loc.raw_len) <= BATCH_BYTES
                     {
-                        bytes += self.chunks[end].loc.raw_len as u64;
+                        bytes += u64::from(self.chunks[end].loc.raw_len);
                         end += 1;
                     }
                     let held = BUDGET.take(bytes);
@@ -456,7 +456,7 @@ impl Read for FileReader {
             self.cache = Some((i, data));
         }
         let (_, data) = self.cache.as_ref().expect("filled above");
-        let off = (self.pos - self.chunks[i].start) as usize;
+        let off = crate::format::usize_from(self.pos - self.chunks[i].start);
         let n = buf.len().min(data.len() - off);
         buf[..n].copy_from_slice(&data[off..off + n]);
         if self.whole.as_ref().is_some_and(|w| w.upto != self.pos) {
@@ -547,7 +547,7 @@ impl Store {
 
 /// Read a whole version into memory (for tests and small files).
 pub fn read_all(r: &FileReader) -> Result<Vec<u8>> {
-    let mut v = Vec::with_capacity(r.len() as usize);
+    let mut v = Vec::with_capacity(crate::format::usize_from(r.len()));
     r.copy_to(&mut v)?;
     Ok(v)
 }

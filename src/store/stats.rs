@@ -58,7 +58,7 @@ impl Store {
             let m = crate::store::read::load_manifest(&s, &r)?;
             for (id, len) in m.chunks {
                 if seen.insert(id) {
-                    st.unique_bytes += len as u64;
+                    st.unique_bytes += u64::from(len);
                     if let Some(loc) = s.index.chunk(&id)? {
                         st.stored_bytes += loc.record_len();
                     }

@@ -149,7 +149,7 @@ fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
     r.read_exact(&mut first).ok()?;
     let n = u64::from_le_bytes(first[..8].try_into().ok()?);
     let layout = if n <= crate::format::tensors::MAX_HEADER && n < r.len() {
-        first.resize(8 + n as usize, 0);
+        first.resize(8 + crate::format::usize_from(n), 0);
         r.read_exact(&mut first[8..]).ok()?;
         crate::format::tensors::Layout::safetensors(&first)
     } else {

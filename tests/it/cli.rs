@@ -909,7 +909,7 @@ fn concurrent_processes_upload_to_one_store() {
     for p in 0..3u64 {
         let mut files = Vec::new();
         for i in 0..4u64 {
-            let data = random_bytes(p * 100 + i, 50_000 + (i as usize) * 1000);
+            let data = random_bytes(p * 100 + i, 50_000 + usize_from(i) * 1000);
             let name = format!("proc{p}-file{i}.bin");
             files.push(write_file(&src, &name, &data));
             expected.push((format!("/par/{name}"), data));

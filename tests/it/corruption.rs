@@ -233,7 +233,7 @@ impl Readers {
             let recs = pack_records(&p)
                 .into_iter()
                 .map(|r| {
-                    let id: [u8; 32] = b[r.offset as usize + 16..r.offset as usize + 48]
+                    let id: [u8; 32] = b[usize_from(r.offset) + 16..usize_from(r.offset) + 48]
                         .try_into()
                         .unwrap();
                     let users = (0..s.live.len())

@@ -103,11 +103,18 @@ fn key_from_json(v: &Value) -> Result<FileKey, String> {
     Ok(key(&s("exp")?, &s("prefix")?, &s("name")?))
 }
 
+/// A version number in a line of a child's journal (0 when absent).
+fn version_in(v: &Value) -> u32 {
+    u32::try_from(v.as_u64().unwrap_or(0)).expect("a version number fits a u32")
+}
+
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
-        .as_micros() as u64
+        .as_micros()
+        .try_into()
+        .expect("microseconds since 1970 fit a u64 until the year 586 thousand")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -131,7 +138,7 @@ impl Journal {
 /// Data every child knows: uploading it again is an exact repeat (dedup across iterations).
 fn base_data(k: u64) -> Vec<u8> {
     const LENS: [usize; 6] = [0, 1, 5_000, 700_000, 1_600_000, 3 * MIB - 7];
-    random_bytes(7_000 + k, LENS[k as usize % 6])
+    random_bytes(7_000 + k, LENS[usize_from(k % 6)])
 }
 
 /// Training-log-like text: compressible, so its chunks are stored with zstd.
@@ -162,10 +169,10 @@ struct Worker {
 impl Worker {
     fn size(&mut self) -> usize {
         match self.rng.below(10) {
-            0 => self.rng.below(64) as usize,
-            1..=3 => self.rng.below(64 * 1024) as usize,
-            4..=6 => self.rng.below(MIB as u64) as usize,
-            _ => self.rng.below(3 * MIB as u64) as usize,
+            0 => usize_from(self.rng.below(64)),
+            1..=3 => usize_from(self.rng.below(64 * 1024)),
+            4..=6 => usize_from(self.rng.below(MIB as u64)),
+            _ => usize_from(self.rng.below(3 * MIB as u64)),
         }
     }
 
@@ -184,12 +191,12 @@ impl Worker {
                 } else {
                     self.last.clone()
                 };
-                let at = self.rng.below(d.len() as u64 + 1) as usize;
+                let at = usize_from(self.rng.below(d.len() as u64 + 1));
                 if self.rng.below(2) == 0 || d.is_empty() {
-                    let n = 1 + self.rng.below(200) as usize;
+                    let n = 1 + usize_from(self.rng.below(200));
                     d.splice(at..at, random_bytes(self.rng.next_u64(), n));
                 } else {
-                    let end = (at + 1 + self.rng.below(200) as usize).min(d.len());
+                    let end = (at + 1 + usize_from(self.rng.below(200))).min(d.len());
                     d.drain(at..end);
                 }
                 (d, "shifted")
@@ -201,7 +208,7 @@ impl Worker {
             _ => {
                 // Part of known data followed by the previous upload.
                 let a = base_data(3 + self.rng.below(3));
-                let cut = self.rng.below(a.len() as u64) as usize;
+                let cut = usize_from(self.rng.below(a.len() as u64));
                 let mut d = a[..cut].to_vec();
                 d.extend_from_slice(&self.last);
                 (d, "spliced")
@@ -313,7 +320,7 @@ impl Worker {
 
     /// Mostly new data (the `upload` mode, whose kills aim at uploads that write a lot).
     fn fresh_data(&mut self) -> (Vec<u8>, &'static str) {
-        let n = 256 * 1024 + self.rng.below(3 * MIB as u64 - 256 * 1024) as usize;
+        let n = 256 * 1024 + usize_from(self.rng.below(3 * MIB as u64 - 256 * 1024));
         match self.rng.below(4) {
             0 => (text_data(&mut self.rng, n), "text"),
             _ => (random_bytes(self.rng.next_u64(), n), "new"),
@@ -348,7 +355,7 @@ impl Worker {
         let mut keys = Vec::new();
         for _ in 0..n {
             let k = key("e2", "/gc", &format!("g{:02}.bin", self.rng.below(40)));
-            let len = 1 + self.rng.below(48 * 1024) as usize;
+            let len = 1 + usize_from(self.rng.below(48 * 1024));
             let data = if self.rng.below(3) == 0 {
                 base_data(3)[..len].to_vec()
             } else {
@@ -555,7 +562,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
             }
             ("put", "ack") => {
                 let st = model.entry(k.expect("key")).or_default();
-                let version = v["version"].as_u64().unwrap_or(0) as u32;
+                let version = version_in(&v["version"]);
                 if version != st.next_version() {
                     return Err(at(format!(
                         "acknowledged upload got version {version}, the model expects {} \
@@ -581,7 +588,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
             }
             ("del", "ack") => {
                 let st = model.entry(k.expect("key")).or_default();
-                let up_to = v["upTo"].as_u64().unwrap_or(0) as u32;
+                let up_to = version_in(&v["upTo"]);
                 if Some(up_to) != st.latest_live() {
                     return Err(at(format!(
                         "delete hid up to version {up_to}, the model's latest live version is {:?}",
@@ -607,7 +614,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
             }
             ("upd", "begin") => {
                 let key = k.expect("key");
-                let version = v["version"].as_u64().unwrap_or(0) as u32;
+                let version = version_in(&v["version"]);
                 let latest = model.get(&key).and_then(PathState::latest_live);
                 if latest != Some(version) {
                     return Err(at(format!(
@@ -624,7 +631,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
                 });
             }
             ("upd", "ack") => {
-                let version = v["version"].as_u64().unwrap_or(0) as u32;
+                let version = version_in(&v["version"]);
                 let st = model.entry(k.expect("key")).or_default();
                 let ver = st
                     .versions
@@ -1209,7 +1216,7 @@ fn crash_loop(name: &str, iters: usize, rebuild: bool) -> Stats {
             }
             "upload" => {
                 // Kill at a random point of the 1st, 2nd or 3rd upload of the child.
-                let k = 1 + rng.below(3) as usize;
+                let k = 1 + usize_from(rng.below(3));
                 wait_for_begin(&journal, &mut child, "put", k);
                 rng.below(p90(&put_times, 30_000) + 1)
             }
@@ -1289,7 +1296,7 @@ fn crash_loop(name: &str, iters: usize, rebuild: bool) -> Stats {
                 }
                 st.deleted_up_to = top;
             }
-            let data = random_bytes(seed, 1000 + rng.below(256 * 1024) as usize);
+            let data = random_bytes(seed, 1000 + usize_from(rng.below(256 * 1024)));
             let rec = store
                 .put_reader(&data[..], &k, NewVersion::default(), None)
                 .map_err(|e| format!("upload after recovery failed: {e}"))?;

@@ -171,7 +171,7 @@ fn compressible_data_is_compressed_and_round_trips() {
     let mut rng = XorShift::new(3);
     let mut text = Vec::new();
     while text.len() < 2 * MIB {
-        text.extend_from_slice(words[rng.below(words.len() as u64) as usize].as_bytes());
+        text.extend_from_slice(words[usize_from(rng.below(words.len() as u64))].as_bytes());
     }
     let zeros = vec![0u8; MIB + 5];
     let rt = exp

@@ -68,6 +68,10 @@ fn two_checkpoints() -> (tempfile::TempDir, Store, Vec<Vec<u8>>) {
 }
 
 #[test]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "in an assertion: version numbers of 3 checkpoints"
+)]
 fn successive_checkpoints_store_as_deltas_and_read_back_exactly() {
     let t = tmp();
     let s = Store::open(t.path()).unwrap();
@@ -239,7 +243,7 @@ fn frozen_and_reserialized_tensors_still_dedup() {
     let a = m.safetensors(false);
     put(&s, "a.safetensors", &a);
     // The same tensors behind a longer header (new metadata): only the header is new.
-    let header_len = u64::from_le_bytes(a[..8].try_into().unwrap()) as usize;
+    let header_len = usize_from(u64::from_le_bytes(a[..8].try_into().unwrap()));
     let header = std::str::from_utf8(&a[8..8 + header_len]).unwrap();
     let longer = header.replacen(
         "\"__metadata__\":{",

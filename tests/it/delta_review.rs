@@ -42,7 +42,7 @@ fn remote_entries(path: &Path) -> Vec<RemoteEntry> {
     let b = std::fs::read(path).unwrap();
     let foot = &b[b.len() - 48..];
     assert_eq!(&foot[40..], b"MLDREND\0");
-    let off = u64::from_le_bytes(foot[..8].try_into().unwrap()) as usize;
+    let off = usize_from(u64::from_le_bytes(foot[..8].try_into().unwrap()));
     let idx = &b[off..b.len() - 48];
     assert_eq!(&idx[..8], b"MLDRIDX1");
     let n = u32::from_le_bytes(idx[8..12].try_into().unwrap()) as usize;
@@ -184,7 +184,7 @@ fn defect_upload_after_failed_pull_references_a_delta_whose_base_never_arrived()
         }
     }
     let (p, be) = victim.expect("a base stored after its delta");
-    flip_byte(&p, be.offset + 52 + be.stored_len as u64 / 2);
+    flip_byte(&p, be.offset + 52 + u64::from(be.stored_len) / 2);
 
     let e_root = t.path().join("e");
     let e = Store::open(&e_root).unwrap();
@@ -377,6 +377,10 @@ fn gc_keeps_a_whole_chain_under_its_last_delta_through_rewrites() {
 /// a store reopened with a smaller depth starts whole pieces again (no read-side assumption on
 /// the writer's depth).
 #[test]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "in an assertion: version numbers of a few checkpoints"
+)]
 fn deep_chains_decode_and_depth_changes_between_sessions_are_safe() {
     let t = tmp();
     let ck = checkpoints(6, 50);
@@ -396,7 +400,7 @@ fn deep_chains_decode_and_depth_changes_between_sessions_are_safe() {
         let b = std::fs::read(&p).unwrap();
         for r in pack_records(&p) {
             if r.codec == DELTA {
-                max_depth = max_depth.max(b[r.data_start() as usize + 32]);
+                max_depth = max_depth.max(b[usize_from(r.data_start()) + 32]);
             }
         }
     }
@@ -415,6 +419,10 @@ fn deep_chains_decode_and_depth_changes_between_sessions_are_safe() {
 /// tensor running past the end of the file, duplicate names, empty and unknown dtypes) never
 /// panic and always read back exactly, also as a second version stored against the first.
 #[test]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "in an assertion: version numbers of a few files"
+)]
 fn hostile_safetensors_headers_round_trip_as_versions() {
     let t = tmp();
     let s = Store::open(t.path()).unwrap();

@@ -412,7 +412,7 @@ fn mldash_layout_has_the_clients_keys_and_formats() {
         .unwrap();
     for e in 0..3 {
         exp.metric("train_loss")
-            .append(&json!({"value": 1.0 / (e + 1) as f64, "epoch": e}))
+            .append(&json!({"value": 1.0 / f64::from(e + 1), "epoch": e}))
             .unwrap();
     }
     let out = dir.path().join("dash");
@@ -690,7 +690,7 @@ fn real_client_reads_an_mldash_export() {
         .unwrap();
     for e in 0..4 {
         exp.metric("train_loss")
-            .append(&json!({"value": 0.1 + 1.0 / (e + 1) as f64, "epoch": e}))
+            .append(&json!({"value": 0.1 + 1.0 / f64::from(e + 1), "epoch": e}))
             .unwrap();
     }
     let out = dir.path().join("dash");

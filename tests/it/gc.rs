@@ -223,6 +223,10 @@ fn gc_below_threshold_keeps_the_pack_and_reports_leftover() {
 }
 
 #[test]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "in an assertion: a count of test packs"
+)]
 fn gc_across_many_small_packs() {
     let dir = tmp();
     let root = dir.path().join("store");

@@ -266,7 +266,7 @@ impl Rec {
         let h = RecordHeader {
             codec,
             raw_len,
-            stored_len: stored.len() as u32,
+            stored_len: u32::try_from(stored.len()).expect("a test record is small"),
             id,
         };
         let mut b = pack::encode_record_header(&h).to_vec();
@@ -309,7 +309,8 @@ fn delta_rec(claimed: ChunkId, base: ChunkId, depth: u8, inner: &[u8]) -> Rec {
     stored.extend_from_slice(&[depth, 0 /* XOR */, Codec::Raw as u8, 0]);
     stored.extend_from_slice(&blake3::hash(inner).as_bytes()[..16]);
     stored.extend_from_slice(inner);
-    Rec::new(Codec::Delta, inner.len() as u32, claimed, &stored)
+    let raw_len = u32::try_from(inner.len()).expect("a test chunk is small");
+    Rec::new(Codec::Delta, raw_len, claimed, &stored)
 }
 
 fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
@@ -322,7 +323,7 @@ fn local_recs(root: &Path) -> Vec<Rec> {
     for p in pack_files(root) {
         let b = fs::read(&p).unwrap();
         for r in pack_records(&p) {
-            out.push(Rec(b[r.offset as usize..r.end() as usize].to_vec()));
+            out.push(Rec(b[usize_from(r.offset)..usize_from(r.end())].to_vec()));
         }
     }
     out
@@ -386,9 +387,9 @@ fn put_remote_pack(remote: &Path, recs: &[Rec]) -> (PathBuf, Vec<u64>) {
 /// The index entries of a remote pack object.
 fn remote_pack_entries(p: &Path) -> Vec<rpack::Entry> {
     let b = fs::read(p).unwrap();
-    let f = &b[b.len() - rpack::FOOTER_LEN as usize..];
+    let f = &b[b.len() - usize_from(rpack::FOOTER_LEN)..];
     let (off, len, check) = rpack::decode_footer(f, b.len() as u64).unwrap();
-    rpack::decode_index(&b[off as usize..(off + len) as usize], &check, off).unwrap()
+    rpack::decode_index(&b[usize_from(off)..usize_from(off + len)], &check, off).unwrap()
 }
 
 fn remote_packs(remote: &Path) -> Vec<PathBuf> {
@@ -868,7 +869,7 @@ fn small_files(root: &Path, n: u64) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {
             let full = format!("/f/{i}.bin");
-            let data = random_bytes(50 + i, 2000 + i as usize * 100);
+            let data = random_bytes(50 + i, 2000 + usize_from(i) * 100);
             put(root, "e", &full, &data);
             (full, data)
         })
@@ -950,7 +951,7 @@ fn a_record_header_with_a_wrong_length_loses_only_that_record_through_repair_and
         assert_eq!(packs.len(), 1);
         let recs = pack_records(&packs[0]);
         assert_eq!(recs.len(), 6);
-        let at = recs[1].offset as usize;
+        let at = usize_from(recs[1].offset);
         let mut b = fs::read(&packs[0]).unwrap();
         let mut h = pack::decode_record_header(&b[at..]).unwrap();
         assert_eq!(h.codec, Codec::Raw, "random bytes are stored raw");
@@ -1118,13 +1119,15 @@ fn a_rotten_inner_checksum_of_a_delta_record_loses_nothing_through_repair_and_gc
     // Stored bytes: base [32], depth, transform, inner codec, 0, inner checksum [16], inner.
     flip_byte(&pack, rec.data_start() + 40);
     for (i, ck) in cks.iter().enumerate() {
-        let (o, got) = download(&root, "e", full, Some(i as u32 + 1));
+        let v = u32::try_from(i + 1).expect("a few versions");
+        let (o, got) = download(&root, "e", full, Some(v));
         let got = got.unwrap_or_else(|| panic!("v{} before the repair: {}", i + 1, o.stderr));
         same_bytes(got, ck, &format!("v{} before the repair", i + 1));
     }
     let (r, g) = repair_then_gc(&root);
     for (i, ck) in cks.iter().enumerate() {
-        let (o, got) = download(&root, "e", full, Some(i as u32 + 1));
+        let v = u32::try_from(i + 1).expect("a few versions");
+        let (o, got) = download(&root, "e", full, Some(v));
         assert!(
             got.as_deref() == Some(&ck[..]),
             "v{} read back before, lost after repair (exit {}: {}) and gc (exit {}: {}): {}",
@@ -1365,13 +1368,14 @@ fn download_and_export_of_huge_chunks_stay_under_600_mb() {
     let mut chunks = Vec::with_capacity(N);
     let mut sha = sha2::Sha256::new();
     let mut raw = vec![0u8; CHUNK];
+    let raw_len = u32::try_from(CHUNK).expect("16 MiB");
     for i in 0..N {
         raw[..16].copy_from_slice(&(i as u128 + 0x1234_5678).to_le_bytes());
         let id = ChunkId::of(&raw);
         sha.update(&raw);
         let stored = zstd::bulk::compress(&raw, 1).unwrap();
-        recs.push(Rec::new(Codec::Zstd, CHUNK as u32, id, &stored));
-        chunks.push((id, CHUNK as u32));
+        recs.push(Rec::new(Codec::Zstd, raw_len, id, &stored));
+        chunks.push((id, raw_len));
     }
     put_remote_pack(&remote, &recs);
     let mut rec = record("e", "/big.bin", 1, b"");
@@ -1439,7 +1443,7 @@ fn a_garbage_index_is_rebuilt_by_the_next_list() {
             if p.is_dir() {
                 todo.push(p);
             } else {
-                let len = fs::metadata(&p).unwrap().len().max(64) as usize;
+                let len = usize_from(fs::metadata(&p).unwrap().len().max(64));
                 seed += 1;
                 fs::write(&p, random_bytes(seed, len)).unwrap();
             }

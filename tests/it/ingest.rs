@@ -134,7 +134,7 @@ fn versions_number_1_2_3_per_path() {
     let exp = experiment(&root, "p", "e");
     let mut expected = Vec::new();
     for v in 1..=3u32 {
-        let data = random_bytes(v as u64, 1000 + v as usize);
+        let data = random_bytes(u64::from(v), 1000 + v as usize);
         let src = write_file(dir.path(), "model.pth", &data);
         let rec = exp.file(&src).prefix("/models").save().unwrap();
         check_record(&rec, &data, "/models", "model.pth", v);
@@ -171,7 +171,7 @@ fn versions_number_1_2_3_per_path() {
     );
 
     for (i, data) in expected.iter().enumerate() {
-        let v = i as u32 + 1;
+        let v = u32::try_from(i + 1).expect("a few versions");
         same_bytes(
             read_via_reader(&exp, "/models/model.pth", Some(v)),
             &data,
@@ -214,6 +214,10 @@ fn put_reader_stores_a_stream() {
 }
 
 #[test]
+#[allow(
+    clippy::cast_possible_wrap,
+    reason = "in an assertion: a test file of a few MB"
+)]
 fn seek_and_read_match_the_source() {
     let dir = tmp();
     let root = dir.path().join("store");
@@ -260,8 +264,8 @@ fn seek_and_read_match_the_source() {
     // Random offsets and lengths.
     let mut rng = XorShift::new(9);
     for _ in 0..200 {
-        let start = rng.below(data.len() as u64) as usize;
-        let len = 1 + rng.below(200_000) as usize;
+        let start = usize_from(rng.below(data.len() as u64));
+        let len = 1 + usize_from(rng.below(200_000));
         check(&mut r, start, len);
     }
     // Relative seeks.
@@ -471,7 +475,7 @@ fn two_threads_with_their_own_store_handles() {
                     .open()
                     .unwrap();
                 for i in 0..20u64 {
-                    let data = random_bytes(t * 1000 + i, 2000 + (i as usize) * 37);
+                    let data = random_bytes(t * 1000 + i, 2000 + usize_from(i) * 37);
                     let src = write_file(srcdir, &format!("t{t}/f{i}.bin"), &data);
                     let rec = exp
                         .file(&src)
@@ -488,7 +492,7 @@ fn two_threads_with_their_own_store_handles() {
     assert_eq!(all.len(), 40);
     for t in 0..2u64 {
         for i in 0..20u64 {
-            let data = random_bytes(t * 1000 + i, 2000 + (i as usize) * 37);
+            let data = random_bytes(t * 1000 + i, 2000 + usize_from(i) * 37);
             same_bytes(
                 read_via_reader(&exp, &format!("/t{t}/f{i}.bin"), None),
                 &data,

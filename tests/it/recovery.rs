@@ -257,7 +257,7 @@ fn corrupt_index_is_repaired() {
     // An index that exists but will not open is refused with a pointer to `repair`,
     // which rebuilds it.
     let db = ix.join("db");
-    let len = std::fs::metadata(&db).unwrap().len() as usize;
+    let len = usize_from(std::fs::metadata(&db).unwrap().len());
     std::fs::write(&db, vec![0xA5u8; len.max(4096)]).unwrap();
     let listed = store.list(&Default::default());
     if let Err(e) = &listed {
@@ -314,8 +314,8 @@ fn crash_leftovers_are_harmless() {
     let pack = pack_files(&s.root).into_iter().last().unwrap();
     let records = pack_records(&pack);
     let last = *records.last().unwrap();
-    let head =
-        std::fs::read(&pack).unwrap()[last.offset as usize..last.offset as usize + 40].to_vec();
+    let head = std::fs::read(&pack).unwrap()[usize_from(last.offset)..usize_from(last.offset) + 40]
+        .to_vec();
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&pack)

@@ -702,7 +702,7 @@ fn a_pull_killed_at_any_point_leaves_a_store_that_verifies_and_a_rerun_completes
         }
         // Many manifests: the commit phase takes long enough to be killed inside.
         for k in 0..80u64 {
-            let body = format!("small file {k}\n").repeat(1 + k as usize % 7);
+            let body = format!("small file {k}\n").repeat(1 + usize_from(k % 7));
             put(
                 &a,
                 "small",

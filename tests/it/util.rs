@@ -57,7 +57,7 @@ pub fn tmp() -> tempfile::TempDir {
         .expect("create temp dir")
 }
 
-pub use ml_dash::testing::{XorShift, random_bytes};
+pub use ml_dash::testing::{XorShift, random_bytes, usize_from};
 
 /// SHA-256 as 64 lowercase hex digits.
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -307,20 +307,20 @@ pub fn pack_records(path: &Path) -> Vec<PackRecord> {
     assert!(b.len() as u64 >= PACK_HEADER_LEN, "pack too short");
     assert_eq!(&b[..8], b"MLDPACK\0", "pack magic");
     let mut out = Vec::new();
-    let mut off = PACK_HEADER_LEN as usize;
-    while off + RECORD_HEADER_LEN as usize <= b.len() {
-        let h = &b[off..off + RECORD_HEADER_LEN as usize];
+    let mut off = usize_from(PACK_HEADER_LEN);
+    while off + usize_from(RECORD_HEADER_LEN) <= b.len() {
+        let h = &b[off..off + usize_from(RECORD_HEADER_LEN)];
         assert_eq!(&h[..4], b"CHNK", "record magic at {off}");
-        let stored = u32::from_le_bytes(h[12..16].try_into().unwrap()) as u64;
+        let stored = u64::from(u32::from_le_bytes(h[12..16].try_into().unwrap()));
         let rec = PackRecord {
             offset: off as u64,
             stored_len: stored,
             codec: h[4],
         };
-        if rec.end() as usize > b.len() {
+        if usize_from(rec.end()) > b.len() {
             break;
         }
-        off = rec.end() as usize;
+        off = usize_from(rec.end());
         out.push(rec);
     }
     out
@@ -329,7 +329,7 @@ pub fn pack_records(path: &Path) -> Vec<PackRecord> {
 /// XOR one byte of a file in place.
 pub fn flip_byte(path: &Path, offset: u64) {
     let mut b = fs::read(path).unwrap();
-    b[offset as usize] ^= 0x5a;
+    b[usize_from(offset)] ^= 0x5a;
     fs::write(path, b).unwrap();
 }
 

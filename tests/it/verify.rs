@@ -55,6 +55,10 @@ fn two_files(
 }
 
 #[test]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "in an assertion: an offset in a test file of a few MB"
+)]
 fn flipped_chunk_byte_is_found_and_never_read_back() {
     let dir = tmp();
     let root = dir.path().join("store");
