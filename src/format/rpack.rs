@@ -23,6 +23,12 @@ pub const INDEX_MAGIC: &[u8; 8] = b"MLDRIDX1";
 pub const FOOTER_MAGIC: &[u8; 8] = b"MLDREND\0";
 pub const FOOTER_LEN: u64 = 48;
 pub const ENTRY_LEN: usize = 49;
+/// Largest index block a reader accepts (bounds the allocation a remote can cause).
+pub const MAX_INDEX_LEN: u64 = 128 << 20;
+/// Most records one remote pack may hold, so that its index block (every entry a delta's, with
+/// a base id) stays within `MAX_INDEX_LEN`: a push starts a new pack object at this count.
+pub const MAX_RECORDS: usize = (128 << 20) / (ENTRY_LEN + 32) - 1;
+const _: () = assert!((12 + MAX_RECORDS * (ENTRY_LEN + 32)) as u64 <= MAX_INDEX_LEN);
 /// Largest raw and stored chunk lengths a record can hold (as `pack::decode_record_header`
 /// accepts them).
 const MAX_CHUNK_LIMIT: usize = crate::format::chunker::MAX_CHUNK_LIMIT;

@@ -43,9 +43,6 @@ const MARKER: &str = "ml-dash-remote.json";
 const MARKER_BODY: &str = "{\"format\":\"ml-dash remote\",\"version\":2}\n";
 /// The marker is a line of JSON: anything longer is not one (and is never read whole).
 const MAX_MARKER_LEN: u64 = 4096;
-/// Largest pack index block read: each record is at least 52 bytes and its entry at most 81,
-/// and push cuts packs at the store's pack target (64 MiB by default).
-const MAX_INDEX_LEN: u64 = 128 << 20;
 /// Requests in flight for small objects (manifests, events, pack index tails).
 const SMALL_CONCURRENCY: usize = 16;
 
@@ -498,7 +495,7 @@ impl Remote {
         };
         // Bound the allocation by what any pack of this size can need, before reading it.
         let plausible = 12 + (off / crate::format::pack::RECORD_HEADER_LEN as u64 + 1) * 81;
-        if len > MAX_INDEX_LEN || len > plausible {
+        if len > rpack::MAX_INDEX_LEN || len > plausible {
             return Ok(Err(format!(
                 "index block of {len} bytes is implausibly large"
             )));

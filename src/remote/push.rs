@@ -261,7 +261,12 @@ impl Store {
         for (i, c) in plan.chunks.iter().enumerate() {
             group.push(*c);
             group_len += c.1.record_len();
-            if group_len >= target || i + 1 == plan.chunks.len() {
+            // A pack object ends at the pack target, or at the most records one index may list
+            // (millions of tiny files), so that every pack pushed can be pulled.
+            if group_len >= target
+                || group.len() >= rpack::MAX_RECORDS
+                || i + 1 == plan.chunks.len()
+            {
                 let n = self.upload_pack(remote, &plan.files, &group, progress)?;
                 rep.packs += 1;
                 rep.chunks += group.len() as u64;
@@ -377,16 +382,12 @@ impl Store {
         chunks: &[(ChunkId, ChunkLoc)],
         progress: Option<&AtomicU64>,
     ) -> Result<u64> {
-        // The index block counts records in a u32: a pack target of hundreds of GB of small
-        // records could overflow it. Refuse rather than write a wrong count.
-        if u32::try_from(chunks.len()).is_err() {
-            return Err(Error::remote(
-                remote.url(),
-                format!(
-                    "{} records are too many for one remote pack; lower the pack target",
-                    chunks.len()
-                ),
-            ));
+        // Push cuts groups at `MAX_RECORDS`, so every index it writes can be read back.
+        if chunks.len() > rpack::MAX_RECORDS {
+            return Err(Error::Internal(format!(
+                "{} records are too many for one remote pack",
+                chunks.len()
+            )));
         }
         let id = Id::generate();
         let key = remote.key(&format!("packs/{}", rpack::object_name(id)));
