@@ -373,18 +373,29 @@ impl FileReader {
     /// an error after the last byte: a caller that must not keep wrong bytes writes to a
     /// temporary file, as `download` does). Errors writing to `out` are `Error::Output`.
     pub fn copy_to(&self, out: &mut (dyn Write + Send)) -> Result<u64> {
-        let (tx, rx) = crossbeam_channel::bounded::<(Vec<Vec<u8>>, Held)>(2);
+        // Decoded batches go to the writer and, shared, to a thread of their own that computes
+        // the SHA-256, so hashing overlaps writing and decoding instead of following them. A
+        // batch's share of the decode budget returns when both are done with it.
+        type Shared = std::sync::Arc<(Vec<Vec<u8>>, Held)>;
+        let (tx, rx) = crossbeam_channel::bounded::<Shared>(2);
+        let (sha_tx, sha_rx) = crossbeam_channel::bounded::<Shared>(2);
         std::thread::scope(|s| {
-            let writer = s.spawn(move || -> io::Result<WholeFile> {
+            let hasher = s.spawn(move || {
                 let mut whole = WholeFile::new();
-                for (batch, _held) in rx {
-                    for c in batch {
-                        out.write_all(&c)?;
-                        whole.update(&c);
+                for batch in sha_rx {
+                    for c in &batch.0 {
+                        whole.update(c);
                     }
                 }
-                out.flush()?;
-                Ok(whole)
+                whole
+            });
+            let writer = s.spawn(move || -> io::Result<()> {
+                for batch in rx {
+                    for c in &batch.0 {
+                        out.write_all(c)?;
+                    }
+                }
+                out.flush()
             });
             let produced = (|| -> Result<()> {
                 let mut start = 0;
@@ -403,7 +414,8 @@ impl FileReader {
                         .into_par_iter()
                         .map(|i| self.read_chunk(i))
                         .collect::<Result<Vec<_>>>()?;
-                    if tx.send((batch, held)).is_err() {
+                    let batch = std::sync::Arc::new((batch, held));
+                    if sha_tx.send(batch.clone()).is_err() || tx.send(batch).is_err() {
                         break; // the writer failed; its error is reported below
                     }
                     start = end;
@@ -411,11 +423,15 @@ impl FileReader {
                 Ok(())
             })();
             drop(tx);
+            drop(sha_tx);
             let written = writer
                 .join()
                 .map_err(|_| Error::Internal("download writer panicked".into()))?;
+            let whole = hasher
+                .join()
+                .map_err(|_| Error::Internal("download hasher panicked".into()))?;
             produced?;
-            let whole = written.map_err(Error::Output)?;
+            written.map_err(Error::Output)?;
             let n = whole.upto;
             whole.check(&self.record)?;
             Ok(n)
