@@ -149,6 +149,7 @@ impl Error {
     }
 
     /// A remote failure or refusal with no library error behind it.
+    #[cfg(feature = "remote")]
     pub(crate) fn remote(remote: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Remote {
             remote: remote.into(),

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod names;
 pub mod pack;
 pub mod record;
+#[cfg(feature = "remote")]
 pub mod rpack;
 pub mod tensors;
 pub mod time;

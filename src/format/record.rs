@@ -179,21 +179,10 @@ pub fn check_description(d: &str) -> crate::Result<()> {
     Ok(())
 }
 
-/// A timestamp from outside: `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`-like, ASCII, short.
+/// A timestamp from outside: as ml-dash writes them (`format::time::is_iso_utc`).
+#[cfg(feature = "remote")]
 fn check_timestamp(what: &'static str, t: &str) -> crate::Result<()> {
-    let ok = (20..=40).contains(&t.len())
-        && t.is_char_boundary(10)
-        && t.as_bytes()[..10].iter().enumerate().all(|(i, b)| {
-            if i == 4 || i == 7 {
-                *b == b'-'
-            } else {
-                b.is_ascii_digit()
-            }
-        })
-        && t.as_bytes()[10] == b'T'
-        && t.bytes()
-            .all(|b| b.is_ascii_digit() || b":.-+TZ".contains(&b));
-    if !ok {
+    if !crate::format::time::is_iso_utc(t) {
         return Err(crate::Error::invalid(
             what,
             t,
@@ -207,8 +196,10 @@ fn check_timestamp(what: &'static str, t: &str) -> crate::Result<()> {
 /// there only after a billion uploads of one path; a remote naming a higher number (up to
 /// `MAX_VERSION`, which uploads may reach) would leave this store no number for the next upload
 /// of that path, for good: the next number is one past the highest version or delete seen.
+#[cfg(feature = "remote")]
 pub const MAX_PULLED_VERSION: u32 = 1 << 30;
 
+#[cfg(feature = "remote")]
 fn check_pulled_version(v: u32) -> crate::Result<()> {
     if v == 0 || v > MAX_PULLED_VERSION {
         return Err(crate::Error::invalid(
@@ -223,6 +214,7 @@ fn check_pulled_version(v: u32) -> crate::Result<()> {
 
 /// An id made by another machine must not lie far in the future (ids are time-ordered and
 /// every later id of this store is made after it): a day of clock skew is allowed.
+#[cfg(feature = "remote")]
 fn check_foreign_id(what: &'static str, id: Id) -> crate::Result<()> {
     #[allow(
         clippy::cast_possible_truncation,
@@ -241,6 +233,7 @@ fn check_foreign_id(what: &'static str, id: Id) -> crate::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "remote")]
 fn check_key(key: &FileKey) -> crate::Result<()> {
     for (what, s) in [
         ("namespace", &key.namespace),
@@ -263,6 +256,7 @@ fn check_key(key: &FileKey) -> crate::Result<()> {
 /// Check a manifest that comes from outside the store (a pull) as strictly as an upload
 /// checks its arguments: names, version number, tags, metadata, description, content type,
 /// timestamps, ids, chunk lengths.
+#[cfg(feature = "remote")]
 pub fn check_pulled_manifest(m: &crate::format::manifest::Manifest) -> crate::Result<()> {
     let r = &m.record;
     check_foreign_id("version id", r.id)?;
@@ -308,6 +302,7 @@ pub fn check_pulled_manifest(m: &crate::format::manifest::Manifest) -> crate::Re
 
 /// Check an event that comes from outside the store (a pull) as strictly as `delete` and
 /// `update` check their arguments.
+#[cfg(feature = "remote")]
 pub fn check_pulled_event(e: &crate::format::manifest::Event) -> crate::Result<()> {
     use crate::format::manifest::Event;
     check_foreign_id("event id", e.id())?;

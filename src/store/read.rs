@@ -264,6 +264,7 @@ impl PackFiles {
     }
 
     /// Does the record at `loc` decode (delta bases found through `index`) to chunk `id`?
+    #[cfg(feature = "remote")]
     pub(crate) fn proves(&self, index: &Index, loc: &ChunkLoc, id: &ChunkId) -> bool {
         let Ok(file) = self.get(loc.pack) else {
             return false;
