@@ -62,6 +62,9 @@ pub enum Error {
         root: PathBuf,
         /// Why.
         reason: String,
+        /// The I/O error behind it, if any.
+        #[source]
+        source: Option<std::io::Error>,
     },
     /// An earlier write or fsync failed: the store refuses writes until it is opened again
     /// (retrying an fsync can silently lose data).

@@ -59,7 +59,7 @@ pub(crate) mod store;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod test_support;
 
-pub use error::{Error, Result};
+pub use error::{Cause, Error, Result};
 pub use experiment::{Experiment, ExperimentBuilder, FileUpload, Metric, Parameters};
 pub use format::chunker::ChunkerConfig;
 pub use format::codec::Compression;
@@ -68,10 +68,12 @@ pub use format::glob::Glob;
 pub use format::id::Id;
 pub use format::names::{ExperimentKey, FileKey};
 pub use format::record::FileRecord;
-pub use interop::{ExportPlan, ExportSummary, ImportSummary, Layout as ExportLayout, import};
+pub use interop::{ExportLayout, ExportPlan, ExportSummary, ImportSummary, import};
 #[cfg(feature = "remote")]
 pub use remote::{FilesReport, Inventory, PullReport, PushReport, Remote, RemoteConfig};
-pub use store::findings::{Finding, GcKind, PullKind, RebuildKind, VerifyKind};
+#[cfg(feature = "remote")]
+pub use store::findings::PullKind;
+pub use store::findings::{Finding, GcKind, RebuildKind, VerifyKind};
 pub use store::gc::{GcOptions, GcReport};
 pub use store::index::Scope;
 pub use store::journal::{JournalContents, LogEntry, MetricPoint, Params};
@@ -79,7 +81,7 @@ pub use store::read::FileReader;
 pub use store::recover::RebuildReport;
 pub use store::stats::Stats;
 pub use store::verify::VerifyReport;
-pub use store::{ImportedVersion, ListFilter, NewVersion, RecordChanges, Store, StoreOptions};
+pub use store::{ListFilter, NewVersion, RecordChanges, Store, StoreOptions};
 
 /// Checks of names and values, as every upload applies them: an embedder (or a form) can check
 /// input before calling the store, with the same errors.

@@ -132,11 +132,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             if !(0.0..=1.0).contains(&threshold) {
                 bail!("--threshold must be between 0 and 1");
             }
-            let rep = open(&root)?.gc(&ml_dash::GcOptions {
-                dry_run,
-                rewrite_threshold: threshold,
-                drop_unreferenced,
-            })?;
+            let rep = open(&root)?.gc(&ml_dash::GcOptions::new()
+                .dry_run(dry_run)
+                .rewrite_threshold(threshold)
+                .drop_unreferenced(drop_unreferenced))?;
             let verb = if dry_run { "would free" } else { "freed" };
             let mut summary = format!(
                 "{verb} {} bytes: {} deleted versions, {} garbage chunks ({} bytes), {} packs deleted, {} rewritten; {} garbage bytes left below the threshold; {} chunks kept as delta bases",

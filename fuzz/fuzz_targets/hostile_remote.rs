@@ -60,15 +60,7 @@ fn opts() -> StoreOptions {
 }
 
 fn rnd(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    ml_dash::testing::random_bytes(seed, len)
 }
 
 /// A safetensors file with one F32 tensor of 1,024 values, `state` training steps along (each

@@ -23,13 +23,8 @@ fn opts() -> StoreOptions {
 fn content(seed: u8, len: usize, base: &[u8]) -> Vec<u8> {
     // Mostly shared content (so chunks dedup and gc has shared chunks to keep), some fresh.
     let mut v: Vec<u8> = base.iter().cycle().take(len / 2).copied().collect();
-    let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.push(x as u8);
-    }
+    let fresh = len.saturating_sub(v.len());
+    v.extend(ml_dash::testing::random_bytes(u64::from(seed), fresh));
     v
 }
 

@@ -1,4 +1,4 @@
-//! Remote pack footers and index blocks (src/rpack.rs): never panic, never accept an
+//! Remote pack footers and index blocks (src/format/rpack.rs): never panic, never accept an
 //! entry outside the records area, and what decodes re-encodes to the same block. The BLAKE3
 //! check is computed over the input so mutations reach the parser.
 #![no_main]

@@ -52,15 +52,7 @@ fn opts() -> StoreOptions {
 }
 
 fn rnd(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    ml_dash::testing::random_bytes(seed, len)
 }
 
 /// A safetensors file with one F32 tensor of 1,024 values, `state` steps along.
@@ -604,11 +596,11 @@ fuzz_target!(|data: &[u8]| {
             Ok(rep) => {
                 repaired = true;
                 let drop = flags & 0x20 != 0 && rep.unreferenced.is_empty();
-                let _ = store.gc(&GcOptions {
-                    dry_run: false,
-                    rewrite_threshold: threshold,
-                    drop_unreferenced: drop,
-                });
+                let _ = store.gc(
+                    &GcOptions::new()
+                        .rewrite_threshold(threshold)
+                        .drop_unreferenced(drop),
+                );
             }
             Err(e) => {
                 let after = readable(&root, t, false, "after a failed repair");

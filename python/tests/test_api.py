@@ -1,4 +1,4 @@
-"""The Python API beyond the seed: return values, listing, reads, errors, the GIL, remotes."""
+"""The Python API beyond the ml-dash Files tutorial: return values, listing, reads, errors, the GIL, remotes."""
 
 import io
 import os

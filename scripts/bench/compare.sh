@@ -6,7 +6,7 @@
 #
 # Installs the peers itself, idempotently (skipped when already there): restic and borgbackup
 # from Debian (borg from PyPI into the venv if Debian's is missing or older than 1.2), and a
-# venv at bench/.venv with dvc, ml-dash==0.11.0 and numpy. A peer that cannot be installed is
+# venv at scripts/bench/.venv with dvc, ml-dash==0.11.0 and numpy. A peer that cannot be installed is
 # reported in the table as not installed; the run goes on without it.
 #
 # Data (scripts/bench/gen_data.py, seeded): 5 checkpoints x 256 MiB = a 192 MiB frozen part (float32
@@ -23,8 +23,8 @@ bench=$repo/scripts/bench
 venv=$bench/.venv
 mkdir -p "$bench/results"
 stamp=$(date +%F)
-out_md=$scripts/bench/results/compare-$stamp.md
-log=$scripts/bench/results/compare-$stamp.log
+out_md=$bench/results/compare-$stamp.md
+log=$bench/results/compare-$stamp.log
 : > "$log"
 say() { echo "$*" >&2; echo "# $*" >> "$log"; }
 t_start=$(date +%s.%N)
@@ -102,7 +102,7 @@ git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || commit="$commi
 data=$work/data
 say "generating data in $data"
 if have_py 'import numpy'; then
-  "$vpy" "$scripts/bench/gen_data.py" "$data" "$n_ckpt" "$frozen_mib" "$delta_mib" "$floor_mib"
+  "$vpy" "$bench/gen_data.py" "$data" "$n_ckpt" "$frozen_mib" "$delta_mib" "$floor_mib"
   datakind="float32 weights N(0, 0.02) from numpy PCG64"
 else
   # fallback without numpy: AES-256-CTR keystream (incompressible bytes, not float-like)

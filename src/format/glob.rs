@@ -5,7 +5,17 @@
 use crate::error::{Error, Result};
 use crate::format::record::FileRecord;
 
-/// A compiled file glob (see the module documentation).
+/// A compiled file glob, with one meaning everywhere (library, CLI, Python): `*` and `?` stay
+/// inside one path segment, `**` crosses segments, `[...]` is a character class. A pattern
+/// with a `/` matches a file's full path (`/a/b/name`; a leading `/` is implied), one without
+/// matches its name.
+///
+/// ```
+/// let g = ml_dash::Glob::new("/models/**/*.pth")?;
+/// assert!(g.matches_path("/models/run-1/best.pth"));
+/// assert!(!ml_dash::Glob::new("*.pth")?.matches_path("/models/run-1/best.pt"));
+/// # Ok::<(), ml_dash::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Glob {
     pattern: String,

@@ -1,6 +1,6 @@
 //! Export the store into a plain directory tree, and import trees written by ml-dash 0.11.
 //!
-//! Two export layouts (`Layout`):
+//! Two export layouts (`ExportLayout`):
 //! ```text
 //! tree     DIR/<project>/<experiment>/files/<prefix...>/<filename>     latest live version
 //!          DIR/<project>/<experiment>/.ml-dash-records.json            every live record
@@ -48,13 +48,20 @@ use safe::{Check, Dir, Entry, HashingWriter, Ledger};
 
 pub use import::{ImportSummary, import};
 
-/// Where exported files go (see the module documentation).
+/// Where exported files go. Exports are byte-exact, atomic per file, incremental (a file whose
+/// size and SHA-256 already match is skipped), and touch only what their ledger says they
+/// wrote; nothing below DIR is reached through a symbolic link.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Layout {
-    /// `DIR/<project>/<experiment>/files/<prefix>/<filename>`: the tree the ml-dash Files tutorial documents.
+pub enum ExportLayout {
+    /// `DIR/<project>/<experiment>/files/<prefix>/<filename>` (the latest live version of
+    /// each file) plus `.ml-dash-records.json` with every live record: the tree the ml-dash
+    /// Files tutorial documents. A file `/a` beside files under `/a/` cannot be exported
+    /// here; the folder wins and the file is reported.
     #[default]
     Tree,
-    /// `DIR/<namespace>/<project>/<experiment>/...`: the ml-dash 0.11 local layout.
+    /// `DIR/<namespace>/<project>/<experiment>/...`: the ml-dash 0.11 local layout
+    /// (`experiment.json`, parameters, logs, metrics, `files/<prefix>/<file id>/<filename>`),
+    /// which the real `ml-dash` client lists and downloads.
     MlDash,
 }
 
@@ -148,7 +155,7 @@ const MAX_THREADS: usize = 8;
 
 impl ExportPlan {
     /// Plan the export of everything in `scope`.
-    pub fn new(store: &Store, scope: &Scope, layout: Layout) -> Result<ExportPlan> {
+    pub fn new(store: &Store, scope: &Scope, layout: ExportLayout) -> Result<ExportPlan> {
         for (what, v) in [
             ("namespace", &scope.namespace),
             ("project", &scope.project),
@@ -159,8 +166,8 @@ impl ExportPlan {
             }
         }
         let (mut exps, mut problems) = match layout {
-            Layout::Tree => (tree::plan(store, scope)?, Vec::new()),
-            Layout::MlDash => mldash::plan(store, scope)?,
+            ExportLayout::Tree => (tree::plan(store, scope)?, Vec::new()),
+            ExportLayout::MlDash => mldash::plan(store, scope)?,
         };
         for e in &mut exps {
             problems.extend(drop_blocked(e, layout));
@@ -457,7 +464,7 @@ pub(super) fn blocked(files: &[&[String]], docs: &[&[String]]) -> Vec<Option<Blo
 }
 
 /// Leave out the store files that cannot be written in this layout; one problem line each.
-fn drop_blocked(e: &mut ExpPlan, layout: Layout) -> Vec<String> {
+fn drop_blocked(e: &mut ExpPlan, layout: ExportLayout) -> Vec<String> {
     let files: Vec<&[String]> = e.files.iter().map(|f| f.rel.as_slice()).collect();
     let docs: Vec<&[String]> = e.docs.iter().map(|d| d.rel.as_slice()).collect();
     let blockers = blocked(&files, &docs);
@@ -466,10 +473,10 @@ fn drop_blocked(e: &mut ExpPlan, layout: Layout) -> Vec<String> {
     }
     let exp = e.dir.join("/");
     let hint = match layout {
-        Layout::Tree => {
+        ExportLayout::Tree => {
             " (the tree layout cannot hold a file and a folder of one name; --layout ml-dash can)"
         }
-        Layout::MlDash => "",
+        ExportLayout::MlDash => "",
     };
     let mut problems = Vec::new();
     for (f, b) in e.files.iter().zip(&blockers) {

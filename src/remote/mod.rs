@@ -203,21 +203,32 @@ impl Remote {
         } else {
             prefix
         };
-        Remote::with_object_store(os, prefix, cfg.url.clone())
+        Remote::from_object_store(os, prefix, cfg.url.clone())
     }
 
-    /// Use any `ObjectStore` (e.g. `InMemory` in tests) with keys under `prefix`.
+    /// Use any `ObjectStore` (tests: an in-memory store, or one that misbehaves on purpose)
+    /// with keys under `prefix`. Needs the `testing` feature: it ties the caller to the
+    /// `object_store` version the engine uses.
+    #[cfg(feature = "testing")]
     pub fn with_object_store(
         os: Arc<dyn ObjectStore>,
         prefix: String,
         url: String,
     ) -> Result<Remote> {
+        Remote::from_object_store(os, prefix, url)
+    }
+
+    fn from_object_store(os: Arc<dyn ObjectStore>, prefix: String, url: String) -> Result<Remote> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ml-dash-remote")
             .enable_all()
             .build()
-            .map_err(|e| Error::io("tokio runtime", e))?;
+            .map_err(|e| Error::Remote {
+                remote: url.clone(),
+                reason: "cannot start the I/O runtime".into(),
+                source: Some(Box::new(e)),
+            })?;
         let local = url.starts_with("file://");
         Ok(Remote {
             os,

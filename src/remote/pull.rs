@@ -52,7 +52,7 @@ const MAX_EVENT_LEN: u64 = 1 << 20;
 pub struct PullReport {
     /// The remote's URL.
     pub remote: String,
-    /// New versions and events committed.
+    /// New versions committed.
     pub manifests: u64,
     /// Events committed.
     pub events: u64,

@@ -36,11 +36,13 @@ pub struct Faults(Option<Arc<Plan>>);
 
 impl Faults {
     /// No injected failures (the default).
+    #[cfg(any(test, feature = "testing"))]
     pub fn none() -> Faults {
         Faults(None)
     }
 
     /// Fail the `n`th (1-based) operation of `kind`; all others succeed.
+    #[cfg(any(test, feature = "testing"))]
     pub fn fail_nth(kind: FaultKind, n: u64) -> Faults {
         Faults(Some(Arc::new(Plan {
             kind,
@@ -50,6 +52,7 @@ impl Faults {
     }
 
     /// Has the planned failure happened?
+    #[cfg(any(test, feature = "testing"))]
     pub fn fired(&self) -> bool {
         self.0
             .as_ref()

@@ -137,6 +137,7 @@ pub enum RebuildKind {
 }
 
 /// What `pull` could not use, or kept out.
+#[cfg(feature = "remote")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum PullKind {

@@ -59,8 +59,9 @@ pub struct GcReport {
     pub problems: Vec<Finding<GcKind>>,
 }
 
-/// How `gc` runs.
+/// How `gc` runs. Build it with `GcOptions::new()` and the setters (more settings may come).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct GcOptions {
     /// Report what would be freed; change nothing (default false).
     pub dry_run: bool,
@@ -115,8 +116,12 @@ struct PackPlan {
 
 impl Store {
     /// Collect garbage as `o` says: drop deleted versions, forget chunks no live version
-    /// needs, delete packs that hold nothing live and rewrite packs that are mostly garbage
-    /// (see the module documentation for what gc never deletes).
+    /// needs, delete packs that hold nothing live and rewrite packs that are mostly garbage.
+    /// Each step is durable before the next, and no pack is modified in place. gc never
+    /// deletes a pack holding a record it cannot account for as garbage (damaged bytes, or a
+    /// chunk a file needs that the index lacks): it moves it to `quarantine/` instead, and
+    /// keeps packs a rebuild found holding chunks no manifest references unless
+    /// `drop_unreferenced` is set. Problems are reported in `GcReport::problems`.
     pub fn gc(&self, o: &GcOptions) -> Result<GcReport> {
         let dry_run = o.dry_run;
         if !dry_run {

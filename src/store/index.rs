@@ -1,6 +1,6 @@
 //! The sled index: the only module that imports sled.
 //!
-//! The index is derived data (rebuilt from packs, manifests and events by `recover::rebuild`).
+//! The index is derived data (rebuilt from packs, manifests and events by `Store::rebuild_index`).
 //! Everything lives in one sled tree so that one `Batch` updates it atomically:
 //!
 //! | key | value |

@@ -233,7 +233,7 @@ impl Store {
     }
 
     /// Read an experiment's journal entirely from disk (for `verify`).
-    pub fn journal_from_disk(&self, exp: &ExperimentKey) -> Result<JournalContents> {
+    pub(crate) fn journal_from_disk(&self, exp: &ExperimentKey) -> Result<JournalContents> {
         self.read_journal(exp, false)
     }
 
@@ -339,7 +339,8 @@ impl Store {
         Ok(self.journal(exp)?.params.unwrap_or_default())
     }
 
-    /// Append a log line. `level`: debug, info, warn, error (default info).
+    /// Append a log line. `level`: `debug`, `info`, `warn` (or `warning`), `error` or
+    /// `critical`.
     pub fn log(
         &self,
         exp: &ExperimentKey,
@@ -445,7 +446,7 @@ impl Store {
     }
 
     /// Import helpers: append already-formed records verbatim (keeping their timestamps).
-    pub fn import_params(
+    pub(crate) fn import_params(
         &self,
         exp: &ExperimentKey,
         at: &str,
@@ -459,12 +460,17 @@ impl Store {
     }
 
     /// Append a log line as it is (import: keeps its timestamp and sequence number).
-    pub fn import_log(&self, exp: &ExperimentKey, entry: LogEntry) -> Result<()> {
+    pub(crate) fn import_log(&self, exp: &ExperimentKey, entry: LogEntry) -> Result<()> {
         self.append(exp, |_| Entry::Log(entry)).map(drop)
     }
 
     /// Append a metric point as it is (import: keeps its index and time).
-    pub fn import_metric(&self, exp: &ExperimentKey, name: &str, point: MetricPoint) -> Result<()> {
+    pub(crate) fn import_metric(
+        &self,
+        exp: &ExperimentKey,
+        name: &str,
+        point: MetricPoint,
+    ) -> Result<()> {
         crate::format::names::segment("metric name", name)?;
         self.append(exp, |_| Entry::Metric {
             name: name.to_string(),

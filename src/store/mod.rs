@@ -25,7 +25,8 @@ mod write;
 
 pub use list::ListFilter;
 pub(crate) use list::resolve_in;
-pub use write::{ImportedVersion, NewVersion, RecordChanges};
+pub(crate) use write::ImportedVersion;
+pub use write::{NewVersion, RecordChanges};
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -86,12 +87,13 @@ impl StoreOptions {
         self
     }
     /// Inject I/O failures (tests; default none). See `fault.rs`.
+    #[cfg(feature = "testing")]
     pub fn faults(mut self, f: crate::store::fault::Faults) -> Self {
         self.faults = f;
         self
     }
-    /// Longest chain of deltas a new tensor piece may be stored at the end of (default
-    /// `DEFAULT_DELTA_DEPTH`; 0 turns deltas off, at most `delta::MAX_DEPTH`). A read of a
+    /// Longest chain of deltas a new tensor piece may be stored at the end of (default 2; 0
+    /// turns deltas off; at most 15). A read of a
     /// piece at depth d decodes d + 1 records, so this bounds read cost; after d deltas in a
     /// row a piece is stored whole again.
     pub fn delta_depth(mut self, d: u8) -> Self {
@@ -174,16 +176,18 @@ fn acquire_lock(lock_path: &Path, timeout: Duration) -> Result<File> {
 }
 /// Lay out a new store in `root` (caller holds the lock). Refuses a directory holding anything
 /// but what an interrupted creation leaves: the lock, a FORMAT temp file, our empty directories.
-fn create_layout(root: &Path) -> Result<()> {
+fn create_layout(root: &Path, faults: &crate::store::fault::Faults) -> Result<()> {
     check_empty_for_create(root)?;
-    let bad = |reason: String| Error::BadStore {
+    let bad_io = |reason: String, e: std::io::Error| Error::BadStore {
         root: root.to_path_buf(),
         reason,
+        source: Some(e),
     };
     for d in ["packs", "manifests", "events", "index"] {
-        fs::create_dir_all(root.join(d)).map_err(|e| bad(format!("cannot create {d}/: {e}")))?;
+        fs::create_dir_all(root.join(d))
+            .map_err(|e| bad_io(format!("cannot create {d}/: {e}"), e))?;
     }
-    durable::fsync_dir(root, &Default::default())?;
+    durable::fsync_dir(root, faults)?;
     let body = serde_json::json!({
         "format": STORE_FORMAT,
         "kind": "ml-dash artifact store",
@@ -193,12 +197,12 @@ fn create_layout(root: &Path) -> Result<()> {
     durable::write_atomic(
         &root.join(FORMAT_FILE),
         format!("{body}\n").as_bytes(),
-        &Default::default(),
+        faults,
     )
 }
 /// Mark a format-1 store as format 2 (under the lock). Failure (a read-only store) is left
 /// for the first write to run into.
-fn upgrade_format(root: &Path, timeout: Duration) {
+fn upgrade_format(root: &Path, timeout: Duration, faults: &crate::store::fault::Faults) {
     let path = root.join(FORMAT_FILE);
     let is_v1 = |b: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(b)
@@ -220,12 +224,18 @@ fn upgrade_format(root: &Path, timeout: Duration) {
         return;
     }
     v["format"] = STORE_FORMAT.into();
-    let _ = durable::write_atomic(&path, format!("{v}\n").as_bytes(), &Default::default());
+    let _ = durable::write_atomic(&path, format!("{v}\n").as_bytes(), faults);
 }
 fn check_empty_for_create(root: &Path) -> Result<()> {
     let bad = |reason: String| Error::BadStore {
         root: root.to_path_buf(),
         reason,
+        source: None,
+    };
+    let bad_io = |reason: String, e: std::io::Error| Error::BadStore {
+        root: root.to_path_buf(),
+        reason,
+        source: Some(e),
     };
     let leftover = |e: &fs::DirEntry| {
         let name = e.file_name();
@@ -235,7 +245,7 @@ fn check_empty_for_create(root: &Path) -> Result<()> {
             || (["packs", "manifests", "events", "index"].contains(&name.as_ref())
                 && fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none()))
     };
-    let entries = fs::read_dir(root).map_err(|e| bad(e.to_string()))?;
+    let entries = fs::read_dir(root).map_err(|e| bad_io(e.to_string(), e))?;
     if entries.flatten().any(|e| !leftover(&e)) {
         return Err(bad(
             "directory is not empty and has no FORMAT file: not an ml-dash store".into(),
@@ -266,19 +276,26 @@ impl Store {
         let bad = |reason: String| Error::BadStore {
             root: root.clone(),
             reason,
+            source: None,
+        };
+        let bad_io = |reason: String, e: std::io::Error| Error::BadStore {
+            root: root.clone(),
+            reason,
+            source: Some(e),
         };
         match fs::metadata(&root) {
             Ok(m) if !m.is_dir() => return Err(bad("exists and is not a directory".into())),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                fs::create_dir_all(&root).map_err(|e| bad(format!("cannot create it: {e}")))?;
+                fs::create_dir_all(&root)
+                    .map_err(|e| bad_io(format!("cannot create it: {e}"), e))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(bad(
                     "no ml-dash store here (the first upload creates one)".into()
                 ));
             }
-            Err(e) => return Err(bad(e.to_string())),
+            Err(e) => return Err(bad_io(e.to_string(), e)),
         }
         let format_path = root.join(FORMAT_FILE);
         let check_format = |b: &[u8]| -> Result<()> {
@@ -309,19 +326,19 @@ impl Store {
                 let _lock = acquire_lock(&root.join("lock"), opts.lock_timeout)?;
                 match fs::read(&format_path) {
                     Ok(b) => check_format(&b)?,
-                    Err(_) => create_layout(&root).map_err(|e| match e {
+                    Err(_) => create_layout(&root, &opts.faults).map_err(|e| match e {
                         Error::BadStore { .. } => e,
                         other => bad(other.to_string()),
                     })?,
                 }
             }
-            Err(e) => return Err(bad(e.to_string())),
+            Err(e) => return Err(bad_io(e.to_string(), e)),
         }
         Store::finish_open(root, opts)
     }
     fn finish_open(root: PathBuf, opts: StoreOptions) -> Result<Store> {
         let chunker = Chunker::new(opts.chunker)?;
-        upgrade_format(&root, opts.lock_timeout);
+        upgrade_format(&root, opts.lock_timeout, &opts.faults);
         Ok(Store {
             root,
             opts,
@@ -396,7 +413,14 @@ impl Store {
             }
             other => other,
         }
-        .map_err(|e| Error::index(format!("{e} (run `ml-dash repair` to rebuild the index)")))?
+        .map_err(|e| match e {
+            // Keep the index library's error as the source; add what the user can do.
+            Error::Index { reason, source } => Error::Index {
+                reason: format!("{reason} (run `ml-dash repair` to rebuild the index)"),
+                source,
+            },
+            other => other,
+        })?
         .with_faults(self.opts.faults.clone());
         let s = Session {
             store: self,

@@ -71,7 +71,7 @@ impl RecordChanges {
 /// What an import keeps from the record it copies (`Store::put_file_imported`, used only by
 /// `ml-dash import`): the original timestamps, and the size and SHA-256 the bytes must have.
 #[derive(Clone, Debug)]
-pub struct ImportedVersion {
+pub(crate) struct ImportedVersion {
     /// Recorded as given (the caller checks the format).
     pub uploaded_at: String,
     /// Recorded as given.
@@ -89,7 +89,8 @@ struct How<'a> {
     layout: Option<crate::format::tensors::Layout>,
 }
 fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
-    // Keys come from `path::` constructors, but a FileKey is a plain struct: check again.
+    // Keys come from `ExperimentKey::new` (`names.rs`), but a FileKey is a plain struct:
+    // check again.
     for (what, s) in [
         ("namespace", &key.namespace),
         ("project", &key.project),
@@ -259,7 +260,7 @@ impl Store {
     /// Import: store a file as a new version keeping the timestamps of `imported`. The bytes are
     /// checked against its size and SHA-256 before anything is recorded: on a mismatch the
     /// version is not created (`Error::Corrupt`; chunks already appended are garbage for `gc`).
-    pub fn put_file_imported(
+    pub(crate) fn put_file_imported(
         &self,
         src: &Path,
         key: &FileKey,

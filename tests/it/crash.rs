@@ -1383,7 +1383,7 @@ fn index_rebuilt_after_crashes_matches_the_store() {
 /// A kill between `PackWriter::create` creating `packs/<id>.pack` (`create_new`) and writing its
 /// 32-byte header leaves an empty pack file (the loop reports it as "pack shorter than its
 /// header"). `verify` rightly calls it harmless. But `rebuild_index` (`ml-dash repair`) records
-/// such a pack with a committed length of 32 bytes (src/recover.rs, `rebuild_locked`: `end`
+/// such a pack with a committed length of 32 bytes (src/store/recover.rs, `rebuild_locked`: `end`
 /// starts at `PACK_HEADER_LEN` and is stored by `put_pack` although the scan ended with a torn
 /// tail at offset 0), so after a repair `verify` reports the store damaged ("truncated at 0,
 /// index expects 32 bytes", "shorter than the index says"), and nothing ever clears it.
@@ -1418,7 +1418,7 @@ fn repair_after_a_kill_during_pack_creation_verifies_clean() {
 
 /// `gc` documents that packs on disk the index does not know (leftovers of a crashed write)
 /// count as all garbage. An empty or header-only leftover pack (a kill right after the pack
-/// was created) is never deleted: `garbage_here = len - live - 32` is 0 (src/gc.rs), so the
+/// was created) is never deleted: `garbage_here = len - live - 32` is 0 (src/store/gc.rs), so the
 /// pack is skipped.
 #[test]
 fn gc_removes_an_empty_pack_left_by_a_kill() {
@@ -1553,7 +1553,7 @@ fn every_failing_gc_step_leaves_no_orphan_manifest() {
     }
 }
 
-/// `gc` drops deleted versions from the index, then unlinks their manifests (src/gc.rs,
+/// `gc` drops deleted versions from the index, then unlinks their manifests (src/store/gc.rs,
 /// `gc_apply`). Stopped in between, the manifests stay, and no later gc removes them: gc finds
 /// deleted versions only through the index, which no longer has them. The crash loop finds
 /// dozens of such manifests after a few gc kills.

@@ -27,7 +27,7 @@ fn dir_remote(root: &Path, name: &str) -> (PathBuf, Remote) {
     (dir, Remote::open(&cfg).unwrap())
 }
 
-/// One entry of a remote pack's index block (format in src/rpack.rs).
+/// One entry of a remote pack's index block (format in src/format/rpack.rs).
 #[derive(Debug, Clone)]
 struct RemoteEntry {
     id: [u8; 32],
