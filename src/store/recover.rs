@@ -67,42 +67,131 @@ pub(crate) fn event_batch(ix: &Index, e: &Event) -> Result<IndexBatch> {
     Ok(b)
 }
 
-/// Complete the commits a crash interrupted, if any: the `pending` marker names one or more
-/// versions or events (16-byte ids, in apply order; a pull commits many at once) whose files
-/// may or may not have become durable.
+/// Settle the commit a crash (or a failed durable step) interrupted, if any.
+///
+/// The `pending` marker names the versions and events of one commit (16-byte ids, in apply
+/// order): an upload of one file or of many, a delete, an update, a pull. They become visible
+/// together or not at all. Their files are renamed into place only once all of them are
+/// durable, so if every one of them is under its final name, the commit got that far and is
+/// finished here: each becomes visible. Otherwise it stopped before or during the renames: the
+/// files that made it are removed (durably) and none becomes visible; the commit was never
+/// acknowledged.
 pub(crate) fn finish_pending(s: &Session<'_>) -> Result<()> {
     let Some(raw) = s.index.meta("pending")? else {
         return Ok(());
     };
-    for id in raw.chunks_exact(16) {
-        let id = Id(id.try_into().expect("16 bytes"));
-        s.index.apply_unflushed(commit_batch(s, id)?)?;
+    let ids = pending_ids(&raw);
+    match read_pending(s.store, &ids)? {
+        Some(files) => {
+            for (id, file) in ids.iter().zip(files) {
+                s.index.apply_unflushed(commit_batch(s, *id, file)?)?;
+            }
+        }
+        None => roll_back(s.store, &ids)?,
     }
     let mut b = IndexBatch::default();
     b.remove_meta("pending");
     s.index.apply(b)
 }
 
-/// The index changes that make version or event `id` visible, if its file is complete.
-fn commit_batch(s: &Session<'_>, id: Id) -> Result<IndexBatch> {
-    let mut b = IndexBatch::default();
-    let mp = s.store.manifest_path(id);
-    let ep = s.store.event_path(id);
-    // A file that exists under its final name was renamed there complete; if it does not
-    // decode anyway (disk damage), skip it and leave the report to `verify`.
-    if let Some(bytes) = read_if_exists(&mp)? {
-        if let Ok(m) = Manifest::decode(&bytes, &mp.display().to_string())
-            && m.record.id == id
-        {
-            b.put_version(&m.record);
+fn pending_ids(raw: &[u8]) -> Vec<Id> {
+    raw.chunks_exact(16)
+        .map(|id| Id(id.try_into().expect("16 bytes")))
+        .collect()
+}
+
+/// A pending id's file under its final name.
+enum PendingFile {
+    Manifest(Vec<u8>),
+    Event(Vec<u8>),
+}
+
+/// The file of every pending id, or `None` if any of them is not in place.
+fn read_pending(store: &Store, ids: &[Id]) -> Result<Option<Vec<PendingFile>>> {
+    let mut files = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(b) = read_if_exists(&store.manifest_path(*id))? {
+            files.push(PendingFile::Manifest(b));
+        } else if let Some(b) = read_if_exists(&store.event_path(*id))? {
+            files.push(PendingFile::Event(b));
+        } else {
+            return Ok(None);
         }
-    } else if let Some(bytes) = read_if_exists(&ep)?
-        && let Ok(e) = manifest::decode_event(&bytes, &ep.display().to_string())
-        && e.id() == id
-    {
-        b = event_batch(&s.index, &e)?;
+    }
+    Ok(Some(files))
+}
+
+/// Remove the files of an interrupted commit that reached their final names, so that neither
+/// this store nor a later `repair` shows part of it.
+fn roll_back(store: &Store, ids: &[Id]) -> Result<()> {
+    let faults = &store.opts.faults;
+    for (dir, path_of) in [
+        (
+            "manifests",
+            Store::manifest_path as fn(&Store, Id) -> PathBuf,
+        ),
+        ("events", Store::event_path),
+    ] {
+        let mut removed = false;
+        for id in ids {
+            let p = path_of(store, *id);
+            if fs::symlink_metadata(&p).is_ok() {
+                crate::store::durable::remove_file(&p, faults)?;
+                removed = true;
+            }
+        }
+        if removed {
+            crate::store::durable::fsync_dir(&store.dir(dir), faults)?;
+        }
+    }
+    Ok(())
+}
+
+/// The index changes that make version or event `id` visible. A file under its final name was
+/// renamed there complete; if it does not decode anyway (disk damage), it is skipped and left
+/// for `verify` to report.
+fn commit_batch(s: &Session<'_>, id: Id, file: PendingFile) -> Result<IndexBatch> {
+    let mut b = IndexBatch::default();
+    match file {
+        PendingFile::Manifest(bytes) => {
+            let mp = s.store.manifest_path(id);
+            if let Ok(m) = Manifest::decode(&bytes, &mp.display().to_string())
+                && m.record.id == id
+            {
+                b.put_version(&m.record);
+            }
+        }
+        PendingFile::Event(bytes) => {
+            let ep = s.store.event_path(id);
+            if let Ok(e) = manifest::decode_event(&bytes, &ep.display().to_string())
+                && e.id() == id
+            {
+                b = event_batch(&s.index, &e)?;
+            }
+        }
     }
     Ok(b)
+}
+
+/// Before a rebuild: if the index being replaced opens and names an interrupted commit that
+/// did not get all its files into place, remove the ones that did (`roll_back`), so that the
+/// rebuilt index does not show part of a commit either.
+fn settle_pending_in(store: &Store, dir: &Path) {
+    if !dir.join("conf").exists() {
+        return;
+    }
+    let Ok(ix) = Index::open(dir) else {
+        return;
+    };
+    let Ok(Some(raw)) = ix.meta("pending") else {
+        return;
+    };
+    drop(ix);
+    let ids = pending_ids(&raw);
+    if let Ok(None) = read_pending(store, &ids) {
+        // A failure leaves the files; the rebuild then shows what is complete of them.
+        let _ = roll_back(store, &ids);
+    }
 }
 
 fn read_if_exists(p: &Path) -> Result<Option<Vec<u8>>> {
@@ -243,6 +332,7 @@ impl Store {
         let new_dir = self.dir("index.rebuild");
         remove_any(&new_dir)?;
         remove_any(&self.dir("index.old"))?;
+        settle_pending_in(self, &dir);
         let known_before = versions_in(&dir);
         let rep = {
             let ix = Index::open(&new_dir)?.with_faults(self.opts.faults.clone());

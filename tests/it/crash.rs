@@ -25,7 +25,7 @@
 //! The store persists across iterations, so every iteration also recovers from the crashes
 //! before it. Before recovery the parent inspects the on-disk state to report where the kills
 //! landed (a pack longer than the index knows, chunks recorded without a version, a pending
-//! commit with or without its manifest, a temp file of an atomic write, a leftover manifest of
+//! commit with all, some or none of its files in place, a temp file of an atomic write, a leftover manifest of
 //! an interrupted gc, ...).
 //!
 //! A kill occasionally leaves sled's files damaged; the store then rebuilds the index from
@@ -797,24 +797,34 @@ fn crash_signature(root: &Path, seen: &mut BTreeSet<String>) -> Result<Vec<Strin
         v.sort();
         v
     };
-    let pending = ix.meta_id("pending").map_err(|e| e.to_string())?;
-    if let Some(p) = pending {
-        let m = root
-            .join("manifests")
-            .join(ml_dash::testing::manifest::manifest_file_name(p));
-        let e = root
-            .join("events")
-            .join(ml_dash::testing::manifest::event_file_name(p));
-        sig.push(
-            if m.exists() {
-                "pending commit, manifest durable"
-            } else if e.exists() {
-                "pending commit, event durable"
-            } else {
-                "pending commit, no file yet"
-            }
-            .into(),
-        );
+    let pending: Vec<ml_dash::Id> = ix
+        .meta("pending")
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default()
+        .chunks_exact(16)
+        .map(|c| ml_dash::Id(c.try_into().expect("16 bytes")))
+        .collect();
+    if !pending.is_empty() {
+        let placed = pending
+            .iter()
+            .filter(|p| {
+                root.join("manifests")
+                    .join(ml_dash::testing::manifest::manifest_file_name(**p))
+                    .exists()
+                    || root
+                        .join("events")
+                        .join(ml_dash::testing::manifest::event_file_name(**p))
+                        .exists()
+            })
+            .count();
+        let what = if pending.len() > 1 { "batch" } else { "commit" };
+        sig.push(if placed == pending.len() {
+            format!("pending {what}, every file durable")
+        } else if placed == 0 {
+            format!("pending {what}, no file yet")
+        } else {
+            format!("pending {what}, some of its files durable")
+        });
     }
     let committed: BTreeMap<_, _> = ix.packs().map_err(|e| e.to_string())?.into_iter().collect();
     for pid in ids("packs", "pack") {
@@ -867,7 +877,7 @@ fn crash_signature(root: &Path, seen: &mut BTreeSet<String>) -> Result<Vec<Strin
         sig.push("index holds chunks no manifest references".into());
     }
     for id in ids("manifests", "manifest") {
-        if Some(id) != pending
+        if !pending.contains(&id)
             && ix.version(id).map_err(|e| e.to_string())?.is_none()
             && seen.insert(format!("{id}.manifest"))
         {
