@@ -81,7 +81,7 @@ pub use store::read::FileReader;
 pub use store::recover::RebuildReport;
 pub use store::stats::Stats;
 pub use store::verify::VerifyReport;
-pub use store::{ListFilter, NewVersion, RecordChanges, Store, StoreOptions};
+pub use store::{ListFilter, NewVersion, RecordChanges, Store, StoreOptions, UploadBatch};
 
 /// Checks of names and values, as every upload applies them: an embedder (or a form) can check
 /// input before calling the store, with the same errors.
@@ -111,5 +111,17 @@ pub mod testing {
     pub use crate::store::index::Index;
     pub use crate::store::packs::{self, PackWriter};
     pub use crate::store::read::read_all;
+    pub use crate::store::write::ImportedVersion;
     pub use crate::test_support::{XorShift, random_bytes};
+
+    /// Queue a file as `ml-dash import` does: its bytes must match `imported`'s size and SHA-256.
+    pub fn imported_file(
+        batch: &mut crate::UploadBatch<'_>,
+        src: impl AsRef<std::path::Path>,
+        key: crate::FileKey,
+        v: crate::NewVersion,
+        imported: ImportedVersion,
+    ) {
+        batch.imported_file(src, key, v, imported);
+    }
 }

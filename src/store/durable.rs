@@ -2,9 +2,11 @@
 //! to fail (every helper takes the store's `Faults`, so no call site can skip the check).
 //!
 //! `write_atomic` writes a whole small file (manifest, event, format file): temp file in the same
-//! directory, fsync, rename over the final name, fsync the directory. `AtomicFile` does the same
-//! for a streamed file (a download). `fsync_dir`, `rename` and `remove_file` are the other
-//! durable steps. No other call site renames into place, removes a store file or fsyncs a
+//! directory, fsync, rename over the final name, fsync the directory. `stage_all` and
+//! `Staged::commit` do that in two steps for the many manifests of one commit (all temporary
+//! files durable before the first rename), with one fsync per directory. `AtomicFile` does
+//! the same for a streamed file (a download). `fsync_dir`, `rename` and `remove_file` are the
+//! other durable steps. No other call site renames into place, removes a store file or fsyncs a
 //! directory.
 
 use std::fs::{self, File, OpenOptions};
@@ -52,6 +54,117 @@ pub fn write_atomic(dest: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
     faults.check(FaultKind::Write, &f.temp)?;
     f.write_all(bytes).at(dest)?;
     f.commit()
+}
+
+/// How many temporary files `stage_all` writes and fsyncs at once: fsyncs issued together are
+/// committed together by the file system's journal (one after the other, each new file costs a
+/// journal commit of its own).
+const PARALLEL_SYNCS: usize = 16;
+
+/// Write many small files to temporary files beside their destinations and fsync them
+/// (several at a time); nothing is under a final name yet. `file(i)` gives the destination and
+/// bytes of file `i` of `count` (called from several threads, once per file). A failure removes
+/// the temporary files written (a crash can leave some; they are never read).
+pub fn stage_all(
+    count: usize,
+    file: &(dyn Fn(usize) -> (PathBuf, Vec<u8>) + Sync),
+    faults: &Faults,
+) -> Result<Staged> {
+    let slots: Vec<std::sync::Mutex<Option<(PathBuf, PathBuf)>>> =
+        (0..count).map(|_| std::sync::Mutex::new(None)).collect();
+    let write_one = |i: usize| -> Result<()> {
+        let (dest, bytes) = file(i);
+        let temp = temp_name(&dest);
+        faults.check(FaultKind::Write, &temp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .at(&temp)?;
+        *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some((temp.clone(), dest));
+        f.write_all(&bytes).at(&temp)?;
+        faults.check(FaultKind::Sync, &temp)?;
+        f.sync_all().at(&temp)
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None::<Error>);
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= count {
+                return;
+            }
+            if let Err(e) = write_one(i) {
+                next.store(count, std::sync::atomic::Ordering::Relaxed);
+                failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+                return;
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..PARALLEL_SYNCS.min(count) {
+            s.spawn(work);
+        }
+        work();
+    });
+    let staged = Staged {
+        files: slots
+            .into_iter()
+            .filter_map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .collect(),
+        renamed: 0,
+        faults: faults.clone(),
+    };
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e), // dropping `staged` removes the temporary files
+        None => Ok(staged),
+    }
+}
+
+/// Temporary files written and fsynced by `stage_all`, waiting to be renamed into place.
+/// Dropped without `commit`, it removes the ones not yet renamed.
+pub struct Staged {
+    /// `(temp, dest)`, in the order given.
+    files: Vec<(PathBuf, PathBuf)>,
+    /// How many of `files` are renamed.
+    renamed: usize,
+    faults: Faults,
+}
+
+impl Staged {
+    /// Rename every file into place, in order, then fsync each destination directory once.
+    /// After it returns, all of them survive a crash; a crash or failure during the renames
+    /// leaves the first few in place (the caller's commit protocol, the index's `pending`
+    /// marker, settles that).
+    pub fn commit(mut self) -> Result<()> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        while let Some((temp, dest)) = self.files.get(self.renamed) {
+            rename(temp, dest, &self.faults)?;
+            self.renamed += 1;
+            let dir = match dest.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            fsync_dir(&dir, &self.faults)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (temp, _) in &self.files[self.renamed..] {
+            let _ = fs::remove_file(temp);
+        }
+    }
 }
 
 /// A file written under a temporary name and renamed into place by `commit`. Dropped without

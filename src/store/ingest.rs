@@ -14,9 +14,13 @@
 //! Windows come from a fixed pool of buffers (`POOL` × `WINDOW`), so memory is bounded whatever
 //! the file size and a slow stage applies back-pressure to the reader. Chunks are `Bytes` slices
 //! of those buffers (no copy); a buffer returns to the pool when its last chunk is dropped.
-//! Nothing here touches manifests or the index beyond lookups: `write.rs` commits the result.
+//! The files of one commit share a `PackSink`: the pack being appended to stays open from one
+//! file to the next and is fsynced once, when the commit finishes the sink (a full pack is
+//! fsynced as soon as the next one starts). Chunks appended by the commit are found again by the
+//! files after them (dedup within a commit) before the index records them.
+//! Nothing here touches manifests or the index beyond lookups and the chunk locations of fsynced
+//! packs: `batch.rs` commits the result.
 
-use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -44,16 +48,77 @@ const WINDOW: usize = 8 << 20;
 
 const POOL: usize = 6;
 
+/// The first window of a source whose size is known is only as large as the source (plus one
+/// byte, to see its end), but at least this: a small file never costs a whole `WINDOW`.
+const SMALL_WINDOW: usize = 64 << 10;
+
 /// What an ingest produced. Nothing is visible until the caller commits it.
 pub struct Ingested {
     pub checksum: Sha256,
     pub size: u64,
     pub chunks: Vec<(ChunkId, u32)>,
-    /// Packs written to and their final lengths. All are fsynced, and the index already holds
-    /// their lengths and the locations of the chunks in them (applied, not yet flushed).
-    pub packs: Vec<(Id, u64)>,
     /// Stored bytes added (record headers included).
     pub new_bytes: u64,
+}
+
+/// Where the files of one commit append their new chunks, from one file to the next.
+///
+/// Full packs are fsynced (by ingest's sync thread) as soon as the next one starts, and the
+/// index then records their chunks (applied, not flushed). The pack being appended to is
+/// fsynced only by `finish`, once for the whole commit; until then its chunks are known only
+/// here (`fresh`), so later files of the commit deduplicate against them without the index
+/// naming bytes that are not durable yet.
+pub(crate) struct PackSink {
+    /// The pack the index names as open, with its committed length: the first append continues
+    /// it if it has room and its length on disk is what the index says.
+    active: Option<(Id, u64)>,
+    writer: Option<PackWriter>,
+    /// Chunks appended to `writer` since it was opened: recorded in the index by `finish`.
+    unsynced: Vec<(ChunkId, ChunkLoc)>,
+    /// Every chunk this commit appended, wherever it went.
+    fresh: HashMap<ChunkId, ChunkLoc>,
+    /// Window buffers, kept from one file to the next.
+    buffers: Vec<Vec<u8>>,
+}
+
+impl PackSink {
+    /// A sink that continues `active` (the index's open pack and its committed length).
+    pub(crate) fn new(active: Option<(Id, u64)>) -> PackSink {
+        PackSink {
+            active,
+            writer: None,
+            unsynced: Vec::new(),
+            fresh: HashMap::new(),
+            buffers: Vec::new(),
+        }
+    }
+
+    /// fsync the open pack and record its chunks and length in the index (applied, not
+    /// flushed: the commit's next index flush makes them durable). Returns the pack later
+    /// appends should continue, if this commit wrote any. An error here must poison the store.
+    pub(crate) fn finish(&mut self, index: &Index) -> Result<Option<Id>> {
+        let Some(mut w) = self.writer.take() else {
+            return Ok(None);
+        };
+        w.sync()?;
+        record_synced(index, &w, &std::mem::take(&mut self.unsynced))?;
+        Ok(Some(w.id))
+    }
+}
+
+/// Record the chunks of a fsynced pack, and its length, in the index (in small batches: one
+/// sled batch per 50k entries costs ~200 MB).
+fn record_synced(index: &Index, w: &PackWriter, locs: &[(ChunkId, ChunkLoc)]) -> Result<()> {
+    for part in locs.chunks(256) {
+        let mut b = IndexBatch::default();
+        for (id, loc) in part {
+            b.put_chunk(id, loc);
+        }
+        index.apply_unflushed(b)?;
+    }
+    let mut b = IndexBatch::default();
+    b.put_pack(w.id, w.len());
+    index.apply_unflushed(b)
 }
 
 /// Where appends go and how.
@@ -62,8 +127,8 @@ pub struct IngestConfig<'a> {
     pub chunker: &'a Chunker,
     pub compression: Compression,
     pub pack_target: u64,
-    /// The pack to continue, if the index has one open.
-    pub active: Option<(Id, u64)>,
+    /// The source's size, if known (a file): its first window is allocated to fit.
+    pub size_hint: Option<u64>,
     pub progress: Option<&'a AtomicU64>,
     pub faults: &'a crate::store::fault::Faults,
     /// The version to store deltas against: found (by `find_previous`) only once the source
@@ -140,20 +205,33 @@ enum Processed {
     },
 }
 
-/// Read `src` to the end, chunk, dedup against `index`, and append new chunks to packs.
-pub fn ingest<R: Read + Send>(
+/// Read `src` to the end, chunk, dedup against `index` and the chunks of `sink`, and append new
+/// chunks to the sink's packs.
+pub(crate) fn ingest<R: Read + Send>(
+    src: R,
+    index: &Index,
+    cfg: &IngestConfig<'_>,
+    sink: &mut PackSink,
+) -> Result<Ingested> {
+    pipeline(src, index, cfg, sink)
+}
+
+/// `ingest` through the reader, hashing and chunk-writing threads.
+fn pipeline<R: Read + Send>(
     mut src: R,
     index: &Index,
     cfg: &IngestConfig<'_>,
+    sink: &mut PackSink,
 ) -> Result<Ingested> {
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(POOL);
     for _ in 0..POOL {
-        pool_tx.send(Vec::new()).expect("pool has room");
+        let buf = sink.buffers.pop().unwrap_or_default();
+        pool_tx.send(buf).expect("pool has room");
     }
     let (sha_tx, sha_rx) = bounded::<Bytes>(POOL);
     let (batch_tx, batch_rx) = bounded::<Batch>(2);
 
-    std::thread::scope(|s| {
+    let res = std::thread::scope(|s| {
         let sha = s.spawn(move || {
             let mut h = sha2::Sha256::new();
             let mut n = 0u64;
@@ -163,8 +241,9 @@ pub fn ingest<R: Read + Send>(
             }
             (Sha256(Digest(h.finalize().into())), n)
         });
-        let worker = s.spawn(move || write_chunks(batch_rx, index, cfg));
-        let read = read_windows(&mut src, cfg, pool_tx, pool_rx, sha_tx, batch_tx);
+        let sink = &mut *sink;
+        let worker = s.spawn(move || write_chunks(batch_rx, index, cfg, sink));
+        let read = read_windows(&mut src, cfg, pool_tx, &pool_rx, sha_tx, batch_tx);
         let written = worker
             .join()
             .map_err(|_| Error::Internal("ingest worker panicked".into()))?;
@@ -176,7 +255,10 @@ pub fn ingest<R: Read + Send>(
         out.checksum = checksum;
         out.size = size;
         Ok(out)
-    })
+    });
+    // Every window has come home (their chunks are dropped): keep them for the next file.
+    sink.buffers.extend(pool_rx.try_iter());
+    res
 }
 
 fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -196,29 +278,35 @@ fn read_windows(
     src: &mut impl Read,
     cfg: &IngestConfig<'_>,
     pool_tx: Sender<Vec<u8>>,
-    pool_rx: Receiver<Vec<u8>>,
+    pool_rx: &Receiver<Vec<u8>>,
     sha_tx: Sender<Bytes>,
     batch_tx: Sender<Batch>,
 ) -> Result<()> {
     let mut carry: Option<Bytes> = None;
-    let mut cuts = Vec::new();
-    let mut grid_cuts = Vec::new();
+    let mut cuts = Cuts::default();
     let mut cutter: Option<Cutter<'_>> = None;
     // Absolute offset of the current window's first byte.
     let mut at = 0u64;
     // The carried tail is shorter than one max-size chunk; keep windows well above that.
     let window_len = WINDOW.max(4 * cfg.chunker.config().max);
+    // A source of known size gets a first window that fits it (a longer source then simply
+    // continues in whole windows).
+    let mut want = match cfg.size_hint.and_then(|n| usize::try_from(n).ok()) {
+        Some(n) => n.saturating_add(1).clamp(SMALL_WINDOW, window_len),
+        None => window_len,
+    };
     loop {
         let Ok(mut buf) = pool_rx.recv() else {
             return Ok(());
         };
-        buf.resize(window_len, 0);
+        buf.resize(want, 0);
         let carried = carry.as_ref().map_or(0, |c| c.len());
         if let Some(c) = carry.take() {
             buf[..carried].copy_from_slice(&c);
         }
         let fresh = read_full(src, &mut buf[carried..]).map_err(Error::Source)?;
-        let eof = carried + fresh < window_len;
+        let eof = carried + fresh < want;
+        want = window_len;
         let len = carried + fresh;
         let window = Bytes::from_owner(PoolBuf {
             buf,
@@ -234,34 +322,7 @@ fn read_windows(
             }
         }
         let cutter = cutter.get_or_insert_with(|| choose_cutter(&window, cfg));
-        let mut pos = 0;
-        let (used, batch): (usize, Batch) = match cutter {
-            Cutter::Cdc(chunker) => {
-                cuts.clear();
-                let used = chunker.cuts(&window, eof, &mut cuts);
-                let batch = cuts
-                    .iter()
-                    .map(|&l| {
-                        pos += l;
-                        (window.slice(pos - l..pos), None)
-                    })
-                    .collect();
-                (used, batch)
-            }
-            Cutter::Grid { grid, matches } => {
-                grid_cuts.clear();
-                let used = grid.cuts(at, &window, eof, &mut grid_cuts);
-                let batch = grid_cuts
-                    .iter()
-                    .map(|&(l, place)| {
-                        pos += l;
-                        let hint = place.and_then(|p| hint(cfg, grid, matches, p, l));
-                        (window.slice(pos - l..pos), hint)
-                    })
-                    .collect();
-                (used, batch)
-            }
-        };
+        let (used, batch) = cut_window(cutter, &window, at, eof, cfg, &mut cuts);
         at += used as u64;
         if used < len {
             carry = Some(window.slice(used..));
@@ -271,6 +332,56 @@ fn read_windows(
         }
         if eof {
             return Ok(());
+        }
+    }
+}
+
+/// Reused buffers of `cut_window`.
+#[derive(Default)]
+struct Cuts {
+    cdc: Vec<usize>,
+    grid: Vec<(usize, Option<crate::format::tensors::Place>)>,
+}
+
+/// Cut `window` (starting at file offset `at`; `eof`: nothing follows it) into chunks, with the
+/// delta hint of each piece of a tensor. Returns the bytes used (the rest is carried into the
+/// next window) and the chunks.
+fn cut_window(
+    cutter: &Cutter<'_>,
+    window: &Bytes,
+    at: u64,
+    eof: bool,
+    cfg: &IngestConfig<'_>,
+    cuts: &mut Cuts,
+) -> (usize, Batch) {
+    let mut pos = 0;
+    match cutter {
+        Cutter::Cdc(chunker) => {
+            cuts.cdc.clear();
+            let used = chunker.cuts(window, eof, &mut cuts.cdc);
+            let batch = cuts
+                .cdc
+                .iter()
+                .map(|&l| {
+                    pos += l;
+                    (window.slice(pos - l..pos), None)
+                })
+                .collect();
+            (used, batch)
+        }
+        Cutter::Grid { grid, matches } => {
+            cuts.grid.clear();
+            let used = grid.cuts(at, window, eof, &mut cuts.grid);
+            let batch = cuts
+                .grid
+                .iter()
+                .map(|&(l, place)| {
+                    pos += l;
+                    let hint = place.and_then(|p| hint(cfg, grid, matches, p, l));
+                    (window.slice(pos - l..pos), hint)
+                })
+                .collect();
+            (used, batch)
         }
     }
 }
@@ -353,9 +464,15 @@ fn process(
     chunk: Bytes,
     hint: Option<Hint>,
     index: &Index,
+    fresh: &HashMap<ChunkId, ChunkLoc>,
     cfg: &IngestConfig<'_>,
 ) -> Result<Processed> {
     let id = ChunkId::of(&chunk);
+    // Appended by this commit, from bytes hashed here: not durable yet, but it will be before
+    // anything refers to it (the whole commit fails otherwise).
+    if fresh.contains_key(&id) {
+        return Ok(Processed::Known(id, len_field(&chunk)?));
+    }
     // A known chunk is referenced only if its record really holds these bytes: damage (bit
     // rot, a chain whose base is gone) must not turn a new upload into an unreadable one.
     // Otherwise the chunk is written again and its new location takes over the id.
@@ -378,103 +495,110 @@ fn write_chunks(
     batches: Receiver<Batch>,
     index: &Index,
     cfg: &IngestConfig<'_>,
+    sink: &mut PackSink,
 ) -> Result<Ingested> {
     let mut out = Ingested {
         checksum: Sha256::default(),
         size: 0,
         chunks: Vec::new(),
-        packs: Vec::new(),
         new_bytes: 0,
     };
-    let mut seen: HashSet<ChunkId> = HashSet::new();
-    let mut writer: Option<PackWriter> = None;
-    // Locations of the chunks appended to `writer`, recorded once that pack is fsynced.
-    let mut locs: Vec<(ChunkId, ChunkLoc)> = Vec::new();
     let (sync_tx, sync_rx) = bounded::<(PackWriter, Vec<(ChunkId, ChunkLoc)>)>(4);
     std::thread::scope(|s| {
-        // fsync full packs while the next one fills, then record their chunks in the index
-        // (in small batches: one sled batch per 50k entries costs ~200 MB).
-        let syncer = s.spawn(move || -> Result<Vec<(Id, u64)>> {
-            let mut done = Vec::new();
+        // fsync full packs while the next one fills, then record their chunks in the index.
+        let syncer = s.spawn(move || -> Result<()> {
             for (mut w, locs) in sync_rx {
                 w.sync()?;
-                for part in locs.chunks(256) {
-                    let mut b = IndexBatch::default();
-                    for (id, loc) in part {
-                        b.put_chunk(id, loc);
-                    }
-                    index.apply_unflushed(b)?;
-                }
-                let mut b = IndexBatch::default();
-                b.put_pack(w.id, w.len());
-                index.apply_unflushed(b)?;
-                done.push((w.id, w.len()));
+                record_synced(index, &w, &locs)?;
             }
-            Ok(done)
+            Ok(())
         });
+        let mut full = |w: PackWriter, locs: Vec<(ChunkId, ChunkLoc)>| {
+            sync_tx
+                .send((w, locs))
+                .map_err(|_| Error::Internal("pack sync thread stopped".into()))
+        };
         let res = (|| -> Result<()> {
             for batch in batches {
-                let processed: Vec<Result<Processed>> = batch
-                    .into_par_iter()
-                    .map(|(c, h)| process(c, h, index, cfg))
-                    .collect();
-                for p in processed {
-                    match p? {
-                        Processed::Known(id, len) => out.chunks.push((id, len)),
-                        Processed::New { id, raw, packed } => {
-                            out.chunks.push((id, len_field(&raw)?));
-                            if !seen.insert(id) {
-                                continue;
-                            }
-                            let (codec, stored): (Codec, &[u8]) = match &packed {
-                                Some((codec, c)) => (*codec, c),
-                                None => (Codec::Raw, &raw),
-                            };
-                            let need = (RECORD_HEADER_LEN + stored.len()) as u64;
-                            let w = match writer.take() {
-                                Some(w) if w.is_empty() || w.len() + need <= cfg.pack_target => w,
-                                Some(full) => {
-                                    sync_tx.send((full, std::mem::take(&mut locs))).map_err(
-                                        |_| Error::Internal("pack sync thread stopped".into()),
-                                    )?;
-                                    PackWriter::create(cfg.packs_dir, cfg.faults)?
-                                }
-                                None => match cfg.active {
-                                    Some((id, len)) if len + need <= cfg.pack_target => {
-                                        match PackWriter::reopen(
-                                            cfg.packs_dir,
-                                            id,
-                                            len,
-                                            cfg.faults,
-                                        )? {
-                                            Some(w) => w,
-                                            None => PackWriter::create(cfg.packs_dir, cfg.faults)?,
-                                        }
-                                    }
-                                    _ => PackWriter::create(cfg.packs_dir, cfg.faults)?,
-                                },
-                            };
-                            let w = writer.insert(w);
-                            let loc = w.append(id, len_field(&raw)?, codec, stored)?;
-                            out.new_bytes += loc.record_len();
-                            locs.push((id, loc));
-                        }
-                    }
-                }
+                store_batch(batch, index, cfg, sink, &mut out, &mut full)?;
             }
             Ok(())
         })();
-        if let Some(w) = writer.take() {
-            let _ = sync_tx.send((w, locs));
-        }
         drop(sync_tx);
         let synced = syncer
             .join()
             .map_err(|_| Error::Internal("pack sync thread panicked".into()))?;
         // A failed fsync is the root cause when both failed (the worker then only saw the
         // sync thread stop): report it first.
-        out.packs = synced?;
+        synced?;
         res?;
         Ok(out)
     })
+}
+
+/// A full pack handed on to be fsynced, with the locations of its chunks.
+type OnFull<'f> = dyn FnMut(PackWriter, Vec<(ChunkId, ChunkLoc)>) -> Result<()> + 'f;
+
+/// Dedup, encode and append one batch of chunks to the sink's packs, recording them in `out`.
+/// A pack that fills up is handed to `full` and a new one started.
+fn store_batch(
+    batch: Batch,
+    index: &Index,
+    cfg: &IngestConfig<'_>,
+    sink: &mut PackSink,
+    out: &mut Ingested,
+    full: &mut OnFull<'_>,
+) -> Result<()> {
+    let fresh = &sink.fresh;
+    let processed: Vec<Result<Processed>> = if batch.len() == 1 {
+        batch
+            .into_iter()
+            .map(|(c, h)| process(c, h, index, fresh, cfg))
+            .collect()
+    } else {
+        batch
+            .into_par_iter()
+            .map(|(c, h)| process(c, h, index, fresh, cfg))
+            .collect()
+    };
+    for p in processed {
+        let (id, raw, packed) = match p? {
+            Processed::Known(id, len) => {
+                out.chunks.push((id, len));
+                continue;
+            }
+            Processed::New { id, raw, packed } => (id, raw, packed),
+        };
+        out.chunks.push((id, len_field(&raw)?));
+        if sink.fresh.contains_key(&id) {
+            continue; // earlier in this batch of chunks
+        }
+        let (codec, stored): (Codec, &[u8]) = match &packed {
+            Some((codec, c)) => (*codec, c),
+            None => (Codec::Raw, &raw),
+        };
+        let need = (RECORD_HEADER_LEN + stored.len()) as u64;
+        let w = match sink.writer.take() {
+            Some(w) if w.is_empty() || w.len() + need <= cfg.pack_target => w,
+            Some(done) => {
+                full(done, std::mem::take(&mut sink.unsynced))?;
+                PackWriter::create(cfg.packs_dir, cfg.faults)?
+            }
+            None => match sink.active.take() {
+                Some((id, len)) if len + need <= cfg.pack_target => {
+                    match PackWriter::reopen(cfg.packs_dir, id, len, cfg.faults)? {
+                        Some(w) => w,
+                        None => PackWriter::create(cfg.packs_dir, cfg.faults)?,
+                    }
+                }
+                _ => PackWriter::create(cfg.packs_dir, cfg.faults)?,
+            },
+        };
+        let w = sink.writer.insert(w);
+        let loc = w.append(id, len_field(&raw)?, codec, stored)?;
+        out.new_bytes += loc.record_len();
+        sink.unsynced.push((id, loc));
+        sink.fresh.insert(id, loc);
+    }
+    Ok(())
 }

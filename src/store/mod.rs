@@ -8,6 +8,7 @@
 //! that keeps its experiment open for days never locks out `ml-dash list` in another terminal;
 //! concurrent callers wait for the lock (up to `lock_timeout`) instead of failing.
 
+pub(crate) mod batch;
 pub(crate) mod durable;
 pub mod fault;
 pub mod findings;
@@ -21,8 +22,9 @@ pub mod read;
 pub(crate) mod recover;
 pub(crate) mod stats;
 pub(crate) mod verify;
-mod write;
+pub(crate) mod write;
 
+pub use batch::UploadBatch;
 pub use list::ListFilter;
 pub(crate) use list::resolve_in;
 pub(crate) use write::ImportedVersion;

@@ -1,20 +1,21 @@
-//! Writes: uploads (`put_file`, `put_reader`), deletes and record updates, each committed in
-//! the store's write order (see ARCHITECTURE.md).
+//! Writes: single uploads (`put_file`, `put_reader`: batches of one, see `batch.rs`), deletes
+//! and record updates, each committed in the store's write order (see ARCHITECTURE.md); and
+//! what uploads need to know about the store (`check_new`, `next_version`, `previous_for`).
 
-use std::fs::{self, File};
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 
+use super::batch::Source;
 use super::{Session, Store};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::format::id::Id;
-use crate::format::manifest::{self, Event, Manifest};
+use crate::format::manifest::{self, Event};
 use crate::format::names::FileKey;
 use crate::format::record::{self, FileRecord};
 use crate::store::durable;
 use crate::store::index::{Index, IndexBatch, Scope};
-use crate::store::ingest::{self, IngestConfig, Ingested, Previous};
+use crate::store::ingest::Previous;
 
 /// What to record with a new version.
 #[derive(Clone, Debug, Default)]
@@ -71,7 +72,7 @@ impl RecordChanges {
 /// What an import keeps from the record it copies (`Store::put_file_imported`, used only by
 /// `ml-dash import`): the original timestamps, and the size and SHA-256 the bytes must have.
 #[derive(Clone, Debug)]
-pub(crate) struct ImportedVersion {
+pub struct ImportedVersion {
     /// Recorded as given (the caller checks the format).
     pub uploaded_at: String,
     /// Recorded as given.
@@ -81,14 +82,8 @@ pub(crate) struct ImportedVersion {
     /// The size the bytes must have.
     pub size_bytes: u64,
 }
-/// What a stream upload knows besides its bytes.
-struct How<'a> {
-    /// Import: the record's timestamps, size and checksum to keep.
-    imported: Option<&'a ImportedVersion>,
-    /// The source's tensor layout, when read from a file (zip archives).
-    layout: Option<crate::format::tensors::Layout>,
-}
-fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
+/// Check a new version's key and values (every upload, before anything is written).
+pub(super) fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
     // Keys come from `ExperimentKey::new` (`names.rs`), but a FileKey is a plain struct:
     // check again.
     for (what, s) in [
@@ -117,7 +112,7 @@ fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
 /// `key`, else the newest live file with the same extension in the same experiment and
 /// prefix (checkpoints are often saved under a new name each time), if it is a safetensors
 /// file. Anything unreadable just means no deltas (verify reports damage).
-fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
+pub(super) fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
     let ix = &s.index;
     let live = |id: Id| ix.version(id).ok().flatten().filter(|r| !r.is_deleted());
     let own = ix
@@ -175,7 +170,7 @@ fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
     })
 }
 /// The layout of a zip archive (`tensors::Layout::zip`), if `r` starts like one.
-fn zip_layout<R: Read + std::io::Seek>(
+pub(super) fn zip_layout<R: Read + std::io::Seek>(
     r: &mut R,
     len: u64,
 ) -> Option<crate::format::tensors::Layout> {
@@ -187,48 +182,23 @@ fn zip_layout<R: Read + std::io::Seek>(
     }
     crate::format::tensors::Layout::zip(r, len)
 }
-fn next_version(ix: &Index, key: &FileKey) -> Result<u32> {
+/// The version number the next upload of `key` gets.
+pub(super) fn next_version(ix: &Index, key: &FileKey) -> Result<u32> {
     let last = ix.versions_of(key)?.last().map_or(0, |(v, _)| *v);
     last.max(ix.deleted_up_to(key)?)
         .checked_add(1)
         .filter(|v| *v <= record::MAX_VERSION)
-        .ok_or_else(|| {
-            Error::invalid(
-                "path",
-                key.display(),
-                "has no version numbers left (the last is 2147483647)",
-            )
-        })
+        .ok_or_else(|| no_versions_left(key))
 }
-/// Write order: packs fsynced and their chunk locations recorded (by ingest) → pending marker
-/// and index flush →
-/// manifest durable → version in the index. A crash between steps leaves either nothing visible
-/// or, via the pending marker, a version that `finish_pending` completes on the next open.
-fn commit_version(s: &Session<'_>, rec: &FileRecord, ing: Ingested) -> Result<()> {
-    // Chunk locations and pack lengths are already in the index (ingest records them after each
-    // pack's fsync); this flush makes them durable together with the pending marker.
-    let mut b = IndexBatch::default();
-    if let Some((id, _)) = ing.packs.last() {
-        b.set_meta("active_pack", &id.0);
-    }
-    b.set_meta("pending", &rec.id.0);
-    b.set_meta("last_id", &rec.id.0);
-    s.index.apply(b)?;
-    let m = Manifest {
-        format: manifest::FORMAT,
-        record: rec.clone(),
-        chunks: ing.chunks,
-    };
-    durable::write_atomic(
-        &s.store.manifest_path(rec.id),
-        &m.encode(),
-        &s.store.opts.faults,
-    )?;
-    let mut b = IndexBatch::default();
-    b.put_version(rec);
-    b.remove_meta("pending");
-    s.index.apply(b)
+pub(super) fn no_versions_left(key: &FileKey) -> Error {
+    Error::invalid(
+        "path",
+        key.display(),
+        "has no version numbers left (the last is 2147483647)",
+    )
 }
+/// An event (delete, update) in the write order: pending marker and index flush → event file
+/// durable → its changes in the index (`recover::finish_pending` settles a crash in between).
 fn commit_event(s: &Session<'_>, e: &Event) -> Result<()> {
     let mut b = IndexBatch::default();
     b.set_meta("pending", &e.id().0);
@@ -245,9 +215,12 @@ fn commit_event(s: &Session<'_>, e: &Event) -> Result<()> {
 }
 
 impl Store {
-    /// Store a file from disk as a new version of `key`. Symlinks are followed; directories,
-    /// FIFOs, sockets and devices are refused. If the file changes while it is read (size or
-    /// mtime differ before and after), nothing is recorded and `SourceChanged` is returned.
+    /// Store a file from disk as a new version of `key` (an [`UploadBatch`] of one). Symlinks
+    /// are followed; directories, FIFOs, sockets and devices are refused. If the file changes
+    /// while it is read (size or mtime differ before and after), nothing is recorded and
+    /// `SourceChanged` is returned.
+    ///
+    /// [`UploadBatch`]: crate::UploadBatch
     pub fn put_file(
         &self,
         src: &Path,
@@ -255,7 +228,15 @@ impl Store {
         v: NewVersion,
         progress: Option<&AtomicU64>,
     ) -> Result<FileRecord> {
-        self.put_file_inner(src, key, v, progress, None)
+        let mut b = self.upload_batch();
+        b.push(
+            Source::Path(src.to_path_buf()),
+            key.clone(),
+            v,
+            None,
+            progress,
+        );
+        one(b.commit())
     }
     /// Import: store a file as a new version keeping the timestamps of `imported`. The bytes are
     /// checked against its size and SHA-256 before anything is recorded: on a mismatch the
@@ -268,62 +249,10 @@ impl Store {
         imported: &ImportedVersion,
         progress: Option<&AtomicU64>,
     ) -> Result<FileRecord> {
-        self.put_file_inner(src, key, v, progress, Some(imported))
-    }
-    fn put_file_inner(
-        &self,
-        src: &Path,
-        key: &FileKey,
-        v: NewVersion,
-        progress: Option<&AtomicU64>,
-        imported: Option<&ImportedVersion>,
-    ) -> Result<FileRecord> {
-        check_new(key, &v)?;
-        let meta = fs::metadata(src).at(src)?;
-        if meta.is_dir() {
-            return Err(Error::invalid(
-                "source",
-                src.display().to_string(),
-                "is a directory",
-            ));
-        }
-        if !meta.is_file() {
-            return Err(Error::invalid(
-                "source",
-                src.display().to_string(),
-                "is not a regular file (FIFO, socket or device)",
-            ));
-        }
-        let file = File::open(src).at(src)?;
-        let before = file.metadata().at(src)?;
-        // A zip archive (PyTorch checkpoints) is laid out from its central directory, at the
-        // end; a second handle reads it (a stale layout only changes where chunks are cut).
-        let layout = match self.opts.delta_depth {
-            0 => None,
-            _ => File::open(src)
-                .ok()
-                .and_then(|mut f| zip_layout(&mut f, before.len())),
-        };
-        let changed = |reason: String| Error::SourceChanged {
-            path: src.to_path_buf(),
-            reason,
-        };
-        let how = How { imported, layout };
-        self.put_stream(file, key, v, progress, how, |got| {
-            let after =
-                fs::metadata(src).map_err(|e| changed(format!("cannot stat it again: {e}")))?;
-            if after.len() != before.len() || got != before.len() {
-                return Err(changed(format!(
-                    "size was {} bytes, read {got}, now {}",
-                    before.len(),
-                    after.len()
-                )));
-            }
-            if after.modified().ok() != before.modified().ok() {
-                return Err(changed("modification time changed".into()));
-            }
-            Ok(())
-        })
+        let mut b = self.upload_batch();
+        let src = Source::Path(src.to_path_buf());
+        b.push(src, key.clone(), v, Some(imported.clone()), progress);
+        one(b.commit())
     }
     /// Store everything `src` yields as a new version of `key` (e.g. standard input).
     pub fn put_reader(
@@ -333,98 +262,15 @@ impl Store {
         v: NewVersion,
         progress: Option<&AtomicU64>,
     ) -> Result<FileRecord> {
-        check_new(key, &v)?;
-        let how = How {
-            imported: None,
-            layout: None,
-        };
-        self.put_stream(src, key, v, progress, how, |_| Ok(()))
-    }
-    fn put_stream(
-        &self,
-        src: impl Read + Send,
-        key: &FileKey,
-        v: NewVersion,
-        progress: Option<&AtomicU64>,
-        how: How<'_>,
-        check_source: impl FnOnce(u64) -> Result<()>,
-    ) -> Result<FileRecord> {
-        let How { imported, layout } = how;
-        self.check_poison()?;
-        let s = self.session()?;
-        let ix = &s.index;
-        let active = match ix.meta_id("active_pack")? {
-            Some(id) => ix.pack_len(id)?.map(|len| (id, len)),
-            None => None,
-        };
-        let packs_dir = self.dir("packs");
-        let previous = std::sync::OnceLock::new();
-        let find_previous = || previous_for(&s, key);
-        let pack_files = crate::store::read::PackFiles::new(packs_dir.clone());
-        let cfg = IngestConfig {
-            packs_dir: &packs_dir,
-            chunker: &self.chunker,
-            compression: self.opts.compression,
-            pack_target: self.opts.pack_target,
-            active,
+        let mut b = self.upload_batch();
+        b.push(
+            Source::Reader(Box::new(src)),
+            key.clone(),
+            v,
+            None,
             progress,
-            faults: &self.opts.faults,
-            previous: &previous,
-            find_previous: &find_previous,
-            delta_depth: self.opts.delta_depth,
-            layout,
-            pack_files: &pack_files,
-        };
-        // Any failure other than reading the source happened while writing packs: the fate of
-        // those bytes is unknown, so the store stops taking writes until reopened.
-        let ing = ingest::ingest(src, ix, &cfg).map_err(|e| match e {
-            e @ Error::Source(_) => e,
-            e => self.poison::<()>(Err(e)).unwrap_err(),
-        })?;
-        check_source(ing.size)?;
-        if let Some(imp) = imported
-            && (imp.checksum != ing.checksum || imp.size_bytes != ing.size)
-        {
-            return Err(Error::corrupt(
-                key.display(),
-                format!(
-                    "the record says {} bytes with SHA-256 {}, the bytes are {} with {}",
-                    imp.size_bytes, imp.checksum, ing.size, ing.checksum
-                ),
-            ));
-        }
-
-        let version = next_version(ix, key)?;
-        let vid = Id::generate_after(ix.meta_id("last_id")?);
-        if ix.version(vid)?.is_some() {
-            return Err(Error::index(format!("version id {vid} already exists")));
-        }
-        let now = crate::format::time::now_iso();
-        let (uploaded_at, updated_at) = match imported {
-            Some(imp) => (imp.uploaded_at.clone(), imp.updated_at.clone()),
-            None => (now.clone(), now),
-        };
-        let rec = FileRecord {
-            id: vid,
-            namespace: key.namespace.clone(),
-            project: key.project.clone(),
-            experiment: key.experiment.clone(),
-            path: key.path.clone(),
-            filename: key.filename.clone(),
-            version,
-            size_bytes: ing.size,
-            checksum: ing.checksum,
-            content_type: record::content_type(&key.filename).to_string(),
-            description: v.description,
-            tags: v.tags,
-            metadata: v.metadata,
-            uploaded_at,
-            updated_at,
-            deleted_at: None,
-            new_bytes: ing.new_bytes,
-        };
-        self.poison(commit_version(&s, &rec, ing))?;
-        Ok(rec)
+        );
+        one(b.commit())
     }
     /// Soft-delete every version of a path. Returns the versions hidden.
     pub fn delete(&self, key: &FileKey) -> Result<Vec<FileRecord>> {
@@ -503,4 +349,11 @@ impl Store {
             .version(version_id)?
             .ok_or_else(|| Error::NotFound(format!("version {version_id}")))
     }
+}
+
+/// The one record of a batch of one.
+fn one(records: Result<Vec<FileRecord>>) -> Result<FileRecord> {
+    records?
+        .pop()
+        .ok_or_else(|| Error::Internal("a batch of one file committed none".into()))
 }

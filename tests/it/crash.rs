@@ -2,12 +2,14 @@
 //!
 //! The parent test re-runs this test binary as a child (`crash::child_worker`, selected by
 //! `ML_DASH_CRASH_CHILD`) that does real store work in a loop: uploads of new, repeated,
-//! shifted and compressible data (0..3 MiB), new versions of the same paths, deletes, metadata
-//! updates and `gc`. Around every operation the child journals a `begin` line, and after the
+//! shifted and compressible data (0..3 MiB), batches of 2-5 files committed together (a path
+//! may appear twice in one), new versions of the same paths, deletes, metadata updates and
+//! `gc`. Around every operation the child journals a `begin` line, and after the
 //! operation returned success an `ack` line (each line written and fsynced) before the next
 //! operation starts. The parent SIGKILLs the child, in turn: after a random delay (0..300 ms);
 //! at a random point of one of its first uploads (of mostly new data, 256 KiB..3 MiB); at a
-//! random point of a `gc` (threshold 0.0) that follows many small uploads and deletes. The
+//! random point of a `gc` (threshold 0.0) that follows many small uploads and deletes; at a
+//! random point of one of its first batches of uploads. The
 //! kill points within an upload or a gc are drawn from the durations of earlier ones. Then the
 //! parent reopens the store (library) and checks:
 //!
@@ -19,13 +21,14 @@
 //!   path): deleted versions are listed deleted or gone and never open;
 //! - nothing is half visible: every listed version reads back completely, with its recorded
 //!   size and checksum, and no version exists that the journal does not explain (the one
-//!   operation in flight at the kill may or may not have happened, but entirely or not at all);
+//!   operation in flight at the kill may or may not have happened, but entirely or not at all:
+//!   of a batch, every version or none);
 //! - the store keeps working: a delete and an upload, then `verify` again.
 //!
 //! The store persists across iterations, so every iteration also recovers from the crashes
 //! before it. Before recovery the parent inspects the on-disk state to report where the kills
 //! landed (a pack longer than the index knows, chunks recorded without a version, a pending
-//! commit with all, some or none of its files in place, a temp file of an atomic write, a leftover manifest of
+//! commit with or without its manifest, a temp file of an atomic write, a leftover manifest of
 //! an interrupted gc, ...).
 //!
 //! A kill occasionally leaves sled's files damaged; the store then rebuilds the index from
@@ -249,6 +252,65 @@ impl Worker {
         self.last = data;
     }
 
+    /// 2..=5 uploads committed together (readers and files; a path may come twice).
+    fn upload_batch(&mut self, fresh: bool) {
+        let n = 2 + self.rng.below(4);
+        let mut items = Vec::new();
+        for _ in 0..n {
+            let k = mixed_key(self.rng.below(12));
+            let (mut d, kind) = if fresh {
+                let len = 1 + self.rng.below(MIB as u64) as usize;
+                (random_bytes(self.rng.next_u64(), len), "new")
+            } else {
+                self.data()
+            };
+            d.truncate(MIB + 7);
+            self.n += 1;
+            let meta = json!({"n": self.n, "kind": kind, "batch": true});
+            items.push((k, d, meta));
+        }
+        let begun: Vec<Value> = items
+            .iter()
+            .map(|(k, d, meta)| {
+                json!({"key": key_json(k), "sha": sha256_hex(d), "size": d.len(), "meta": meta})
+            })
+            .collect();
+        self.journal
+            .line(json!({"op": "puts", "phase": "begin", "items": begun}));
+        let mut batch = self.store.upload_batch();
+        let mut sources = Vec::new();
+        for (i, (k, d, meta)) in items.iter().enumerate() {
+            let v = NewVersion {
+                metadata: meta.clone(),
+                ..Default::default()
+            };
+            if self.rng.below(2) == 0 {
+                let src = self.scratch.join(format!("src-{}-{i}", self.n));
+                fs::write(&src, d).expect("write source file");
+                batch.file(&src, k.clone(), v);
+                sources.push(src);
+            } else {
+                batch.reader(&d[..], k.clone(), v);
+            }
+        }
+        let recs = batch
+            .commit()
+            .unwrap_or_else(|e| panic!("child: batch of {n} uploads failed: {e}"));
+        for src in sources {
+            let _ = fs::remove_file(src);
+        }
+        for ((k, d, _), r) in items.iter().zip(&recs) {
+            assert_eq!(r.key(), *k, "child: batch record order");
+            assert_eq!(r.checksum.to_hex(), sha256_hex(d), "child: batch checksum");
+        }
+        let versions: Vec<u32> = recs.iter().map(|r| r.version).collect();
+        self.journal
+            .line(json!({"op": "puts", "phase": "ack", "items": begun, "versions": versions}));
+        if let Some((_, d, _)) = items.pop() {
+            self.last = d;
+        }
+    }
+
     fn delete(&mut self, key: &FileKey) {
         self.journal
             .line(json!({"op": "del", "phase": "begin", "key": key_json(key)}));
@@ -334,11 +396,16 @@ impl Worker {
             self.upload(&k, d, kind);
             return;
         }
+        if mode == "batch" && self.rng.below(10) < 8 {
+            self.upload_batch(true);
+            return;
+        }
         match self.rng.below(100) {
-            0..=59 => {
+            0..=51 => {
                 let (d, kind) = self.data();
                 self.upload(&k, d, kind);
             }
+            52..=59 => self.upload_batch(false),
             60..=71 => self.delete(&k),
             72..=91 => self.update(&k),
             _ => {
@@ -461,6 +528,10 @@ enum InFlight {
         size: u64,
         meta: Value,
     },
+    /// A batch: every item becomes visible, or none does.
+    Puts {
+        items: Vec<(FileKey, String, u64, Value)>,
+    },
     Del {
         key: FileKey,
     },
@@ -477,6 +548,7 @@ impl InFlight {
     fn kind(&self) -> &'static str {
         match self {
             InFlight::Put { .. } => "upload",
+            InFlight::Puts { .. } => "batch upload",
             InFlight::Del { .. } => "delete",
             InFlight::Upd { .. } => "update",
             InFlight::Gc => "gc",
@@ -533,7 +605,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
         if op != "gc" && phase != "notfound" && !matches!(phase, "begin" | "ack") {
             return Err(at("unknown phase".into()));
         }
-        let k = if op == "gc" {
+        let k = if op == "gc" || op == "puts" {
             None
         } else {
             Some(key_from_json(&v["key"])?)
@@ -543,7 +615,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
                 (Some(InFlight::Put { key, .. }), "put")
                 | (Some(InFlight::Del { key }), "del")
                 | (Some(InFlight::Upd { key, .. }), "upd") => Some(key) == k.as_ref(),
-                (Some(InFlight::Gc), "gc") => true,
+                (Some(InFlight::Gc), "gc") | (Some(InFlight::Puts { .. }), "puts") => true,
                 _ => false,
             };
             if !matches {
@@ -580,6 +652,39 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
                     },
                 );
                 *stats.acks.entry("upload").or_default() += 1;
+            }
+            ("puts", "begin") => {
+                inflight = Some(InFlight::Puts {
+                    items: batch_items(&v)?,
+                })
+            }
+            ("puts", "ack") => {
+                let items = batch_items(&v)?;
+                let versions = v["versions"].as_array().cloned().unwrap_or_default();
+                if versions.len() != items.len() {
+                    return Err(at("batch ack without a version per item".into()));
+                }
+                for ((key, sha, size, meta), got) in items.into_iter().zip(versions) {
+                    let st = model.entry(key).or_default();
+                    let version = got.as_u64().unwrap_or(0) as u32;
+                    if version != st.next_version() {
+                        return Err(at(format!(
+                            "acknowledged batch upload got version {version}, the model \
+                             expects {}",
+                            st.next_version()
+                        )));
+                    }
+                    st.versions.insert(
+                        version,
+                        Ver {
+                            sha,
+                            size,
+                            meta,
+                            tags: Vec::new(),
+                        },
+                    );
+                    *stats.acks.entry("batch upload").or_default() += 1;
+                }
             }
             ("del", "begin") => {
                 inflight = Some(InFlight::Del {
@@ -651,6 +756,23 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
     Ok(inflight)
 }
 
+/// The items of a batch line: key, SHA-256, size and metadata of each upload, in order.
+fn batch_items(v: &Value) -> Result<Vec<(FileKey, String, u64, Value)>, String> {
+    v["items"]
+        .as_array()
+        .ok_or_else(|| format!("journal: batch without items: {v}"))?
+        .iter()
+        .map(|i| {
+            Ok((
+                key_from_json(&i["key"])?,
+                i["sha"].as_str().unwrap_or_default().to_string(),
+                i["size"].as_u64().unwrap_or(u64::MAX),
+                i["meta"].clone(),
+            ))
+        })
+        .collect()
+}
+
 /// Decide from the recovered store whether the operation in flight happened (entirely), and
 /// fold it into the model if it did.
 fn settle(
@@ -694,6 +816,47 @@ fn settle(
                     true
                 }
             }
+        }
+        InFlight::Puts { items } => {
+            // The version each item would have got, in order; all present or none.
+            let mut next: BTreeMap<FileKey, u32> = BTreeMap::new();
+            let mut found = Vec::new();
+            for (key, sha, size, meta) in &items {
+                let v = *next
+                    .entry(key.clone())
+                    .and_modify(|v| *v += 1)
+                    .or_insert_with(|| model.get(key).map_or(1, PathState::next_version));
+                if let Some(r) = listing.get(&(key.clone(), v)) {
+                    if r.checksum.to_hex() != *sha || r.size_bytes != *size || r.metadata != *meta {
+                        return Err(format!(
+                            "the batch in flight at the kill made {} v{v} with different \
+                             content: {r:?}",
+                            key.display()
+                        ));
+                    }
+                    found.push(v);
+                }
+            }
+            if !found.is_empty() && found.len() != items.len() {
+                return Err(format!(
+                    "the batch in flight at the kill is partly visible: {} of its {} versions",
+                    found.len(),
+                    items.len()
+                ));
+            }
+            let applied = !found.is_empty();
+            for ((key, sha, size, meta), v) in items.into_iter().zip(found) {
+                model.entry(key).or_default().versions.insert(
+                    v,
+                    Ver {
+                        sha,
+                        size,
+                        meta,
+                        tags: Vec::new(),
+                    },
+                );
+            }
+            applied
         }
         InFlight::Del { key } => {
             let st = model.entry(key.clone()).or_default();
@@ -1194,13 +1357,14 @@ fn crash_loop(name: &str, iters: usize, rebuild: bool) -> Stats {
     // (The rebuild loop walks other operations than the main loop.)
     let base = base_seed().wrapping_add(if rebuild { 0x5EED } else { 0 });
     // Durations of acknowledged gc runs and uploads (microseconds), to aim the kills.
-    let (mut gc_times, mut put_times): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    let (mut gc_times, mut put_times, mut batch_times): (Vec<u64>, Vec<u64>, Vec<u64>) =
+        (Vec::new(), Vec::new(), Vec::new());
     let mut seen_leftovers = BTreeSet::new();
     for it in 0..iters {
         let seed = base
             .wrapping_mul(0x0000_0100_0000_01B3)
             .wrapping_add(it as u64);
-        let mode = ["mixed", "upload", "gc"][it % 3];
+        let mode = ["mixed", "upload", "gc", "batch"][it % 4];
         let scratch = dir.path().join(format!("it-{it:03}"));
         fs::create_dir_all(&scratch).unwrap();
         let journal = scratch.join("journal.jsonl");
@@ -1230,6 +1394,12 @@ fn crash_loop(name: &str, iters: usize, rebuild: bool) -> Stats {
                 wait_for_begin(&journal, &mut child, "put", k);
                 rng.below(p90(&put_times, 30_000) + 1)
             }
+            "batch" => {
+                // Kill at a random point of the 1st, 2nd or 3rd batch of uploads.
+                let k = 1 + rng.below(3) as usize;
+                wait_for_begin(&journal, &mut child, "puts", k);
+                rng.below(p90(&batch_times, 60_000) + 1)
+            }
             _ => rng.below(MAX_KILL_DELAY_US + 1),
         };
         std::thread::sleep(Duration::from_micros(delay));
@@ -1249,6 +1419,7 @@ fn crash_loop(name: &str, iters: usize, rebuild: bool) -> Stats {
         for (times, op, m) in [
             (&mut gc_times, "gc", "gc"),
             (&mut put_times, "put", "upload"),
+            (&mut batch_times, "puts", "batch"),
         ] {
             if mode != m {
                 continue;

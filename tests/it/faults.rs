@@ -1,18 +1,34 @@
 //! Fault injection in process: fail the Nth write or fsync of a workload (upload of new data,
-//! upload of known data, delete, metadata update, gc with a pack rewrite). After the failure the
-//! store refuses every further write (no silent retry of an fsync) but still reads; reopened
-//! without faults it verifies clean, everything acknowledged before is intact, and what the
-//! failed operation touched is either absent or complete.
+//! a batch of 5 files committed together, upload of known data, delete, metadata update, gc with
+//! a pack rewrite). After the failure the store refuses every further write (no silent retry of
+//! an fsync) but still reads; reopened without faults it verifies clean, everything
+//! acknowledged before is intact, and what the failed operation touched is either absent or
+//! complete: of the batch, all 5 versions or none.
 
 use ml_dash::StoreOptions;
 use ml_dash::testing::{FaultKind, Faults};
-use ml_dash::{Error, Experiment, Store};
+use ml_dash::{Error, Experiment, NewVersion, Store};
 
 use crate::util::*;
 
 const MIB: usize = 1 << 20;
 
 type Step<'a> = Box<dyn Fn(&Experiment) -> Result<(), Error> + 'a>;
+
+/// The files of the batch step: name and bytes (tiny, empty, through the ingest pipeline,
+/// sharing chunks with each other).
+fn batch_files() -> Vec<(String, Vec<u8>)> {
+    let shared = random_bytes(7, 200_000);
+    let mut more = shared.clone();
+    more.extend_from_slice(&random_bytes(8, 50_000));
+    vec![
+        ("b0.txt".into(), random_bytes(4, 100)),
+        ("b1.bin".into(), Vec::new()),
+        ("b2.bin".into(), random_bytes(5, 3 * MIB / 2)),
+        ("b3.bin".into(), shared),
+        ("b4.bin".into(), more),
+    ]
+}
 
 struct Outcome {
     fired: bool,
@@ -36,6 +52,16 @@ fn run_workload(root: &std::path::Path, dir: &std::path::Path, faults: Faults) -
                 .prefix("/w")
                 .save()
                 .map(drop)
+        }),
+        Box::new(|e| {
+            let files: Vec<_> = batch_files()
+                .into_iter()
+                .map(|(name, data)| {
+                    let key = e.file_key(&format!("/batch/{name}")).unwrap();
+                    (write_file(dir, &name, &data), key, NewVersion::default())
+                })
+                .collect();
+            e.store().put_files(&files).map(drop)
         }),
         Box::new(|e| {
             e.file(write_file(dir, "copy.bin", &random_bytes(1, 2 * MIB)))
@@ -132,6 +158,25 @@ fn check_after_reopen(root: &std::path::Path, a: &[u8], b: &[u8]) {
         Ok(_) => same_bytes(read_via_reader(&exp, "/base/b.bin", None), b, "b.bin"),
         Err(Error::NotFound(_)) => {}
         Err(e) => panic!("b.bin: {e}"),
+    }
+    // The batch: all of it or none of it, byte-exact.
+    let batch = batch_files();
+    let seen: Vec<_> = batch
+        .iter()
+        .filter(|(name, _)| exp.get(&format!("/batch/{name}"), None).is_ok())
+        .collect();
+    assert!(
+        seen.is_empty() || seen.len() == batch.len(),
+        "{} of the batch's {} versions are visible",
+        seen.len(),
+        batch.len()
+    );
+    for (name, data) in seen {
+        same_bytes(
+            read_via_reader(&exp, &format!("/batch/{name}"), None),
+            data,
+            name,
+        );
     }
     // Whatever the workload left visible reads back complete and matches its checksum.
     for r in list_everything(&store) {

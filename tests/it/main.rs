@@ -6,6 +6,7 @@
 #[path = "../../examples/support/adam.rs"]
 mod adam;
 mod badinput;
+mod batch;
 mod cli;
 mod compression;
 mod corruption;

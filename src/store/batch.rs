@@ -1,0 +1,542 @@
+//! Uploads, one file or many, committed together (`UploadBatch`).
+//!
+//! A batch is one commit: one session (the store lock and the index), every file ingested into
+//! the same open pack (`PackSink`), that pack fsynced once, then `commit_versions` makes every
+//! version visible at once in the store's write order. `put_file` and `put_reader` are batches
+//! of one. Everything that can be checked before writing (names, values, the sources being
+//! regular files) is checked first, so bad input commits nothing and writes nothing.
+//!
+//! The commit step (`commit_versions`) takes prepared versions and the pack sink their new
+//! chunks went to: it does not care how, or under which lock, they were ingested.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::write::{check_new, next_version, no_versions_left, previous_for, zip_layout};
+use super::{Session, Store};
+use crate::error::{Error, IoContext, Result};
+use crate::format::id::Id;
+use crate::format::manifest::{self, Manifest};
+use crate::format::names::FileKey;
+use crate::format::record::{self, FileRecord};
+use crate::store::durable;
+use crate::store::index::IndexBatch;
+use crate::store::ingest::{self, IngestConfig, Ingested, PackSink};
+use crate::store::read::PackFiles;
+use crate::store::{ImportedVersion, NewVersion};
+
+/// Where a file's bytes come from.
+pub(crate) enum Source<'a> {
+    Path(PathBuf),
+    Reader(Box<dyn Read + Send + 'a>),
+}
+
+/// One file of a batch.
+struct Item<'a> {
+    /// Taken when the file is ingested.
+    source: Option<Source<'a>>,
+    key: FileKey,
+    v: NewVersion,
+    imported: Option<ImportedVersion>,
+    progress: Option<&'a AtomicU64>,
+}
+
+/// Called as each file of a batch starts: its position in the batch and key; the counter it
+/// returns (if any) is advanced by the bytes read from that file.
+type OnStart<'a> = Box<dyn FnMut(usize, &FileKey) -> Option<Arc<AtomicU64>> + 'a>;
+
+/// Several uploads committed as one: every file becomes a new version, and all of them become
+/// visible together, or (on any error) none of them does. Made by [`Store::upload_batch`].
+///
+/// A batch holds the store's lock from `commit` until it returns, appends the new chunks of
+/// all its files to the same pack, fsyncs that pack once, writes every manifest and fsyncs the
+/// manifest directory once, and makes all versions visible with one index update: many small
+/// files cost little more than one. A crash at any point leaves all of the batch's versions or
+/// none of them after the store is next opened.
+///
+/// Files are stored in the order they were added. The same path may appear more than once:
+/// each gets its own version, consecutive in that order. Nothing is read or written before
+/// every name and value is checked and every source path is found to be a regular file (so a
+/// bad third file commits nothing, and leaves no trace); a source that cannot be read, or that
+/// changes while it is read, fails the whole batch too (its chunks are left for `gc`).
+///
+/// ```
+/// use ml_dash::{ExperimentKey, NewVersion, Store};
+///
+/// # fn main() -> ml_dash::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+/// # std::fs::write(&a, b"{}").unwrap();
+/// # std::fs::write(&b, b"[]").unwrap();
+/// let store = Store::open(dir.path().join("store"))?;
+/// let exp = ExperimentKey::new("local", "vision", "run-1")?;
+/// let mut batch = store.upload_batch();
+/// batch.file(&a, exp.file("/configs".into(), "a.json".into()), NewVersion::default());
+/// batch.file(&b, exp.file("/configs".into(), "b.json".into()), NewVersion::default());
+/// // Standard input, or any reader, can be part of a batch too.
+/// batch.reader(&b"v2"[..], exp.file("/configs".into(), "a.json".into()), NewVersion::default());
+/// let records = batch.commit()?;
+/// let versions: Vec<u32> = records.iter().map(|r| r.version).collect();
+/// assert_eq!(versions, [1, 1, 2]); // a.json twice: consecutive versions
+/// # Ok(())
+/// # }
+/// ```
+pub struct UploadBatch<'a> {
+    store: &'a Store,
+    items: Vec<Item<'a>>,
+    on_start: Option<OnStart<'a>>,
+}
+
+/// A version ready to commit: its record and chunk list. Its new chunks are in packs: full ones
+/// fsynced and recorded in the index (applied, not flushed), the open one in the `PackSink`
+/// handed to `commit_versions` with it. Its manifest is not written yet.
+pub(crate) struct Prepared {
+    pub manifest: Manifest,
+}
+
+impl Store {
+    /// Start a batch of uploads that are committed together (see [`UploadBatch`]).
+    pub fn upload_batch(&self) -> UploadBatch<'_> {
+        UploadBatch {
+            store: self,
+            items: Vec::new(),
+            on_start: None,
+        }
+    }
+
+    /// Store files from disk as new versions, all committed together (an [`UploadBatch`] of
+    /// `files`): returns their records in the order given, or an error and nothing stored.
+    ///
+    /// ```
+    /// use ml_dash::{ExperimentKey, NewVersion, Store};
+    ///
+    /// # fn main() -> ml_dash::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path().join("store"))?;
+    /// let exp = ExperimentKey::new("local", "vision", "run-1")?;
+    /// let mut files = Vec::new();
+    /// for step in 0..3 {
+    ///     let src = dir.path().join(format!("plot-{step}.png"));
+    ///     std::fs::write(&src, format!("plot {step}")).unwrap();
+    ///     let key = exp.file("/plots".into(), format!("plot-{step}.png"));
+    ///     files.push((src, key, NewVersion::default()));
+    /// }
+    /// let records = store.put_files(&files)?;
+    /// assert_eq!(records.len(), 3);
+    /// assert_eq!(records[2].filename, "plot-2.png");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn put_files<P: AsRef<Path>>(
+        &self,
+        files: &[(P, FileKey, NewVersion)],
+    ) -> Result<Vec<FileRecord>> {
+        let mut batch = self.upload_batch();
+        for (src, key, v) in files {
+            batch.file(src.as_ref(), key.clone(), v.clone());
+        }
+        batch.commit()
+    }
+}
+
+impl<'a> UploadBatch<'a> {
+    /// Add a file from disk, stored as a new version of `key`. Symlinks are followed;
+    /// directories, FIFOs, sockets and devices are refused (by `commit`, before anything is
+    /// written). If the file changes while it is read (size or mtime differ before and after),
+    /// the batch fails with `SourceChanged`.
+    pub fn file(&mut self, src: impl AsRef<Path>, key: FileKey, v: NewVersion) -> &mut Self {
+        self.push(Source::Path(src.as_ref().to_path_buf()), key, v, None, None)
+    }
+
+    /// Add everything `src` yields (e.g. standard input) as a new version of `key`.
+    pub fn reader(&mut self, src: impl Read + Send + 'a, key: FileKey, v: NewVersion) -> &mut Self {
+        self.push(Source::Reader(Box::new(src)), key, v, None, None)
+    }
+
+    /// Add a file as a new version that keeps the timestamps of `imported` (import). Its bytes
+    /// are checked against the size and SHA-256 `imported` gives (`Error::Corrupt` if they
+    /// differ).
+    pub(crate) fn imported_file(
+        &mut self,
+        src: impl AsRef<Path>,
+        key: FileKey,
+        v: NewVersion,
+        imported: ImportedVersion,
+    ) -> &mut Self {
+        let src = Source::Path(src.as_ref().to_path_buf());
+        self.push(src, key, v, Some(imported), None)
+    }
+
+    /// Call `f` as each file starts (with its position in the batch and its key); the counter
+    /// it returns, if any, is advanced by the bytes read from that file (a progress bar).
+    pub fn on_file_start(
+        &mut self,
+        f: impl FnMut(usize, &FileKey) -> Option<Arc<AtomicU64>> + 'a,
+    ) -> &mut Self {
+        self.on_start = Some(Box::new(f));
+        self
+    }
+
+    /// Files added so far.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// No file added yet?
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        source: Source<'a>,
+        key: FileKey,
+        v: NewVersion,
+        imported: Option<ImportedVersion>,
+        progress: Option<&'a AtomicU64>,
+    ) -> &mut Self {
+        self.items.push(Item {
+            source: Some(source),
+            key,
+            v,
+            imported,
+            progress,
+        });
+        self
+    }
+
+    /// Store every file and make all the new versions visible together. Returns their records
+    /// in the order the files were added. On any error nothing becomes visible: bad names,
+    /// values or sources are found before anything is written; a source that fails while it
+    /// is read, or bytes that do not match an imported record, fail the batch with chunks left
+    /// for `gc`; a failed durable step also poisons the store (see [`Store`]).
+    pub fn commit(self) -> Result<Vec<FileRecord>> {
+        self.run(false)?.into_iter().collect()
+    }
+
+    /// Like `commit`, but a file that cannot be stored (a bad name, a source that is missing,
+    /// unreadable or changing, bytes that do not match their imported record) only gets its
+    /// error, in its place in the result, and the others are committed together. Errors of the
+    /// store itself (a failed pack write or fsync, the lock) still fail the whole batch.
+    pub fn commit_each(self) -> Result<Vec<Result<FileRecord>>> {
+        self.run(true)
+    }
+
+    fn run(self, each: bool) -> Result<Vec<Result<FileRecord>>> {
+        let UploadBatch {
+            store,
+            items,
+            mut on_start,
+        } = self;
+        let mut items = items;
+        // 1. Everything that can be checked without the store, before anything is written.
+        let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(items.len());
+        for it in &items {
+            match check_item(it) {
+                Ok(()) => results.push(None),
+                Err(e) if each => results.push(Some(Err(e))),
+                Err(e) => return Err(e),
+            }
+        }
+        store.check_poison()?;
+        if results.iter().all(Option::is_some) {
+            return Ok(results.into_iter().flatten().collect());
+        }
+        let s = store.session()?;
+        let ix = &s.index;
+        let active = match ix.meta_id("active_pack")? {
+            Some(id) => ix.pack_len(id)?.map(|len| (id, len)),
+            None => None,
+        };
+        let mut sink = PackSink::new(active);
+
+        // 2. Ingest every file into the sink. A source that fails is the file's own error;
+        //    anything else happened while writing packs: the fate of those bytes is unknown,
+        //    so the store stops taking writes until reopened.
+        let mut done: Vec<(usize, Ingested)> = Vec::new();
+        for (i, it) in items.iter_mut().enumerate() {
+            let Some(source) = it.source.take().filter(|_| results[i].is_none()) else {
+                continue;
+            };
+            let counter = on_start.as_mut().and_then(|f| f(i, &it.key));
+            let progress = counter.as_deref().or(it.progress);
+            let imported = it.imported.as_ref();
+            match ingest_item(&s, source, &it.key, imported, progress, &mut sink) {
+                Ok(ing) => done.push((i, ing)),
+                Err(Failed::Item(e)) if each => results[i] = Some(Err(e)),
+                Err(Failed::Item(e)) => {
+                    // What was appended is recorded (fsynced, in the index), so that it is
+                    // plain garbage for gc rather than bytes no index knows.
+                    store.poison(sink.finish(ix))?;
+                    return Err(e);
+                }
+                Err(Failed::Store(e)) => return store.poison(Err(e)),
+            }
+        }
+        drop(on_start);
+
+        // 3. Version numbers (consecutive for a path given twice), ids, records.
+        let mut last = ix.meta_id("last_id")?;
+        let mut numbers: std::collections::HashMap<FileKey, u32> = Default::default();
+        let mut prepared = Vec::with_capacity(done.len());
+        let mut placed = Vec::with_capacity(done.len());
+        for (i, ing) in done {
+            let it = &items[i];
+            let version = match numbers.get(&it.key) {
+                Some(v) => v
+                    .checked_add(1)
+                    .filter(|v| *v <= record::MAX_VERSION)
+                    .ok_or_else(|| no_versions_left(&it.key)),
+                None => next_version(ix, &it.key),
+            };
+            let version = match version {
+                Ok(v) => v,
+                Err(e @ Error::InvalidInput { .. }) if each => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            numbers.insert(it.key.clone(), version);
+            let vid = Id::generate_after(last);
+            last = Some(vid);
+            if ix.version(vid)?.is_some() {
+                return Err(Error::index(format!("version id {vid} already exists")));
+            }
+            let rec = record_for(&it.key, &it.v, it.imported.as_ref(), vid, version, &ing);
+            prepared.push(Prepared {
+                manifest: Manifest {
+                    format: manifest::FORMAT,
+                    record: rec,
+                    chunks: ing.chunks,
+                },
+            });
+            placed.push(i);
+        }
+
+        // 4. Commit.
+        store.poison(commit_versions(&s, &mut sink, &prepared))?;
+        for (i, p) in placed.into_iter().zip(prepared) {
+            results[i] = Some(Ok(p.manifest.record));
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+}
+
+/// Why a file of a batch was not ingested.
+enum Failed {
+    /// Its own fault (its source, its bytes): the batch may go on without it.
+    Item(Error),
+    /// A failed write to the store: everything stops and the store is poisoned.
+    Store(Error),
+}
+
+/// The checks that need no store: names and values, and that a source path is a regular file.
+fn check_item(it: &Item<'_>) -> Result<()> {
+    check_new(&it.key, &it.v)?;
+    if let Some(Source::Path(src)) = &it.source {
+        let meta = fs::metadata(src).at(src)?;
+        if meta.is_dir() {
+            return Err(Error::invalid(
+                "source",
+                src.display().to_string(),
+                "is a directory",
+            ));
+        }
+        if !meta.is_file() {
+            return Err(Error::invalid(
+                "source",
+                src.display().to_string(),
+                "is not a regular file (FIFO, socket or device)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Read one file of a batch into the sink's packs.
+fn ingest_item(
+    s: &Session<'_>,
+    source: Source<'_>,
+    key: &FileKey,
+    imported: Option<&ImportedVersion>,
+    progress: Option<&AtomicU64>,
+    sink: &mut PackSink,
+) -> std::result::Result<Ingested, Failed> {
+    let store = s.store;
+    let packs_dir = store.dir("packs");
+    let previous = std::sync::OnceLock::new();
+    let find_previous = || previous_for(s, key);
+    let pack_files = PackFiles::new(packs_dir.clone());
+    let mut cfg = IngestConfig {
+        packs_dir: &packs_dir,
+        chunker: &store.chunker,
+        compression: store.opts.compression,
+        pack_target: store.opts.pack_target,
+        size_hint: None,
+        progress,
+        faults: &store.opts.faults,
+        previous: &previous,
+        find_previous: &find_previous,
+        delta_depth: store.opts.delta_depth,
+        layout: None,
+        pack_files: &pack_files,
+    };
+    // Failing to read the source is the file's own fault; anything else happened while writing
+    // packs.
+    let failed = |e: Error| match e {
+        e @ Error::Source(_) => Failed::Item(e),
+        e => Failed::Store(e),
+    };
+    let ing = match source {
+        Source::Reader(r) => ingest::ingest(r, &s.index, &cfg, sink).map_err(failed)?,
+        Source::Path(src) => {
+            let item = Failed::Item;
+            let file = File::open(&src).at(&src).map_err(item)?;
+            let before = file.metadata().at(&src).map_err(item)?;
+            // A zip archive (PyTorch checkpoints) is laid out from its central directory, at
+            // the end; a second handle reads it (a stale layout only changes where chunks are
+            // cut).
+            cfg.layout = match store.opts.delta_depth {
+                0 => None,
+                _ => File::open(&src)
+                    .ok()
+                    .and_then(|mut f| zip_layout(&mut f, before.len())),
+            };
+            cfg.size_hint = Some(before.len());
+            let ing = ingest::ingest(file, &s.index, &cfg, sink).map_err(failed)?;
+            let changed = |reason: String| {
+                Failed::Item(Error::SourceChanged {
+                    path: src.clone(),
+                    reason,
+                })
+            };
+            let after =
+                fs::metadata(&src).map_err(|e| changed(format!("cannot stat it again: {e}")))?;
+            if after.len() != before.len() || ing.size != before.len() {
+                return Err(changed(format!(
+                    "size was {} bytes, read {}, now {}",
+                    before.len(),
+                    ing.size,
+                    after.len()
+                )));
+            }
+            if after.modified().ok() != before.modified().ok() {
+                return Err(changed("modification time changed".into()));
+            }
+            ing
+        }
+    };
+    if let Some(imp) = imported
+        && (imp.checksum != ing.checksum || imp.size_bytes != ing.size)
+    {
+        return Err(Failed::Item(Error::corrupt(
+            key.display(),
+            format!(
+                "the record says {} bytes with SHA-256 {}, the bytes are {} with {}",
+                imp.size_bytes, imp.checksum, ing.size, ing.checksum
+            ),
+        )));
+    }
+    Ok(ing)
+}
+
+/// The record of a new version.
+fn record_for(
+    key: &FileKey,
+    v: &NewVersion,
+    imported: Option<&ImportedVersion>,
+    id: Id,
+    version: u32,
+    ing: &Ingested,
+) -> FileRecord {
+    let now = crate::format::time::now_iso();
+    let (uploaded_at, updated_at) = match imported {
+        Some(imp) => (imp.uploaded_at.clone(), imp.updated_at.clone()),
+        None => (now.clone(), now),
+    };
+    FileRecord {
+        id,
+        namespace: key.namespace.clone(),
+        project: key.project.clone(),
+        experiment: key.experiment.clone(),
+        path: key.path.clone(),
+        filename: key.filename.clone(),
+        version,
+        size_bytes: ing.size,
+        checksum: ing.checksum,
+        content_type: record::content_type(&key.filename).to_string(),
+        description: v.description.clone(),
+        tags: v.tags.clone(),
+        metadata: v.metadata.clone(),
+        uploaded_at,
+        updated_at,
+        deleted_at: None,
+        new_bytes: ing.new_bytes,
+    }
+}
+
+/// Make `versions` visible together, in the store's write order:
+///
+/// 1. their chunks durable in packs and recorded in the index (applied, not flushed): ingest
+///    did that for full packs, `PackSink::finish` does it for the open one, while every
+///    manifest is written to a temporary file and fsynced (`durable::stage_all`);
+/// 2. a `pending` marker naming every version, flushed with those chunk locations;
+/// 3. the manifests renamed into place, the directory fsynced (`Staged::commit`);
+/// 4. every version in one index batch, the marker removed, flushed.
+///
+/// A crash before 3 finishes leaves some manifests or none in place: `finish_pending` removes
+/// them and no version is visible. After 3, all are in place and `finish_pending` makes every
+/// version visible. With no versions, only the sink is finished (its chunks are garbage).
+pub(crate) fn commit_versions(
+    s: &Session<'_>,
+    sink: &mut PackSink,
+    versions: &[Prepared],
+) -> Result<()> {
+    let store = s.store;
+    let manifest = |i: usize| {
+        let m = &versions[i].manifest;
+        (store.manifest_path(m.record.id), m.encode())
+    };
+    let (active, staged) = std::thread::scope(|t| {
+        let staging = (!versions.is_empty())
+            .then(|| t.spawn(|| durable::stage_all(versions.len(), &manifest, &store.opts.faults)));
+        let active = sink.finish(&s.index);
+        let staged = staging.map(|h| {
+            h.join()
+                .map_err(|_| Error::Internal("manifest writer panicked".into()))?
+        });
+        (active, staged)
+    });
+    let active = active?;
+    let Some(staged) = staged.transpose()? else {
+        return Ok(());
+    };
+    let max = versions
+        .iter()
+        .map(|p| p.manifest.record.id)
+        .max()
+        .expect("versions to commit");
+    let mut b = IndexBatch::default();
+    if let Some(id) = active {
+        b.set_meta("active_pack", &id.0);
+    }
+    let ids: Vec<u8> = versions
+        .iter()
+        .flat_map(|p| p.manifest.record.id.0)
+        .collect();
+    b.set_meta("pending", &ids);
+    let last = s.index.meta_id("last_id")?.max(Some(max)).unwrap_or(max);
+    b.set_meta("last_id", &last.0);
+    s.index.apply(b)?;
+    staged.commit()?;
+    let mut b = IndexBatch::default();
+    for p in versions {
+        b.put_version(&p.manifest.record);
+    }
+    b.remove_meta("pending");
+    s.index.apply(b)
+}
