@@ -52,6 +52,11 @@ const POOL: usize = 6;
 /// byte, to see its end), but at least this: a small file never costs a whole `WINDOW`.
 const SMALL_WINDOW: usize = 64 << 10;
 
+/// Sources of known size up to this are read whole and ingested on the calling thread: for small
+/// files (many of them in one batch) starting the pipeline's threads would cost more than the
+/// work.
+const INLINE_MAX: u64 = 1 << 20;
+
 /// What an ingest produced. Nothing is visible until the caller commits it.
 pub struct Ingested {
     pub checksum: Sha256,
@@ -208,12 +213,24 @@ enum Processed {
 /// Read `src` to the end, chunk, dedup against `index` and the chunks of `sink`, and append new
 /// chunks to the sink's packs.
 pub(crate) fn ingest<R: Read + Send>(
-    src: R,
+    mut src: R,
     index: &Index,
     cfg: &IngestConfig<'_>,
     sink: &mut PackSink,
 ) -> Result<Ingested> {
-    pipeline(src, index, cfg, sink)
+    match cfg.size_hint.filter(|n| *n <= INLINE_MAX) {
+        None => pipeline(src, index, cfg, sink),
+        Some(n) => {
+            let mut buf = vec![0u8; n as usize + 1];
+            let got = read_full(&mut src, &mut buf).map_err(Error::Source)?;
+            buf.truncate(got);
+            if got as u64 <= n {
+                return ingest_inline(Bytes::from(buf), index, cfg, sink);
+            }
+            // Longer than it said it is (growing while read): all of it through the pipeline.
+            pipeline(std::io::Cursor::new(buf).chain(src), index, cfg, sink)
+        }
+    }
 }
 
 /// `ingest` through the reader, hashing and chunk-writing threads.
@@ -601,4 +618,30 @@ fn store_batch(
         sink.fresh.insert(id, loc);
     }
     Ok(())
+}
+
+/// `ingest` of a source read whole (`INLINE_MAX` bytes at most), on the calling thread.
+fn ingest_inline(
+    data: Bytes,
+    index: &Index,
+    cfg: &IngestConfig<'_>,
+    sink: &mut PackSink,
+) -> Result<Ingested> {
+    if let Some(p) = cfg.progress {
+        p.fetch_add(data.len() as u64, Ordering::Relaxed);
+    }
+    let mut out = Ingested {
+        checksum: Sha256(Digest(sha2::Sha256::digest(&data).into())),
+        size: data.len() as u64,
+        chunks: Vec::new(),
+        new_bytes: 0,
+    };
+    let cutter = choose_cutter(&data, cfg);
+    let (_, batch) = cut_window(&cutter, &data, 0, true, cfg, &mut Cuts::default());
+    let mut full = |mut w: PackWriter, locs: Vec<(ChunkId, ChunkLoc)>| {
+        w.sync()?;
+        record_synced(index, &w, &locs)
+    };
+    store_batch(batch, index, cfg, sink, &mut out, &mut full)?;
+    Ok(out)
 }
