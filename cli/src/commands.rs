@@ -479,23 +479,39 @@ fn upload(
         let (dir, filename) = validate::target(&prefix, &name)?;
         plan.push((f.clone(), ek.file(dir, filename)));
     }
+    // One commit for all the files: they become visible together, or none does.
     let store = Store::open_with(root, options())?;
-    let mut out = io::stdout().lock();
-    for (src, key) in plan {
+    let mut batch = store.upload_batch();
+    for (src, key) in &plan {
         let v = NewVersion {
             description: description.clone(),
             tags: tags.clone(),
             metadata: metadata.clone(),
         };
-        let rec = if src.as_os_str() == "-" {
-            let p = Progress::start(&key.filename, None, !json);
-            store.put_reader(io::stdin(), &key, v, Some(&p.counter))?
+        if src.as_os_str() == "-" {
+            batch.reader(io::stdin(), key.clone(), v);
         } else {
-            let total = std::fs::metadata(&src).map(|m| m.len()).ok();
-            let p = Progress::start(&key.filename, total, !json);
-            store.put_file(&src, &key, v, Some(&p.counter))?
+            batch.file(src, key.clone(), v);
+        }
+    }
+    // A bar per file, as it is read (the previous one is cleared when the next starts).
+    let mut bar: Option<Progress> = None;
+    batch.on_file_start(move |i, key| {
+        bar.take();
+        let src = &plan[i].0;
+        let total = match src.as_os_str() == "-" {
+            true => None,
+            false => std::fs::metadata(src).map(|m| m.len()).ok(),
         };
-        print_record(&mut out, &rec, json)?;
+        let p = Progress::start(&key.filename, total, !json);
+        let counter = p.counter.clone();
+        bar = Some(p);
+        Some(counter)
+    });
+    let records = batch.commit()?;
+    let mut out = io::stdout().lock();
+    for rec in &records {
+        print_record(&mut out, rec, json)?;
     }
     Ok(0)
 }

@@ -1,6 +1,7 @@
-//! Uploads of many files as one commit (`UploadBatch`, `put_files`): all versions visible
-//! together, consecutive versions for a path given twice, bad input in any file commits and
-//! writes nothing, an interrupted commit is settled all-or-none (also by `repair`).
+//! Uploads of many files as one commit (`UploadBatch`, `put_files`, `ml-dash upload A B C`):
+//! all versions visible together, consecutive versions for a path given twice, bad input in
+//! any file commits and writes nothing, an interrupted commit is settled all-or-none (also by
+//! `repair`).
 
 use std::path::{Path, PathBuf};
 
@@ -330,4 +331,39 @@ fn an_interrupted_batch_is_settled_all_or_none_by_open_and_by_repair() {
             "only {partial} failures left part of the batch in place"
         );
     }
+}
+
+/// `ml-dash upload A B C`: one commit, records printed as before; a file that changes while it
+/// is read, or is missing, commits none of them.
+#[test]
+fn cli_upload_of_many_files_is_one_commit() {
+    let dir = tmp();
+    let root = dir.path().join("store");
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| write_file(dir.path(), &format!("f{i}.bin"), &random_bytes(50 + i, 100)))
+        .collect();
+    let mut args: Vec<&str> = vec!["upload"];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    args.extend(["--project", "p", "--experiment", "e", "--json"]);
+    let out = json_lines(ok(&run(&root, &args)));
+    let names: Vec<&str> = out
+        .iter()
+        .map(|r| r["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["f0.bin", "f1.bin", "f2.bin", "f3.bin"]);
+    for bad in ["/proc/self/status", "/nonexistent/file"] {
+        let mut args: Vec<&str> = vec!["upload"];
+        args.extend(files[..2].iter().map(|f| f.to_str().unwrap()));
+        args.extend([bad, "--project", "p", "--experiment", "e2", "--json"]);
+        let r = run(&root, &args);
+        assert_eq!(r.0, 2, "{bad}: {r:?}");
+        assert_eq!(r.1, "", "{bad}: printed records");
+        let listed = ok(&run(
+            &root,
+            &["list", "--experiment", "e2", "--project", "p", "--json"],
+        ))
+        .to_string();
+        assert_eq!(listed, "", "{bad}: committed something");
+    }
+    assert_eq!(run(&root, &["verify"]).0, 0);
 }
