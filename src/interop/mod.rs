@@ -150,8 +150,16 @@ pub struct ExportPlan {
     problems: Vec<String>,
 }
 
-/// Files are copied by this many threads (each holds at most ~3 batches of decoded chunks).
+/// Destinations are checked (hashed) by at most this many threads.
 const MAX_THREADS: usize = 8;
+
+/// Files are copied by this many threads: a small file's copy is mostly waiting for its fsyncs,
+/// and fsyncs issued together are committed together. Decoded bytes in flight stay within the
+/// budget all reads share.
+const COPY_THREADS: usize = 16;
+
+/// Readers opened under one hold of the store lock.
+const OPEN_AT_ONCE: usize = 64;
 
 impl ExportPlan {
     /// Plan the export of everything in `scope`.
@@ -277,21 +285,34 @@ impl ExportPlan {
             }
         }
 
-        // 2. Write: readers are opened one at a time (each takes the store lock briefly), the
+        // 2. Write: readers are opened in groups (each group takes the store lock briefly), the
         //    copies run in parallel. The channel bounds how many open readers wait.
         let outcomes: Mutex<Vec<(JobId, Result<u64>)>> = Mutex::new(Vec::new());
+        let copy_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(COPY_THREADS.min(to_write.len()).max(1))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start export threads: {e}")))?;
         std::thread::scope(|s| {
-            let (tx, rx) = crossbeam_channel::bounded::<(usize, Result<FileReader>)>(MAX_THREADS);
+            let (tx, rx) = crossbeam_channel::bounded::<(usize, Result<FileReader>)>(COPY_THREADS);
             let to_write = &to_write;
             let job = &job;
             s.spawn(move || {
-                for (i, (k, _)) in to_write.iter().enumerate() {
-                    if tx.send((i, store.open_version(job(k).1.rec.id))).is_err() {
-                        break;
+                // A few dozen at a time under one hold of the store lock (each reader keeps its
+                // packs open, so not all of them at once).
+                for (n, group) in to_write.chunks(OPEN_AT_ONCE).enumerate() {
+                    let ids: Vec<_> = group.iter().map(|(k, _)| job(k).1.rec.id).collect();
+                    // (If the group cannot be opened, each file gets its own error.)
+                    let readers = store
+                        .open_versions(&ids)
+                        .unwrap_or_else(|_| ids.iter().map(|id| store.open_version(*id)).collect());
+                    for (j, reader) in readers.into_iter().enumerate() {
+                        if tx.send((n * OPEN_AT_ONCE + j, reader)).is_err() {
+                            return;
+                        }
                     }
                 }
             });
-            pool.install(|| {
+            copy_pool.install(|| {
                 rx.into_iter().par_bridge().for_each(|(i, reader)| {
                     let (k, prior) = &to_write[i];
                     let (r, f) = job(k);

@@ -374,6 +374,25 @@ impl FileReader {
     /// an error after the last byte: a caller that must not keep wrong bytes writes to a
     /// temporary file, as `download` does). Errors writing to `out` are `Error::Output`.
     pub fn copy_to(&self, out: &mut (dyn Write + Send)) -> Result<u64> {
+        let total: u64 = self.chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum();
+        if total <= BATCH_BYTES {
+            // One batch (a small file, e.g. one of the thousands an export copies): on this
+            // thread, without the writer thread.
+            let _held = BUDGET.take(total);
+            let batch = (0..self.chunks.len())
+                .into_par_iter()
+                .map(|i| self.read_chunk(i))
+                .collect::<Result<Vec<_>>>()?;
+            let mut whole = WholeFile::new();
+            for c in &batch {
+                out.write_all(c).map_err(Error::Output)?;
+                whole.update(c);
+            }
+            out.flush().map_err(Error::Output)?;
+            let n = whole.upto;
+            whole.check(&self.record)?;
+            return Ok(n);
+        }
         // Decoded batches go to the writer and, shared, to a thread of their own that computes
         // the SHA-256, so hashing overlaps writing and decoding instead of following them. A
         // batch's share of the decode budget returns when both are done with it.
@@ -526,6 +545,22 @@ impl Store {
             .version(id)?
             .ok_or_else(|| Error::NotFound(format!("version {id}")))?;
         open_reader(&s, rec)
+    }
+
+    /// Open many versions by id under one hold of the store's lock (an export opens thousands):
+    /// one result per id, in order. The readers hold open pack handles, not the lock.
+    pub fn open_versions(&self, ids: &[Id]) -> Result<Vec<Result<FileReader>>> {
+        let s = self.session()?;
+        Ok(ids
+            .iter()
+            .map(|&id| {
+                let rec = s
+                    .index
+                    .version(id)?
+                    .ok_or_else(|| Error::NotFound(format!("version {id}")))?;
+                open_reader(&s, rec)
+            })
+            .collect())
     }
 
     /// Download a version to `dest`. The bytes land under a temporary name and are renamed into
