@@ -257,11 +257,32 @@ pub struct Metric<'a> {
 }
 
 impl Metric<'_> {
-    /// Append a point of named fields (`{"value": 0.5, "epoch": 3}`). Durable when it returns.
+    /// Append a point of named fields (`{"value": 0.5, "epoch": 3}`). Durable when it returns
+    /// (each call is one write and one fdatasync).
     pub fn append(&self, fields: &serde_json::Value) -> Result<MetricPoint> {
         self.exp
             .store
             .append_metric(&self.exp.key, &self.name, fields)
+    }
+
+    /// Append several points in order with one write and one fdatasync: all of them are
+    /// durable when it returns (see `Store::append_metrics`). For many points at once, e.g.
+    /// the values a training loop buffered since its last call.
+    ///
+    /// ```
+    /// # fn main() -> ml_dash::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let exp = ml_dash::Experiment::new("run", "project").local_path(dir.path()).open()?;
+    /// let steps: Vec<_> = (0..100).map(|s| serde_json::json!({"value": 1.0 / (s + 1) as f64, "step": s})).collect();
+    /// let points = exp.metric("loss").append_many(&steps)?;
+    /// assert_eq!((points[0].index, points[99].index), (0, 99));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn append_many(&self, points: &[serde_json::Value]) -> Result<Vec<MetricPoint>> {
+        self.exp
+            .store
+            .append_metrics(&self.exp.key, &self.name, points)
     }
 
     /// All points, in order.

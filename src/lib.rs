@@ -124,4 +124,31 @@ pub mod testing {
     ) {
         batch.imported_file(src, key, v, imported);
     }
+
+    /// Append log lines as `ml-dash import` does (one write and one fdatasync for all).
+    pub fn import_logs(
+        store: &crate::Store,
+        exp: &crate::ExperimentKey,
+        entries: Vec<crate::LogEntry>,
+    ) -> crate::Result<()> {
+        store.import_logs(exp, entries)
+    }
+
+    /// Append metric points as `ml-dash import` does (one write and one fdatasync for all).
+    pub fn import_metrics(
+        store: &crate::Store,
+        exp: &crate::ExperimentKey,
+        name: &str,
+        points: Vec<crate::MetricPoint>,
+    ) -> crate::Result<()> {
+        store.import_metrics(exp, name, points)
+    }
+
+    /// Read an experiment's journal from disk, past any lines this process cached.
+    pub fn journal_from_disk(
+        store: &crate::Store,
+        exp: &crate::ExperimentKey,
+    ) -> crate::Result<crate::JournalContents> {
+        store.journal_from_disk(exp)
+    }
 }

@@ -115,6 +115,60 @@ pub fn import(store: &Store, dir: &Path, progress: Option<&AtomicU64>) -> Result
     Ok(sum)
 }
 
+/// Lines of one journal file waiting to be appended: one write and one fsync per
+/// `JOURNAL_BATCH` lines instead of per line.
+struct JournalBatch<T> {
+    waiting: Vec<T>,
+    appended: u64,
+    /// The first failed append: nothing more is appended and the experiment reports it.
+    failed: Option<Error>,
+}
+
+/// Lines appended to a journal with one write and one fsync.
+const JOURNAL_BATCH: usize = 8192;
+
+impl<T> Default for JournalBatch<T> {
+    fn default() -> Self {
+        JournalBatch {
+            waiting: Vec::new(),
+            appended: 0,
+            failed: None,
+        }
+    }
+}
+
+impl<T> JournalBatch<T> {
+    /// Queue `item`, appending the queue with `append` once it is full.
+    fn push(&mut self, item: T, append: impl FnOnce(Vec<T>) -> Result<()>) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.waiting.push(item);
+        if self.waiting.len() >= JOURNAL_BATCH {
+            self.flush(append);
+        }
+    }
+
+    fn flush(&mut self, append: impl FnOnce(Vec<T>) -> Result<()>) {
+        let items = std::mem::take(&mut self.waiting);
+        let n = items.len() as u64;
+        match append(items) {
+            Ok(()) => self.appended += n,
+            Err(e) => self.failed = Some(e),
+        }
+    }
+
+    /// Append what is queued; adds the number of lines appended to `count`, and returns the
+    /// first failure.
+    fn finish(mut self, count: &mut u64, append: impl FnOnce(Vec<T>) -> Result<()>) -> Result<()> {
+        if self.failed.is_none() && !self.waiting.is_empty() {
+            self.flush(append);
+        }
+        *count += self.appended;
+        self.failed.map_or(Ok(()), Err)
+    }
+}
+
 struct Ctx<'a> {
     store: &'a Store,
     root: &'a Root,
@@ -244,7 +298,7 @@ impl Ctx<'_> {
             return Ok(());
         }
         let (store, key) = (self.store, self.key);
-        let mut n = 0;
+        let mut batch = JournalBatch::default();
         self.jsonl(&rel, |v| {
             let l: LogEntry = serde_json::from_value(v)
                 .map_err(|e| Error::corrupt("logs/logs.jsonl", format!("a line: {e}")))?;
@@ -254,12 +308,12 @@ impl Ctx<'_> {
             if have.contains(&(l.sequence_number, l.timestamp.clone(), l.message.clone())) {
                 return Ok(());
             }
-            store.import_log(key, l)?;
-            n += 1;
+            batch.push(l, |entries| store.import_logs(key, entries));
             Ok(())
         })?;
-        self.sum.logs += n;
-        Ok(())
+        batch.finish(&mut self.sum.logs, |entries| {
+            store.import_logs(key, entries)
+        })
     }
 
     fn import_metrics(&mut self, have: &HashMap<&str, HashSet<(u64, &str)>>) -> Result<()> {
@@ -294,7 +348,7 @@ impl Ctx<'_> {
             }
             let empty = HashSet::new();
             let seen = have.get(name.as_str()).unwrap_or(&empty);
-            let mut n = 0;
+            let mut batch = JournalBatch::default();
             self.jsonl(&data, |v| {
                 let p: MetricPoint = serde_json::from_value(v)
                     .map_err(|e| Error::corrupt("data.jsonl", format!("a line: {e}")))?;
@@ -302,11 +356,12 @@ impl Ctx<'_> {
                 if seen.contains(&(p.index, p.created_at.as_str())) {
                     return Ok(());
                 }
-                store.import_metric(key, &name, p)?;
-                n += 1;
+                batch.push(p, |points| store.import_metrics(key, &name, points));
                 Ok(())
             })?;
-            self.sum.metric_points += n;
+            batch.finish(&mut self.sum.metric_points, |points| {
+                store.import_metrics(key, &name, points)
+            })?;
         }
         Ok(())
     }

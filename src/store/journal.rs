@@ -5,8 +5,10 @@
 //! line := <first 16 hex of BLAKE3(json)> " " <json> "\n"
 //! json := {"namespace","project","experiment","kind":"params"|"log"|"metric", ...}
 //! ```
-//! Appends are durable before they return (write + fdatasync) and serialized by an flock on
-//! the journal file itself, so they never wait for the store lock or the index. A crash can
+//! Appends are durable before they return (one write + one fdatasync per call: `set_params`,
+//! `log` and `append_metric` append one line, `append_metrics` and the `import_*` calls append
+//! many lines with one write and one fdatasync) and are serialized by an flock on the journal
+//! file itself, so they never wait for the store lock or the index. A crash can
 //! leave a torn last line: readers skip any line whose checksum fails, and the next append
 //! first terminates a torn line, so a torn write never hides later records. Journals are
 //! their own durable truth: the index does not need them and a rebuild leaves them alone.
@@ -268,6 +270,18 @@ impl Store {
         exp: &ExperimentKey,
         make: impl FnOnce(&JournalContents) -> Entry,
     ) -> Result<Entry> {
+        let mut made = self.append_all(exp, |c| vec![make(c)])?;
+        Ok(made.pop().expect("one entry appended"))
+    }
+
+    /// Append the entries `make` returns (given the journal as it is, under its lock) with one
+    /// write and one fdatasync: when this returns they are all durable; a crash before leaves
+    /// any of them, in order, up to a torn last line (readers skip it).
+    fn append_all(
+        &self,
+        exp: &ExperimentKey,
+        make: impl FnOnce(&JournalContents) -> Vec<Entry>,
+    ) -> Result<Vec<Entry>> {
         self.check_poison()?;
         let dir = self.dir("journals");
         if !dir.exists() {
@@ -297,18 +311,20 @@ impl Store {
                 c.torn_lines += 1;
             }
         }
-        let entry = make(&c);
-        let line = Line {
-            namespace: exp.namespace.clone(),
-            project: exp.project.clone(),
-            experiment: exp.experiment.clone(),
-            entry: entry.clone(),
-        };
-        let json = serde_json::to_vec(&line).expect("journal line serializes");
-        out.extend_from_slice(checksum(&json).as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(&json);
-        out.push(b'\n');
+        let entries = make(&c);
+        for entry in &entries {
+            let line = Line {
+                namespace: exp.namespace.clone(),
+                project: exp.project.clone(),
+                experiment: exp.experiment.clone(),
+                entry: entry.clone(),
+            };
+            let json = serde_json::to_vec(&line).expect("journal line serializes");
+            out.extend_from_slice(checksum(&json).as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(&json);
+            out.push(b'\n');
+        }
         let r = self
             .opts
             .faults
@@ -324,9 +340,11 @@ impl Store {
         if size == 0 {
             self.poison(crate::store::durable::fsync_dir(&dir, &self.opts.faults))?;
         }
-        c.apply(entry.clone());
+        for entry in &entries {
+            c.apply(entry.clone());
+        }
         store_cache(&file, &path, size + out.len() as u64, c)?;
-        Ok(entry)
+        Ok(entries)
     }
 
     /// Merge parameters (a JSON object; nested keys are flattened with dots).
@@ -374,39 +392,69 @@ impl Store {
     }
 
     /// Append a point to metric `name`: named fields such as `{"value": 0.5, "epoch": 3}`.
+    /// Durable when it returns (one write and one fdatasync per call; `append_metrics` appends
+    /// many points with one).
     pub fn append_metric(
         &self,
         exp: &ExperimentKey,
         name: &str,
         fields: &Value,
     ) -> Result<MetricPoint> {
+        let mut points = self.append_metrics(exp, name, std::slice::from_ref(fields))?;
+        Ok(points.pop().expect("one point appended"))
+    }
+
+    /// Append several points to metric `name`, in order, with one write and one fdatasync:
+    /// when this returns, all of them are durable. If it fails (or the process dies before it
+    /// returns), a crash may keep any first few of them and none after a missing one. Every
+    /// point is checked before anything is written.
+    pub fn append_metrics(
+        &self,
+        exp: &ExperimentKey,
+        name: &str,
+        points: &[Value],
+    ) -> Result<Vec<MetricPoint>> {
         crate::format::names::segment("metric name", name)?;
-        let Value::Object(data) = fields else {
-            return Err(Error::invalid(
-                "metric point",
-                fields.to_string(),
-                "must be a JSON object of named fields",
-            ));
-        };
-        crate::format::record::check_metadata(fields)?;
-        let mut data = data.clone();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        data.entry("_ts")
-            .or_insert_with(|| serde_json::json!(now.as_secs_f64()));
-        let e = self.append(exp, |c| Entry::Metric {
-            name: name.to_string(),
-            point: MetricPoint {
-                index: c.metrics.get(name).map_or(0, |v| v.len() as u64),
-                data,
-                created_at: crate::format::time::now_iso(),
-            },
-        })?;
-        match e {
-            Entry::Metric { point, .. } => Ok(point),
-            _ => unreachable!("appended a metric point"),
+        let mut data = Vec::with_capacity(points.len());
+        for fields in points {
+            let Value::Object(d) = fields else {
+                return Err(Error::invalid(
+                    "metric point",
+                    fields.to_string(),
+                    "must be a JSON object of named fields",
+                ));
+            };
+            crate::format::record::check_metadata(fields)?;
+            let mut d = d.clone();
+            d.entry("_ts")
+                .or_insert_with(|| serde_json::json!(now.as_secs_f64()));
+            data.push(d);
         }
+        let entries = self.append_all(exp, |c| {
+            let first = c.metrics.get(name).map_or(0, |v| v.len() as u64);
+            let at = crate::format::time::now_iso();
+            (first..)
+                .zip(data)
+                .map(|(index, data)| Entry::Metric {
+                    name: name.to_string(),
+                    point: MetricPoint {
+                        index,
+                        data,
+                        created_at: at.clone(),
+                    },
+                })
+                .collect()
+        })?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Metric { point, .. } => Some(point),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every experiment that has a journal (from each journal's first intact line).
@@ -459,24 +507,34 @@ impl Store {
         .map(drop)
     }
 
-    /// Append a log line as it is (import: keeps its timestamp and sequence number).
-    pub(crate) fn import_log(&self, exp: &ExperimentKey, entry: LogEntry) -> Result<()> {
-        self.append(exp, |_| Entry::Log(entry)).map(drop)
+    /// Append log lines as they are (import), with one write and one fdatasync for all of
+    /// them: when this returns, every one is durable.
+    pub(crate) fn import_logs(&self, exp: &ExperimentKey, entries: Vec<LogEntry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.append_all(exp, |_| entries.into_iter().map(Entry::Log).collect())
+            .map(drop)
     }
 
-    /// Append a metric point as it is (import: keeps its index and time).
-    pub(crate) fn import_metric(
+    /// Append points of metric `name` as they are (import), with one write and one fdatasync
+    /// for all of them: when this returns, every one is durable.
+    pub(crate) fn import_metrics(
         &self,
         exp: &ExperimentKey,
         name: &str,
-        point: MetricPoint,
+        points: Vec<MetricPoint>,
     ) -> Result<()> {
         crate::format::names::segment("metric name", name)?;
-        self.append(exp, |_| Entry::Metric {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let entry = |point| Entry::Metric {
             name: name.to_string(),
             point,
-        })
-        .map(drop)
+        };
+        self.append_all(exp, |_| points.into_iter().map(entry).collect())
+            .map(drop)
     }
 }
 

@@ -1,9 +1,11 @@
 //! Parameters, log lines and metrics: merge and flattening, dense sequence numbers under
-//! concurrent writers (threads and processes), durability across processes, torn lines.
+//! concurrent writers (threads and processes), durability across processes, torn lines;
+//! batches of lines (import, `append_many`) durable once acknowledged.
 
 use serde_json::json;
 
-use ml_dash::Store;
+use ml_dash::testing::{FaultKind, Faults};
+use ml_dash::{Error, ExperimentKey, Store, StoreOptions};
 
 use crate::util::*;
 
@@ -240,4 +242,123 @@ fn a_store_recreated_at_the_same_path_starts_a_fresh_journal() {
     let e = s.log(&key, "info", "new", None).unwrap();
     assert_eq!(e.sequence_number, 1);
     assert_eq!(s.journal(&key).unwrap().logs.len(), 1);
+}
+
+/// Journal batches: once `import_metrics` / `import_logs` return, every line is durable and
+/// read back by another handle; a failed batch write or fsync is refused and poisons.
+#[test]
+fn journal_batches_are_durable_once_acknowledged() {
+    let dir = tmp();
+    let root = dir.path().join("store");
+    let exp = ExperimentKey::new("local", "p", "e").unwrap();
+    let store = Store::open(&root).unwrap();
+    let points: Vec<ml_dash::MetricPoint> = (0..20_000u64)
+        .map(|i| ml_dash::MetricPoint {
+            index: i,
+            data: json!({"value": i as f64 / 7.0})
+                .as_object()
+                .unwrap()
+                .clone(),
+            created_at: "2025-01-01T00:00:00.000000Z".into(),
+        })
+        .collect();
+    ml_dash::testing::import_metrics(&store, &exp, "loss", points[..15_000].to_vec()).unwrap();
+    ml_dash::testing::import_metrics(&store, &exp, "loss", points[15_000..].to_vec()).unwrap();
+    let logs: Vec<ml_dash::LogEntry> = (1..=500u64)
+        .map(|i| ml_dash::LogEntry {
+            sequence_number: i,
+            timestamp: "2025-01-01T00:00:01.000000Z".into(),
+            level: "info".into(),
+            message: format!("line {i}"),
+            metadata: None,
+        })
+        .collect();
+    ml_dash::testing::import_logs(&store, &exp, logs.clone()).unwrap();
+    // Another process.
+    let r = run(
+        &root,
+        &["metrics", "--project", "p", "--experiment", "e", "--json"],
+    );
+    let got = json_lines(ok(&r));
+    assert_eq!(got.len(), 20_000);
+    assert_eq!(got[19_999]["index"], 19_999);
+    let j = ml_dash::testing::journal_from_disk(&Store::open(&root).unwrap(), &exp).unwrap();
+    assert_eq!(j.metrics["loss"], points);
+    assert_eq!(j.logs, logs);
+    assert_eq!((j.bad_lines, j.torn_lines), (0, 0));
+    // A batch whose write or fsync fails is refused, and the store takes no more writes.
+    for kind in [FaultKind::Write, FaultKind::Sync] {
+        let faults = Faults::fail_nth(kind, 1);
+        let s = Store::open_with(&root, StoreOptions::default().faults(faults)).unwrap();
+        assert!(ml_dash::testing::import_metrics(&s, &exp, "acc", points[..10].to_vec()).is_err());
+        assert!(matches!(
+            ml_dash::testing::import_logs(&s, &exp, logs[..1].to_vec()),
+            Err(Error::Poisoned(_))
+        ));
+    }
+    let j = ml_dash::testing::journal_from_disk(&Store::open(&root).unwrap(), &exp).unwrap();
+    assert_eq!(j.metrics["loss"].len(), 20_000);
+    assert_eq!(j.bad_lines, 0);
+}
+
+/// `ml-dash import` of 0.11-style metrics and logs, in batches: everything arrives, a second
+/// import adds nothing.
+#[test]
+fn import_of_many_points_in_batches() {
+    let dir = tmp();
+    let tree = dir.path().join("tree");
+    let exp_dir = tree.join("local/proj/run1");
+    let mut metrics = String::new();
+    for i in 0..30_000 {
+        let p = json!({"index": i, "data": {"value": i, "_ts": 1.0}, "createdAt": "2026-01-01T00:00:00.000000Z"});
+        metrics.push_str(&format!("{p}\n"));
+    }
+    write_file(&exp_dir, "metrics/loss/data.jsonl", metrics.as_bytes());
+    let mut logs = String::new();
+    for i in 1..=9000 {
+        let l = json!({"sequenceNumber": i, "timestamp": "2026-01-01T00:00:00.000000Z", "level": "info", "message": format!("m{i}")});
+        logs.push_str(&format!("{l}\n"));
+    }
+    write_file(&exp_dir, "logs/logs.jsonl", logs.as_bytes());
+    let root = dir.path().join("store");
+    let r = run(&root, &["import", tree.to_str().unwrap(), "--json"]);
+    let sum = &json_lines(ok(&r))[0];
+    assert_eq!(
+        (sum["metricPoints"].as_u64(), sum["logs"].as_u64()),
+        (Some(30_000), Some(9000))
+    );
+    let r = run(&root, &["import", tree.to_str().unwrap(), "--json"]);
+    let sum = &json_lines(ok(&r))[0];
+    assert_eq!(
+        (sum["metricPoints"].as_u64(), sum["logs"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let exp = ExperimentKey::new("local", "proj", "run1").unwrap();
+    let j = ml_dash::testing::journal_from_disk(&Store::open(&root).unwrap(), &exp).unwrap();
+    assert_eq!((j.metrics["loss"].len(), j.logs.len()), (30_000, 9000));
+    assert_eq!(j.logs[8999].message, "m9000");
+}
+
+/// `Metric::append_many`: one write for many points, numbered on from the points before them,
+/// durable when it returns (another process reads them).
+#[test]
+fn append_many_numbers_on_and_is_durable() {
+    let dir = tmp();
+    let root = dir.path().join("store");
+    let exp = experiment(&root, "p", "e");
+    exp.metric("loss").append(&json!({"value": 1.0})).unwrap();
+    let many: Vec<_> = (0..1000).map(|i| json!({"value": i, "step": i})).collect();
+    let points = exp.metric("loss").append_many(&many).unwrap();
+    assert_eq!((points[0].index, points[999].index), (1, 1000));
+    assert!(points.iter().all(|p| p.data.contains_key("_ts")));
+    // A bad point refuses the whole call and writes nothing.
+    let bad = vec![json!({"value": 1}), json!([1, 2])];
+    assert!(exp.metric("loss").append_many(&bad).is_err());
+    let r = run(
+        &root,
+        &["metrics", "--project", "p", "--experiment", "e", "--json"],
+    );
+    let got = json_lines(ok(&r));
+    assert_eq!(got.len(), 1001);
+    assert_eq!(got[1000]["data"]["step"], 999);
 }
