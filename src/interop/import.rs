@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
 use serde::Serialize;
@@ -32,8 +32,10 @@ use super::discover::{experiment_key, find_experiments, read_json, with};
 use super::mldash::{is_iso, parse_files_metadata};
 use super::safe::{self, Root};
 use crate::error::{Error, Result};
+use crate::format::digest::Sha256;
 use crate::format::names::{self, ExperimentKey};
 use crate::format::record::FileRecord;
+use crate::store::batch::Source;
 use crate::store::index::Scope;
 use crate::store::journal::{LogEntry, MetricPoint, Params};
 use crate::store::{ImportedVersion, ListFilter, NewVersion, Store};
@@ -419,23 +421,76 @@ impl Ctx<'_> {
                 .or_default()
                 .push(r);
         }
+        // Files are committed in batches (one commit each): a record is decided against what
+        // is committed, and a record that earlier records of this import still waiting in the
+        // batch would make a duplicate waits for them to be committed first.
+        let mut queue = Queue::default();
         for (_, r) in live {
             let shown = format!(
                 "files/{}",
                 r.get("filename").and_then(Value::as_str).unwrap_or("?")
             );
-            if let Err(e) = self.import_file(&r, &mut existing) {
-                self.problem(&shown, e);
+            let mut planned = self.plan_file(&r, &existing, &queue);
+            if let Ok(Plan::AfterQueue) = planned {
+                self.commit_queue(&mut queue, &mut existing)?;
+                planned = self.plan_file(&r, &existing, &queue);
+            }
+            match planned {
+                Ok(Plan::Skip) => self.sum.skipped += 1,
+                Ok(Plan::AfterQueue) => unreachable!("the queue is empty"),
+                Ok(Plan::Add(q)) => {
+                    queue.push(*q);
+                    if queue.items.len() >= FILE_BATCH || queue.bytes >= FILE_BATCH_BYTES {
+                        self.commit_queue(&mut queue, &mut existing)?;
+                    }
+                }
+                Err(e) => self.problem(&shown, e),
+            }
+        }
+        self.commit_queue(&mut queue, &mut existing)
+    }
+
+    /// Store the queued files in one commit; a file that fails (its bytes do not match its
+    /// record, it went missing) is reported and the others are committed.
+    fn commit_queue(
+        &mut self,
+        queue: &mut Queue,
+        existing: &mut HashMap<(String, String), Vec<FileRecord>>,
+    ) -> Result<()> {
+        let Queue { items, .. } = std::mem::take(queue);
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.store.upload_batch();
+        for q in &items {
+            let src = Source::Path(q.src.clone());
+            let imported = Some(q.imported.clone());
+            batch.push(src, q.key.clone(), q.v.clone(), imported, self.progress);
+        }
+        for (q, r) in items.iter().zip(batch.commit_each()?) {
+            match r {
+                Ok(rec) => {
+                    self.sum.imported += 1;
+                    self.sum.bytes += rec.size_bytes;
+                    existing
+                        .entry((rec.path.clone(), rec.filename.clone()))
+                        .or_default()
+                        .push(rec);
+                }
+                Err(e) => self.problem(&q.shown, e),
             }
         }
         Ok(())
     }
 
-    fn import_file(
-        &mut self,
+    /// What to do with one file record: skip it (its bytes are in the store already), queue
+    /// it, or wait until the queue is committed to decide.
+    fn plan_file(
+        &self,
         r: &Map<String, Value>,
-        existing: &mut HashMap<(String, String), Vec<FileRecord>>,
-    ) -> Result<()> {
+        existing: &HashMap<(String, String), Vec<FileRecord>>,
+        queue: &Queue,
+    ) -> Result<Plan> {
         let s = |k: &str| r.get(k).and_then(Value::as_str);
         let bad = |what: &'static str, why: &str| Error::invalid(what, format!("{r:?}"), why);
         let id = match r.get("id") {
@@ -445,7 +500,7 @@ impl Ctx<'_> {
         };
         let prefix = names::prefix(s("path").unwrap_or("/"))?;
         let filename = names::segment("file name", s("filename").unwrap_or(""))?.to_string();
-        let checksum: crate::format::digest::Sha256 = s("checksum")
+        let checksum: Sha256 = s("checksum")
             .ok_or_else(|| bad("file record", "has no checksum"))?
             .parse()?;
         let size_bytes = r
@@ -478,16 +533,24 @@ impl Ctx<'_> {
             metadata,
         };
 
-        let versions = existing
-            .entry((prefix.clone(), filename.clone()))
-            .or_default();
-        let present = versions.last().is_some_and(|l| l.checksum == checksum)
-            || versions
-                .iter()
-                .any(|l| l.checksum == checksum && l.uploaded_at == uploaded_at);
-        if present {
-            self.sum.skipped += 1;
-            return Ok(());
+        // Already stored: the path's latest version has these bytes, or some version has them
+        // with this upload time. Queued files of the path count as its latest versions.
+        let path = (prefix.clone(), filename.clone());
+        let (no_versions, no_queued) = (Vec::new(), Vec::new());
+        let versions = existing.get(&path).unwrap_or(&no_versions);
+        let queued = queue.by_path.get(&path).unwrap_or(&no_queued);
+        let same = |c: &Sha256, at: &str| *c == checksum && at == uploaded_at;
+        let last = queued
+            .last()
+            .map(|(c, _)| c)
+            .or(versions.last().map(|l| &l.checksum));
+        if versions.iter().any(|l| same(&l.checksum, &l.uploaded_at))
+            || (queued.is_empty() && last == Some(&checksum))
+        {
+            return Ok(Plan::Skip);
+        }
+        if last == Some(&checksum) || queued.iter().any(|(c, at)| same(c, at)) {
+            return Ok(Plan::AfterQueue);
         }
 
         let mut src = with(self.rel, &["files"]);
@@ -500,23 +563,57 @@ impl Ctx<'_> {
                 self.root.join(&src)?.display()
             )));
         }
-        let key = self.key.file(prefix, filename);
-        let imported = ImportedVersion {
-            uploaded_at,
-            updated_at,
-            checksum,
-            size_bytes,
-        };
-        let rec = self.store.put_file_imported(
-            &self.root.join(&src)?,
-            &key,
+        Ok(Plan::Add(Box::new(Queued {
+            src: self.root.join(&src)?,
+            key: self.key.file(prefix, filename.clone()),
             v,
-            &imported,
-            self.progress,
-        )?;
-        self.sum.imported += 1;
-        self.sum.bytes += rec.size_bytes;
-        versions.push(rec);
-        Ok(())
+            imported: ImportedVersion {
+                uploaded_at,
+                updated_at,
+                checksum,
+                size_bytes,
+            },
+            shown: format!("files/{filename}"),
+        })))
+    }
+}
+
+/// Files committed together by `import` (at most this many, or about this many bytes).
+const FILE_BATCH: usize = 10_000;
+const FILE_BATCH_BYTES: u64 = 1 << 30;
+
+/// A file record to import.
+struct Queued {
+    src: PathBuf,
+    key: crate::format::names::FileKey,
+    v: NewVersion,
+    imported: ImportedVersion,
+    /// How problems name it.
+    shown: String,
+}
+
+enum Plan {
+    Skip,
+    Add(Box<Queued>),
+    /// Decide once the queue is committed.
+    AfterQueue,
+}
+
+/// Files waiting to be committed together.
+#[derive(Default)]
+struct Queue {
+    items: Vec<Queued>,
+    /// Checksum and upload time of each queued file, by (prefix, filename), in order.
+    by_path: HashMap<(String, String), Vec<(Sha256, String)>>,
+    bytes: u64,
+}
+
+impl Queue {
+    fn push(&mut self, q: Queued) {
+        let path = (q.key.path.clone(), q.key.filename.clone());
+        let stamp = (q.imported.checksum, q.imported.uploaded_at.clone());
+        self.by_path.entry(path).or_default().push(stamp);
+        self.bytes += q.imported.size_bytes;
+        self.items.push(q);
     }
 }

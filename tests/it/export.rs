@@ -607,6 +607,87 @@ fn import_keeps_records_and_reports_damage_without_python() {
     assert!(sum["problems"].to_string().contains("damaged"), "{sum}");
 }
 
+/// Import commits an experiment's files together, in upload order: a path's history keeps its
+/// order, a record whose bytes are already the path's latest version is skipped (also when that
+/// version came earlier in the same import), a file whose bytes do not match its record is
+/// reported and the others are imported; a second import adds nothing.
+#[test]
+fn import_commits_files_together_in_upload_order() {
+    let dir = tmp();
+    let tree = dir.path().join("tree");
+    let e = tree.join("proj/run1/files");
+    let (a0, a1, b) = (
+        random_bytes(1, 3000),
+        random_bytes(3, 2000),
+        random_bytes(2, 100),
+    );
+    let mut records = Vec::new();
+    let mut add = |id: &str, path: &str, name: &str, data: &[u8], claimed: &[u8], at: u32| {
+        let segs = path.trim_start_matches('/');
+        let rel = if segs.is_empty() {
+            format!("{id}/{name}")
+        } else {
+            format!("{segs}/{id}/{name}")
+        };
+        write_file(&e, &rel, data);
+        records.push(json!({"id": id, "path": path, "filename": name,
+            "sizeBytes": claimed.len(), "checksum": sha256_hex(claimed), "metadata": null,
+            "uploadedAt": format!("2025-01-02T03:04:{at:02}.000000Z"),
+            "updatedAt": format!("2025-01-02T03:04:{at:02}.000000Z"), "deletedAt": null}));
+    };
+    add("1", "/m", "a.bin", &a0, &a0, 1);
+    add("2", "/", "b.bin", &b, &b, 2);
+    add("3", "/m", "a.bin", &a1, &a1, 3);
+    add("4", "/", "c.bin", b"tampered", b"original", 4);
+    add("5", "/m", "a.bin", &a1, &a1, 5); // the same bytes again: skipped
+    let tiny: Vec<Vec<u8>> = (0..40).map(|i| random_bytes(100 + i, 50)).collect();
+    for (i, t) in tiny.iter().enumerate() {
+        add(
+            &format!("t{i}"),
+            "/t",
+            &format!("t{i}.txt"),
+            t,
+            t,
+            10 + i as u32,
+        );
+    }
+    fs::write(
+        e.join(".files_metadata.json"),
+        json!({ "files": records }).to_string(),
+    )
+    .unwrap();
+
+    let root = dir.path().join("store");
+    let (code, sum) = import(&root, &tree);
+    assert_eq!(code, 1, "a damaged file exits 1: {sum}");
+    assert_eq!(
+        (sum["imported"].as_u64(), sum["skipped"].as_u64()),
+        (Some(43), Some(1)),
+        "{sum}"
+    );
+    assert!(sum["problems"].to_string().contains("c.bin"), "{sum}");
+    let exp = experiment(&root, "proj", "run1");
+    let history: Vec<(u32, String)> = list_everything(exp.store())
+        .into_iter()
+        .filter(|r| r.filename == "a.bin")
+        .map(|r| (r.version, r.uploaded_at))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (1, "2025-01-02T03:04:01.000000Z".to_string()),
+            (2, "2025-01-02T03:04:03.000000Z".to_string())
+        ]
+    );
+    same_bytes(read_via_reader(&exp, "/m/a.bin", Some(1)), &a0, "a.bin v1");
+    same_bytes(read_via_reader(&exp, "/m/a.bin", None), &a1, "a.bin latest");
+    same_bytes(read_via_reader(&exp, "/t/t39.txt", None), &tiny[39], "t39");
+    assert!(exp.store().verify().unwrap().ok);
+
+    let (_, again) = import(&root, &tree);
+    assert_eq!(again["imported"], 0, "{again}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real ml-dash 0.11 client.
 
