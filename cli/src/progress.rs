@@ -37,7 +37,8 @@ impl Progress {
             std::thread::spawn(move || {
                 while !d.load(Ordering::Relaxed) {
                     bar.set_position(c.load(Ordering::Relaxed));
-                    std::thread::sleep(Duration::from_millis(100));
+                    // Woken early by `drop`, so a finished file never waits out the interval.
+                    std::thread::park_timeout(Duration::from_millis(100));
                 }
                 bar.finish_and_clear();
             })
@@ -54,6 +55,7 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.done.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
