@@ -122,7 +122,8 @@ pub mod testing {
         v: crate::NewVersion,
         imported: ImportedVersion,
     ) {
-        batch.imported_file(src, key, v, imported);
+        let src = crate::store::batch::Source::Path(src.as_ref().to_path_buf());
+        batch.push(src, key, v, Some(imported), None);
     }
 
     /// Append log lines as `ml-dash import` does (one write and one fdatasync for all).

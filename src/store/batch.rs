@@ -156,20 +156,6 @@ impl<'a> UploadBatch<'a> {
         self.push(Source::Reader(Box::new(src)), key, v, None, None)
     }
 
-    /// Add a file as a new version that keeps the timestamps of `imported` (import). Its bytes
-    /// are checked against the size and SHA-256 `imported` gives (`Error::Corrupt` if they
-    /// differ).
-    pub(crate) fn imported_file(
-        &mut self,
-        src: impl AsRef<Path>,
-        key: FileKey,
-        v: NewVersion,
-        imported: ImportedVersion,
-    ) -> &mut Self {
-        let src = Source::Path(src.as_ref().to_path_buf());
-        self.push(src, key, v, Some(imported), None)
-    }
-
     /// Call `f` as each file starts (with its position in the batch and its key); the counter
     /// it returns, if any, is advanced by the bytes read from that file (a progress bar).
     pub fn on_file_start(

@@ -221,7 +221,7 @@ pub(crate) fn ingest<R: Read + Send>(
     match cfg.size_hint.filter(|n| *n <= INLINE_MAX) {
         None => pipeline(src, index, cfg, sink),
         Some(n) => {
-            let mut buf = vec![0u8; n as usize + 1];
+            let mut buf = vec![0u8; crate::format::usize_from(n) + 1];
             let got = read_full(&mut src, &mut buf).map_err(Error::Source)?;
             buf.truncate(got);
             if got as u64 <= n {

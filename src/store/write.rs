@@ -238,22 +238,6 @@ impl Store {
         );
         one(b.commit())
     }
-    /// Import: store a file as a new version keeping the timestamps of `imported`. The bytes are
-    /// checked against its size and SHA-256 before anything is recorded: on a mismatch the
-    /// version is not created (`Error::Corrupt`; chunks already appended are garbage for `gc`).
-    pub(crate) fn put_file_imported(
-        &self,
-        src: &Path,
-        key: &FileKey,
-        v: NewVersion,
-        imported: &ImportedVersion,
-        progress: Option<&AtomicU64>,
-    ) -> Result<FileRecord> {
-        let mut b = self.upload_batch();
-        let src = Source::Path(src.to_path_buf());
-        b.push(src, key.clone(), v, Some(imported.clone()), progress);
-        one(b.commit())
-    }
     /// Store everything `src` yields as a new version of `key` (e.g. standard input).
     pub fn put_reader(
         &self,

@@ -230,7 +230,7 @@ fn commit_each_keeps_the_files_that_check_out() {
     let dir = tmp();
     let store = Store::open(dir.path().join("store")).unwrap();
     let data: Vec<Vec<u8>> = (0..4)
-        .map(|i| random_bytes(30 + i, 1000 + i as usize))
+        .map(|i| random_bytes(30 + i, 1000 + ml_dash::testing::usize_from(i)))
         .collect();
     let mut batch = store.upload_batch();
     for (i, d) in data.iter().enumerate() {

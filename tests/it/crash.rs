@@ -259,7 +259,7 @@ impl Worker {
         for _ in 0..n {
             let k = mixed_key(self.rng.below(12));
             let (mut d, kind) = if fresh {
-                let len = 1 + self.rng.below(MIB as u64) as usize;
+                let len = 1 + usize_from(self.rng.below(MIB as u64));
                 (random_bytes(self.rng.next_u64(), len), "new")
             } else {
                 self.data()
@@ -656,7 +656,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
             ("puts", "begin") => {
                 inflight = Some(InFlight::Puts {
                     items: batch_items(&v)?,
-                })
+                });
             }
             ("puts", "ack") => {
                 let items = batch_items(&v)?;
@@ -666,7 +666,8 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
                 }
                 for ((key, sha, size, meta), got) in items.into_iter().zip(versions) {
                     let st = model.entry(key).or_default();
-                    let version = got.as_u64().unwrap_or(0) as u32;
+                    let version = u32::try_from(got.as_u64().unwrap_or(0))
+                        .expect("a version number fits a u32");
                     if version != st.next_version() {
                         return Err(at(format!(
                             "acknowledged batch upload got version {version}, the model \
@@ -1396,7 +1397,7 @@ fn crash_loop(name: &str, iters: usize, rebuild: bool) -> Stats {
             }
             "batch" => {
                 // Kill at a random point of the 1st, 2nd or 3rd batch of uploads.
-                let k = 1 + rng.below(3) as usize;
+                let k = 1 + usize_from(rng.below(3));
                 wait_for_begin(&journal, &mut child, "puts", k);
                 rng.below(p90(&batch_times, 60_000) + 1)
             }

@@ -648,7 +648,7 @@ fn import_commits_files_together_in_upload_order() {
             &format!("t{i}.txt"),
             t,
             t,
-            10 + i as u32,
+            10 + u32::try_from(i).unwrap(),
         );
     }
     fs::write(
