@@ -108,7 +108,13 @@ pub mod testing {
     #[cfg(feature = "remote")]
     pub use crate::remote::{parse_url, part_size_for};
     pub use crate::store::fault::{FaultKind, Faults};
-    pub use crate::store::index::Index;
+    pub use crate::store::index::{Index, IndexBatch};
+
+    /// Take the snapshot of chunk locations an upload outside the store lock deduplicates
+    /// against; returns how many it holds.
+    pub fn snapshot_chunks(ix: &Index) -> crate::Result<usize> {
+        crate::store::index::Snapshot::take(ix).map(|s| s.len())
+    }
     pub use crate::store::packs::{self, PackWriter};
     pub use crate::store::read::read_all;
     pub use crate::store::write::ImportedVersion;

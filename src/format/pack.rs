@@ -96,6 +96,14 @@ pub fn pack_file_name(id: Id) -> String {
     format!("{id}.pack")
 }
 
+/// Extension of a pack an upload outside the store lock is still writing
+/// (`<32 hex>.incoming`): renamed to `.pack` when the upload commits.
+pub const INCOMING_EXT: &str = "incoming";
+
+pub fn incoming_file_name(id: Id) -> String {
+    format!("{id}.{INCOMING_EXT}")
+}
+
 /// Parse `<32 hex>.pack`.
 #[cfg(any(test, feature = "testing"))]
 pub fn parse_pack_file_name(name: &str) -> Option<Id> {

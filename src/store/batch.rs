@@ -12,8 +12,8 @@
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use super::write::{check_new, next_version, no_versions_left, previous_for, zip_layout};
 use super::{Session, Store};
@@ -24,7 +24,8 @@ use crate::format::names::FileKey;
 use crate::format::record::{self, FileRecord};
 use crate::store::durable;
 use crate::store::index::IndexBatch;
-use crate::store::ingest::{self, IngestConfig, Ingested, PackSink};
+use crate::store::index::Snapshot;
+use crate::store::ingest::{self, IngestConfig, Ingested, PackSink, Previous, Target};
 use crate::store::read::PackFiles;
 use crate::store::{ImportedVersion, NewVersion};
 
@@ -32,6 +33,8 @@ use crate::store::{ImportedVersion, NewVersion};
 pub(crate) enum Source<'a> {
     Path(PathBuf),
     Reader(Box<dyn Read + Send + 'a>),
+    /// A stream read to its end before the batch chose how to ingest (it was small).
+    Memory(Vec<u8>),
 }
 
 /// One file of a batch.
@@ -214,10 +217,9 @@ impl<'a> UploadBatch<'a> {
     fn run(self, each: bool) -> Result<Vec<Result<FileRecord>>> {
         let UploadBatch {
             store,
-            items,
+            mut items,
             mut on_start,
         } = self;
-        let mut items = items;
         // 1. Everything that can be checked without the store, before anything is written.
         let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(items.len());
         for it in &items {
@@ -231,46 +233,192 @@ impl<'a> UploadBatch<'a> {
         if results.iter().all(Option::is_some) {
             return Ok(results.into_iter().flatten().collect());
         }
-        let s = store.session()?;
+        let mut run = Run {
+            store,
+            items: &mut items,
+            results: &mut results,
+            each,
+            on_start: &mut on_start,
+        };
+        if run.outside_lock()? {
+            run.ingest_outside_lock()?;
+        } else {
+            run.ingest_under_lock()?;
+        }
+        drop(on_start);
+        Ok(results.into_iter().flatten().collect())
+    }
+}
+
+/// Batches whose files hold more than this many bytes (or that read from a stream, whose size
+/// is unknown) are ingested outside the store lock; smaller ones hold it from start to commit,
+/// which costs less than a snapshot and a second hold of the lock.
+const OUTSIDE_LOCK_MIN: u64 = 16 << 20;
+
+/// One run of a batch: its files, and each one's result once it has one.
+struct Run<'r, 'a> {
+    store: &'a Store,
+    items: &'r mut Vec<Item<'a>>,
+    results: &'r mut Vec<Option<Result<FileRecord>>>,
+    each: bool,
+    on_start: &'r mut Option<OnStart<'a>>,
+}
+
+impl Run<'_, '_> {
+    /// Do the files hold more than `OUTSIDE_LOCK_MIN` bytes? Streams are read (into memory) up
+    /// to what is left of that budget to find out: one that ends within it is kept as bytes,
+    /// one that does not continues after the bytes read.
+    fn outside_lock(&mut self) -> Result<bool> {
+        let mut bytes = 0u64;
+        for (i, it) in self.items.iter_mut().enumerate() {
+            if self.results[i].is_some() {
+                continue;
+            }
+            match it.source.take() {
+                None => {}
+                Some(Source::Path(p)) => {
+                    bytes = bytes.saturating_add(fs::metadata(&p).map_or(0, |m| m.len()));
+                    it.source = Some(Source::Path(p));
+                }
+                Some(Source::Memory(b)) => {
+                    bytes = bytes.saturating_add(b.len() as u64);
+                    it.source = Some(Source::Memory(b));
+                }
+                Some(Source::Reader(mut r)) => {
+                    let room = OUTSIDE_LOCK_MIN.saturating_sub(bytes);
+                    let mut head = Vec::new();
+                    let read = (&mut r).take(room + 1).read_to_end(&mut head);
+                    bytes = bytes.saturating_add(head.len() as u64);
+                    match read {
+                        Err(e) if self.each => self.results[i] = Some(Err(Error::Source(e))),
+                        Err(e) => return Err(Error::Source(e)),
+                        Ok(n) if n as u64 <= room => it.source = Some(Source::Memory(head)),
+                        Ok(_) => {
+                            let rest = std::io::Cursor::new(head).chain(r);
+                            it.source = Some(Source::Reader(Box::new(rest)));
+                        }
+                    }
+                }
+            }
+            if bytes > OUTSIDE_LOCK_MIN {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Small batches: one session from the first file's ingest to the commit, appending to
+    /// the store's open pack and recording full packs in the index as they are fsynced.
+    fn ingest_under_lock(&mut self) -> Result<()> {
+        let s = self.store.session()?;
         let ix = &s.index;
         let active = match ix.meta_id("active_pack")? {
             Some(id) => ix.pack_len(id)?.map(|len| (id, len)),
             None => None,
         };
         let mut sink = PackSink::new(active);
+        let target = Target {
+            lookup: ix,
+            record: Some(ix),
+        };
+        let find = |_: usize, key: &FileKey| previous_for(&s, key);
+        let done = self.ingest_all(target, &find, &mut sink)?;
+        self.commit(&s, &mut sink, done)
+    }
 
-        // 2. Ingest every file into the sink. A source that fails is the file's own error;
-        //    anything else happened while writing packs: the fate of those bytes is unknown,
-        //    so the store stops taking writes until reopened.
+    /// Large batches: the store lock only to take a snapshot of the chunk locations (and the
+    /// versions deltas are stored against) and to commit. Chunking, hashing, compression,
+    /// deltas and pack writes run without it, into packs only this upload appends to, which
+    /// the index does not know until the commit (gc reclaims them if the process dies). The
+    /// writers' lock, held shared throughout, keeps gc and repair from moving or removing the
+    /// chunks the snapshot names (deduplicated chunks and delta bases) until the commit.
+    fn ingest_outside_lock(&mut self) -> Result<()> {
+        let store = self.store;
+        let _writers = store.writers_lock(false)?;
+        let (snapshot, previous) = {
+            let s = store.session()?;
+            let snapshot = Snapshot::take(&s.index)?;
+            let previous: Vec<Mutex<Option<Previous>>> = self
+                .items
+                .iter()
+                .zip(self.results.iter())
+                .map(|(it, r)| {
+                    let wanted = r.is_none() && it.source.as_ref().is_some_and(may_have_layout);
+                    Mutex::new(wanted.then(|| previous_for(&s, &it.key)).flatten())
+                })
+                .collect();
+            (snapshot, previous)
+        };
+        let mut sink = PackSink::incoming();
+        let target = Target {
+            lookup: &snapshot,
+            record: None,
+        };
+        let find = |i: usize, _: &FileKey| {
+            previous[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        };
+        let done = self.ingest_all(target, &find, &mut sink)?;
+        // The last pack is durable before the lock is taken again.
+        store.poison(sink.finish(None))?;
+        let s = store.session()?;
+        let packs_dir = store.dir("packs");
+        store.poison(sink.record_deferred(&s.index, &packs_dir, &store.opts.faults))?;
+        self.commit(&s, &mut sink, done)
+    }
+
+    /// Ingest every file into the sink. A source that fails is the file's own error (with
+    /// `each`; else the batch's); anything else happened while writing packs: the fate of
+    /// those bytes is unknown, so the store stops taking writes until reopened.
+    fn ingest_all(
+        &mut self,
+        target: Target<'_>,
+        find_previous: &(dyn Fn(usize, &FileKey) -> Option<Previous> + Sync),
+        sink: &mut PackSink,
+    ) -> Result<Vec<(usize, Ingested)>> {
+        let store = self.store;
         let mut done: Vec<(usize, Ingested)> = Vec::new();
-        for (i, it) in items.iter_mut().enumerate() {
-            let Some(source) = it.source.take().filter(|_| results[i].is_none()) else {
+        for (i, it) in self.items.iter_mut().enumerate() {
+            let Some(source) = it.source.take().filter(|_| self.results[i].is_none()) else {
                 continue;
             };
-            let counter = on_start.as_mut().and_then(|f| f(i, &it.key));
+            let counter = self.on_start.as_mut().and_then(|f| f(i, &it.key));
             let progress = counter.as_deref().or(it.progress);
             let imported = it.imported.as_ref();
-            match ingest_item(&s, source, &it.key, imported, progress, &mut sink) {
+            let key = &it.key;
+            let find = || find_previous(i, key);
+            match ingest_item(store, target, &find, source, key, imported, progress, sink) {
                 Ok(ing) => done.push((i, ing)),
-                Err(Failed::Item(e)) if each => results[i] = Some(Err(e)),
+                Err(Failed::Item(e)) if self.each => self.results[i] = Some(Err(e)),
                 Err(Failed::Item(e)) => {
                     // What was appended is recorded (fsynced, in the index), so that it is
-                    // plain garbage for gc rather than bytes no index knows.
-                    store.poison(sink.finish(ix))?;
+                    // plain garbage for gc rather than bytes no index knows; outside the lock
+                    // the packs are this upload's own, which gc reclaims as they are.
+                    store.poison(sink.finish(target.record))?;
                     return Err(e);
                 }
                 Err(Failed::Store(e)) => return store.poison(Err(e)),
             }
         }
-        drop(on_start);
+        Ok(done)
+    }
 
-        // 3. Version numbers (consecutive for a path given twice), ids, records.
+    /// Version numbers (consecutive for a path given twice), ids and records, then the commit.
+    fn commit(
+        &mut self,
+        s: &Session<'_>,
+        sink: &mut PackSink,
+        done: Vec<(usize, Ingested)>,
+    ) -> Result<()> {
+        let ix = &s.index;
         let mut last = ix.meta_id("last_id")?;
         let mut numbers: std::collections::HashMap<FileKey, u32> = Default::default();
         let mut prepared = Vec::with_capacity(done.len());
         let mut placed = Vec::with_capacity(done.len());
         for (i, ing) in done {
-            let it = &items[i];
+            let it = &self.items[i];
             let version = match numbers.get(&it.key) {
                 Some(v) => v
                     .checked_add(1)
@@ -280,8 +428,8 @@ impl<'a> UploadBatch<'a> {
             };
             let version = match version {
                 Ok(v) => v,
-                Err(e @ Error::InvalidInput { .. }) if each => {
-                    results[i] = Some(Err(e));
+                Err(e @ Error::InvalidInput { .. }) if self.each => {
+                    self.results[i] = Some(Err(e));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -302,14 +450,34 @@ impl<'a> UploadBatch<'a> {
             });
             placed.push(i);
         }
-
-        // 4. Commit.
-        store.poison(commit_versions(&s, &mut sink, &prepared))?;
+        self.store.poison(commit_versions(s, sink, &prepared))?;
         for (i, p) in placed.into_iter().zip(prepared) {
-            results[i] = Some(Ok(p.manifest.record));
+            self.results[i] = Some(Ok(p.manifest.record));
         }
-        Ok(results.into_iter().flatten().collect())
+        Ok(())
     }
+}
+
+/// Could `src` be a checkpoint that deltas apply to (a safetensors header or a zip archive)?
+/// A stream cannot be looked at beforehand: yes.
+fn may_have_layout(src: &Source<'_>) -> bool {
+    let p = match src {
+        Source::Path(p) => p,
+        Source::Reader(_) => return true,
+        Source::Memory(b) => return b.starts_with(b"PK\x03\x04") || b.get(8) == Some(&b'{'),
+    };
+    let mut head = [0u8; 9];
+    let Ok(mut f) = File::open(p) else {
+        return false;
+    };
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    head.starts_with(b"PK\x03\x04") || (n == head.len() && head[8] == b'{')
 }
 
 /// Why a file of a batch was not ingested.
@@ -344,18 +512,22 @@ fn check_item(it: &Item<'_>) -> Result<()> {
 }
 
 /// Read one file of a batch into the sink's packs.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument distinct"
+)]
 fn ingest_item(
-    s: &Session<'_>,
+    store: &Store,
+    target: Target<'_>,
+    find_previous: &(dyn Fn() -> Option<Previous> + Sync),
     source: Source<'_>,
     key: &FileKey,
     imported: Option<&ImportedVersion>,
     progress: Option<&AtomicU64>,
     sink: &mut PackSink,
 ) -> std::result::Result<Ingested, Failed> {
-    let store = s.store;
     let packs_dir = store.dir("packs");
     let previous = std::sync::OnceLock::new();
-    let find_previous = || previous_for(s, key);
     let pack_files = PackFiles::new(packs_dir.clone());
     let mut cfg = IngestConfig {
         packs_dir: &packs_dir,
@@ -366,7 +538,7 @@ fn ingest_item(
         progress,
         faults: &store.opts.faults,
         previous: &previous,
-        find_previous: &find_previous,
+        find_previous,
         delta_depth: store.opts.delta_depth,
         layout: None,
         pack_files: &pack_files,
@@ -378,7 +550,11 @@ fn ingest_item(
         e => Failed::Store(e),
     };
     let ing = match source {
-        Source::Reader(r) => ingest::ingest(r, &s.index, &cfg, sink).map_err(failed)?,
+        Source::Reader(r) => ingest::ingest(r, target, &cfg, sink).map_err(failed)?,
+        Source::Memory(b) => {
+            cfg.size_hint = Some(b.len() as u64);
+            ingest::ingest(&b[..], target, &cfg, sink).map_err(failed)?
+        }
         Source::Path(src) => {
             let item = Failed::Item;
             let file = File::open(&src).at(&src).map_err(item)?;
@@ -393,7 +569,7 @@ fn ingest_item(
                     .and_then(|mut f| zip_layout(&mut f, before.len())),
             };
             cfg.size_hint = Some(before.len());
-            let ing = ingest::ingest(file, &s.index, &cfg, sink).map_err(failed)?;
+            let ing = ingest::ingest(file, target, &cfg, sink).map_err(failed)?;
             let changed = |reason: String| {
                 Failed::Item(Error::SourceChanged {
                     path: src.clone(),
@@ -490,7 +666,7 @@ pub(crate) fn commit_versions(
     let (active, staged) = std::thread::scope(|t| {
         let staging = (!versions.is_empty())
             .then(|| t.spawn(|| durable::stage_all(versions.len(), &manifest, &store.opts.faults)));
-        let active = sink.finish(&s.index);
+        let active = sink.finish(Some(&s.index));
         let staged = staging.map(|h| {
             h.join()
                 .map_err(|_| Error::Internal("manifest writer panicked".into()))?

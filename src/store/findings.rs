@@ -84,6 +84,9 @@ pub enum VerifyKind {
     Truncated,
     /// An incomplete last record after the committed length (harmless).
     TornTail,
+    /// Packs under their incoming name: of uploads in flight, or of killed ones (gc removes
+    /// those).
+    IncomingPacks,
     /// A delta chunk that does not decode through its chain.
     DeltaUndecodable,
     /// The manifest of a deleted version is damaged.

@@ -127,6 +127,13 @@ impl Store {
         if !dry_run {
             self.check_poison()?;
         }
+        // No upload ingests outside the store lock while gc runs (their snapshots name chunks
+        // gc may remove, and their packs are not in the index yet: gc deletes such packs as
+        // leftovers of a killed upload). A dry run removes nothing and takes no part in that.
+        let _writers = match dry_run {
+            true => None,
+            false => Some(self.writers_lock(true)?),
+        };
         let s = self.session()?;
         let ix = &s.index;
         let mut rep = GcReport {
@@ -287,6 +294,15 @@ impl Store {
             }
         }
         if !dry_run {
+            // Packs still under their incoming name belong to uploads that were killed before
+            // they committed (none is in flight: gc holds the writers' lock). Nothing refers to
+            // them.
+            for (_, path) in list_ids(&packs_dir, pack::INCOMING_EXT)? {
+                let len = std::fs::metadata(&path).at(&path)?.len();
+                self.poison(self.remove_file(&path))?;
+                rep.packs_deleted += 1;
+                rep.reclaimed_bytes += len;
+            }
             self.poison(fsync_dir(&packs_dir, &self.opts.faults))?;
             if o.drop_unreferenced {
                 self.poison(crate::store::recover::write_held(self, &HashSet::new()))?;

@@ -23,6 +23,45 @@ use crate::format::record::FileRecord;
 
 pub const INDEX_FORMAT: u32 = 1;
 
+/// Where chunks are: the index itself, or a snapshot of its chunk locations that an upload
+/// reads without the store lock (`Snapshot`).
+pub(crate) trait ChunkLookup: Sync {
+    fn chunk_loc(&self, id: &ChunkId) -> Result<Option<ChunkLoc>>;
+}
+
+impl ChunkLookup for Index {
+    fn chunk_loc(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+        self.chunk(id)
+    }
+}
+
+/// Every chunk location the index held when it was taken (under the store lock): what an
+/// upload that ingests outside the lock deduplicates against. Chunks committed after it was
+/// taken are stored again (and reclaimed by gc); chunks in it stay where it says for as long as
+/// the taker holds the writers' lock (`Store::writers_lock`), since only gc and repair move or
+/// remove chunks, and they take that lock exclusively.
+pub(crate) struct Snapshot {
+    chunks: std::collections::HashMap<ChunkId, ChunkLoc>,
+}
+
+impl Snapshot {
+    pub(crate) fn take(ix: &Index) -> Result<Snapshot> {
+        let chunks = ix.chunks().collect::<Result<_>>()?;
+        Ok(Snapshot { chunks })
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn len(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+impl ChunkLookup for Snapshot {
+    fn chunk_loc(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+        Ok(self.chunks.get(id).copied())
+    }
+}
+
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,

@@ -40,7 +40,7 @@ use crate::format::digest::{ChunkId, Digest, Sha256};
 use crate::format::id::Id;
 use crate::format::pack::{ChunkLoc, RECORD_HEADER_LEN, len_field};
 use crate::format::tensors::{Grid, Layout};
-use crate::store::index::{Index, IndexBatch};
+use crate::store::index::{ChunkLookup, Index, IndexBatch};
 use crate::store::packs::PackWriter;
 use crate::store::read::Located;
 
@@ -84,7 +84,18 @@ pub(crate) struct PackSink {
     fresh: HashMap<ChunkId, ChunkLoc>,
     /// Window buffers, kept from one file to the next.
     buffers: Vec<Vec<u8>>,
+    /// Packs fsynced but not yet recorded in the index (an upload outside the store lock
+    /// records them when it commits: `record_deferred`).
+    deferred: Vec<SyncedPack>,
+    /// New packs get their incoming name (an upload outside the store lock).
+    incoming: bool,
+    /// Chunks the lookup knew whose stored record did not hold their bytes: this sink's copy
+    /// takes over their index entries.
+    takeovers: std::collections::HashSet<ChunkId>,
 }
+
+/// A fsynced pack, its length and the chunks appended to it.
+type SyncedPack = (Id, u64, Vec<(ChunkId, ChunkLoc)>);
 
 impl PackSink {
     /// A sink that continues `active` (the index's open pack and its committed length).
@@ -95,25 +106,90 @@ impl PackSink {
             unsynced: Vec::new(),
             fresh: HashMap::new(),
             buffers: Vec::new(),
+            deferred: Vec::new(),
+            takeovers: Default::default(),
+            incoming: false,
         }
     }
 
-    /// fsync the open pack and record its chunks and length in the index (applied, not
-    /// flushed: the commit's next index flush makes them durable). Returns the pack later
-    /// appends should continue, if this commit wrote any. An error here must poison the store.
-    pub(crate) fn finish(&mut self, index: &Index) -> Result<Option<Id>> {
+    /// A sink for an upload outside the store lock: it never continues the store's open pack,
+    /// and its packs carry their incoming name until `record_deferred` publishes them.
+    pub(crate) fn incoming() -> PackSink {
+        PackSink {
+            incoming: true,
+            ..PackSink::new(None)
+        }
+    }
+
+    fn new_pack(&self, cfg: &IngestConfig<'_>) -> Result<PackWriter> {
+        match self.incoming {
+            true => PackWriter::create_incoming(cfg.packs_dir, cfg.faults),
+            false => PackWriter::create(cfg.packs_dir, cfg.faults),
+        }
+    }
+
+    /// fsync the open pack and record its chunks and length in `index` (applied, not flushed:
+    /// the commit's next index flush makes them durable), or keep them for
+    /// `record_deferred` (`None`). Returns the pack later appends should continue, if this
+    /// commit wrote any. An error here must poison the store.
+    pub(crate) fn finish(&mut self, index: Option<&Index>) -> Result<Option<Id>> {
         let Some(mut w) = self.writer.take() else {
             return Ok(None);
         };
         w.sync()?;
-        record_synced(index, &w, &std::mem::take(&mut self.unsynced))?;
+        let locs = std::mem::take(&mut self.unsynced);
+        match index {
+            Some(ix) => record_synced(ix, w.id, w.len(), &locs)?,
+            None => self.deferred.push((w.id, w.len(), locs)),
+        }
         Ok(Some(w.id))
+    }
+
+    /// Publish the packs an upload outside the store lock fsynced (`finish(None)` and full
+    /// packs) and record them in the index, under the lock, at its commit: each is renamed
+    /// from its incoming name, the directory fsynced once, then the index records their
+    /// chunks (applied, not flushed: the commit's next flush makes them durable, before any
+    /// manifest names them). A chunk the index learned meanwhile (another writer committed
+    /// the same bytes) keeps the location it has: this sink's copy is garbage for gc. A chunk
+    /// whose indexed record did not hold its bytes is taken over.
+    pub(crate) fn record_deferred(
+        &mut self,
+        index: &Index,
+        packs_dir: &Path,
+        faults: &crate::store::fault::Faults,
+    ) -> Result<()> {
+        let deferred = std::mem::take(&mut self.deferred);
+        if self.incoming && !deferred.is_empty() {
+            for (pack, _, _) in &deferred {
+                crate::store::durable::rename(
+                    &packs_dir.join(crate::format::pack::incoming_file_name(*pack)),
+                    &packs_dir.join(crate::format::pack::pack_file_name(*pack)),
+                    faults,
+                )?;
+            }
+            crate::store::durable::fsync_dir(packs_dir, faults)?;
+        }
+        for (pack, len, locs) in deferred {
+            for part in locs.chunks(256) {
+                let mut b = IndexBatch::default();
+                for (id, loc) in part {
+                    if self.takeovers.contains(id) || index.chunk(id)?.is_none() {
+                        b.put_chunk(id, loc);
+                    }
+                }
+                index.apply_unflushed(b)?;
+            }
+            let mut b = IndexBatch::default();
+            b.put_pack(pack, len);
+            index.apply_unflushed(b)?;
+        }
+        Ok(())
     }
 }
 
 /// Record the chunks of a fsynced pack, and its length, in the index (in small batches: one
 /// sled batch per 50k entries costs ~200 MB).
-fn record_synced(index: &Index, w: &PackWriter, locs: &[(ChunkId, ChunkLoc)]) -> Result<()> {
+fn record_synced(index: &Index, pack: Id, len: u64, locs: &[(ChunkId, ChunkLoc)]) -> Result<()> {
     for part in locs.chunks(256) {
         let mut b = IndexBatch::default();
         for (id, loc) in part {
@@ -122,7 +198,7 @@ fn record_synced(index: &Index, w: &PackWriter, locs: &[(ChunkId, ChunkLoc)]) ->
         index.apply_unflushed(b)?;
     }
     let mut b = IndexBatch::default();
-    b.put_pack(w.id, w.len());
+    b.put_pack(pack, len);
     index.apply_unflushed(b)
 }
 
@@ -207,14 +283,24 @@ enum Processed {
         id: ChunkId,
         raw: Bytes,
         packed: Option<(Codec, Vec<u8>)>,
+        /// The lookup knew the id, but its record did not hold these bytes.
+        takeover: bool,
     },
+}
+
+/// Where an ingest looks chunks up, and where it records the chunks of the packs it fsyncs.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub lookup: &'a dyn ChunkLookup,
+    /// The index (under the store lock), or `None`: the sink keeps them for its commit.
+    pub record: Option<&'a Index>,
 }
 
 /// Read `src` to the end, chunk, dedup against `index` and the chunks of `sink`, and append new
 /// chunks to the sink's packs.
 pub(crate) fn ingest<R: Read + Send>(
     mut src: R,
-    index: &Index,
+    index: Target<'_>,
     cfg: &IngestConfig<'_>,
     sink: &mut PackSink,
 ) -> Result<Ingested> {
@@ -236,7 +322,7 @@ pub(crate) fn ingest<R: Read + Send>(
 /// `ingest` through the reader, hashing and chunk-writing threads.
 fn pipeline<R: Read + Send>(
     mut src: R,
-    index: &Index,
+    index: Target<'_>,
     cfg: &IngestConfig<'_>,
     sink: &mut PackSink,
 ) -> Result<Ingested> {
@@ -480,7 +566,7 @@ fn encode_delta(chunk: &[u8], h: &Hint, cfg: &IngestConfig<'_>) -> Option<(Codec
 fn process(
     chunk: Bytes,
     hint: Option<Hint>,
-    index: &Index,
+    index: &dyn ChunkLookup,
     fresh: &HashMap<ChunkId, ChunkLoc>,
     cfg: &IngestConfig<'_>,
 ) -> Result<Processed> {
@@ -493,7 +579,8 @@ fn process(
     // A known chunk is referenced only if its record really holds these bytes: damage (bit
     // rot, a chain whose base is gone) must not turn a new upload into an unreadable one.
     // Otherwise the chunk is written again and its new location takes over the id.
-    if let Some(loc) = index.chunk(&id)?
+    let known = index.chunk_loc(&id)?;
+    if let Some(loc) = known
         && cfg.pack_files.holds(index, &loc, &id, &chunk)
     {
         return Ok(Processed::Known(id, len_field(&chunk)?));
@@ -505,12 +592,13 @@ fn process(
         id,
         raw: chunk,
         packed,
+        takeover: known.is_some(),
     })
 }
 
 fn write_chunks(
     batches: Receiver<Batch>,
-    index: &Index,
+    index: Target<'_>,
     cfg: &IngestConfig<'_>,
     sink: &mut PackSink,
 ) -> Result<Ingested> {
@@ -523,12 +611,16 @@ fn write_chunks(
     let (sync_tx, sync_rx) = bounded::<(PackWriter, Vec<(ChunkId, ChunkLoc)>)>(4);
     std::thread::scope(|s| {
         // fsync full packs while the next one fills, then record their chunks in the index.
-        let syncer = s.spawn(move || -> Result<()> {
+        let syncer = s.spawn(move || -> Result<Vec<SyncedPack>> {
+            let mut deferred = Vec::new();
             for (mut w, locs) in sync_rx {
                 w.sync()?;
-                record_synced(index, &w, &locs)?;
+                match index.record {
+                    Some(ix) => record_synced(ix, w.id, w.len(), &locs)?,
+                    None => deferred.push((w.id, w.len(), locs)),
+                }
             }
-            Ok(())
+            Ok(deferred)
         });
         let mut full = |w: PackWriter, locs: Vec<(ChunkId, ChunkLoc)>| {
             sync_tx
@@ -547,7 +639,7 @@ fn write_chunks(
             .map_err(|_| Error::Internal("pack sync thread panicked".into()))?;
         // A failed fsync is the root cause when both failed (the worker then only saw the
         // sync thread stop): report it first.
-        synced?;
+        sink.deferred.extend(synced?);
         res?;
         Ok(out)
     })
@@ -560,7 +652,7 @@ type OnFull<'f> = dyn FnMut(PackWriter, Vec<(ChunkId, ChunkLoc)>) -> Result<()> 
 /// A pack that fills up is handed to `full` and a new one started.
 fn store_batch(
     batch: Batch,
-    index: &Index,
+    index: Target<'_>,
     cfg: &IngestConfig<'_>,
     sink: &mut PackSink,
     out: &mut Ingested,
@@ -570,12 +662,12 @@ fn store_batch(
     let processed: Vec<Result<Processed>> = if batch.len() == 1 {
         batch
             .into_iter()
-            .map(|(c, h)| process(c, h, index, fresh, cfg))
+            .map(|(c, h)| process(c, h, index.lookup, fresh, cfg))
             .collect()
     } else {
         batch
             .into_par_iter()
-            .map(|(c, h)| process(c, h, index, fresh, cfg))
+            .map(|(c, h)| process(c, h, index.lookup, fresh, cfg))
             .collect()
     };
     for p in processed {
@@ -584,7 +676,17 @@ fn store_batch(
                 out.chunks.push((id, len));
                 continue;
             }
-            Processed::New { id, raw, packed } => (id, raw, packed),
+            Processed::New {
+                id,
+                raw,
+                packed,
+                takeover,
+            } => {
+                if takeover {
+                    sink.takeovers.insert(id);
+                }
+                (id, raw, packed)
+            }
         };
         out.chunks.push((id, len_field(&raw)?));
         if sink.fresh.contains_key(&id) {
@@ -599,16 +701,16 @@ fn store_batch(
             Some(w) if w.is_empty() || w.len() + need <= cfg.pack_target => w,
             Some(done) => {
                 full(done, std::mem::take(&mut sink.unsynced))?;
-                PackWriter::create(cfg.packs_dir, cfg.faults)?
+                sink.new_pack(cfg)?
             }
             None => match sink.active.take() {
                 Some((id, len)) if len + need <= cfg.pack_target => {
                     match PackWriter::reopen(cfg.packs_dir, id, len, cfg.faults)? {
                         Some(w) => w,
-                        None => PackWriter::create(cfg.packs_dir, cfg.faults)?,
+                        None => sink.new_pack(cfg)?,
                     }
                 }
-                _ => PackWriter::create(cfg.packs_dir, cfg.faults)?,
+                _ => sink.new_pack(cfg)?,
             },
         };
         let w = sink.writer.insert(w);
@@ -623,7 +725,7 @@ fn store_batch(
 /// `ingest` of a source read whole (`INLINE_MAX` bytes at most), on the calling thread.
 fn ingest_inline(
     data: Bytes,
-    index: &Index,
+    index: Target<'_>,
     cfg: &IngestConfig<'_>,
     sink: &mut PackSink,
 ) -> Result<Ingested> {
@@ -638,10 +740,19 @@ fn ingest_inline(
     };
     let cutter = choose_cutter(&data, cfg);
     let (_, batch) = cut_window(&cutter, &data, 0, true, cfg, &mut Cuts::default());
+    let mut synced = Vec::new();
     let mut full = |mut w: PackWriter, locs: Vec<(ChunkId, ChunkLoc)>| {
         w.sync()?;
-        record_synced(index, &w, &locs)
+        match index.record {
+            Some(ix) => record_synced(ix, w.id, w.len(), &locs),
+            None => {
+                synced.push((w.id, w.len(), locs));
+                Ok(())
+            }
+        }
     };
-    store_batch(batch, index, cfg, sink, &mut out, &mut full)?;
+    let stored = store_batch(batch, index, cfg, sink, &mut out, &mut full);
+    sink.deferred.append(&mut synced);
+    stored?;
     Ok(out)
 }

@@ -150,6 +150,10 @@ pub(crate) struct Session<'a> {
 }
 /// Take an exclusive flock on `lock_path`, polling with backoff for up to `timeout`.
 fn acquire_lock(lock_path: &Path, timeout: Duration) -> Result<File> {
+    acquire_flock(lock_path, timeout, true)
+}
+/// Take a flock on `lock_path` (exclusive or shared), polling with backoff for up to `timeout`.
+fn acquire_flock(lock_path: &Path, timeout: Duration, exclusive: bool) -> Result<File> {
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -160,7 +164,11 @@ fn acquire_lock(lock_path: &Path, timeout: Duration) -> Result<File> {
     let start = Instant::now();
     let mut wait = Duration::from_millis(2);
     loop {
-        match lock.try_lock() {
+        let got = match exclusive {
+            true => lock.try_lock(),
+            false => lock.try_lock_shared(),
+        };
+        match got {
             Ok(()) => return Ok(lock),
             Err(std::fs::TryLockError::WouldBlock) => {
                 if start.elapsed() >= timeout {
@@ -353,7 +361,12 @@ impl Store {
         for d in ["packs", "manifests", "events"] {
             let dir = self.dir(d);
             let mut it = fs::read_dir(&dir).at(&dir)?;
-            if it.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))) {
+            // Packs of uploads not committed yet hold nothing a rebuild would find.
+            let counts = |name: &str| {
+                !name.starts_with('.')
+                    && !name.ends_with(&format!(".{}", crate::format::pack::INCOMING_EXT))
+            };
+            if it.any(|e| e.is_ok_and(|e| counts(&e.file_name().to_string_lossy()))) {
                 return Ok(true);
             }
         }
@@ -389,6 +402,17 @@ impl Store {
     /// Take the store lock (waiting up to `lock_timeout`).
     pub(crate) fn lock(&self) -> Result<File> {
         acquire_lock(&self.root.join("lock"), self.opts.lock_timeout)
+    }
+    /// Take the writers' lock (waiting up to `lock_timeout`): shared by every upload that
+    /// ingests outside the store lock, from before its snapshot of the index until its commit;
+    /// exclusive for gc and repair, the only operations that move or remove chunks. Always
+    /// taken before the store lock, never while holding it.
+    pub(crate) fn writers_lock(&self, exclusive: bool) -> Result<File> {
+        acquire_flock(
+            &self.root.join("writers"),
+            self.opts.lock_timeout,
+            exclusive,
+        )
     }
     /// Take the lock, open the index and finish any commit a crash interrupted.
     ///

@@ -167,8 +167,18 @@ pub struct PackWriter {
 impl PackWriter {
     /// Start a new pack in `dir`.
     pub fn create(dir: &Path, faults: &Faults) -> Result<PackWriter> {
+        Self::create_named(dir, faults, pack_file_name)
+    }
+
+    /// Start a new pack in `dir` under its incoming name (`<id>.incoming`), which nothing that
+    /// lists packs sees until the upload that writes it commits and renames it.
+    pub fn create_incoming(dir: &Path, faults: &Faults) -> Result<PackWriter> {
+        Self::create_named(dir, faults, crate::format::pack::incoming_file_name)
+    }
+
+    fn create_named(dir: &Path, faults: &Faults, name: fn(Id) -> String) -> Result<PackWriter> {
         let id = Id::generate();
-        let path = dir.join(pack_file_name(id));
+        let path = dir.join(name(id));
         faults.check(FaultKind::Write, &path)?;
         let file = OpenOptions::new()
             .write(true)

@@ -250,13 +250,19 @@ impl PackFiles {
 
     /// Does the indexed record of chunk `id` at `loc` hold exactly `expect` (`packs::holds`,
     /// delta bases found through `index`)? Anything unreadable is a no.
-    pub(crate) fn holds(&self, index: &Index, loc: &ChunkLoc, id: &ChunkId, expect: &[u8]) -> bool {
+    pub(crate) fn holds(
+        &self,
+        index: &dyn crate::store::index::ChunkLookup,
+        loc: &ChunkLoc,
+        id: &ChunkId,
+        expect: &[u8],
+    ) -> bool {
         let Ok(file) = self.get(loc.pack) else {
             return false;
         };
         let lookup = |b: &ChunkId| -> Result<(Arc<File>, ChunkLoc)> {
             let l = index
-                .chunk(b)?
+                .chunk_loc(b)?
                 .ok_or_else(|| Error::corrupt(b.to_string(), "delta base is not in the store"))?;
             Ok((self.get(l.pack)?, l))
         };

@@ -322,6 +322,9 @@ impl Store {
     /// one and swapped in only when complete: a rebuild that fails leaves the old index as it
     /// was.
     pub fn rebuild_index(&self) -> Result<RebuildReport> {
+        // Packs of uploads in flight are not in any index yet: wait for them to commit, so the
+        // rebuild does not take their chunks for unreferenced ones.
+        let _writers = self.writers_lock(true)?;
         let _lock = self.lock()?;
         self.rebuild_locked()
     }

@@ -287,6 +287,13 @@ impl Store {
                 )));
             }
         }
+        let incoming = list_ids(&self.dir("packs"), crate::format::pack::INCOMING_EXT)?;
+        if !incoming.is_empty() {
+            rep.notes.push(Finding::new(VerifyKind::IncomingPacks, format!(
+                "{} pack(s) of uploads not committed: in flight, or left by a killed upload (`ml-dash gc` removes those)",
+                incoming.len()
+            )));
+        }
         let held = crate::store::recover::read_held(&self.root)?;
         if !held.is_empty() {
             rep.notes.push(Finding::new(VerifyKind::HeldPacks, format!(

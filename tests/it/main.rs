@@ -20,6 +20,7 @@ mod faults;
 mod gc;
 mod hostile;
 mod ingest;
+mod parallel;
 mod journal;
 mod recovery;
 mod remote;
