@@ -23,7 +23,7 @@ for i in 1 2 3 4; do
 done
 rm "$work/shared"
 now() { date +%s.%N; }
-stats() { awk '{a[NR]=$1} END{n=asort(a); printf "%.3f / %.3f / %.3f", a[1], a[int((n+1)/2)], a[n]}'; }
+stats() { sort -g | awk '{a[NR]=$1} END{printf "%.3f / %.3f / %.3f", a[1], a[int((NR+1)/2)], a[NR]}'; }
 
 echo "## list and a 1 MiB upload during a $big MiB upload (best / median / worst of $lists, seconds)"
 echo
@@ -61,7 +61,8 @@ packbytes() { du -sb "$1/packs" | cut -f1; }
 for nb in "$@"; do
   n=${nb%%=*}; b=${nb#*=}
   for w in 1 2 4; do
-    s=$work/w-$n-$w; rm -rf "$s"; "$b" --root "$s" stats > /dev/null
+    s=$work/w-$n-$w; rm -rf "$s"
+    "$b" --root "$s" upload "$work/small.bin" --to first.bin --project p --experiment e > /dev/null
     sync
     t0=$(now)
     pids=()
@@ -75,6 +76,7 @@ for nb in "$@"; do
     "$b" --root "$s" gc --threshold 0.000001 > /dev/null || true
     after=$(packbytes "$s")
     one=$work/one-$n-$w; rm -rf "$one"
+    "$b" --root "$one" upload "$work/small.bin" --to first.bin --project p --experiment e > /dev/null
     for i in $(seq "$w"); do
       "$b" --root "$one" upload "$work/rank$i.bin" --project p --experiment e > /dev/null
     done
