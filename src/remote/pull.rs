@@ -116,6 +116,8 @@ impl Store {
             .rt
             .block_on(remote.chunk_map(&self.remote_cache(remote)))?;
         self.check_poison()?;
+        // Pulled chunks are added like an upload's: not while gc runs (see `writers_lock`).
+        let _writers = self.writers_lock(false)?;
         let s = self.session()?;
         let mut rep = PullReport {
             remote: remote.url.clone(),

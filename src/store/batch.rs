@@ -310,6 +310,9 @@ impl Run<'_, '_> {
     /// Small batches: one session from the first file's ingest to the commit, appending to
     /// the store's open pack and recording full packs in the index as they are fsynced.
     fn ingest_under_lock(&mut self) -> Result<()> {
+        // Every upload holds `writers` shared: gc holds it exclusively while it runs, also
+        // while it releases the store lock to copy packs.
+        let _writers = self.store.writers_lock(false)?;
         let s = self.store.session()?;
         let ix = &s.index;
         let active = match ix.meta_id("active_pack")? {

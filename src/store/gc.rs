@@ -6,9 +6,16 @@
 //!    tombstone events stay, so a rebuild still knows them as deleted; a crash in between leaves
 //!    index entries without manifests, which the next gc drops);
 //! 2. garbage chunks leave the index;
-//! 3. a pack to rewrite: live records are copied to a new pack and fsynced, the index moves to
-//!    the new locations, then the old pack file is deleted. A crash in between leaves a second,
-//!    unreferenced copy, which the next gc deletes. No pack is modified in place.
+//! 3. a pack to rewrite: live records are copied to a new pack under its incoming name and
+//!    fsynced (without the store lock), then, under it, the copy is renamed to its pack name,
+//!    the index moves to the new locations, and the old pack file is deleted. A crash in
+//!    between leaves a second, unreferenced copy, which the next gc deletes. No pack is
+//!    modified in place.
+//!
+//! gc holds `writers` exclusively from start to end (no upload or pull adds or moves chunks
+//! meanwhile) and the store lock only to plan and apply steps 1 and 2, and then once per group
+//! of packs to publish copies and delete old packs: readers, deletes and record updates go
+//! ahead while it reads and copies packs.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -103,6 +110,23 @@ impl Default for GcOptions {
             drop_unreferenced: false,
         }
     }
+}
+
+/// Packs handled per hold of the store lock, and live bytes copied per group.
+const GROUP_PACKS: usize = 16;
+const GROUP_BYTES: u64 = 1 << 30;
+
+/// A pack's live records, copied by `copy_live`.
+struct Copy {
+    id: Id,
+    len: u64,
+    locs: Vec<(ChunkId, ChunkLoc)>,
+}
+
+/// What `scan_needed` found in a pack.
+struct Scan {
+    needed: Vec<ChunkId>,
+    damaged: Vec<packs::Damage>,
 }
 
 /// What one pack holds that gc must keep in mind before deleting it.
@@ -226,6 +250,13 @@ impl Store {
         if !dry_run {
             self.poison(self.gc_apply(&s, &dead_versions, &garbage))?;
         }
+        // The plan is durable in the index; the rest reads and copies packs, so the store lock
+        // is released while it does (readers, deletes and record updates go ahead; uploads and
+        // pulls wait for `writers`, so no chunk is added or moved meanwhile and the plan stays
+        // true). Packs go in groups: copies and scans without the lock, then one short hold of
+        // it to publish the copies and delete (or quarantine) the old packs.
+        drop(s);
+        let mut todo: Vec<(PackPlan, bool, u64)> = Vec::new();
         for p in plan {
             if held.contains(&p.id) {
                 rep.held_packs += 1;
@@ -242,54 +273,79 @@ impl Store {
                 rep.remaining_garbage_bytes += garbage_here;
                 continue;
             }
-            if rewrite {
-                let moved = &live_in_pack[&p.id];
-                if let Some(why) = Self::check_live_records(&p, moved)? {
-                    rep.problems
-                        .push(Finding::new(GcKind::LiveRecordFails, why));
-                    rep.remaining_garbage_bytes += garbage_here;
-                    continue;
-                }
-                if !dry_run {
-                    self.poison(self.rewrite_pack(&s, p.id, moved, active == Some(p.id)))?;
-                }
-            }
-            // Everything live is elsewhere now: the pack may go if gc can account for every
-            // byte of it; else it is moved aside.
-            let unaccounted = Self::unaccounted(&s, &p, &live, dry_run && rewrite)?;
-            if unaccounted.is_empty() {
+            todo.push((p, rewrite, garbage_here));
+        }
+        let mut todo = todo.into_iter().peekable();
+        while todo.peek().is_some() {
+            // 1. Without the lock: check, copy and scan up to GROUP_PACKS packs or
+            //    GROUP_BYTES of live records.
+            let mut group = Vec::new();
+            let mut copied = 0u64;
+            while group.len() < GROUP_PACKS && copied < GROUP_BYTES {
+                let Some((p, rewrite, garbage_here)) = todo.next() else {
+                    break;
+                };
+                let mut copy = None;
                 if rewrite {
-                    rep.packs_rewritten += 1;
-                    rep.reclaimed_bytes += garbage_here;
-                } else {
-                    rep.packs_deleted += 1;
-                    rep.reclaimed_bytes += p.len;
-                }
-                if !dry_run {
-                    let mut b = IndexBatch::default();
-                    b.remove_pack(p.id);
-                    if active == Some(p.id) && !rewrite {
-                        b.remove_meta("active_pack");
+                    let moved = &live_in_pack[&p.id];
+                    if let Some(why) = Self::check_live_records(&p, moved)? {
+                        rep.problems
+                            .push(Finding::new(GcKind::LiveRecordFails, why));
+                        rep.remaining_garbage_bytes += garbage_here;
+                        continue;
                     }
-                    self.poison(ix.apply(b))?;
-                    self.poison(self.remove_file(&p.path))?;
+                    if !dry_run {
+                        copy = Some(self.poison(self.copy_live(p.id, moved))?);
+                    }
+                    copied += p.live_bytes;
                 }
-            } else {
-                rep.packs_quarantined += 1;
-                if rewrite {
-                    rep.packs_rewritten += 1;
+                let scan = Self::scan_needed(&p, &live)?;
+                group.push((p, rewrite, garbage_here, copy, scan));
+            }
+            // 2. Under the lock: the copies take over, the old packs go.
+            let s = self.session()?;
+            let ix = &s.index;
+            for (p, rewrite, garbage_here, copy, scan) in group {
+                if let Some(c) = copy {
+                    self.poison(self.publish_copy(&s, c, active == Some(p.id)))?;
                 }
-                rep.problems.push(Finding::new(
-                    GcKind::Quarantined,
-                    format!(
-                        "packs/{}: moved to {}/ (not deleted): {}",
-                        pack::pack_file_name(p.id),
-                        crate::store::recover::QUARANTINE_DIR,
-                        unaccounted.join("; ")
-                    ),
-                ));
-                if !dry_run {
-                    self.poison(self.quarantine(&s, &p, active == Some(p.id) && !rewrite))?;
+                // Everything live is elsewhere now: the pack may go if gc can account for
+                // every byte of it; else it is moved aside.
+                let unaccounted = Self::unaccounted(&s, &p, &scan, dry_run && rewrite)?;
+                if unaccounted.is_empty() {
+                    if rewrite {
+                        rep.packs_rewritten += 1;
+                        rep.reclaimed_bytes += garbage_here;
+                    } else {
+                        rep.packs_deleted += 1;
+                        rep.reclaimed_bytes += p.len;
+                    }
+                    if !dry_run {
+                        let mut b = IndexBatch::default();
+                        b.remove_pack(p.id);
+                        if active == Some(p.id) && !rewrite {
+                            b.remove_meta("active_pack");
+                        }
+                        self.poison(ix.apply(b))?;
+                        self.poison(self.remove_file(&p.path))?;
+                    }
+                } else {
+                    rep.packs_quarantined += 1;
+                    if rewrite {
+                        rep.packs_rewritten += 1;
+                    }
+                    rep.problems.push(Finding::new(
+                        GcKind::Quarantined,
+                        format!(
+                            "packs/{}: moved to {}/ (not deleted): {}",
+                            pack::pack_file_name(p.id),
+                            crate::store::recover::QUARANTINE_DIR,
+                            unaccounted.join("; ")
+                        ),
+                    ));
+                    if !dry_run {
+                        self.poison(self.quarantine(&s, &p, active == Some(p.id) && !rewrite))?;
+                    }
                 }
             }
         }
@@ -327,32 +383,42 @@ impl Store {
         Ok(None)
     }
 
-    /// Why gc cannot call all of pack `p` garbage, once every live chunk of it is indexed
-    /// elsewhere (`relocated`: a dry run counts them as moved): spans inside its committed length that hold no valid record (they may have
-    /// held anything), and records of chunks a live file needs that the index does not hold.
-    fn unaccounted(
-        s: &crate::store::Session<'_>,
-        p: &PackPlan,
-        live: &HashSet<ChunkId>,
-        relocated: bool,
-    ) -> Result<Vec<String>> {
-        let committed = s.index.pack_len(p.id)?.unwrap_or(0);
-        let mut why = Vec::new();
+    /// Read pack `p` (without the store lock): the live chunks it holds records of, and the
+    /// spans that hold no valid record.
+    fn scan_needed(p: &PackPlan, live: &HashSet<ChunkId>) -> Result<Scan> {
         let mut needed: Vec<ChunkId> = Vec::new();
         let scanned = packs::scan(&p.path, p.id, false, |r| {
             if live.contains(&r.header.id) {
                 needed.push(r.header.id);
             }
         })?;
-        for c in needed {
-            match s.index.chunk(&c)? {
+        Ok(Scan {
+            needed,
+            damaged: scanned.damaged,
+        })
+    }
+
+    /// Why gc cannot call all of pack `p` garbage, once every live chunk of it is indexed
+    /// elsewhere (`relocated`: a dry run counts them as moved): spans inside its committed
+    /// length that hold no valid record (they may have held anything), and records of chunks
+    /// a live file needs that the index does not hold elsewhere.
+    fn unaccounted(
+        s: &crate::store::Session<'_>,
+        p: &PackPlan,
+        scan: &Scan,
+        relocated: bool,
+    ) -> Result<Vec<String>> {
+        let committed = s.index.pack_len(p.id)?.unwrap_or(0);
+        let mut why = Vec::new();
+        for c in &scan.needed {
+            match s.index.chunk(c)? {
                 Some(l) if l.pack != p.id || relocated => {}
                 _ => why.push(format!(
                     "holds chunk {c}, which a file needs and no other pack holds"
                 )),
             }
         }
-        for d in scanned.damaged.iter().filter(|d| d.start < committed) {
+        for d in scan.damaged.iter().filter(|d| d.start < committed) {
             why.push(format!(
                 "bytes {}..{} hold no valid record ({})",
                 d.start, d.end, d.reason
@@ -426,35 +492,52 @@ impl Store {
         s.index.apply(b)
     }
 
-    fn rewrite_pack(
-        &self,
-        s: &crate::store::Session<'_>,
-        old: Id,
-        live: &[(ChunkId, ChunkLoc)],
-        was_active: bool,
-    ) -> Result<()> {
+    /// Copy the live records of pack `old` to a new pack under its incoming name, checking
+    /// each before it is copied (damage is never copied forward), and fsync it. Nothing refers
+    /// to the copy until `publish_copy`.
+    fn copy_live(&self, old: Id, live: &[(ChunkId, ChunkLoc)]) -> Result<Copy> {
         let dir = self.dir("packs");
         let old_path = dir.join(pack::pack_file_name(old));
         let file = File::open(&old_path).at(&old_path)?;
-        let mut w = PackWriter::create(&dir, &self.opts.faults)?;
-        let mut b = IndexBatch::default();
+        let mut w = PackWriter::create_incoming(&dir, &self.opts.faults)?;
+        let mut locs = Vec::with_capacity(live.len());
         let mut sorted = live.to_vec();
         sorted.sort_by_key(|(_, l)| l.offset);
         for (id, loc) in &sorted {
             let mut buf = vec![0u8; crate::format::usize_from(loc.record_len())];
             std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, loc.offset).at(&old_path)?;
-            // Never copy damage forward: decode and check before writing the copy.
             let where_ = || format!("{} offset {}", old_path.display(), loc.offset);
             let h =
                 pack::decode_record_header(&buf).map_err(|r| crate::Error::corrupt(where_(), r))?;
             pack::check_stored(&h, &buf[pack::RECORD_HEADER_LEN..], &where_)?;
             let new = w.append(*id, loc.raw_len, loc.codec, &buf[pack::RECORD_HEADER_LEN..])?;
-            b.put_chunk(id, &new);
+            locs.push((*id, new));
         }
         w.sync()?;
-        b.put_pack(w.id, w.len());
+        Ok(Copy {
+            id: w.id,
+            len: w.len(),
+            locs,
+        })
+    }
+
+    /// Under the lock: rename a copy to its pack name, fsync the directory, and move the
+    /// index to its locations (and make it the open pack if the old one was).
+    fn publish_copy(&self, s: &crate::store::Session<'_>, c: Copy, was_active: bool) -> Result<()> {
+        let dir = self.dir("packs");
+        crate::store::durable::rename(
+            &dir.join(pack::incoming_file_name(c.id)),
+            &dir.join(pack::pack_file_name(c.id)),
+            &self.opts.faults,
+        )?;
+        fsync_dir(&dir, &self.opts.faults)?;
+        let mut b = IndexBatch::default();
+        for (id, loc) in &c.locs {
+            b.put_chunk(id, loc);
+        }
+        b.put_pack(c.id, c.len);
         if was_active {
-            b.set_meta("active_pack", &w.id.0);
+            b.set_meta("active_pack", &c.id.0);
         }
         s.index.apply(b)
     }
