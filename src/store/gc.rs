@@ -453,6 +453,28 @@ impl Store {
         dead: &[crate::FileRecord],
         garbage: &[(ChunkId, ChunkLoc)],
     ) -> Result<()> {
+        // Record updates of the versions dropped go first: left behind, they would name a
+        // version whose manifest is gone, which a rebuild must report as lost.
+        if !dead.is_empty() {
+            let dead_ids: HashSet<Id> = dead.iter().map(|r| r.id).collect();
+            let mut removed = false;
+            for (_, p) in list_ids(&self.dir("events"), "event")? {
+                let updates_dead = std::fs::read(&p).ok().is_some_and(|b| {
+                    matches!(
+                        crate::format::manifest::decode_event(&b, ""),
+                        Ok(crate::format::manifest::Event::Update { version_id, .. })
+                            if dead_ids.contains(&version_id)
+                    )
+                });
+                if updates_dead {
+                    self.remove_file(&p)?;
+                    removed = true;
+                }
+            }
+            if removed {
+                fsync_dir(&self.dir("events"), &self.opts.faults)?;
+            }
+        }
         // Manifests first, then the index: a crash in between leaves deleted versions in the
         // index without manifests, which the next gc drops (and verify accepts for deleted
         // versions). The other order would leave manifests that no later gc could find.

@@ -36,6 +36,10 @@
 //! that path are fixed; the deterministic tests at the end of this file pin them).
 //! `index_rebuilt_after_crashes_matches_the_store` also rebuilds a copy after every kill.
 //!
+//! `concurrent_writers_and_gc_keep_every_acknowledged_write` runs 2-4 writer children and a
+//! gc child on one store at once (uploads outside the store lock among them) and kills them
+//! all, round after round; see "Concurrent writers and gc" below.
+//!
 //! `ML_DASH_CRASH_ITERS` sets the number of kills (default 12; the full suite runs 120) and
 //! `ML_DASH_CRASH_SEED` the base seed (seeds are printed on failure; the kill timing is not
 //! reproducible, so a replay walks the same operations with other kill points). Run with
@@ -62,6 +66,8 @@ const ENV_JOURNAL: &str = "ML_DASH_CRASH_CHILD_JOURNAL";
 const ENV_CHILD_SEED: &str = "ML_DASH_CRASH_CHILD_SEED";
 const ENV_MODE: &str = "ML_DASH_CRASH_CHILD_MODE";
 const ENV_SCRATCH: &str = "ML_DASH_CRASH_CHILD_SCRATCH";
+const ENV_SPACE: &str = "ML_DASH_CRASH_CHILD_SPACE";
+const ENV_POOL: &str = "ML_DASH_CRASH_CHILD_POOL";
 
 const MIB: usize = 1 << 20;
 const SIGKILL: i32 = 9;
@@ -91,6 +97,18 @@ fn mixed_key(i: u64) -> FileKey {
     ];
     let (prefix, name) = PATHS[(i % 6) as usize];
     key(if i < 6 { "e1" } else { "e2" }, prefix, name)
+}
+
+/// `mixed_key` in the experiments of one concurrent writer (`space`; empty: the mixed
+/// workload's own): each writer of the concurrent loop has paths of its own, so that its journal
+/// alone decides their versions.
+fn space_key(space: &str, i: u64) -> FileKey {
+    if space.is_empty() {
+        return mixed_key(i);
+    }
+    let k = mixed_key(i);
+    let exp = format!("{space}{}", if i < 6 { "a" } else { "b" });
+    key(&exp, &k.path, &k.filename)
 }
 
 fn key_json(k: &FileKey) -> Value {
@@ -167,7 +185,53 @@ struct Worker {
     scratch: PathBuf,
     n: u64,
     last: Vec<u8>,
+    /// The experiments this worker writes to (`space_key`).
+    space: String,
+    /// Seed of the blocks the writers of one round of the concurrent loop share (`pool_block`).
+    pool: u64,
 }
+
+/// How an upload reads its bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// A source file or a reader, at random (an upload: 3 in 4 a reader; a file of a batch:
+    /// 1 in 2).
+    Any,
+    /// A source file.
+    File,
+    /// A reader (a stream: ingested outside the store lock if longer than 16 MiB).
+    Reader,
+    /// A reader that yields 256 KiB at a time with a pause of 2 ms between (a slow pipe on
+    /// stdin): the upload writes its packs over a longer time, for kills to land among them.
+    Trickle,
+}
+
+/// A slow stream (`Via::Trickle`).
+struct Trickle<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        const STEP: usize = 256 * 1024;
+        if self.pos > 0 && self.pos.is_multiple_of(STEP) && self.pos < self.data.len() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let end = (self.pos + buf.len())
+            .min(self.data.len())
+            .min((self.pos / STEP + 1) * STEP);
+        let n = end - self.pos;
+        buf[..n].copy_from_slice(&self.data[self.pos..end]);
+        self.pos = end;
+        Ok(n)
+    }
+}
+
+/// Uploads whose files or streams hold more than this many bytes are ingested outside the
+/// store lock (src/store/batch.rs, `OUTSIDE_LOCK_MIN`). Only a label in the journal here, for
+/// aiming kills and for the summary.
+const OUTSIDE_LOCK_MIN: usize = 16 * MIB;
 
 impl Worker {
     fn size(&mut self) -> usize {
@@ -222,23 +286,39 @@ impl Worker {
     }
 
     fn upload(&mut self, key: &FileKey, data: Vec<u8>, kind: &str) {
+        self.upload_via(key, data, kind, Via::Any);
+    }
+
+    fn upload_via(&mut self, key: &FileKey, data: Vec<u8>, kind: &str, via: Via) {
         self.n += 1;
         let sha = sha256_hex(&data);
         let meta = json!({"n": self.n, "kind": kind});
+        let from_file = match via {
+            Via::Any => self.rng.below(4) == 0,
+            Via::File => true,
+            Via::Reader | Via::Trickle => false,
+        };
+        let outside = data.len() > OUTSIDE_LOCK_MIN;
         self.journal.line(json!({
             "op": "put", "phase": "begin", "key": key_json(key),
-            "sha": sha, "size": data.len(), "meta": meta,
+            "sha": sha, "size": data.len(), "meta": meta, "outside": outside,
         }));
         let v = NewVersion {
             metadata: meta.clone(),
             ..Default::default()
         };
-        let res = if self.rng.below(4) == 0 {
+        let res = if from_file {
             let src = self.scratch.join(format!("src-{}", self.n));
             fs::write(&src, &data).expect("write source file");
             let r = self.store.put_file(&src, key, v, None);
             let _ = fs::remove_file(&src);
             r
+        } else if via == Via::Trickle {
+            let src = Trickle {
+                data: &data,
+                pos: 0,
+            };
+            self.store.put_reader(src, key, v, None)
         } else {
             self.store.put_reader(&data[..], key, v, None)
         };
@@ -254,10 +334,15 @@ impl Worker {
 
     /// 2..=5 uploads committed together (readers and files; a path may come twice).
     fn upload_batch(&mut self, fresh: bool) {
+        self.upload_batch_via(fresh, Via::Any);
+    }
+
+    /// `upload_batch`, its sources read as `via` says.
+    fn upload_batch_via(&mut self, fresh: bool, via: Via) {
         let n = 2 + self.rng.below(4);
         let mut items = Vec::new();
         for _ in 0..n {
-            let k = mixed_key(self.rng.below(12));
+            let k = space_key(&self.space, self.rng.below(12));
             let (mut d, kind) = if fresh {
                 let len = 1 + usize_from(self.rng.below(MIB as u64));
                 (random_bytes(self.rng.next_u64(), len), "new")
@@ -265,10 +350,31 @@ impl Worker {
                 self.data()
             };
             d.truncate(MIB + 7);
-            self.n += 1;
-            let meta = json!({"n": self.n, "kind": kind, "batch": true});
-            items.push((k, d, meta));
+            items.push((k, d, kind));
         }
+        self.commit_batch(items, via);
+    }
+
+    /// Commit `items` (key, bytes, kind) as one batch, its sources read as `via` says.
+    fn commit_batch(&mut self, items: Vec<(FileKey, Vec<u8>, &'static str)>, via: Via) {
+        let n = items.len();
+        let from_file: Vec<bool> = (0..n)
+            .map(|_| match via {
+                Via::Any => self.rng.below(2) == 0,
+                Via::File => true,
+                Via::Reader | Via::Trickle => false,
+            })
+            .collect();
+        let total: usize = items.iter().map(|(_, d, _)| d.len()).sum();
+        let outside = total > OUTSIDE_LOCK_MIN;
+        let mut items: Vec<(FileKey, Vec<u8>, Value)> = items
+            .into_iter()
+            .map(|(k, d, kind)| {
+                self.n += 1;
+                let meta = json!({"n": self.n, "kind": kind, "batch": true});
+                (k, d, meta)
+            })
+            .collect();
         let begun: Vec<Value> = items
             .iter()
             .map(|(k, d, meta)| {
@@ -276,7 +382,7 @@ impl Worker {
             })
             .collect();
         self.journal
-            .line(json!({"op": "puts", "phase": "begin", "items": begun}));
+            .line(json!({"op": "puts", "phase": "begin", "items": begun, "outside": outside}));
         let mut batch = self.store.upload_batch();
         let mut sources = Vec::new();
         for (i, (k, d, meta)) in items.iter().enumerate() {
@@ -284,7 +390,7 @@ impl Worker {
                 metadata: meta.clone(),
                 ..Default::default()
             };
-            if self.rng.below(2) == 0 {
+            if from_file[i] {
                 let src = self.scratch.join(format!("src-{}-{i}", self.n));
                 fs::write(&src, d).expect("write source file");
                 batch.file(&src, k.clone(), v);
@@ -390,7 +496,7 @@ impl Worker {
     }
 
     fn random_op(&mut self, mode: &str) {
-        let k = mixed_key(self.rng.below(12));
+        let k = space_key(&self.space, self.rng.below(12));
         if mode == "upload" && self.rng.below(10) < 8 {
             let (d, kind) = self.fresh_data();
             self.upload(&k, d, kind);
@@ -450,6 +556,144 @@ impl Worker {
     }
 }
 
+// The roles of the concurrent loop (`concurrent_crash_loop`), each a child of its own.
+impl Worker {
+    /// Block `j` (1 MiB) of the round's shared pool: the writers of a round upload the same
+    /// new chunks at the same time, so an upload outside the lock often finds, at its commit,
+    /// chunks another writer committed meanwhile (it keeps their location).
+    fn pool_block(&mut self) -> Vec<u8> {
+        let j = self.rng.below(8);
+        random_bytes(self.pool.wrapping_add(j), MIB)
+    }
+
+    /// 17..24 MiB: pool blocks, known data and new data.
+    fn big_data(&mut self) -> Vec<u8> {
+        let target = 17 * MIB + usize_from(self.rng.below(7 * MIB as u64));
+        let mut d = Vec::with_capacity(target + 2 * MIB);
+        while d.len() < target {
+            match self.rng.below(4) {
+                0 => d.extend_from_slice(&self.pool_block()),
+                1 => d.extend_from_slice(&base_data(self.rng.below(6))),
+                _ => {
+                    let n = 256 * 1024 + usize_from(self.rng.below(2 * MIB as u64));
+                    d.extend_from_slice(&random_bytes(self.rng.next_u64(), n));
+                }
+            }
+        }
+        d.truncate(target);
+        d
+    }
+
+    /// The writer whose uploads are ingested outside the store lock: files and streams
+    /// (fast or slow) of more than 16 MiB, batches of more than 16 MiB; also short streams
+    /// (under the lock), and deletes of its paths, which keep the store small (the parent
+    /// trims the rest).
+    fn big_op(&mut self) {
+        let k = space_key(&self.space, self.rng.below(12));
+        match self.rng.below(20) {
+            0..=4 => {
+                let d = self.big_data();
+                self.upload_via(&k, d, "big", Via::File);
+            }
+            5..=8 => {
+                let d = self.big_data();
+                self.upload_via(&k, d, "big-stream", Via::Trickle);
+            }
+            9 | 10 => {
+                let d = self.big_data();
+                self.upload_via(&k, d, "big-stream", Via::Reader);
+            }
+            11 | 12 => {
+                let (mut d, kind) = self.data();
+                if self.rng.below(2) == 0 {
+                    d.extend_from_slice(&self.pool_block());
+                }
+                self.upload_via(&k, d, kind, Via::Reader);
+            }
+            13..=15 => {
+                // 2-3 files, more than 16 MiB together (one of them may be a stream).
+                let n = 2 + self.rng.below(2);
+                let mut items = Vec::new();
+                for _ in 0..n {
+                    let mut d = self.big_data();
+                    d.truncate(9 * MIB + usize_from(self.rng.below(3 * MIB as u64)));
+                    items.push((space_key(&self.space, self.rng.below(12)), d, "big"));
+                }
+                let via = if self.rng.below(3) == 0 {
+                    Via::Any
+                } else {
+                    Via::File
+                };
+                self.commit_batch(items, via);
+            }
+            16..=18 => self.delete(&k),
+            _ => self.update(&k),
+        }
+    }
+
+    /// A writer of small uploads (files, under the store lock), batches of files, deletes
+    /// and metadata updates; its uploads share chunks with the big writers' (pool blocks).
+    fn small_op(&mut self) {
+        let k = space_key(&self.space, self.rng.below(12));
+        match self.rng.below(20) {
+            0..=6 => {
+                // A pool block, whole or in part: the same new chunks a big upload writes.
+                let mut d = self.pool_block();
+                if self.rng.below(2) == 0 {
+                    let cut = usize_from(self.rng.below(d.len() as u64));
+                    d.drain(..cut);
+                }
+                self.upload_via(&k, d, "pool", Via::File);
+            }
+            7..=10 => {
+                let (mut d, kind) = self.data();
+                d.truncate(MIB);
+                self.upload_via(&k, d, kind, Via::File);
+            }
+            11..=13 => {
+                let fresh = self.rng.below(2) == 0;
+                self.upload_batch_via(fresh, Via::File);
+            }
+            14..=16 => self.delete(&k),
+            _ => self.update(&k),
+        }
+    }
+
+    /// `gc` again and again (threshold 0, 0.5 or 1), now and then `repair`.
+    fn gc_op(&mut self) {
+        if self.rng.below(15) == 0 {
+            self.repair();
+        } else {
+            let threshold = [0.0, 0.5, 1.0][usize_from(self.rng.below(3))];
+            self.gc(threshold);
+        }
+        std::thread::sleep(Duration::from_micros(self.rng.below(30_000)));
+    }
+
+    /// `rebuild_index` (`ml-dash repair`): with uploads outside the lock in flight it waits
+    /// for them; it must find no damaged record and no unreadable version. (Its
+    /// `lost_versions` are not checked here: a gc killed after removing a deleted version's
+    /// manifest and before dropping it from the index leaves an entry a rebuild reports.
+    /// Whether an acknowledged version was really lost, the parent's checks say.)
+    fn repair(&mut self) {
+        self.journal.line(json!({"op": "repair", "phase": "begin"}));
+        let rep = self
+            .store
+            .rebuild_index()
+            .unwrap_or_else(|e| panic!("child: rebuild_index failed: {e}"));
+        assert!(
+            rep.damaged.is_empty() && rep.unreadable_versions.is_empty(),
+            "child: rebuild_index found damage: {:?} {:?}",
+            rep.damaged,
+            rep.unreadable_versions
+        );
+        self.journal.line(json!({
+            "op": "repair", "phase": "ack", "unreferenced": rep.unreferenced.len(),
+            "lost": rep.lost_versions.len(),
+        }));
+    }
+}
+
 /// The child process: does nothing unless started by `crash_loop` (which sets the variables).
 #[test]
 fn child_worker() {
@@ -465,6 +709,7 @@ fn child_worker() {
         .expect("child: open journal");
     let seed: u64 = var(ENV_CHILD_SEED).parse().expect("child: seed");
     let store = Store::open_with(&root, options()).expect("child: open store");
+    let mode = var(ENV_MODE);
     let mut w = Worker {
         store,
         rng: XorShift::new(seed),
@@ -472,11 +717,30 @@ fn child_worker() {
         scratch: PathBuf::from(var(ENV_SCRATCH)),
         n: 0,
         last: base_data(seed % 6),
+        space: std::env::var(ENV_SPACE).unwrap_or_default(),
+        pool: std::env::var(ENV_POOL)
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0),
     };
+    let op: Option<fn(&mut Worker)> = match mode.as_str() {
+        "cw-big" => Some(Worker::big_op),
+        "cw-small" => Some(Worker::small_op),
+        "cw-gc" => Some(Worker::gc_op),
+        _ => None,
+    };
+    if let Some(op) = op {
+        // The concurrent loop: the parent kills every child; it trims the store itself.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            op(&mut w);
+        }
+        w.journal.line(json!({"op": "exit"}));
+        return;
+    }
     if root.join("packs").is_dir() && packs_total(&root) > 64 * MIB as u64 {
         w.trim();
     }
-    let mode = var(ENV_MODE);
     if mode == "gc" {
         w.gc_round();
     }
@@ -542,6 +806,8 @@ enum InFlight {
         tags: Option<Vec<String>>,
     },
     Gc,
+    /// `rebuild_index` (the concurrent loop's gc child).
+    Repair,
 }
 
 impl InFlight {
@@ -552,6 +818,7 @@ impl InFlight {
             InFlight::Del { .. } => "delete",
             InFlight::Upd { .. } => "update",
             InFlight::Gc => "gc",
+            InFlight::Repair => "repair",
         }
     }
 }
@@ -605,7 +872,7 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
         if op != "gc" && phase != "notfound" && !matches!(phase, "begin" | "ack") {
             return Err(at("unknown phase".into()));
         }
-        let k = if op == "gc" || op == "puts" {
+        let k = if matches!(op, "gc" | "puts" | "repair") {
             None
         } else {
             Some(key_from_json(&v["key"])?)
@@ -615,7 +882,9 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
                 (Some(InFlight::Put { key, .. }), "put")
                 | (Some(InFlight::Del { key }), "del")
                 | (Some(InFlight::Upd { key, .. }), "upd") => Some(key) == k.as_ref(),
-                (Some(InFlight::Gc), "gc") | (Some(InFlight::Puts { .. }), "puts") => true,
+                (Some(InFlight::Gc), "gc")
+                | (Some(InFlight::Repair), "repair")
+                | (Some(InFlight::Puts { .. }), "puts") => true,
                 _ => false,
             };
             if !matches {
@@ -751,6 +1020,8 @@ fn replay(text: &str, model: &mut Model, stats: &mut Stats) -> Result<Option<InF
             }
             ("gc", "begin") => inflight = Some(InFlight::Gc),
             ("gc", "ack") => *stats.acks.entry("gc").or_default() += 1,
+            ("repair", "begin") => inflight = Some(InFlight::Repair),
+            ("repair", "ack") => *stats.acks.entry("repair").or_default() += 1,
             _ => return Err(at("unknown operation".into())),
         }
     }
@@ -893,7 +1164,7 @@ fn settle(
                 _ => false,
             }
         }
-        InFlight::Gc => return Ok(()),
+        InFlight::Gc | InFlight::Repair => return Ok(()),
     };
     let what = if applied { "applied" } else { "not applied" };
     *stats.inflight.entry(format!("{kind} {what}")).or_default() += 1;
@@ -928,6 +1199,11 @@ fn crash_signature(root: &Path, seen: &mut BTreeSet<String>) -> Result<Vec<Strin
         });
         if temp {
             sig.push(format!("temp file in {d}/"));
+        }
+    }
+    for name in files_with_ext(&root.join("packs"), "incoming") {
+        if seen.insert(name.display().to_string()) {
+            sig.push("incoming pack (an upload outside the lock killed)".into());
         }
     }
     let ix_dir = root.join("index");
@@ -1249,7 +1525,14 @@ fn check_rebuild(root: &Path, scratch: &Path, store: &Store) -> Result<(), Strin
 // ---------------------------------------------------------------------------------------------
 // The parent.
 
-fn spawn_child(root: &Path, journal: &Path, scratch: &Path, seed: u64, mode: &str) -> Child {
+fn spawn_child(
+    root: &Path,
+    journal: &Path,
+    scratch: &Path,
+    seed: u64,
+    mode: &str,
+    env: &[(&str, String)],
+) -> Child {
     // This very binary, even if a concurrent `cargo build` has replaced the file since.
     let exe = if Path::new("/proc/self/exe").exists() {
         PathBuf::from("/proc/self/exe")
@@ -1270,6 +1553,7 @@ fn spawn_child(root: &Path, journal: &Path, scratch: &Path, seed: u64, mode: &st
         .env(ENV_CHILD_SEED, seed.to_string())
         .env(ENV_MODE, mode)
         .env(ENV_SCRATCH, scratch)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -1371,7 +1655,7 @@ fn crash_loop(name: &str, iters: usize, rebuild: bool) -> Stats {
         let journal = scratch.join("journal.jsonl");
         let mut rng = XorShift::new(seed ^ 0x4B11_4B11);
         let child_started = Instant::now();
-        let mut child = spawn_child(&root, &journal, &scratch, seed, mode);
+        let mut child = spawn_child(&root, &journal, &scratch, seed, mode, &[]);
         let fail = |msg: String, dir: tempfile::TempDir| -> ! {
             let kept = dir.keep();
             panic!(
@@ -1557,6 +1841,585 @@ fn index_rebuilt_after_crashes_matches_the_store() {
     let iters = iterations().clamp(1, 10);
     let stats = crash_loop("crash loop + rebuild", iters, true);
     assert_eq!(stats.rebuilds, iters);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrent writers and gc, killed at random points.
+//
+// A round starts 2-4 writer children and a gc child on the same store. Writer 0 (and, by
+// chance, writers 2 and 3) is a big writer: files of 17-24 MiB, streams (fast, or a slow
+// pipe) and batches of more than 16 MiB, all ingested outside the store lock
+// (src/store/batch.rs, `ingest_outside_lock`: `.incoming` packs of their own, renamed and
+// recorded in the index at the commit). Writer 1 (and the others) uploads small files under
+// the lock, batches of files, deletes and updates. The writers of a round share a pool of new
+// 1 MiB blocks, so the same new chunks are written by a big upload and a small one at once.
+// The gc child runs `gc` (and now and then `repair`) in a loop: both take the writers' lock
+// exclusively, so they wait for the uploads, which hold it shared. Each writer has
+// experiments of its own, so its journal alone decides its versions.
+//
+// The parent kills a big writer at a random point of an upload outside the lock (with another
+// writer, or the gc child before it, in some rounds), lets the others run on (they finish or
+// roll back what the victims left, and gc collects their packs while other uploads are in
+// flight), then kills every child left, one by one at random points. With nothing running,
+// it checks: `verify` finds no problem (the packs of killed uploads are not problems); every
+// acknowledged version is listed and reads back byte-exact, every acknowledged delete holds,
+// an operation in flight happened entirely or not at all (`replay`, `settle`, `check_store`);
+// then it deletes the big writers' paths (and some others), runs `gc`, and checks that no pack
+// is left on disk that the index does not know (but packs `repair` held), that gc quarantined
+// nothing, and verify and the acknowledged versions again.
+//
+// Writer kills: at least `ML_DASH_CRASH_WRITER_KILLS`; default 12, 60 when `ML_DASH_FULL` is
+// set or `ML_DASH_CRASH_ITERS` asks for at least 120 kills (the full run of `.ci/run`).
+
+/// What a child of the concurrent loop does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Big,
+    Small,
+    Gc,
+}
+
+impl Role {
+    fn mode(self) -> &'static str {
+        match self {
+            Role::Big => "cw-big",
+            Role::Small => "cw-small",
+            Role::Gc => "cw-gc",
+        }
+    }
+}
+
+/// One child of a round.
+struct Kid {
+    role: Role,
+    slot: usize,
+    dir: PathBuf,
+    journal: PathBuf,
+    /// `None` once killed and reaped.
+    proc: Option<Child>,
+}
+
+impl Kid {
+    /// Has the child ended (it is reaped later, by `Kids::kill`)?
+    fn ended(&mut self) -> bool {
+        self.proc
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// After two minutes of waiting for `what`, the child is stuck: say so.
+    fn watchdog(&self, waited: Instant, what: &str) -> Result<(), String> {
+        if waited.elapsed() < Duration::from_secs(120) {
+            return Ok(());
+        }
+        Err(format!(
+            "child {} ({:?}) still runs but did not get to {what} in two minutes (a \
+             deadlock?)",
+            self.slot, self.role
+        ))
+    }
+}
+
+/// The children of a round; any still running when this is dropped are killed (a failing
+/// check must not leave them writing to the kept store).
+struct Kids(Vec<Kid>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for k in &mut self.0 {
+            if let Some(mut c) = k.proc.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Kids {
+    /// SIGKILL child `i` (if it still runs) and reap it: it must not have ended by itself.
+    fn kill(&mut self, i: usize) -> Result<bool, String> {
+        let kid = &mut self.0[i];
+        let Some(mut c) = kid.proc.take() else {
+            return Ok(false);
+        };
+        let _ = c.kill();
+        let status = c
+            .wait()
+            .map_err(|e| format!("wait for child {}: {e}", kid.slot))?;
+        if status.signal() != Some(SIGKILL) {
+            return Err(format!(
+                "child {} ({:?}) was not killed but ended by itself: {status:?}",
+                kid.slot, kid.role
+            ));
+        }
+        Ok(true)
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.0.len())
+            .filter(|&i| self.0[i].proc.is_some())
+            .collect()
+    }
+
+    /// Wait until child `i` has journaled `k` lines holding `needle`, or ended. A child that
+    /// still runs without getting there in two minutes is reported (a deadlock?).
+    fn wait_for(&mut self, i: usize, needle: &str, k: usize) -> Result<(), String> {
+        let kid = &mut self.0[i];
+        let waited = Instant::now();
+        loop {
+            let text = fs::read_to_string(&kid.journal).unwrap_or_default();
+            if text.matches(needle).count() >= k || kid.ended() {
+                return Ok(());
+            }
+            kid.watchdog(waited, needle)?;
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+
+    /// Wait until child `i`, which has just begun an upload outside the lock, has a new pack
+    /// on disk (an `.incoming` pack not in `before`: most likely its own), or ended that
+    /// upload, or ended. Uploads outside the lock often run their pack appends late and fast:
+    /// kills aimed this way land among them.
+    fn wait_for_new_pack(
+        &mut self,
+        i: usize,
+        root: &Path,
+        before: &BTreeSet<PathBuf>,
+    ) -> Result<(), String> {
+        let kid = &mut self.0[i];
+        let acks = |k: &Kid| {
+            fs::read_to_string(&k.journal)
+                .unwrap_or_default()
+                .matches("\"phase\":\"ack\"")
+                .count()
+        };
+        let acked = acks(kid);
+        let waited = Instant::now();
+        loop {
+            if files_with_ext(&root.join("packs"), "incoming")
+                .iter()
+                .any(|p| !before.contains(p))
+                || acks(kid) > acked
+                || kid.ended()
+            {
+                return Ok(());
+            }
+            kid.watchdog(waited, "a new incoming pack or the end of its upload")?;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Kill child `i`, a big writer, at a random point of its `k`th next upload outside the
+    /// lock: after a delay drawn from `times` (durations of earlier ones), or, one time in two,
+    /// just after its first new pack appeared.
+    fn aim_at_outside_upload(
+        &mut self,
+        i: usize,
+        k: usize,
+        root: &Path,
+        times: &[u64],
+        rng: &mut XorShift,
+    ) -> Result<(), String> {
+        let needle = "\"outside\":true";
+        let begun = fs::read_to_string(&self.0[i].journal)
+            .unwrap_or_default()
+            .matches(needle)
+            .count();
+        self.wait_for(i, needle, begun + k)?;
+        let delay = if rng.below(2) == 0 {
+            let before: BTreeSet<PathBuf> = files_with_ext(&root.join("packs"), "incoming")
+                .into_iter()
+                .collect();
+            self.wait_for_new_pack(i, root, &before)?;
+            rng.below(3_000)
+        } else {
+            rng.below(p90(times, 300_000) * 5 / 4 + 1)
+        };
+        std::thread::sleep(Duration::from_micros(delay));
+        Ok(())
+    }
+
+    /// The tails of every child's stderr and journal, for a failure message.
+    fn report(&self) -> String {
+        let mut s = String::new();
+        for k in &self.0 {
+            s.push_str(&format!(
+                "\n--- child {} ({:?}) stderr (tail):\n{}\n--- its journal (tail):\n{}",
+                k.slot,
+                k.role,
+                tail(&k.dir.join("child.err"), 12),
+                tail(&k.journal, 4)
+            ));
+        }
+        s
+    }
+}
+
+/// What the concurrent loop saw, beyond `Stats`.
+#[derive(Default)]
+struct ConcurrentStats {
+    base: Stats,
+    rounds: usize,
+    writer_kills: usize,
+    gc_kills: usize,
+    /// Kills by role and what the child had in flight.
+    kills: BTreeMap<String, usize>,
+    /// Uploads outside the lock acknowledged (journaled `ack`).
+    outside_acks: usize,
+    /// Packs on disk the index did not know after a round (left by killed uploads), and how
+    /// many of them the parent's gc removed.
+    orphans: usize,
+    orphans_collected: usize,
+    /// Packs `repair` held at the end of a round (allowed to stay).
+    held: usize,
+    gc_reports: BTreeMap<&'static str, usize>,
+}
+
+/// Is the last operation of a journal an upload outside the lock that was begun and not
+/// acknowledged?
+fn outside_in_flight(text: &str) -> bool {
+    let last = text
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|v| v["op"] != "exit");
+    last.is_some_and(|v| v["phase"] == "begin" && v["outside"] == true)
+}
+
+/// `(begin, ack)` durations (microseconds) of the acknowledged uploads outside the lock.
+fn outside_times(text: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut begun: Option<u64> = None;
+    for l in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            continue;
+        };
+        let t = v["t"].as_u64().unwrap_or(0);
+        match v["phase"].as_str() {
+            Some("begin") => begun = (v["outside"] == true).then_some(t),
+            Some("ack") => {
+                if let Some(b) = begun.take() {
+                    out.push(t.saturating_sub(b));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Delete every path of the writers in `spaces` and a third of the others (the store stays
+/// small, the checks fast): the model follows.
+fn trim_paths(
+    store: &Store,
+    model: &mut Model,
+    spaces: &[String],
+    rng: &mut XorShift,
+) -> Result<(), String> {
+    for (key, st) in model.iter_mut() {
+        let Some(top) = st.latest_live() else {
+            continue;
+        };
+        let mine = spaces
+            .iter()
+            .any(|s| key.experiment.starts_with(s.as_str()));
+        if !mine && rng.below(3) != 0 {
+            continue;
+        }
+        let hidden = store
+            .delete(key)
+            .map_err(|e| format!("trim: delete of {} failed: {e}", key.display()))?;
+        if hidden.iter().map(|r| r.version).max() != Some(top) {
+            return Err(format!(
+                "trim: delete of {} hid {:?}, expected up to v{top}",
+                key.display(),
+                hidden.iter().map(|r| r.version).collect::<Vec<_>>()
+            ));
+        }
+        st.deleted_up_to = top;
+    }
+    Ok(())
+}
+
+fn writer_kill_target() -> usize {
+    if let Some(n) = std::env::var("ML_DASH_CRASH_WRITER_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return n;
+    }
+    let full = std::env::var("ML_DASH_FULL").is_ok_and(|v| !v.is_empty()) || iterations() >= 120;
+    if full { 60 } else { 12 }
+}
+
+/// Rounds of concurrent children until at least `writer_kills` writers were killed.
+fn concurrent_crash_loop(name: &str, writer_kills: usize) -> ConcurrentStats {
+    let started = Instant::now();
+    let dir = tmp();
+    let root = dir.path().join("store");
+    let mut model = Model::new();
+    let mut cs = ConcurrentStats::default();
+    let base = base_seed().wrapping_add(0xC0C0);
+    let (mut big_times, mut gc_times): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    let mut seen_leftovers = BTreeSet::new();
+    let mut round = 0usize;
+    while cs.writer_kills < writer_kills {
+        let seed = base
+            .wrapping_mul(0x0000_0100_0000_01B3)
+            .wrapping_add(round as u64);
+        let mut rng = XorShift::new(seed ^ 0x4B11_4B11);
+        let scratch = dir.path().join(format!("round-{round:03}"));
+        let writers = 2 + usize_from(rng.below(3));
+        let mut roles: Vec<Role> = (0..writers)
+            .map(|slot| match slot {
+                0 => Role::Big,
+                1 => Role::Small,
+                _ if rng.below(2) == 0 => Role::Big,
+                _ => Role::Small,
+            })
+            .collect();
+        roles.push(Role::Gc);
+        let round_started = Instant::now();
+        let mut kids = Kids(Vec::new());
+        for (slot, role) in roles.iter().copied().enumerate() {
+            let kdir = scratch.join(format!("child-{slot}"));
+            fs::create_dir_all(&kdir).unwrap();
+            let journal = kdir.join("journal.jsonl");
+            let env = [
+                (ENV_SPACE, format!("c{slot}")),
+                (ENV_POOL, (seed ^ 0x9001).to_string()),
+            ];
+            let kseed = seed.wrapping_add(1000 * (slot as u64 + 1));
+            let proc = spawn_child(&root, &journal, &kdir, kseed, role.mode(), &env);
+            kids.0.push(Kid {
+                role,
+                slot,
+                dir: kdir,
+                journal,
+                proc: Some(proc),
+            });
+        }
+        let gc = writers;
+        let fail = |msg: String, kids: Kids, dir: tempfile::TempDir| -> ! {
+            let report = kids.report();
+            drop(kids);
+            let kept = dir.keep();
+            panic!(
+                "{name}: round {round} (seed {seed}; base seed {base}, set ML_DASH_CRASH_SEED \
+                 to replay): {msg}\nstore kept at {}{report}",
+                kept.join("store").display()
+            )
+        };
+        let kill = |kids: &mut Kids, i: usize, cs: &mut ConcurrentStats| {
+            let killed = kids.kill(i)?;
+            if killed {
+                match kids.0[i].role {
+                    Role::Gc => cs.gc_kills += 1,
+                    _ => cs.writer_kills += 1,
+                }
+            }
+            Ok::<(), String>(())
+        };
+        let waves = (|| -> Result<(), String> {
+            let plan = rng.below(10);
+            if plan >= 8 {
+                // The gc child first, at a random point of one of its first runs.
+                kids.wait_for(
+                    gc,
+                    "\"op\":\"gc\",\"phase\":\"begin\"",
+                    1 + usize_from(rng.below(3)),
+                )?;
+                std::thread::sleep(Duration::from_micros(
+                    rng.below(p90(&gc_times, 50_000) * 5 / 4 + 1),
+                ));
+                kill(&mut kids, gc, &mut cs)?;
+            }
+            // A big writer at a random point of its 2nd or 3rd upload outside the lock.
+            let k = 2 + usize_from(rng.below(2));
+            kids.aim_at_outside_upload(0, k, &root, &big_times, &mut rng)?;
+            kill(&mut kids, 0, &mut cs)?;
+            if (4..8).contains(&plan) {
+                let other = 1 + usize_from(rng.below(writers as u64 - 1));
+                kill(&mut kids, other, &mut cs)?;
+            }
+            // The others run on: they settle what the victims left, gc collects their packs.
+            std::thread::sleep(Duration::from_micros(rng.below(800_000)));
+            // Then every child left, in random order (in half of the rounds the gc child
+            // first, so that the packs of uploads killed next are still there for the checks);
+            // a big writer mostly at a random point of its next upload outside the lock.
+            let mut left = kids.running();
+            if left.contains(&gc) && rng.below(2) == 0 {
+                left.retain(|&i| i != gc);
+                kill(&mut kids, gc, &mut cs)?;
+            }
+            while !left.is_empty() {
+                let i = left.remove(usize_from(rng.below(left.len() as u64)));
+                if kids.0[i].role == Role::Big && rng.below(4) != 0 {
+                    kids.aim_at_outside_upload(i, 1, &root, &big_times, &mut rng)?;
+                } else {
+                    std::thread::sleep(Duration::from_micros(rng.below(150_000)));
+                }
+                kill(&mut kids, i, &mut cs)?;
+            }
+            Ok(())
+        })();
+        if let Err(msg) = waves {
+            fail(msg, kids, dir);
+        }
+        cs.base.kills += kids.0.len();
+        cs.base.child_time += round_started.elapsed();
+        let check_started = Instant::now();
+        let res = (|| -> Result<(), String> {
+            let sigs = crash_signature(&root, &mut seen_leftovers)?;
+            if sigs.iter().any(|s| s.starts_with("index damaged")) {
+                cs.base.index_rebuilt += 1;
+            }
+            for s in sigs {
+                *cs.base.signatures.entry(s).or_default() += 1;
+            }
+            let mut inflight = Vec::new();
+            for kid in &kids.0 {
+                let text = fs::read_to_string(&kid.journal).unwrap_or_default();
+                let times = outside_times(&text);
+                cs.outside_acks += times.len();
+                big_times.extend(times);
+                gc_times.extend(
+                    op_times(&text, "gc")
+                        .into_iter()
+                        .filter_map(|(b, a)| Some(a?.saturating_sub(b))),
+                );
+                let op = replay(&text, &mut model, &mut cs.base)
+                    .map_err(|e| format!("child {}: {e}", kid.slot))?;
+                let what = match &op {
+                    None => "between operations".to_string(),
+                    Some(op) if outside_in_flight(&text) => {
+                        format!("{} outside the lock", op.kind())
+                    }
+                    Some(op) => op.kind().to_string(),
+                };
+                *cs.kills
+                    .entry(format!("{:?} during {what}", kid.role))
+                    .or_default() += 1;
+                inflight.push(op);
+            }
+            for times in [&mut big_times, &mut gc_times] {
+                let n = times.len();
+                times.drain(..n.saturating_sub(200));
+            }
+            let store = Store::open_with(&root, options())
+                .map_err(|e| format!("the store does not open after the kills: {e}"))?;
+            let listing: BTreeMap<(FileKey, u32), FileRecord> = all_records(&store)?
+                .into_iter()
+                .map(|r| ((r.key(), r.version), r))
+                .collect();
+            for op in inflight {
+                settle(op, &listing, &mut model, &mut cs.base)?;
+            }
+            cs.base.torn_notes +=
+                check_verify(&store).map_err(|e| format!("after the kills, before gc: {e}"))?;
+            check_store(&store, &model, &mut cs.base, &mut rng)?;
+
+            // Packs of killed uploads: unknown to the index until gc deletes them.
+            let (orphans, _) = unknown_packs(&root)?;
+            cs.orphans += orphans.len();
+            let spaces: Vec<String> = kids
+                .0
+                .iter()
+                .filter(|k| k.role == Role::Big)
+                .map(|k| format!("c{}", k.slot))
+                .collect();
+            trim_paths(&store, &mut model, &spaces, &mut rng)?;
+            let drop_unreferenced = round % 2 == 1;
+            let rep = store
+                .gc(&ml_dash::GcOptions::new()
+                    .rewrite_threshold(if rng.below(2) == 0 { 0.0 } else { 0.5 })
+                    .drop_unreferenced(drop_unreferenced))
+                .map_err(|e| format!("gc after the round failed: {e}"))?;
+            if rep.packs_quarantined > 0 || !rep.problems.is_empty() {
+                return Err(format!(
+                    "gc after the round quarantined {} pack(s): {:?}",
+                    rep.packs_quarantined, rep.problems
+                ));
+            }
+            *cs.gc_reports.entry("packs deleted").or_default() += rep.packs_deleted;
+            *cs.gc_reports.entry("packs rewritten").or_default() += rep.packs_rewritten;
+            *cs.gc_reports.entry("held packs kept").or_default() += rep.held_packs;
+            cs.orphans_collected += orphans.iter().filter(|p| !p.exists()).count();
+            let (left, held) = unknown_packs(&root)?;
+            if !left.is_empty() {
+                return Err(format!(
+                    "after gc, {} pack(s) on disk that the index does not know (and no \
+                     repair held): {left:?}",
+                    left.len()
+                ));
+            }
+            if drop_unreferenced && held > 0 {
+                return Err(format!(
+                    "gc --drop-unreferenced left {held} held pack(s) listed"
+                ));
+            }
+            cs.held += held;
+            check_verify(&store).map_err(|e| format!("after the round's gc: {e}"))?;
+            check_store(&store, &model, &mut cs.base, &mut rng)
+                .map_err(|e| format!("after the round's gc: {e}"))?;
+            Ok(())
+        })();
+        if let Err(msg) = res {
+            fail(msg, kids, dir);
+        }
+        cs.base.check_time += check_started.elapsed();
+        cs.rounds += 1;
+        round += 1;
+        let _ = fs::remove_dir_all(&scratch);
+    }
+    let acked: usize = cs.base.acks.values().sum();
+    eprintln!(
+        "{name}: {} rounds, {} writer kills, {} gc kills ({:.1} s: children {:.1} s, checks \
+         {:.1} s)\n  kills: {:?}\n  acknowledged operations replayed and checked: {acked} \
+         {:?} ({} uploads outside the lock)\n  acknowledged versions checked: {} live (read \
+         back, SHA-256 compared), {} deleted\n  in-flight operations after recovery: {:?}\n  \
+         on-disk state after the kills: {:?}\n  packs of killed uploads found: {}, removed by \
+         the next gc: {}; held by repair at round ends: {}; gc: {:?}\n  torn-tail notes: {}; \
+         index damaged by a kill (rebuilt): {}",
+        cs.rounds,
+        cs.writer_kills,
+        cs.gc_kills,
+        started.elapsed().as_secs_f64(),
+        cs.base.child_time.as_secs_f64(),
+        cs.base.check_time.as_secs_f64(),
+        cs.kills,
+        cs.base.acks,
+        cs.outside_acks,
+        cs.base.live_checked,
+        cs.base.deleted_checked,
+        cs.base.inflight,
+        cs.base.signatures,
+        cs.orphans,
+        cs.orphans_collected,
+        cs.held,
+        cs.gc_reports,
+        cs.base.torn_notes,
+        cs.base.index_rebuilt,
+    );
+    cs
+}
+
+#[test]
+fn concurrent_writers_and_gc_keep_every_acknowledged_write() {
+    let target = writer_kill_target();
+    let cs = concurrent_crash_loop("concurrent crash loop", target);
+    assert!(cs.writer_kills >= target);
+    // Every round waits for a big writer's 2nd upload outside the lock before its first kill.
+    assert!(
+        cs.outside_acks >= cs.rounds,
+        "uploads outside the lock acknowledged: {} in {} rounds",
+        cs.outside_acks,
+        cs.rounds
+    );
+    assert!(
+        cs.orphans == cs.orphans_collected,
+        "every pack left by a killed upload is gone after the next gc"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

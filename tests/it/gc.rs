@@ -343,3 +343,40 @@ fn gc_never_copies_damage_forward() {
     assert_eq!(v.damaged_files.len(), 1, "{:?}", v.damaged_files);
     assert!(v.damaged_files[0].starts_with("local/p/e/b v1"));
 }
+
+/// A version that was updated, deleted and collected leaves no record update behind that a
+/// rebuild would take for a lost version.
+#[test]
+fn a_collected_version_with_updates_is_not_reported_lost_by_repair() {
+    let dir = tmp();
+    let store = ml_dash::Store::open(dir.path().join("store")).unwrap();
+    let key = ml_dash::ExperimentKey::new("local", "p", "e")
+        .unwrap()
+        .file("/".into(), "notes.txt".into());
+    let rec = store
+        .put_reader(&b"v1"[..], &key, ml_dash::NewVersion::default(), None)
+        .unwrap();
+    let kept = store
+        .put_reader(
+            &b"other"[..],
+            &ml_dash::ExperimentKey::new("local", "p", "e")
+                .unwrap()
+                .file("/".into(), "kept.txt".into()),
+            ml_dash::NewVersion::default(),
+            None,
+        )
+        .unwrap();
+    let changes = ml_dash::RecordChanges::new().description("first try");
+    store.update(rec.id, &changes).unwrap();
+    store.update(kept.id, &changes).unwrap();
+    store.delete(&key).unwrap();
+    store.gc(&ml_dash::GcOptions::new()).unwrap();
+    let rep = store.rebuild_index().unwrap();
+    assert!(rep.lost_versions.is_empty(), "{rep:?}");
+    assert!(rep.damaged.is_empty(), "{rep:?}");
+    // The update of the version that stays is kept.
+    let listed = list_everything(&store);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].description.as_deref(), Some("first try"));
+    assert!(store.verify().unwrap().ok);
+}

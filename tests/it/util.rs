@@ -358,3 +358,34 @@ pub fn same_bytes(got: impl AsRef<[u8]>, want: &(impl AsRef<[u8]> + ?Sized), wha
         );
     }
 }
+
+/// Pack files on disk that the index does not know and that no `repair` held (packs a killed
+/// or failed upload left, which gc deletes: `<id>.incoming` packs of uploads outside the store
+/// lock, and `.pack` files), and how many packs are held. Call it only while no operation runs
+/// on the store (it opens the index).
+pub fn unknown_packs(root: &Path) -> Result<(Vec<PathBuf>, usize), String> {
+    let held: std::collections::BTreeSet<ml_dash::Id> = fs::read_to_string(root.join("held"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let known: std::collections::BTreeSet<ml_dash::Id> = {
+        let ix = ml_dash::testing::Index::open(&root.join("index"))
+            .map_err(|e| format!("open the index: {e}"))?;
+        ix.packs()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    let mut unknown = files_with_ext(&root.join("packs"), "incoming");
+    for p in pack_files(root) {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        let id = ml_dash::testing::manifest::parse_file_name(&name, "pack")
+            .ok_or_else(|| format!("unexpected file in packs/: {}", p.display()))?;
+        if !known.contains(&id) && !held.contains(&id) {
+            unknown.push(p);
+        }
+    }
+    Ok((unknown, held.len()))
+}
