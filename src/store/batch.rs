@@ -1,9 +1,12 @@
 //! Uploads, one file or many, committed together (`UploadBatch`).
 //!
-//! A batch is one commit: one session (the store lock and the index), every file ingested into
-//! the same open pack (`PackSink`), that pack fsynced once, then `commit_versions` makes every
-//! version visible at once in the store's write order. `put_file` and `put_reader` are batches
-//! of one. Everything that can be checked before writing (names, values, the sources being
+//! A batch is one commit: every file ingested into the same sink (`PackSink`: the pack being
+//! appended to stays open from one file to the next and is fsynced once), then
+//! `commit_versions` makes every version visible at once in the store's write order. A small
+//! batch holds one session (the store lock and the index) from its first file to its commit; a
+//! large one (over 16 MiB) ingests outside the lock into packs of its own and takes the lock to
+//! snapshot the chunk locations and to commit (see `Run::ingest_outside_lock`, and the
+//! Concurrency paragraph of ARCHITECTURE.md). `put_file` and `put_reader` are batches of one. Everything that can be checked before writing (names, values, the sources being
 //! regular files) is checked first, so bad input commits nothing and writes nothing.
 //!
 //! The commit step (`commit_versions`) takes prepared versions and the pack sink their new
@@ -12,8 +15,8 @@
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 
 use super::write::{check_new, next_version, no_versions_left, previous_for, zip_layout};
 use super::{Session, Store};
@@ -52,13 +55,20 @@ struct Item<'a> {
 type OnStart<'a> = Box<dyn FnMut(usize, &FileKey) -> Option<Arc<AtomicU64>> + 'a>;
 
 /// Several uploads committed as one: every file becomes a new version, and all of them become
-/// visible together, or (on any error) none of them does. Made by [`Store::upload_batch`].
+/// visible together, or none of them does. Made by [`Store::upload_batch`].
 ///
-/// A batch holds the store's lock from `commit` until it returns, appends the new chunks of
-/// all its files to the same pack, fsyncs that pack once, writes every manifest and fsyncs the
-/// manifest directory once, and makes all versions visible with one index update: many small
-/// files cost little more than one. A crash at any point leaves all of the batch's versions or
-/// none of them after the store is next opened.
+/// A batch appends the new chunks of all its files to the same pack, fsyncs it once, writes
+/// every manifest and fsyncs the manifest directory once, and makes all versions visible with
+/// one index update: many small files cost little more than one. A batch of at most 16 MiB
+/// holds the store's lock from `commit` until it returns; a larger one (or one reading a longer
+/// stream) holds it only to take a snapshot of what is stored and to commit, so other
+/// processes list, read and upload meanwhile. A crash at any point leaves all of the batch's
+/// versions or none of them after the store is next opened. (If a durable step of the commit
+/// itself fails after every manifest is in place, `commit` returns the error and the store is
+/// poisoned, but the next open makes all of the versions visible.)
+///
+/// Callbacks (`on_file_start`) and readers run while the batch holds the store's locks: they
+/// must not call the same store (it would wait for itself until `lock_timeout`).
 ///
 /// Files are stored in the order they were added. The same path may appear more than once:
 /// each gets its own version, consecutive in that order. Nothing is read or written before
@@ -255,6 +265,10 @@ impl<'a> UploadBatch<'a> {
 /// which costs less than a snapshot and a second hold of the lock.
 const OUTSIDE_LOCK_MIN: u64 = 16 << 20;
 
+/// How long the commit of an upload outside the lock waits for the store lock, whatever
+/// `lock_timeout` says: its bytes are written, durable, and would otherwise be left for gc.
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// One run of a batch: its files, and each one's result once it has one.
 struct Run<'r, 'a> {
     store: &'a Store,
@@ -314,6 +328,7 @@ impl Run<'_, '_> {
         // while it releases the store lock to copy packs.
         let _writers = self.store.writers_lock(false)?;
         let s = self.store.session()?;
+        self.store.check_poison()?;
         let ix = &s.index;
         let active = match ix.meta_id("active_pack")? {
             Some(id) => ix.pack_len(id)?.map(|len| (id, len)),
@@ -329,8 +344,8 @@ impl Run<'_, '_> {
         self.commit(&s, &mut sink, done)
     }
 
-    /// Large batches: the store lock only to take a snapshot of the chunk locations (and the
-    /// versions deltas are stored against) and to commit. Chunking, hashing, compression,
+    /// Large batches: the store lock only to take a snapshot of the chunk locations, to look up
+    /// the version a checkpoint's deltas go against, and to commit. Chunking, hashing, compression,
     /// deltas and pack writes run without it, into packs only this upload appends to, which
     /// the index does not know until the commit (gc reclaims them if the process dies). The
     /// writers' lock, held shared throughout, keeps gc and repair from moving or removing the
@@ -338,35 +353,26 @@ impl Run<'_, '_> {
     fn ingest_outside_lock(&mut self) -> Result<()> {
         let store = self.store;
         let _writers = store.writers_lock(false)?;
-        let (snapshot, previous) = {
-            let s = store.session()?;
-            let snapshot = Snapshot::take(&s.index)?;
-            let previous: Vec<Mutex<Option<Previous>>> = self
-                .items
-                .iter()
-                .zip(self.results.iter())
-                .map(|(it, r)| {
-                    let wanted = r.is_none() && it.source.as_ref().is_some_and(may_have_layout);
-                    Mutex::new(wanted.then(|| previous_for(&s, &it.key)).flatten())
-                })
-                .collect();
-            (snapshot, previous)
-        };
+        // The snapshot's session ends here: ingest runs without the store lock.
+        let snapshot = Snapshot::take(&store.session()?.index)?;
         let mut sink = PackSink::incoming();
         let target = Target {
             lookup: &snapshot,
             record: None,
         };
-        let find = |i: usize, _: &FileKey| {
-            previous[i]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
+        // The version deltas are stored against is looked up only for a file found to be a
+        // checkpoint, in a short session of its own; its chunks and bases stay in place while
+        // `writers` is held. A lookup that fails only means no deltas.
+        let find = |_: usize, key: &FileKey| {
+            let s = store.session().ok()?;
+            previous_for(&s, key)
         };
         let done = self.ingest_all(target, &find, &mut sink)?;
-        // The last pack is durable before the lock is taken again.
+        // The last pack is durable before the lock is taken again. The work is done: the
+        // commit waits for the lock as long as it takes (a verify or pull may hold it long).
         store.poison(sink.finish(None))?;
-        let s = store.session()?;
+        let s = store.session_waiting(COMMIT_WAIT)?;
+        store.check_poison()?;
         let packs_dir = store.dir("packs");
         store.poison(sink.record_deferred(&s.index, &packs_dir, &store.opts.faults))?;
         self.commit(&s, &mut sink, done)
@@ -459,28 +465,6 @@ impl Run<'_, '_> {
         }
         Ok(())
     }
-}
-
-/// Could `src` be a checkpoint that deltas apply to (a safetensors header or a zip archive)?
-/// A stream cannot be looked at beforehand: yes.
-fn may_have_layout(src: &Source<'_>) -> bool {
-    let p = match src {
-        Source::Path(p) => p,
-        Source::Reader(_) => return true,
-        Source::Memory(b) => return b.starts_with(b"PK\x03\x04") || b.get(8) == Some(&b'{'),
-    };
-    let mut head = [0u8; 9];
-    let Ok(mut f) = File::open(p) else {
-        return false;
-    };
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => n += k,
-        }
-    }
-    head.starts_with(b"PK\x03\x04") || (n == head.len() && head[8] == b'{')
 }
 
 /// Why a file of a batch was not ingested.

@@ -12,7 +12,7 @@
 //!    between leaves a second, unreferenced copy, which the next gc deletes. No pack is
 //!    modified in place.
 //!
-//! gc holds `writers` exclusively from start to end (no upload or pull adds or moves chunks
+//! gc holds `writers` exclusively from start to end (a dry run: shared) (no upload or pull adds or moves chunks
 //! meanwhile) and the store lock only to plan and apply steps 1 and 2, and then once per group
 //! of packs to publish copies and delete old packs: readers, deletes and record updates go
 //! ahead while it reads and copies packs.
@@ -151,13 +151,11 @@ impl Store {
         if !dry_run {
             self.check_poison()?;
         }
-        // No upload ingests outside the store lock while gc runs (their snapshots name chunks
-        // gc may remove, and their packs are not in the index yet: gc deletes such packs as
-        // leftovers of a killed upload). A dry run removes nothing and takes no part in that.
-        let _writers = match dry_run {
-            true => None,
-            false => Some(self.writers_lock(true)?),
-        };
+        // No upload or pull runs while gc does (snapshots name chunks gc may remove, packs of
+        // uploads in flight are not in the index yet, and gc releases the store lock while it
+        // copies). A dry run removes nothing: it only keeps a real gc from deleting the packs
+        // it reads.
+        let _writers = self.writers_lock(!dry_run)?;
         let s = self.session()?;
         let ix = &s.index;
         let mut rep = GcReport {

@@ -539,8 +539,18 @@ fn hint(
 }
 
 /// Store `chunk` as a delta against the hinted base, if the chain allows and it pays.
-fn encode_delta(chunk: &[u8], h: &Hint, cfg: &IngestConfig<'_>) -> Option<(Codec, Vec<u8>)> {
+fn encode_delta(
+    id: &ChunkId,
+    chunk: &[u8],
+    h: &Hint,
+    cfg: &IngestConfig<'_>,
+) -> Option<(Codec, Vec<u8>)> {
     let prev = cfg.previous.get()?.as_ref()?;
+    // Never against a chain that holds this very chunk (it is new here only because its
+    // stored record could not be read just now): the two would need each other to be read.
+    if prev.located.chain_holds(&h.base, &h.loc, id) {
+        return None;
+    }
     let depth = prev.located.depth(&h.loc)? + 1;
     if depth > cfg.delta_depth {
         return None;
@@ -586,7 +596,7 @@ fn process(
         return Ok(Processed::Known(id, len_field(&chunk)?));
     }
     let packed = hint
-        .and_then(|h| encode_delta(&chunk, &h, cfg))
+        .and_then(|h| encode_delta(&id, &chunk, &h, cfg))
         .or_else(|| codec::encode(&chunk, cfg.compression));
     Ok(Processed::New {
         id,

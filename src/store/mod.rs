@@ -403,10 +403,11 @@ impl Store {
     pub(crate) fn lock(&self) -> Result<File> {
         acquire_lock(&self.root.join("lock"), self.opts.lock_timeout)
     }
-    /// Take the writers' lock (waiting up to `lock_timeout`): shared by every upload that
-    /// ingests outside the store lock, from before its snapshot of the index until its commit;
-    /// exclusive for gc and repair, the only operations that move or remove chunks. Always
-    /// taken before the store lock, never while holding it.
+    /// Take the writers' lock (waiting up to `lock_timeout`): shared by every upload and pull
+    /// for its whole run (an upload outside the store lock from before its snapshot of the
+    /// index until its commit), and by a dry-run gc; exclusive for gc and repair, the only
+    /// operations that move or remove chunks. Always taken before the store lock, never while
+    /// holding it.
     pub(crate) fn writers_lock(&self, exclusive: bool) -> Result<File> {
         acquire_flock(
             &self.root.join("writers"),
@@ -421,7 +422,14 @@ impl Store {
     /// is rebuilt here first, so a lost index never looks like an empty store (and never
     /// restarts version numbers).
     pub(crate) fn session(&self) -> Result<Session<'_>> {
-        let lock = self.lock()?;
+        self.session_with(self.lock()?)
+    }
+    /// `session`, waiting for the lock up to `wait` instead of `lock_timeout` (if longer).
+    pub(crate) fn session_waiting(&self, wait: Duration) -> Result<Session<'_>> {
+        let lock = acquire_lock(&self.root.join("lock"), wait.max(self.opts.lock_timeout))?;
+        self.session_with(lock)
+    }
+    fn session_with(&self, lock: File) -> Result<Session<'_>> {
         if !self.dir("index").join("conf").exists() && self.has_durable_data()? {
             self.rebuild_locked()?;
         }

@@ -188,6 +188,24 @@ impl Located {
     }
 
     /// How many delta steps lie under `loc` (0: not a delta), if its chain is resolved.
+    /// Does the chain of bases behind `loc` (`base` first) name `id`? A chunk stored against
+    /// such a base would need itself to be read.
+    pub(crate) fn chain_holds(&self, base: &ChunkId, loc: &ChunkLoc, id: &ChunkId) -> bool {
+        if base == id {
+            return true;
+        }
+        let mut next = loc.base;
+        let mut steps = 0;
+        while let Some(b) = next {
+            steps += 1;
+            if b == *id || steps > crate::format::delta::MAX_DEPTH {
+                return true;
+            }
+            next = self.bases.get(&b).and_then(|l| l.base);
+        }
+        false
+    }
+
     pub(crate) fn depth(&self, loc: &ChunkLoc) -> Option<u8> {
         let mut d = 0u8;
         let mut next = loc.base;
