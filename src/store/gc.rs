@@ -248,6 +248,20 @@ impl Store {
         if !dry_run {
             self.poison(self.gc_apply(&s, &dead_versions, &garbage))?;
         }
+        // The index this plan was made from: an index rebuilt while the lock is released
+        // (another process found it missing or damaged) may name chunks where the plan does
+        // not expect them, so the groups below stop if it changes.
+        let generation = match ix.meta("gc_generation")? {
+            Some(g) => g,
+            None if dry_run => Vec::new(),
+            None => {
+                let g = Id::generate().0.to_vec();
+                let mut b = IndexBatch::default();
+                b.set_meta("gc_generation", &g);
+                self.poison(ix.apply(b))?;
+                g
+            }
+        };
         // The plan is durable in the index; the rest reads and copies packs, so the store lock
         // is released while it does (readers, deletes and record updates go ahead; uploads and
         // pulls wait for `writers`, so no chunk is added or moved meanwhile and the plan stays
@@ -303,6 +317,11 @@ impl Store {
             // 2. Under the lock: the copies take over, the old packs go.
             let s = self.session()?;
             let ix = &s.index;
+            if !dry_run && ix.meta("gc_generation")?.as_deref() != Some(&generation[..]) {
+                return Err(crate::Error::Internal(
+                    "the index was rebuilt while gc ran; nothing is lost: run gc again".into(),
+                ));
+            }
             for (p, rewrite, garbage_here, copy, scan) in group {
                 if let Some(c) = copy {
                     self.poison(self.publish_copy(&s, c, active == Some(p.id)))?;

@@ -10,7 +10,7 @@
 //! | `p` ns `\0` project `\0` experiment `\0` path `\0` filename `\0` version (u32 BE) | version id |
 //! | `d` ns `\0` ... filename `\0` | highest version ever deleted (u32 BE), kept after gc |
 //! | `k` pack id (16) | committed length of the pack (u64 LE) |
-//! | `m` name | store metadata: `format`, `active_pack`, `last_id`, `pending` |
+//! | `m` name | store metadata: `format`, `active_pack`, `last_id`, `pending`, `gc_generation` |
 
 use std::path::Path;
 
