@@ -80,6 +80,7 @@ pub use store::journal::{JournalContents, LogEntry, MetricPoint, Params};
 pub use store::read::FileReader;
 pub use store::recover::RebuildReport;
 pub use store::stats::Stats;
+pub use store::tokens::TokenInfo;
 pub use store::verify::VerifyReport;
 pub use store::{ListFilter, NewVersion, RecordChanges, Store, StoreOptions, UploadBatch};
 

@@ -9,7 +9,7 @@ use ml_dash::{ExperimentKey, FileKey, validate};
 use ml_dash::{FileRecord, ListFilter, NewVersion, Store};
 
 use crate::progress::Progress;
-use crate::{Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, ScopeArgs, shown};
+use crate::{Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, ScopeArgs, TokenCmd, shown};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let root = cli.root;
@@ -267,6 +267,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         } => push(&root, &url, &remote, layout, json),
         #[cfg(feature = "remote")]
         Cmd::Pull { url, remote, json } => pull(&root, &url, &remote, json),
+        Cmd::Token { action } => token(&root, action),
         Cmd::Repair { json } => {
             let rep = open(&root)?.rebuild_index()?;
             let mut summary = format!(
@@ -338,6 +339,47 @@ fn report(
 /// Store options from the environment: `ML_DASH_PACK_TARGET` (bytes per pack, for tests
 /// that want many small packs) and `ML_DASH_DELTA_DEPTH` (longest delta chain for new
 /// uploads; 0 turns deltas off).
+fn token(root: &Path, action: TokenCmd) -> Result<i32> {
+    let mut out = io::stdout().lock();
+    match action {
+        TokenCmd::Add {
+            name,
+            namespaces,
+            json,
+        } => {
+            let store = Store::open_with(root, options())?;
+            let secret = store.add_token(&name, &namespaces)?;
+            if json {
+                let v =
+                    serde_json::json!({"name": name, "namespaces": namespaces, "token": secret});
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "{secret}")?;
+            }
+        }
+        TokenCmd::List { json } => {
+            for t in open(root)?.tokens()? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&t)?)?;
+                } else {
+                    let ns = match t.namespaces.is_empty() {
+                        true => "*".to_string(),
+                        false => t.namespaces.join(","),
+                    };
+                    writeln!(out, "{}\t{ns}\t{}", t.name, t.created_at)?;
+                }
+            }
+        }
+        TokenCmd::Revoke { name } => {
+            if !open(root)?.revoke_token(&name)? {
+                eprintln!("error: no token named {name:?}");
+                return Ok(1);
+            }
+        }
+    }
+    Ok(0)
+}
+
 fn options() -> ml_dash::StoreOptions {
     let mut o = ml_dash::StoreOptions::default();
     let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());

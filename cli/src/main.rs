@@ -245,6 +245,33 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Access tokens for clients of a served store: secrets are printed once and stored only
+    /// as their SHA-256.
+    Token {
+        #[command(subcommand)]
+        action: TokenCmd,
+    },
+}
+
+/// `ml-dash token ...`
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Make a token and print its secret (once: it is not stored).
+    Add {
+        name: String,
+        /// A namespace the token may write to (repeat for several; none: every namespace).
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens: name, namespaces, creation time (never secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token (exit 1 if there is none by that name).
+    Revoke { name: String },
 }
 
 /// How to reach a remote. Credentials default to the standard AWS environment variables and

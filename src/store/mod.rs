@@ -21,6 +21,7 @@ pub mod packs;
 pub mod read;
 pub(crate) mod recover;
 pub(crate) mod stats;
+pub(crate) mod tokens;
 pub(crate) mod verify;
 pub(crate) mod write;
 
