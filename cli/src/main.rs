@@ -245,7 +245,7 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Access tokens for clients of a served store: secrets are printed once and stored only
+    /// Access tokens for clients over HTTP: secrets are printed once and stored only
     /// as their SHA-256.
     Token {
         #[command(subcommand)]
