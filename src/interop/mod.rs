@@ -161,6 +161,41 @@ const COPY_THREADS: usize = 16;
 /// Readers opened under one hold of the store lock.
 const OPEN_AT_ONCE: usize = 64;
 
+/// Pack files that open readers may hold: those of one group being opened, and those of the
+/// readers waiting or being copied, each up to a quarter of the process's limit of open files
+/// (at least 16, at most 1024; a file with more packs goes alone). Keeps an export of many large
+/// files within its file descriptors.
+fn packs_at_once() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024);
+    usize::try_from(limit / 4).unwrap_or(1024).clamp(16, 1024)
+}
+
+/// Pack files held by readers handed to the copy threads (`max` at most, unless one reader
+/// alone holds more).
+struct PackBudget {
+    max: usize,
+    used: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl PackBudget {
+    fn take(&self, n: usize) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && *used + n > self.max {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += n;
+    }
+
+    fn give(&self, n: usize) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= n;
+        self.freed.notify_all();
+    }
+}
+
 impl ExportPlan {
     /// Plan the export of everything in `scope`.
     pub fn new(store: &Store, scope: &Scope, layout: ExportLayout) -> Result<ExportPlan> {
@@ -292,23 +327,37 @@ impl ExportPlan {
             .num_threads(COPY_THREADS.min(to_write.len()).max(1))
             .build()
             .map_err(|e| Error::Internal(format!("cannot start export threads: {e}")))?;
+        let budget = PackBudget {
+            max: packs_at_once(),
+            used: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        };
         std::thread::scope(|s| {
             let (tx, rx) = crossbeam_channel::bounded::<(usize, Result<FileReader>)>(COPY_THREADS);
             let to_write = &to_write;
             let job = &job;
+            let budget = &budget;
             s.spawn(move || {
-                // A few dozen at a time under one hold of the store lock (each reader keeps its
-                // packs open, so not all of them at once).
-                for (n, group) in to_write.chunks(OPEN_AT_ONCE).enumerate() {
-                    let ids: Vec<_> = group.iter().map(|(k, _)| job(k).1.rec.id).collect();
-                    // (If the group cannot be opened, each file gets its own error.)
+                // A few dozen at a time under one hold of the store lock; each reader keeps its
+                // packs open, so a group stops at `budget.max` of them, and a reader waits
+                // for the budget before it is handed on.
+                let mut next = 0;
+                while next < to_write.len() {
+                    let end = (next + OPEN_AT_ONCE).min(to_write.len());
+                    let ids: Vec<_> = to_write[next..end]
+                        .iter()
+                        .map(|(k, _)| job(k).1.rec.id)
+                        .collect();
+                    // (If the group cannot be opened, its first file gets its own error.)
                     let readers = store
-                        .open_versions(&ids)
-                        .unwrap_or_else(|_| ids.iter().map(|id| store.open_version(*id)).collect());
-                    for (j, reader) in readers.into_iter().enumerate() {
-                        if tx.send((n * OPEN_AT_ONCE + j, reader)).is_err() {
+                        .open_versions_within(&ids, budget.max)
+                        .unwrap_or_else(|_| vec![store.open_version(ids[0])]);
+                    for reader in readers {
+                        budget.take(reader.as_ref().map_or(0, FileReader::packs_open));
+                        if tx.send((next, reader)).is_err() {
                             return;
                         }
+                        next += 1;
                     }
                 }
             });
@@ -316,8 +365,10 @@ impl ExportPlan {
                 rx.into_iter().par_bridge().for_each(|(i, reader)| {
                     let (k, prior) = &to_write[i];
                     let (r, f) = job(k);
+                    let packs = reader.as_ref().map_or(0, FileReader::packs_open);
                     let res = reader
                         .and_then(|rd| write_file(&r.dir, f, &rd, prior.as_deref(), progress));
+                    budget.give(packs);
                     outcomes
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

@@ -353,6 +353,13 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
 }
 
 impl FileReader {
+    /// Pack files this reader holds open.
+    pub(crate) fn packs_open(&self) -> usize {
+        self.located.packs.len()
+    }
+}
+
+impl FileReader {
     /// Each chunk's `(offset in the file, id, location)`, and the open packs and delta chains.
     pub(crate) fn into_parts(self) -> (Vec<(u64, ChunkId, ChunkLoc)>, Located) {
         let chunks = self.chunks.iter().map(|c| (c.start, c.id, c.loc)).collect();
@@ -569,6 +576,31 @@ impl Store {
             .version(id)?
             .ok_or_else(|| Error::NotFound(format!("version {id}")))?;
         open_reader(&s, rec)
+    }
+
+    /// Open readers of `ids`, in order, under one hold of the lock, until they hold
+    /// `max_packs` open pack files between them (at least one reader is opened).
+    pub(crate) fn open_versions_within(
+        &self,
+        ids: &[Id],
+        max_packs: usize,
+    ) -> Result<Vec<Result<FileReader>>> {
+        let s = self.session()?;
+        let mut out = Vec::new();
+        let mut packs = 0;
+        for &id in ids {
+            if !out.is_empty() && packs >= max_packs {
+                break;
+            }
+            let r = s
+                .index
+                .version(id)
+                .and_then(|v| v.ok_or_else(|| Error::NotFound(format!("version {id}"))))
+                .and_then(|rec| open_reader(&s, rec));
+            packs += r.as_ref().map_or(0, FileReader::packs_open);
+            out.push(r);
+        }
+        Ok(out)
     }
 
     /// Open many versions by id under one hold of the store's lock (an export opens thousands):

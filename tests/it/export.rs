@@ -1041,3 +1041,48 @@ fn import_of_a_damaged_client_tree_reports_and_imports_the_rest() {
     assert!(names.contains("/models/checkpoints/ckpt_1.pth") && names.contains("/a/one.txt"));
     assert!(store.verify().unwrap().ok, "the store stays healthy");
 }
+
+/// An export of many files that each span several packs stays within the process's limit of
+/// open files: each open reader keeps its packs open, so readers are opened and handed on within
+/// a budget of pack files.
+#[test]
+fn an_export_of_many_multi_pack_files_stays_within_the_open_file_limit() {
+    let dir = tmp();
+    let root = dir.path().join("store");
+    // 1 MiB packs: each file of 3.5 MB spans 4 of them.
+    let store =
+        Store::open_with(&root, ml_dash::StoreOptions::default().pack_target(1 << 20)).unwrap();
+    let exp = ml_dash::ExperimentKey::new("local", "p", "e").unwrap();
+    let mut want = BTreeMap::new();
+    for i in 0..64u64 {
+        let data = random_bytes(900 + i, 3_500_000);
+        let name = format!("f{i}.bin");
+        store
+            .put_reader(
+                &data[..],
+                &exp.file("/".into(), name.clone()),
+                ml_dash::NewVersion::default(),
+                None,
+            )
+            .unwrap();
+        want.insert(name, sha256_hex(&data));
+    }
+    assert!(pack_files(&root).len() >= 200);
+    let out = dir.path().join("out");
+    let script = format!(
+        "ulimit -n 200 && exec '{}' --root '{}' export '{}' --json",
+        bin().display(),
+        root.display(),
+        out.display()
+    );
+    let r = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stdout = String::from_utf8(r.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stdout}\n{stderr}");
+    let sum = &json_lines(&stdout)[0];
+    assert_eq!(sum["written"], 64, "{sum:?}");
+    for (name, sha) in &want {
+        let got = fs::read(out.join("p/e/files").join(name)).unwrap();
+        assert_eq!(&sha256_hex(&got), sha, "{name}");
+    }
+}
