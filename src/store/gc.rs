@@ -564,11 +564,7 @@ impl Store {
     /// index to its locations (and make it the open pack if the old one was).
     fn publish_copy(&self, s: &crate::store::Session<'_>, c: Copy, was_active: bool) -> Result<()> {
         let dir = self.dir("packs");
-        crate::store::durable::rename(
-            &dir.join(pack::incoming_file_name(c.id)),
-            &dir.join(pack::pack_file_name(c.id)),
-            &self.opts.faults,
-        )?;
+        packs::publish_incoming(&dir, c.id, &self.opts.faults)?;
         fsync_dir(&dir, &self.opts.faults)?;
         let mut b = IndexBatch::default();
         for (id, loc) in &c.locs {

@@ -136,12 +136,8 @@ impl PackSink {
         let Some(mut w) = self.writer.take() else {
             return Ok(None);
         };
-        w.sync()?;
         let locs = std::mem::take(&mut self.unsynced);
-        match index {
-            Some(ix) => record_synced(ix, w.id, w.len(), &locs)?,
-            None => self.deferred.push((w.id, w.len(), locs)),
-        }
+        sync_and_record(index, &mut w, locs, &mut self.deferred)?;
         Ok(Some(w.id))
     }
 
@@ -161,39 +157,52 @@ impl PackSink {
         let deferred = std::mem::take(&mut self.deferred);
         if self.incoming && !deferred.is_empty() {
             for (pack, _, _) in &deferred {
-                crate::store::durable::rename(
-                    &packs_dir.join(crate::format::pack::incoming_file_name(*pack)),
-                    &packs_dir.join(crate::format::pack::pack_file_name(*pack)),
-                    faults,
-                )?;
+                crate::store::packs::publish_incoming(packs_dir, *pack, faults)?;
             }
             crate::store::durable::fsync_dir(packs_dir, faults)?;
         }
+        let takeovers = &self.takeovers;
+        let keep = |id: &ChunkId| Ok(takeovers.contains(id) || index.chunk(id)?.is_none());
         for (pack, len, locs) in deferred {
-            for part in locs.chunks(256) {
-                let mut b = IndexBatch::default();
-                for (id, loc) in part {
-                    if self.takeovers.contains(id) || index.chunk(id)?.is_none() {
-                        b.put_chunk(id, loc);
-                    }
-                }
-                index.apply_unflushed(b)?;
-            }
-            let mut b = IndexBatch::default();
-            b.put_pack(pack, len);
-            index.apply_unflushed(b)?;
+            record_pack(index, pack, len, &locs, &keep)?;
         }
         Ok(())
     }
 }
 
-/// Record the chunks of a fsynced pack, and its length, in the index (in small batches: one
-/// sled batch per 50k entries costs ~200 MB).
-fn record_synced(index: &Index, pack: Id, len: u64, locs: &[(ChunkId, ChunkLoc)]) -> Result<()> {
+/// fsync a pack, then record it in `index` or, with `None`, keep it in `deferred` for
+/// `record_deferred`.
+fn sync_and_record(
+    index: Option<&Index>,
+    w: &mut PackWriter,
+    locs: Vec<(ChunkId, ChunkLoc)>,
+    deferred: &mut Vec<SyncedPack>,
+) -> Result<()> {
+    w.sync()?;
+    match index {
+        Some(ix) => record_pack(ix, w.id, w.len(), &locs, &|_| Ok(true)),
+        None => {
+            deferred.push((w.id, w.len(), locs));
+            Ok(())
+        }
+    }
+}
+
+/// Record the chunks of a fsynced pack that `keep` accepts, and its length, in the index (in
+/// small batches: one sled batch per 50k entries costs ~200 MB).
+fn record_pack(
+    index: &Index,
+    pack: Id,
+    len: u64,
+    locs: &[(ChunkId, ChunkLoc)],
+    keep: &dyn Fn(&ChunkId) -> Result<bool>,
+) -> Result<()> {
     for part in locs.chunks(256) {
         let mut b = IndexBatch::default();
         for (id, loc) in part {
-            b.put_chunk(id, loc);
+            if keep(id)? {
+                b.put_chunk(id, loc);
+            }
         }
         index.apply_unflushed(b)?;
     }
@@ -624,11 +633,7 @@ fn write_chunks(
         let syncer = s.spawn(move || -> Result<Vec<SyncedPack>> {
             let mut deferred = Vec::new();
             for (mut w, locs) in sync_rx {
-                w.sync()?;
-                match index.record {
-                    Some(ix) => record_synced(ix, w.id, w.len(), &locs)?,
-                    None => deferred.push((w.id, w.len(), locs)),
-                }
+                sync_and_record(index.record, &mut w, locs, &mut deferred)?;
             }
             Ok(deferred)
         });
@@ -752,14 +757,7 @@ fn ingest_inline(
     let (_, batch) = cut_window(&cutter, &data, 0, true, cfg, &mut Cuts::default());
     let mut synced = Vec::new();
     let mut full = |mut w: PackWriter, locs: Vec<(ChunkId, ChunkLoc)>| {
-        w.sync()?;
-        match index.record {
-            Some(ix) => record_synced(ix, w.id, w.len(), &locs),
-            None => {
-                synced.push((w.id, w.len(), locs));
-                Ok(())
-            }
-        }
+        sync_and_record(index.record, &mut w, locs, &mut synced)
     };
     let stored = store_batch(batch, index, cfg, sink, &mut out, &mut full);
     sink.deferred.append(&mut synced);

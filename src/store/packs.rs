@@ -154,6 +154,16 @@ fn read_record_unverified(
     Ok(buf)
 }
 
+/// Give a fsynced pack written under its incoming name (`PackWriter::create_incoming`) its
+/// pack name; the caller fsyncs `dir` before anything refers to it.
+pub(crate) fn publish_incoming(dir: &Path, id: Id, faults: &Faults) -> Result<()> {
+    crate::store::durable::rename(
+        &dir.join(crate::format::pack::incoming_file_name(id)),
+        &dir.join(pack_file_name(id)),
+        faults,
+    )
+}
+
 /// Appends records to one pack. Bytes are durable only after `sync`.
 pub struct PackWriter {
     pub id: Id,
