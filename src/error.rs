@@ -55,6 +55,21 @@ pub enum Error {
         /// What changed.
         reason: String,
     },
+    /// The bytes received do not hash to the SHA-256 the sender declared for them (they
+    /// changed after they were hashed, or were damaged on the way); nothing was stored.
+    #[error(
+        "{location}: the bytes received ({size} bytes) have SHA-256 {actual}, not the declared {expected}; nothing was stored"
+    )]
+    ChecksumMismatch {
+        /// The file being stored.
+        location: String,
+        /// The checksum the sender declared.
+        expected: String,
+        /// The checksum of the bytes received.
+        actual: String,
+        /// How many bytes were received.
+        size: u64,
+    },
     /// The directory is not a store this version can use.
     #[error("store at {} is not usable: {reason}", root.display())]
     BadStore {

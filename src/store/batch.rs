@@ -47,6 +47,8 @@ struct Item<'a> {
     key: FileKey,
     v: NewVersion,
     imported: Option<ImportedVersion>,
+    /// The SHA-256 the bytes must have (declared by whoever sent them), else nothing is stored.
+    expect: Option<crate::format::digest::Sha256>,
     progress: Option<&'a AtomicU64>,
 }
 
@@ -169,6 +171,24 @@ impl<'a> UploadBatch<'a> {
         self.push(Source::Reader(Box::new(src)), key, v, None, None)
     }
 
+    /// Add everything `src` yields as a new version of `key`, stored only if it hashes to
+    /// `checksum`, the SHA-256 its sender declared: bytes that changed after they were hashed,
+    /// or were damaged on the way, fail with [`Error::ChecksumMismatch`] and no version is
+    /// recorded (a server receiving uploads checks them so, before it commits).
+    pub fn reader_checked(
+        &mut self,
+        src: impl Read + Send + 'a,
+        key: FileKey,
+        v: NewVersion,
+        checksum: crate::format::digest::Sha256,
+    ) -> &mut Self {
+        self.push(Source::Reader(Box::new(src)), key, v, None, None);
+        if let Some(it) = self.items.last_mut() {
+            it.expect = Some(checksum);
+        }
+        self
+    }
+
     /// Call `f` as each file starts (with its position in the batch and its key); the counter
     /// it returns, if any, is advanced by the bytes read from that file (a progress bar).
     pub fn on_file_start(
@@ -202,6 +222,7 @@ impl<'a> UploadBatch<'a> {
             key,
             v,
             imported,
+            expect: None,
             progress,
         });
         self
@@ -398,7 +419,10 @@ impl Run<'_, '_> {
             let imported = it.imported.as_ref();
             let key = &it.key;
             let find = || find_previous(i, key);
-            match ingest_item(store, target, &find, source, key, imported, progress, sink) {
+            let expect = it.expect;
+            match ingest_item(store, target, &find, source, key, imported, progress, sink)
+                .and_then(|ing| check_expected(key, expect, ing))
+            {
                 Ok(ing) => done.push((i, ing)),
                 Err(Failed::Item(e)) if self.each => self.results[i] = Some(Err(e)),
                 Err(Failed::Item(e)) => {
@@ -591,6 +615,23 @@ fn ingest_item(
         )));
     }
     Ok(ing)
+}
+
+/// Refuse bytes that do not hash to the checksum their sender declared.
+fn check_expected(
+    key: &FileKey,
+    expect: Option<crate::format::digest::Sha256>,
+    ing: Ingested,
+) -> std::result::Result<Ingested, Failed> {
+    match expect {
+        Some(want) if want != ing.checksum => Err(Failed::Item(Error::ChecksumMismatch {
+            location: key.display(),
+            expected: want.to_string(),
+            actual: ing.checksum.to_string(),
+            size: ing.size,
+        })),
+        _ => Ok(ing),
+    }
 }
 
 /// The record of a new version.
