@@ -76,7 +76,7 @@ pub use store::findings::PullKind;
 pub use store::findings::{Finding, GcKind, RebuildKind, VerifyKind};
 pub use store::gc::{GcOptions, GcReport};
 pub use store::index::Scope;
-pub use store::journal::{JournalContents, LogEntry, MetricPoint, Params};
+pub use store::journal::{ExperimentInfo, JournalContents, LogEntry, MetricPoint, Params};
 pub use store::read::FileReader;
 pub use store::recover::RebuildReport;
 pub use store::stats::Stats;

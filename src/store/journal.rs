@@ -70,6 +70,69 @@ pub struct MetricPoint {
     pub created_at: String,
 }
 
+/// What is recorded about an experiment itself: its status, description, tags and metadata
+/// (every `set_experiment_info` merged: a field given replaces the one before, one left out
+/// stays). A served store records here what the ml-dash client says when it opens and closes
+/// an experiment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentInfo {
+    /// `RUNNING`, `COMPLETED`, `FAILED`, `CANCELLED` (as the client said), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// A description, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Tags, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Metadata (a JSON object), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// The folders the experiment sits in under its project (`a/b`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    /// When this was first recorded (empty in a change handed to `set_experiment_info`).
+    #[serde(default)]
+    pub created_at: String,
+    /// When it last changed (idem).
+    #[serde(default)]
+    pub updated_at: String,
+}
+
+impl ExperimentInfo {
+    fn merge(&mut self, change: ExperimentInfo) {
+        let ExperimentInfo {
+            status,
+            description,
+            tags,
+            metadata,
+            folder,
+            created_at: _,
+            updated_at,
+        } = change;
+        if status.is_some() {
+            self.status = status;
+        }
+        if description.is_some() {
+            self.description = description;
+        }
+        if tags.is_some() {
+            self.tags = tags;
+        }
+        if metadata.is_some() {
+            self.metadata = metadata;
+        }
+        if folder.is_some() {
+            self.folder = folder;
+        }
+        if self.created_at.is_empty() {
+            self.created_at.clone_from(&updated_at);
+        }
+        self.updated_at = updated_at;
+    }
+}
+
 /// One journal line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
@@ -79,6 +142,7 @@ enum Entry {
         data: BTreeMap<String, Value>,
     },
     Log(LogEntry),
+    Experiment(ExperimentInfo),
     #[serde(rename_all = "camelCase")]
     Metric {
         name: String,
@@ -100,6 +164,8 @@ struct Line {
 pub struct JournalContents {
     /// Parameters, if any were set.
     pub params: Option<Params>,
+    /// What was recorded about the experiment itself, if anything.
+    pub info: Option<ExperimentInfo>,
     /// Log lines in order.
     pub logs: Vec<LogEntry>,
     /// Metric series by name, points in order.
@@ -127,6 +193,7 @@ impl JournalContents {
                 p.updated_at = at;
             }
             Entry::Log(l) => self.logs.push(l),
+            Entry::Experiment(i) => self.info.get_or_insert_with(Default::default).merge(i),
             Entry::Metric { name, point } => self.metrics.entry(name).or_default().push(point),
         }
     }
@@ -172,6 +239,18 @@ pub fn flatten(v: &Value) -> Result<BTreeMap<String, Value>> {
         ));
     }
     Ok(out)
+}
+
+fn check_level(level: &str) -> Result<()> {
+    if ["debug", "info", "warn", "warning", "error", "critical"].contains(&level) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "log level",
+            level,
+            "use debug, info, warn, error or critical",
+        ))
+    }
 }
 
 fn checksum(json: &[u8]) -> String {
@@ -357,6 +436,106 @@ impl Store {
         Ok(self.journal(exp)?.params.unwrap_or_default())
     }
 
+    /// Record the experiment's status, description, tags, metadata or folder: each field given
+    /// replaces the one recorded before, a field left `None` stays. Returns what is recorded.
+    pub fn set_experiment_info(
+        &self,
+        exp: &ExperimentKey,
+        change: ExperimentInfo,
+    ) -> Result<ExperimentInfo> {
+        if let Some(s) = &change.status
+            && (s.is_empty() || s.len() > 64 || s.chars().any(char::is_control))
+        {
+            return Err(Error::invalid(
+                "status",
+                s.clone(),
+                "must be 1-64 bytes without control characters",
+            ));
+        }
+        if let Some(d) = &change.description {
+            crate::format::record::check_description(d)?;
+        }
+        if let Some(t) = &change.tags {
+            crate::format::record::check_tags(t)?;
+        }
+        if let Some(m) = &change.metadata {
+            crate::format::record::check_metadata(m)?;
+        }
+        if let Some(f) = &change.folder
+            && !f.is_empty()
+        {
+            for seg in f.split('/') {
+                crate::format::names::segment("folder", seg)?;
+            }
+        }
+        let at = crate::format::time::now_iso();
+        let change = ExperimentInfo {
+            created_at: String::new(),
+            updated_at: at,
+            ..change
+        };
+        self.append(exp, |_| Entry::Experiment(change))?;
+        Ok(self.journal(exp)?.info.unwrap_or_default())
+    }
+
+    /// Append several log lines, in order, with one write and one fdatasync: when this returns,
+    /// all of them are durable. Each is `(timestamp, level, message, metadata)`: a timestamp
+    /// given (ISO-8601, as a client recorded it) is kept, else the time of the append. Every line
+    /// is checked before anything is written. Returns the lines with their sequence numbers.
+    pub fn log_many(
+        &self,
+        exp: &ExperimentKey,
+        lines: Vec<(Option<String>, String, String, Option<Value>)>,
+    ) -> Result<Vec<LogEntry>> {
+        for (ts, level, message, metadata) in &lines {
+            check_level(level)?;
+            if let Some(m) = metadata {
+                crate::format::record::check_metadata(m)?;
+            }
+            if message.len() > crate::format::record::MAX_DESCRIPTION {
+                return Err(Error::invalid(
+                    "log message",
+                    format!("{} bytes", message.len()),
+                    format!("at most {} bytes", crate::format::record::MAX_DESCRIPTION),
+                ));
+            }
+            if let Some(t) = ts
+                && (t.is_empty() || t.len() > 64 || t.chars().any(char::is_control))
+            {
+                return Err(Error::invalid(
+                    "log timestamp",
+                    t.clone(),
+                    "must be an ISO-8601 time of at most 64 bytes",
+                ));
+            }
+        }
+        if lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = crate::format::time::now_iso();
+        let entries = self.append_all(exp, |c| {
+            (c.logs.len() as u64 + 1..)
+                .zip(lines)
+                .map(|(n, (ts, level, message, metadata))| {
+                    Entry::Log(LogEntry {
+                        sequence_number: n,
+                        timestamp: ts.unwrap_or_else(|| now.clone()),
+                        level,
+                        message,
+                        metadata,
+                    })
+                })
+                .collect()
+        })?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Log(l) => Some(l),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Append a log line. `level`: `debug`, `info`, `warn` (or `warning`), `error` or
     /// `critical`.
     pub fn log(
@@ -366,13 +545,7 @@ impl Store {
         message: &str,
         metadata: Option<Value>,
     ) -> Result<LogEntry> {
-        if !["debug", "info", "warn", "warning", "error", "critical"].contains(&level) {
-            return Err(Error::invalid(
-                "log level",
-                level,
-                "use debug, info, warn, error or critical",
-            ));
-        }
+        check_level(level)?;
         if let Some(m) = &metadata {
             crate::format::record::check_metadata(m)?;
         }

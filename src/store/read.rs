@@ -568,6 +568,15 @@ impl Store {
         open_reader(&s, rec)
     }
 
+    /// The record of a version, by its id (deleted versions too, with `deleted_at` set), without
+    /// opening its packs.
+    pub fn version_record(&self, id: Id) -> Result<FileRecord> {
+        let s = self.session()?;
+        s.index
+            .version(id)?
+            .ok_or_else(|| Error::NotFound(format!("version {id}")))
+    }
+
     /// Open a version by its id.
     pub fn open_version(&self, id: Id) -> Result<FileReader> {
         let s = self.session()?;
