@@ -268,6 +268,28 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         #[cfg(feature = "remote")]
         Cmd::Pull { url, remote, json } => pull(&root, &url, &remote, json),
         Cmd::Token { action } => token(&root, action),
+        Cmd::Serve {
+            listen,
+            remote,
+            push_interval,
+            upload_slots,
+            shutdown_grace,
+        } => {
+            let secs = |what: &str, s: f64| {
+                if s.is_finite() && (0.0..=86_400.0).contains(&s) {
+                    Ok(std::time::Duration::from_secs_f64(s))
+                } else {
+                    Err(anyhow::anyhow!("--{what} must be 0 to 86400 seconds"))
+                }
+            };
+            let mut cfg = ml_dash_server::ServeConfig::new(&root, listen);
+            cfg.remote = remote;
+            cfg.push_interval = secs("push-interval", push_interval)?;
+            cfg.shutdown_grace = secs("shutdown-grace", shutdown_grace)?;
+            cfg.upload_slots = upload_slots.max(1);
+            ml_dash_server::serve(cfg)?;
+            Ok(0)
+        }
         Cmd::Repair { json } => {
             let rep = open(&root)?.rebuild_index()?;
             let mut summary = format!(

@@ -245,6 +245,27 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the store over HTTP: the ml-dash server API (REST and GraphQL) for the ml-dash
+    /// client, `--server` of this CLI and the Python module. Loopback only unless a token
+    /// exists; stops cleanly on SIGTERM/SIGINT.
+    Serve {
+        /// Address to listen on (a public address needs `ml-dash token add` first).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Push committed versions to this remote in the background (s3://BUCKET/PREFIX;
+        /// endpoint and credentials from the AWS_* environment variables).
+        #[arg(long)]
+        remote: Option<String>,
+        /// Seconds between a commit and the push that carries it (batching).
+        #[arg(long, default_value_t = 2.0)]
+        push_interval: f64,
+        /// Uploads ingested at once (more wait their turn).
+        #[arg(long, default_value_t = 8)]
+        upload_slots: usize,
+        /// Seconds requests in flight may still run after SIGTERM/SIGINT.
+        #[arg(long, default_value_t = 30.0)]
+        shutdown_grace: f64,
+    },
     /// Access tokens for clients over HTTP: secrets are printed once and stored only
     /// as their SHA-256.
     Token {

@@ -1,0 +1,339 @@
+//! File uploads: `POST /api/namespaces/{ns}/nodes` with a `multipart/form-data` body, as the
+//! ml-dash client sends it: text parts (`type`, `projectId`, `experimentId`, `parentId`, `name`,
+//! `checksum`, `description`, `tags`, `metadata`) and then the `file` part.
+//!
+//! The file part streams into the store's ingest as it arrives (a bounded channel between the
+//! connection and a blocking ingest task), never whole in memory. The store computes the
+//! SHA-256 of what it received and records the version only if it equals the declared
+//! `checksum` and the body ended properly: bytes that changed after the client hashed them, a
+//! body cut short or malformed, a part after the file, all fail with a 4xx and no version.
+//! Uploads ingest in parallel up to the server's upload slots; more wait for a slot.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use axum::Json;
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use ml_dash::{NewVersion, Sha256};
+use serde_json::{Value, json};
+
+use crate::Shared;
+use crate::api::{experiment, file_json, node};
+use crate::auth::Caller;
+use crate::catalog::Node;
+use crate::error::{ApiError, ApiResult};
+
+/// Largest text part (metadata is at most 64 KiB as the store checks it; a description too).
+const MAX_FIELD: usize = 128 * 1024;
+/// Most text parts before the file.
+const MAX_FIELDS: usize = 32;
+/// Chunks of the body in flight between the connection and the ingest task.
+const CHANNEL_DEPTH: usize = 16;
+
+enum Msg {
+    Data(Bytes),
+    End,
+    Fail(String),
+}
+
+/// The blocking side of the channel: the ingest reads the body through it.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Msg>,
+    cur: Bytes,
+    ended: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Msg::Data(b)) => self.cur = b,
+                Some(Msg::End) => self.ended = true,
+                Some(Msg::Fail(why)) => return Err(std::io::Error::other(why)),
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the upload was cut off before its end",
+                    ));
+                }
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+fn malformed(e: &multer::Error) -> ApiError {
+    ApiError::bad(
+        "MALFORMED_MULTIPART",
+        format!("malformed multipart body: {e}"),
+    )
+}
+
+async fn text_field(mut f: multer::Field<'_>, name: &str) -> ApiResult<String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = f.chunk().await.map_err(|e| malformed(&e))? {
+        if out.len() + chunk.len() > MAX_FIELD {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "TOO_LARGE",
+                format!("part {name:?} is larger than {MAX_FIELD} bytes"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    String::from_utf8(out)
+        .map_err(|_| ApiError::bad("INVALID_INPUT", format!("part {name:?} is not UTF-8 text")))
+}
+
+/// What the text parts say about the file.
+struct Declared {
+    key: ml_dash::FileKey,
+    version: NewVersion,
+    checksum: Option<Sha256>,
+}
+
+fn declared(
+    app: &Shared,
+    caller: &Caller,
+    ns: &str,
+    fields: &HashMap<String, String>,
+    part_filename: Option<&str>,
+) -> ApiResult<Declared> {
+    let get = |k: &str| fields.get(k).map(String::as_str).filter(|s| !s.is_empty());
+    if let Some(t) = get("type")
+        && t != "FILE"
+    {
+        return Err(ApiError::bad(
+            "INVALID_INPUT",
+            format!("a multipart upload makes a FILE node, not {t:?}"),
+        ));
+    }
+    let exp_id = get("experimentId")
+        .ok_or_else(|| ApiError::bad("INVALID_INPUT", "the `experimentId` part is required"))?;
+    let exp = experiment(app, caller, exp_id)?;
+    if exp.namespace != ns {
+        return Err(ApiError::bad(
+            "INVALID_INPUT",
+            format!("experiment {exp_id} is not in namespace {ns:?}"),
+        ));
+    }
+    let prefix = match get("parentId") {
+        None | Some("ROOT") => "/".to_string(),
+        Some(p) if p == exp_id => "/".to_string(),
+        Some(p) => match node(app, p)? {
+            (
+                _,
+                Node::ExpFolder {
+                    ns: a,
+                    project,
+                    name,
+                    prefix,
+                },
+            ) if a == exp.namespace && project == exp.project && name == exp.experiment => prefix,
+            (n, _) => {
+                return Err(ApiError::not_found(format!(
+                    "node {n} is not a folder of experiment {exp_id}"
+                )));
+            }
+        },
+    };
+    let filename = get("name")
+        .or(part_filename.filter(|f| !f.is_empty()))
+        .ok_or_else(|| ApiError::bad("INVALID_INPUT", "the `name` part is required"))?;
+    ml_dash::validate::segment("file name", filename)?;
+    let checksum = match get("checksum") {
+        None => None,
+        Some(c) => Some(c.to_ascii_lowercase().parse::<Sha256>().map_err(|_| {
+            ApiError::bad(
+                "INVALID_INPUT",
+                "`checksum` must be the SHA-256 of the file as 64 hex digits",
+            )
+        })?),
+    };
+    let tags: Vec<String> = get("tags")
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    ml_dash::validate::check_tags(&tags)?;
+    let metadata = match get("metadata") {
+        None => Value::Null,
+        Some(m) => {
+            let v: Value = serde_json::from_str(m).map_err(|e| {
+                ApiError::bad(
+                    "INVALID_INPUT",
+                    format!("`metadata` is not valid JSON: {e}"),
+                )
+            })?;
+            if !(v.is_object() || v.is_null()) {
+                return Err(ApiError::bad(
+                    "INVALID_INPUT",
+                    "`metadata` must be a JSON object",
+                ));
+            }
+            ml_dash::validate::check_metadata(&v)?;
+            v
+        }
+    };
+    let description = get("description").map(str::to_string);
+    if let Some(d) = &description {
+        ml_dash::validate::check_description(d)?;
+    }
+    Ok(Declared {
+        key: exp.file(prefix, filename.to_string()),
+        version: NewVersion {
+            description,
+            tags,
+            metadata,
+        },
+        checksum,
+    })
+}
+
+/// Stream one multipart upload into the store.
+pub async fn upload(
+    app: Shared,
+    ns: String,
+    caller: Caller,
+    content_type: &str,
+    body: Body,
+) -> ApiResult<Response> {
+    let boundary = multer::parse_boundary(content_type).map_err(|e| malformed(&e))?;
+    let mut mp = multer::Multipart::new(body.into_data_stream(), boundary);
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let file = loop {
+        let Some(f) = mp.next_field().await.map_err(|e| malformed(&e))? else {
+            return Err(ApiError::bad(
+                "INVALID_INPUT",
+                "the body has no `file` part",
+            ));
+        };
+        let name = f.name().unwrap_or_default().to_string();
+        if name == "file" {
+            break f;
+        }
+        if fields.len() >= MAX_FIELDS {
+            return Err(ApiError::bad(
+                "INVALID_INPUT",
+                "too many parts before the file",
+            ));
+        }
+        let text = text_field(f, &name).await?;
+        if fields.insert(name.clone(), text).is_some() {
+            return Err(ApiError::bad(
+                "INVALID_INPUT",
+                format!(
+                    "part {:?} is given twice",
+                    name.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+    };
+    let part_filename = file.file_name().map(str::to_string);
+    let (app2, caller2, ns2) = (app.clone(), caller.clone(), ns.clone());
+    let d =
+        crate::blocking(move || declared(&app2, &caller2, &ns2, &fields, part_filename.as_deref()))
+            .await?;
+    let _slot = app
+        .upload_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("the server is stopping"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(CHANNEL_DEPTH);
+    let app2 = app.clone();
+    let ingest = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx,
+            cur: Bytes::new(),
+            ended: false,
+        };
+        let mut batch = app2.store.upload_batch();
+        match d.checksum {
+            Some(c) => batch.reader_checked(reader, d.key, d.version, c),
+            None => batch.reader(reader, d.key, d.version),
+        };
+        batch.commit()
+    });
+    let mut file = file;
+    let mut failure: Option<ApiError> = None;
+    let mut complete = false;
+    loop {
+        match file.chunk().await {
+            Ok(Some(b)) => {
+                if tx.send(Msg::Data(b)).await.is_err() {
+                    // The ingest stopped early: its error is the answer.
+                    break;
+                }
+            }
+            Ok(None) => {
+                complete = true;
+                break;
+            }
+            Err(e) => {
+                let e = malformed(&e);
+                let _ = tx.send(Msg::Fail(e.message.clone())).await;
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(file);
+    if complete {
+        // Nothing may follow the file: its fields would come too late to apply.
+        let end = match mp.next_field().await {
+            Ok(None) => Msg::End,
+            Ok(Some(_)) => {
+                let e = ApiError::bad(
+                    "INVALID_INPUT",
+                    "a part follows the `file` part: send every field before the file",
+                );
+                let m = Msg::Fail(e.message.clone());
+                failure = Some(e);
+                m
+            }
+            Err(e) => {
+                let e = malformed(&e);
+                let m = Msg::Fail(e.message.clone());
+                failure = Some(e);
+                m
+            }
+        };
+        let _ = tx.send(end).await;
+    }
+    drop(tx);
+    let result = ingest
+        .await
+        .map_err(|e| ApiError::internal(format!("the upload task failed: {e}")))?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let mut records = result?;
+    let r = records
+        .pop()
+        .ok_or_else(|| ApiError::internal("an upload of one file stored none"))?;
+    app.catalog.register_version(&r);
+    #[cfg(feature = "remote")]
+    if let Some(p) = &app.push {
+        p.committed();
+    }
+    let node = file_json(&r);
+    let physical = node["physicalFile"].clone();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"node": node, "physicalFile": physical})),
+    )
+        .into_response())
+}
