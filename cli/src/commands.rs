@@ -13,6 +13,9 @@ use crate::{Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, ScopeArgs, TokenCmd, shown};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let root = cli.root;
+    if let Some(url) = &cli.server {
+        return on_server(url, cli.token, cli.cmd);
+    }
     match cli.cmd {
         Cmd::Upload {
             files,
@@ -419,6 +422,75 @@ fn open(root: &Path) -> Result<Store> {
     Ok(Store::open_existing_with(root, options())?)
 }
 
+/// `upload`, `list` and `download` against `ml-dash serve`.
+fn on_server(url: &str, token: Option<String>, cmd: Cmd) -> Result<i32> {
+    let s = crate::server::Server::new(url, token)?;
+    match cmd {
+        Cmd::Upload {
+            files,
+            exp,
+            prefix,
+            to,
+            description,
+            tags,
+            metadata,
+            json,
+        } => {
+            exp_key(&exp)?;
+            ml_dash::validate::check_tags(&tags)?;
+            let metadata = metadata
+                .map(|m| parse_metadata(&m))
+                .transpose()?
+                .unwrap_or(serde_json::Value::Null);
+            crate::server::upload(
+                &s,
+                &files,
+                &exp,
+                &prefix,
+                to.as_deref(),
+                description.as_deref(),
+                &tags,
+                &metadata,
+                json,
+            )
+        }
+        Cmd::List {
+            scope,
+            prefix,
+            tags,
+            glob,
+            all_versions,
+            deleted,
+            json,
+        } => {
+            scope_of(&scope)?;
+            crate::server::list(
+                &s,
+                &scope,
+                prefix.as_deref(),
+                &tags,
+                glob.as_deref(),
+                all_versions,
+                deleted,
+                json,
+            )
+        }
+        Cmd::Download {
+            exp,
+            path,
+            version,
+            output,
+            json,
+        } => {
+            file_key(&exp, &path)?;
+            crate::server::download(&s, &exp, &path, version, output.as_deref(), json)
+        }
+        _ => bail!(
+            "--server works with upload, list and download; run other commands where the store is"
+        ),
+    }
+}
+
 fn exp_key(e: &ExpArgs) -> Result<ExperimentKey> {
     Ok(ExperimentKey::new(&e.namespace, &e.project, &e.experiment)?)
 }
@@ -457,7 +529,43 @@ fn print_json(out: &mut impl Write, r: &FileRecord) -> Result<()> {
     Ok(())
 }
 
-fn print_record(out: &mut impl Write, r: &FileRecord, json: bool) -> Result<()> {
+/// What `list` prints: one line (or JSON object) per version.
+pub(crate) fn print_list(out: &mut impl Write, recs: &[FileRecord], json: bool) -> Result<()> {
+    for r in recs {
+        if json {
+            print_json(out, r)?;
+        } else {
+            writeln!(
+                out,
+                "{}\tv{}\t{}\t{}\t{}{}{}",
+                shown(&format!(
+                    "{}/{}/{}{}",
+                    r.namespace,
+                    r.project,
+                    r.experiment,
+                    r.full_path()
+                )),
+                r.version,
+                r.size_bytes,
+                &r.checksum.to_hex()[..16],
+                shown(&r.uploaded_at),
+                if r.tags.is_empty() {
+                    String::new()
+                } else {
+                    format!("\t[{}]", shown(&r.tags.join(",")))
+                },
+                if r.deleted_at.is_some() {
+                    "\tDELETED"
+                } else {
+                    ""
+                }
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn print_record(out: &mut impl Write, r: &FileRecord, json: bool) -> Result<()> {
     if json {
         return print_json(out, r);
     }
@@ -604,38 +712,7 @@ fn list(
         include_deleted: deleted,
     };
     let recs = open(root)?.list(&f)?;
-    let mut out = io::stdout().lock();
-    for r in &recs {
-        if json {
-            print_json(&mut out, r)?;
-        } else {
-            writeln!(
-                out,
-                "{}\tv{}\t{}\t{}\t{}{}{}",
-                shown(&format!(
-                    "{}/{}/{}{}",
-                    r.namespace,
-                    r.project,
-                    r.experiment,
-                    r.full_path()
-                )),
-                r.version,
-                r.size_bytes,
-                &r.checksum.to_hex()[..16],
-                shown(&r.uploaded_at),
-                if r.tags.is_empty() {
-                    String::new()
-                } else {
-                    format!("\t[{}]", shown(&r.tags.join(",")))
-                },
-                if r.deleted_at.is_some() {
-                    "\tDELETED"
-                } else {
-                    ""
-                }
-            )?;
-        }
-    }
+    print_list(&mut io::stdout().lock(), &recs, json)?;
     Ok(0)
 }
 

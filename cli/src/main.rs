@@ -5,12 +5,17 @@
 
 mod commands;
 mod progress;
+mod server;
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+#[allow(
+    clippy::doc_markdown,
+    reason = "clap prints these doc comments as --help text, where backticks would show"
+)]
 #[derive(Parser)]
 #[command(
     name = "ml-dash",
@@ -26,6 +31,13 @@ pub struct Cli {
         default_value = "./.ml-dash"
     )]
     pub root: PathBuf,
+    /// Work against `ml-dash serve` at this URL instead of a local store (upload, list and
+    /// download; no local store is needed).
+    #[arg(long, global = true, env = "ML_DASH_SERVER")]
+    pub server: Option<String>,
+    /// Token for --server (default: ML_DASH_TOKEN, then the ml-dash client's tokens.json).
+    #[arg(long, global = true, env = "ML_DASH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

@@ -242,6 +242,8 @@ pub fn file_json(r: &FileRecord) -> Value {
             "checksum": r.checksum.to_string(),
             "s3Url": Value::Null,
         },
+        // The record exactly as `ml-dash list --json` prints it (for our own clients).
+        "record": r,
     })
 }
 
@@ -525,8 +527,11 @@ fn create_experiment(app: &Shared, ns: &str, body: &Map<String, Value>) -> ApiRe
             ));
         }
     };
+    // Opening an experiment (the ml-dash client) marks it running; our own clients only make
+    // sure it exists (`keepStatus`).
+    let keep = body.get("keepStatus") == Some(&Value::Bool(true));
     let change = ExperimentInfo {
-        status: Some("RUNNING".into()),
+        status: (!keep).then(|| "RUNNING".to_string()),
         description: opt_str(body, "description")?.map(str::to_string),
         tags: tags_of(body)?,
         metadata,
@@ -703,13 +708,41 @@ pub async fn delete_node(
     .await
 }
 
+/// The ml-dash client sends `pattern`, `limit`, `offset` and `experimentId`; the rest is what
+/// `ml-dash list --server` sends (stored names, as `list` takes them).
 #[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SearchQuery {
     pattern: Option<String>,
     limit: Option<String>,
     offset: Option<String>,
-    #[serde(rename = "experimentId")]
     experiment_id: Option<String>,
+    namespace: Option<String>,
+    project: Option<String>,
+    experiment: Option<String>,
+    /// A prefix (`/models`: whole segments).
+    prefix: Option<String>,
+    /// Comma-separated: every one must be present.
+    tags: Option<String>,
+    /// One full path (`/models/best.pt`).
+    path: Option<String>,
+    /// `true`: every version, not only the latest live one.
+    all_versions: Option<String>,
+    /// `true`: deleted versions too.
+    deleted: Option<String>,
+    /// `newest` (default: the client wants the likeliest match first) or `path`.
+    order: Option<String>,
+}
+
+fn flag(v: Option<&str>, what: &str) -> ApiResult<bool> {
+    match v {
+        None | Some("" | "false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(_) => Err(ApiError::bad(
+            "INVALID_INPUT",
+            format!("{what} must be true or false"),
+        )),
+    }
 }
 
 fn number(v: Option<&str>, default: usize, max: usize, what: &str) -> ApiResult<usize> {
@@ -745,20 +778,76 @@ pub async fn search_files(
                     experiment: Some(e.experiment),
                 }
             }
-            None => Scope::default(),
+            None => {
+                let name = |what: &'static str, v: &Option<String>| -> ApiResult<Option<String>> {
+                    match v.as_deref().filter(|s| !s.is_empty()) {
+                        Some(s) => Ok(Some(ml_dash::validate::segment(what, s)?.to_string())),
+                        None => Ok(None),
+                    }
+                };
+                let scope = Scope {
+                    namespace: name("namespace", &q.namespace)?,
+                    project: name("project", &q.project)?,
+                    experiment: name("experiment", &q.experiment)?,
+                };
+                if let Some(ns) = &scope.namespace {
+                    caller.check(ns)?;
+                }
+                scope
+            }
+        };
+        let (prefix, glob) = match q.path.as_deref().filter(|s| !s.is_empty()) {
+            // One path: its directory as the prefix, its name matched exactly below.
+            Some(p) => {
+                let (dir, _) = ml_dash::validate::split_full(p)?;
+                (Some(dir), glob)
+            }
+            None => (
+                q.prefix
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .map(ml_dash::validate::prefix)
+                    .transpose()?,
+                glob,
+            ),
         };
         let filter = ListFilter {
             scope,
             glob,
-            ..ListFilter::default()
+            prefix,
+            tags: q
+                .tags
+                .as_deref()
+                .map(|t| {
+                    t.split(',')
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            all_versions: flag(q.all_versions.as_deref(), "allVersions")?,
+            include_deleted: flag(q.deleted.as_deref(), "deleted")?,
         };
+        let exact = q.path.as_deref().filter(|s| !s.is_empty());
         let mut found: Vec<FileRecord> = app
             .store
             .list(&filter)?
             .into_iter()
             .filter(|r| caller.allows(&r.namespace))
+            .filter(|r| exact.is_none_or(|p| r.full_path() == p))
             .collect();
-        found.sort_by(|a, b| b.uploaded_at.cmp(&a.uploaded_at).then(b.id.cmp(&a.id)));
+        match q.order.as_deref() {
+            None | Some("" | "newest") => {
+                found.sort_by(|a, b| b.uploaded_at.cmp(&a.uploaded_at).then(b.id.cmp(&a.id)));
+            }
+            Some("path") => {}
+            Some(o) => {
+                return Err(ApiError::bad(
+                    "INVALID_INPUT",
+                    format!("order {:?}: use newest or path", shorten(o)),
+                ));
+            }
+        }
         let total = found.len();
         let files: Vec<Value> = found
             .iter()

@@ -1,0 +1,503 @@
+//! `upload`, `list` and `download` against `ml-dash serve` (`--server URL`), for a machine
+//! without a local store. The same output as the local commands: the server answers each file
+//! with the record `list --json` prints.
+//!
+//! An upload hashes the file first (SHA-256), then streams it in a multipart body with the
+//! checksum declared: the server stores it only if what it received matches. A download lands
+//! under a temporary name, is checked against the record's SHA-256, then renamed into place.
+//! The token comes from `--token`, `ML_DASH_TOKEN`, or the ml-dash client's own file
+//! (`$ML_DASH_CONFIG_DIR/tokens.json`, default `~/.dash/tokens.json`, key `ml-dash-token`).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use ml_dash::{FileRecord, validate};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::{ExpArgs, ScopeArgs, shown};
+
+/// A connection to a server.
+pub struct Server {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// The token the ml-dash client would use.
+fn client_token() -> Option<String> {
+    let dir = std::env::var_os("ML_DASH_CONFIG_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".dash")))?;
+    let bytes = std::fs::read(dir.join("tokens.json")).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("ml-dash-token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+/// Percent-encode a query value.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Server {
+    pub fn new(url: &str, token: Option<String>) -> Result<Server> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--server must be an http:// or https:// URL, not {url:?}");
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Server {
+            base: url.trim_end_matches('/').to_string(),
+            token: token.or_else(client_token),
+            agent,
+        })
+    }
+
+    fn auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => r.header("Authorization", &format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
+    /// Turn a response into its JSON body, or an error with the server's message.
+    fn answer(
+        &self,
+        what: &str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value> {
+        let mut resp = resp.with_context(|| format!("{what}: cannot reach {}", self.base))?;
+        let status = resp.status();
+        let body: Value = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_json()
+            .unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no message");
+            bail!("{what}: the server answered {status}: {msg}");
+        }
+        Ok(body)
+    }
+
+    fn post_json(&self, path: &str, body: &Value, what: &str) -> Result<Value> {
+        let r = self
+            .auth(self.agent.post(&format!("{}{path}", self.base)))
+            .send_json(body);
+        self.answer(what, r)
+    }
+
+    fn get(&self, path: &str, what: &str) -> Result<Value> {
+        let r = self
+            .auth(self.agent.get(&format!("{}{path}", self.base)))
+            .call();
+        self.answer(what, r)
+    }
+
+    /// The experiment's id, made if missing (its status left as it is).
+    fn experiment(&self, e: &ExpArgs) -> Result<String> {
+        let v = self.post_json(
+            &format!("/api/namespaces/{}/nodes", enc(&e.namespace)),
+            &json!({"type": "EXPERIMENT", "name": e.experiment, "projectSlug": e.project,
+                    "parentId": "ROOT", "keepStatus": true}),
+            "open the experiment",
+        )?;
+        v["experiment"]["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("the server's answer has no experiment id")
+    }
+
+    /// The folder node of `prefix` in the experiment (made if missing), or the experiment.
+    fn folder(&self, ns: &str, exp_id: &str, prefix: &str) -> Result<String> {
+        let mut parent = exp_id.to_string();
+        for seg in prefix.split('/').filter(|s| !s.is_empty()) {
+            let v = self.post_json(
+                &format!("/api/namespaces/{}/nodes", enc(ns)),
+                &json!({"type": "FOLDER", "experimentId": exp_id, "parentId": parent,
+                        "name": seg}),
+                "make a folder",
+            )?;
+            parent = v["node"]["id"]
+                .as_str()
+                .context("the server's answer has no folder id")?
+                .to_string();
+        }
+        Ok(parent)
+    }
+
+    /// Store one file; returns its record.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the fields of one upload, as the CLI has them"
+    )]
+    pub fn upload(
+        &self,
+        e: &ExpArgs,
+        src: &Path,
+        dir: &str,
+        filename: &str,
+        description: Option<&str>,
+        tags: &[String],
+        metadata: &Value,
+    ) -> Result<FileRecord> {
+        let exp_id = self.experiment(e)?;
+        let parent = self.folder(&e.namespace, &exp_id, dir)?;
+        // Hash first: the server refuses bytes that do not match, so a file changed while it
+        // is sent is never recorded.
+        let mut f = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
+        }
+        let sum: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let boundary = format!("mldash{}", &sum[..32]);
+        let mut head = String::new();
+        let mut field = |name: &str, value: &str| {
+            head.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            ));
+        };
+        field("type", "FILE");
+        field("experimentId", &exp_id);
+        field("parentId", &parent);
+        field("name", filename);
+        field("checksum", &sum);
+        if let Some(d) = description {
+            field("description", d);
+        }
+        if !tags.is_empty() {
+            if tags.iter().any(|t| t.contains(',')) {
+                bail!("a tag sent to a server cannot contain ','");
+            }
+            field("tags", &tags.join(","));
+        }
+        if !metadata.is_null() {
+            field("metadata", &metadata.to_string());
+        }
+        let quoted: String = filename
+            .chars()
+            .map(|c| if c == '"' || c.is_control() { '_' } else { c })
+            .collect();
+        head.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{quoted}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        ));
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let total = head.len() as u64 + len + tail.len() as u64;
+        let f = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+        let mut body = io::Cursor::new(head.into_bytes())
+            .chain(f.take(len))
+            .chain(io::Cursor::new(tail.into_bytes()));
+        let r = self
+            .auth(self.agent.post(&format!(
+                "{}/api/namespaces/{}/nodes",
+                self.base,
+                enc(&e.namespace)
+            )))
+            .header(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={boundary}"),
+            )
+            .header("Content-Length", &total.to_string())
+            .send(ureq::SendBody::from_reader(&mut body));
+        let v = self.answer(&format!("upload {}", src.display()), r)?;
+        serde_json::from_value(v["node"]["record"].clone())
+            .context("the server's answer has no file record")
+    }
+
+    /// Versions matching a filter, as `list` selects them (every page): the server's file
+    /// objects, each with its node `id` and its `record`.
+    fn search(&self, query: &[(&str, String)]) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        loop {
+            let mut q: Vec<String> = query
+                .iter()
+                .map(|(k, v)| format!("{k}={}", enc(v)))
+                .collect();
+            q.push("order=path".into());
+            q.push("limit=10000".into());
+            q.push(format!("offset={}", out.len()));
+            let v = self.get(&format!("/api/search/files?{}", q.join("&")), "list")?;
+            let files = v["files"].as_array().cloned().unwrap_or_default();
+            let n = files.len();
+            out.extend(files);
+            if n == 0 || v["hasMore"] != Value::Bool(true) {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Records of the versions matching a filter.
+    pub fn list(&self, query: &[(&str, String)]) -> Result<Vec<FileRecord>> {
+        self.search(query)?
+            .into_iter()
+            .map(|f| {
+                serde_json::from_value(f["record"].clone())
+                    .context("the server's answer has no file record")
+            })
+            .collect()
+    }
+
+    /// Write one version's bytes to `out`, checking them against its SHA-256 as they arrive
+    /// (the caller keeps them only if this returns Ok).
+    pub fn download(
+        &self,
+        e: &ExpArgs,
+        full: &str,
+        version: Option<u32>,
+        out: &mut dyn Write,
+    ) -> Result<FileRecord> {
+        let query = [
+            ("namespace", e.namespace.clone()),
+            ("project", e.project.clone()),
+            ("experiment", e.experiment.clone()),
+            ("path", full.to_string()),
+            ("allVersions", version.is_some().to_string()),
+        ];
+        let found = self
+            .search(&query)?
+            .into_iter()
+            .find(|f| version.is_none_or(|v| f["version"].as_u64() == Some(u64::from(v))));
+        let (node, rec) = match found {
+            Some(f) => (
+                f["id"].as_str().unwrap_or_default().to_string(),
+                serde_json::from_value::<FileRecord>(f["record"].clone())
+                    .context("the server's answer has no file record")?,
+            ),
+            None => bail!(
+                "not found: {}/{}/{}{full}{}",
+                e.namespace,
+                e.project,
+                e.experiment,
+                version.map(|v| format!(" version {v}")).unwrap_or_default()
+            ),
+        };
+        let mut resp = self
+            .auth(
+                self.agent
+                    .get(&format!("{}/api/nodes/{node}/download", self.base)),
+            )
+            .call()
+            .with_context(|| format!("download: cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+            bail!(
+                "download: the server answered {status}: {}",
+                body.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message")
+            );
+        }
+        let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .context("download: the transfer failed")?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            got += n as u64;
+        }
+        let sum: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if got != rec.size_bytes || sum != rec.checksum.to_string() {
+            bail!(
+                "download of {full}: received {got} bytes with SHA-256 {sum}, the record says {} \
+                 bytes with {}",
+                rec.size_bytes,
+                rec.checksum
+            );
+        }
+        Ok(rec)
+    }
+}
+
+/// `ml-dash --server URL upload ...`: each file is its own upload (not one commit).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the arguments of `upload`, as clap parsed them"
+)]
+pub fn upload(
+    s: &Server,
+    files: &[PathBuf],
+    exp: &ExpArgs,
+    prefix: &str,
+    to: Option<&str>,
+    description: Option<&str>,
+    tags: &[String],
+    metadata: &Value,
+    json: bool,
+) -> Result<i32> {
+    let prefix = validate::prefix(prefix)?;
+    if to.is_some() && files.len() > 1 {
+        bail!("--to names one file, but {} files were given", files.len());
+    }
+    let mut plan = Vec::new();
+    for f in files {
+        if f.as_os_str() == "-" {
+            bail!("--server uploads files, not standard input");
+        }
+        let m = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        if !m.is_file() {
+            bail!("{} is not a regular file", f.display());
+        }
+        let name = match to {
+            Some(t) => t.to_string(),
+            None => f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| {
+                    format!("{}: no UTF-8 file name; give one with --to", f.display())
+                })?
+                .to_string(),
+        };
+        let (dir, filename) = validate::target(&prefix, &name)?;
+        plan.push((f, dir, filename));
+    }
+    let mut out = io::stdout().lock();
+    for (f, dir, filename) in plan {
+        let r = s.upload(exp, f, &dir, &filename, description, tags, metadata)?;
+        crate::commands::print_record(&mut out, &r, json)?;
+    }
+    Ok(0)
+}
+
+/// `ml-dash --server URL list ...`
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the arguments of `list`, as clap parsed them"
+)]
+pub fn list(
+    s: &Server,
+    scope: &ScopeArgs,
+    prefix: Option<&str>,
+    tags: &[String],
+    glob: Option<&str>,
+    all_versions: bool,
+    deleted: bool,
+    json: bool,
+) -> Result<i32> {
+    let mut q: Vec<(&str, String)> = Vec::new();
+    for (k, v) in [
+        ("namespace", &scope.namespace),
+        ("project", &scope.project),
+        ("experiment", &scope.experiment),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    if let Some(p) = prefix {
+        q.push(("prefix", validate::prefix(p)?));
+    }
+    if !tags.is_empty() {
+        q.push(("tags", tags.join(",")));
+    }
+    if let Some(g) = glob {
+        q.push(("pattern", g.to_string()));
+    }
+    q.push(("allVersions", all_versions.to_string()));
+    q.push(("deleted", deleted.to_string()));
+    let recs = s.list(&q)?;
+    let mut out = io::stdout().lock();
+    crate::commands::print_list(&mut out, &recs, json)?;
+    Ok(0)
+}
+
+/// `ml-dash --server URL download ...`
+pub fn download(
+    s: &Server,
+    exp: &ExpArgs,
+    full: &str,
+    version: Option<u32>,
+    output: Option<&str>,
+    json: bool,
+) -> Result<i32> {
+    let (_, name) = validate::split_full(full)?;
+    if output == Some("-") {
+        let mut so = io::BufWriter::with_capacity(1 << 20, io::stdout());
+        s.download(exp, full, version, &mut so)?;
+        so.flush()?;
+        return Ok(0);
+    }
+    let dest = PathBuf::from(output.unwrap_or(&name));
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile_in(dir)?;
+    let r = s.download(exp, full, version, &mut tmp.1);
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp.0);
+            return Err(e);
+        }
+    };
+    tmp.1.flush()?;
+    drop(tmp.1);
+    std::fs::rename(&tmp.0, &dest)
+        .with_context(|| format!("cannot move the download to {}", dest.display()))?;
+    if json {
+        crate::commands::print_record(&mut io::stdout().lock(), &r, true)?;
+    } else if io::IsTerminal::is_terminal(&io::stdout()) {
+        writeln!(
+            io::stdout().lock(),
+            "{} -> {} ({} bytes, sha256 {})",
+            shown(&r.full_path()),
+            shown(&dest.display().to_string()),
+            r.size_bytes,
+            r.checksum
+        )?;
+    }
+    Ok(0)
+}
+
+/// A new file beside the destination, for the bytes until they are verified.
+fn tempfile_in(dir: &Path) -> Result<(PathBuf, io::BufWriter<File>)> {
+    for i in 0..100u32 {
+        let p = dir.join(format!(".ml-dash-download-{}-{i}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(f) => return Ok((p, io::BufWriter::with_capacity(1 << 20, f))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot write in {}", dir.display())),
+        }
+    }
+    bail!("cannot make a temporary file in {}", dir.display())
+}
