@@ -93,7 +93,9 @@ def test_errors_are_python_exceptions(workdir):
     with pytest.raises(ValueError):
         Experiment(name="../x", project="p")
     with pytest.raises(ValueError):
-        Experiment(name="e", project="p", remote="http://not-s3/x")
+        Experiment(name="e", project="p", remote="ftp://not-s3/x")
+    with pytest.raises(ValueError):
+        Experiment(name="..", project="p", remote="http://127.0.0.1:9")
     with Experiment(name="e", project="p") as exp:
         f = write(workdir / "f.bin", b"x" * 100)
         with pytest.raises(FileNotFoundError):

@@ -702,6 +702,7 @@ pub async fn delete_node(
             "id": n.to_string(),
             "deletedAt": at,
             "versionsDeleted": gone.len(),
+            "records": gone,
             "path": r.full_path(),
         })))
     })
@@ -1161,18 +1162,21 @@ pub struct RowsQuery {
     cursor: Option<String>,
 }
 
-/// `GET .../metrics/{name}/rows?limit&cursor` (format `ml-dash.metric-rows.v1`) and
-/// `GET .../metrics/{name}/stats`.
+/// `GET .../metrics/{name}/rows?limit&cursor` (format `ml-dash.metric-rows.v1`),
+/// `GET .../metrics/{name}/stats`, and `GET .../metrics/{name}/points?limit&cursor` (the
+/// points as stored, for our own clients).
 pub async fn get_metric(
     State(app): State<Shared>,
     Path((id, rest)): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<RowsQuery>,
 ) -> ApiResult<Response> {
-    let (name, rows) = if let Some(n) = rest.strip_suffix("/rows") {
-        (n.to_string(), true)
+    let (name, what) = if let Some(n) = rest.strip_suffix("/rows") {
+        (n.to_string(), "rows")
     } else if let Some(n) = rest.strip_suffix("/stats") {
-        (n.to_string(), false)
+        (n.to_string(), "stats")
+    } else if let Some(n) = rest.strip_suffix("/points") {
+        (n.to_string(), "points")
     } else {
         return Err(unknown(&format!("metrics/{rest}")));
     };
@@ -1184,7 +1188,7 @@ pub async fn get_metric(
                               "error": format!("no metric {name:?}")});
             return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
         };
-        if !rows {
+        if what == "stats" {
             return Ok(Json(metric_summary(&exp, &name, points)).into_response());
         }
         let limit = number(q.limit.as_deref(), 1000, 10_000, "limit")?.max(1);
@@ -1206,6 +1210,16 @@ pub async fn get_metric(
         };
         let end = start.saturating_add(limit).min(points.len());
         let page = &points[start..end];
+        if what == "points" {
+            // The points as the store keeps them (index, fields, time): for our own clients.
+            let has_more = end < points.len();
+            return Ok(Json(json!({
+                "points": page,
+                "hasMore": has_more,
+                "nextCursor": if has_more { Value::String(format!("i{end}")) } else { Value::Null },
+            }))
+            .into_response());
+        }
         let blocks = row_blocks(page);
         let has_more = end < points.len();
         Ok(Json(json!({

@@ -74,8 +74,17 @@ class Experiment(_CoreExperiment):
     """``Experiment(name, project, local_path=".ml-dash", namespace="local", remote=None)``.
 
     Use it as a context manager, or call ``open()`` / ``close()``. With ``remote``
-    (``"s3://bucket/prefix"``), closing pushes the store there.
+    (``"s3://bucket/prefix"``), closing pushes the store there. With ``remote`` an
+    ``http://`` or ``https://`` URL of ``ml-dash serve``, the experiment lives on that server
+    (no local store; ``token=`` or the ml-dash client's token file authenticates).
     """
+
+    def __new__(cls, name, project, local_path=None, namespace="local", remote=None, endpoint=None, token=None):
+        if isinstance(remote, str) and remote.startswith(("http://", "https://")):
+            from ._server import ServerExperiment
+
+            return ServerExperiment(name, project, namespace=namespace, remote=remote, token=token)
+        return super().__new__(cls, name, project, local_path, namespace, remote, endpoint)
 
     def open_file(self, path, version=None, buffer_size=1 << 20):
         """Open a stored file for reading: a buffered, seekable binary file object, so

@@ -57,8 +57,9 @@ class Experiment:
         project: str,
         local_path: Union[str, "PathLike[str]", None] = None,  # None: ".ml-dash"
         namespace: str = "local",
-        remote: Optional[str] = None,
+        remote: Optional[str] = None,  # s3://BUCKET/PREFIX (push on close) or http(s):// (a server)
         endpoint: Optional[str] = None,
+        token: Optional[str] = None,  # for an http(s):// server
     ) -> "Experiment": ...
     @property
     def name(self) -> str: ...
