@@ -666,6 +666,10 @@ pub async fn patch_node(
                     }
                 }
                 let r = app.store.update(r.id, &ch)?;
+                #[cfg(feature = "remote")]
+                if let Some(p) = &app.push {
+                    p.committed();
+                }
                 Ok(Json(file_json(&r)))
             }
             _ => Err(ApiError::bad(
@@ -694,6 +698,10 @@ pub async fn delete_node(
         let r = version_record(&app, &nd)?;
         caller.check(&r.namespace)?;
         let gone = app.store.delete(&r.key())?;
+        #[cfg(feature = "remote")]
+        if let Some(p) = &app.push {
+            p.committed();
+        }
         let at = gone
             .iter()
             .find_map(|g| g.deleted_at.clone())
@@ -855,6 +863,8 @@ pub async fn search_files(
             .skip(offset)
             .take(limit)
             .map(|r| {
+                // Every id handed out resolves (the version may come from another process).
+                app.catalog.register_version(r);
                 let mut v = file_json(r);
                 // Here `path` is the whole path in the experiment: the client compares it with
                 // the path it asked for.
@@ -1288,6 +1298,7 @@ fn row_blocks(points: &[ml_dash::MetricPoint]) -> Vec<Value> {
 
 /// `GET /health`: alive, and the write-behind's lag when `--remote` is set.
 pub async fn health(State(app): State<Shared>) -> Json<Value> {
+    #[cfg_attr(not(feature = "remote"), allow(unused_mut))]
     let mut out = json!({
         "status": "ok",
         "uptimeSeconds": app.started.elapsed().as_secs(),

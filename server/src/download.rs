@@ -28,32 +28,40 @@ const PIECE: usize = 1 << 20;
 /// Messages in flight: bounds the memory of a download whatever the client's speed.
 const DEPTH: usize = 4;
 
+/// A `Range` header that does not fit the file (416), or does not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// Parse a single `bytes=` range against `len`: `Ok(None)` is the whole file.
-pub fn parse_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let spec = h.trim().strip_prefix("bytes=").ok_or(())?.trim();
+pub fn parse_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+    let e = |_| Unsatisfiable;
+    let spec = h.trim().strip_prefix("bytes=").ok_or(Unsatisfiable)?.trim();
     if spec.contains(',') {
         // Several ranges: answer the whole file, which is allowed.
         return Ok(None);
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = spec.split_once('-').ok_or(Unsatisfiable)?;
     let (a, b) = (a.trim(), b.trim());
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
+        let n: u64 = b.parse().map_err(e)?;
         if n == 0 {
-            return Err(());
+            return Err(Unsatisfiable);
         }
-        (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
+        (
+            len.saturating_sub(n),
+            len.checked_sub(1).ok_or(Unsatisfiable)?,
+        )
     } else {
-        let s: u64 = a.parse().map_err(|_| ())?;
+        let s: u64 = a.parse().map_err(e)?;
         let e: u64 = if b.is_empty() {
-            len.checked_sub(1).ok_or(())?
+            len.checked_sub(1).ok_or(Unsatisfiable)?
         } else {
-            b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+            b.parse::<u64>().map_err(e)?.min(len.saturating_sub(1))
         };
         (s, e)
     };
     if start >= len || start > end {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some((start, end)))
 }
@@ -121,7 +129,7 @@ pub async fn download(
         None => None,
         Some(h) => match parse_range(h, len) {
             Ok(r) => r,
-            Err(()) => {
+            Err(Unsatisfiable) => {
                 return Ok((
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     [(CONTENT_RANGE, format!("bytes */{len}"))],
@@ -227,7 +235,7 @@ fn rec_display(r: &ml_dash::FileRecord) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{Unsatisfiable, parse_range};
 
     #[test]
     fn ranges() {
@@ -246,7 +254,7 @@ mod tests {
             "bytes=0-0",
         ] {
             let len = if bad == "bytes=0-0" { 0 } else { 100 };
-            assert_eq!(parse_range(bad, len), Err(()), "{bad}");
+            assert_eq!(parse_range(bad, len), Err(Unsatisfiable), "{bad}");
         }
     }
 }

@@ -29,9 +29,13 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+/// Parse a node id as clients send it (public for the fuzz target).
+pub use catalog::parse_id;
+/// Parse a single `Range: bytes=` header against a length (public for the fuzz target).
+pub use download::parse_range;
 use error::ApiError;
 /// The parser of GraphQL query documents (public for its fuzz target).
 pub use graphql::parse as graphql_parse;
@@ -207,7 +211,21 @@ async fn shutdown_signal() {
     }
 }
 
-/// The routes (public for tests that drive the router without a socket).
+/// The server's routes over the store at `root`, without a socket or signals (for the fuzz
+/// target and tests that send requests straight to the router). Call from a tokio runtime.
+pub fn open_router(root: &std::path::Path) -> Result<Router, ServeError> {
+    let store = ml_dash::Store::open(root)?;
+    let catalog = catalog::Catalog::open(&store)?;
+    Ok(router(Arc::new(App {
+        store,
+        catalog,
+        upload_slots: tokio::sync::Semaphore::new(8),
+        #[cfg(feature = "remote")]
+        push: None,
+        started: Instant::now(),
+    })))
+}
+
 fn router(app: Shared) -> Router {
     let api = Router::new()
         .route("/namespaces/{ns}/nodes", post(api::post_nodes))
@@ -241,12 +259,46 @@ fn router(app: Shared) -> Router {
         // Upload bodies stream into the store: no limit on their size here (JSON bodies are
         // limited where they are read).
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::authenticate,
         ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(app)
+}
+
+/// Errors the framework answers itself (a method a route does not have, a query string or
+/// path that does not parse) as JSON `{"error", "code"}` like every other error.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let code = match status.as_u16() {
+        405 => "METHOD_NOT_ALLOWED",
+        413 => "TOO_LARGE",
+        415 => "UNSUPPORTED_MEDIA_TYPE",
+        404 => "NOT_FOUND",
+        s if s >= 500 => "INTERNAL",
+        _ => "BAD_REQUEST",
+    };
+    ApiError::new(status, code, message).into_response()
 }
 
 /// One line per request on stderr: method, path (never the query, never a header), status,

@@ -613,7 +613,11 @@ impl<'a> Ctx<'a> {
                 .store
                 .list(&filter)?
                 .into_iter()
-                .map(|r| Obj::File(Box::new(r)))
+                .map(|r| {
+                    // Every id handed out resolves (the version may come from another process).
+                    this.app.catalog.register_version(&r);
+                    Obj::File(Box::new(r))
+                })
                 .collect())
         };
         match name {
