@@ -88,7 +88,7 @@ pub use store::{ListFilter, NewVersion, RecordChanges, Store, StoreOptions, Uplo
 /// input before calling the store, with the same errors.
 pub mod validate {
     pub use crate::format::names::{
-        MAX_DEPTH, MAX_PREFIX, MAX_SEGMENT, prefix, segment, split_full, target, under,
+        MAX_DEPTH, MAX_PREFIX, MAX_SEGMENT, metric_name, prefix, segment, split_full, target, under,
     };
     pub use crate::format::record::{
         MAX_DESCRIPTION, MAX_VERSION, check_description, check_metadata, check_tags,

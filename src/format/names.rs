@@ -113,6 +113,29 @@ pub fn segment<'a>(what: &'static str, s: &'a str) -> Result<&'a str> {
     Err(Error::invalid(what, s, reason))
 }
 
+/// Check a metric name: one or more segments joined by `/` (`train/loss`, as the ml-dash client
+/// names metrics), at most 16 of them and 1024 bytes.
+pub fn metric_name(s: &str) -> Result<&str> {
+    if s.len() > MAX_PREFIX || s.split('/').count() > 16 {
+        return Err(Error::invalid(
+            "metric name",
+            s,
+            "has more than 16 `/`-separated parts or 1024 bytes",
+        ));
+    }
+    for seg in s.split('/') {
+        segment("metric name", seg).map_err(|_| {
+            Error::invalid(
+                "metric name",
+                s,
+                "each `/`-separated part must be a \
+                 non-empty name without `\\`, control characters or `.`/`..`",
+            )
+        })?;
+    }
+    Ok(s)
+}
+
 /// Normalize a prefix: `""`, `"/"` → `"/"`; `"models/"`, `"/models"` → `"/models"`.
 /// Refuses empty segments (`/a//b`), `.`/`..`, control characters, more than `MAX_DEPTH`
 /// segments and more than `MAX_PREFIX` bytes.

@@ -323,19 +323,36 @@ impl Ctx<'_> {
         if !self.root.is_real_dir(&rel)? {
             return Ok(());
         }
-        let dir = self.root.join(&rel)?;
+        // A metric is a folder holding data.jsonl; a name with `/` (`train/loss`) is nested
+        // folders, so folders are searched (without following links) a few levels down.
         let mut names = Vec::new();
-        for e in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let e = e.map_err(|e| Error::io(&dir, e))?;
-            match e.file_name().to_str() {
-                Some(n) if !n.starts_with('.') => names.push(n.to_string()),
-                _ => {}
+        let mut todo: Vec<Vec<String>> = vec![Vec::new()];
+        while let Some(sub) = todo.pop() {
+            let here: Vec<&str> = sub.iter().map(String::as_str).collect();
+            let dir_rel = with(&rel, &here);
+            let dir = self.root.join(&dir_rel)?;
+            for e in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+                let e = e.map_err(|e| Error::io(&dir, e))?;
+                let Some(n) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if n.starts_with('.') || n == "data.jsonl" || n == "metadata.json" {
+                    continue;
+                }
+                let mut path = sub.clone();
+                path.push(n);
+                let p: Vec<&str> = path.iter().map(String::as_str).collect();
+                if path.len() < 16 && self.root.is_real_dir(&with(&rel, &p)).unwrap_or(false) {
+                    names.push(path.join("/"));
+                    todo.push(path);
+                }
             }
         }
         names.sort();
         let (store, key) = (self.store, self.key);
         for name in names {
-            let data = with(&rel, &[&name, "data.jsonl"]);
+            let parts: Vec<&str> = name.split('/').chain(["data.jsonl"]).collect();
+            let data = with(&rel, &parts);
             match self.root.is_real_file(&data) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -344,7 +361,7 @@ impl Ctx<'_> {
                     continue;
                 }
             }
-            if let Err(e) = names::segment("metric name", &name) {
+            if let Err(e) = names::metric_name(&name) {
                 self.problem(&format!("metrics/{name}"), e);
                 continue;
             }

@@ -181,12 +181,15 @@ fn plan_experiment(
         }
         let first = points.first().map(|p| p.created_at.clone());
         let last = points.last().map(|p| p.created_at.clone());
+        // A name with `/` (`train/loss`) is nested folders, as the ml-dash client writes it.
+        let dir: Vec<&str> = std::iter::once("metrics").chain(name.split('/')).collect();
+        let at = |file: &'static str| [&dir[..], &[file]].concat();
         docs.push(Doc {
-            rel: vec!["metrics".into(), name.clone(), "data.jsonl".into()],
+            rel: at("data.jsonl").iter().map(|s| s.to_string()).collect(),
             bytes: lines,
         });
         docs.push(doc(
-            &["metrics", name, "metadata.json"],
+            &at("metadata.json"),
             &json!({
                 "metricId": format!("local-metric-{name}"),
                 "name": name,

@@ -327,7 +327,24 @@ impl Run<'_, '_> {
                     match read {
                         Err(e) if self.each => self.results[i] = Some(Err(Error::Source(e))),
                         Err(e) => return Err(Error::Source(e)),
-                        Ok(n) if n as u64 <= room => it.source = Some(Source::Memory(head)),
+                        Ok(n) if n as u64 <= room => {
+                            // A small stream is whole in memory: bytes that do not match their
+                            // declared checksum are refused before anything is written.
+                            let wrong = it.expect.and_then(|want| {
+                                let got = ingest::sha256_of(&head);
+                                (got != want).then(|| Error::ChecksumMismatch {
+                                    location: it.key.display(),
+                                    expected: want.to_string(),
+                                    actual: got.to_string(),
+                                    size: head.len() as u64,
+                                })
+                            });
+                            match wrong {
+                                Some(e) if self.each => self.results[i] = Some(Err(e)),
+                                Some(e) => return Err(e),
+                                None => it.source = Some(Source::Memory(head)),
+                            }
+                        }
                         Ok(_) => {
                             let rest = std::io::Cursor::new(head).chain(r);
                             it.source = Some(Source::Reader(Box::new(rest)));
@@ -388,7 +405,17 @@ impl Run<'_, '_> {
             let s = store.session().ok()?;
             previous_for(&s, key)
         };
-        let done = self.ingest_all(target, &find, &mut sink)?;
+        let done = match self.ingest_all(target, &find, &mut sink) {
+            Ok(d) => d,
+            Err(e) => {
+                // A source that failed (or bytes that did not match their checksum): this
+                // upload's own packs are referenced by nothing, so they go now.
+                if !matches!(e, Error::Poisoned(_)) && store.check_poison().is_ok() {
+                    sink.discard_incoming(&store.dir("packs"));
+                }
+                return Err(e);
+            }
+        };
         // The last pack is durable before the lock is taken again. The work is done: the
         // commit waits for the lock as long as it takes (a verify or pull may hold it long).
         store.poison(sink.finish(None))?;
@@ -428,7 +455,7 @@ impl Run<'_, '_> {
                 Err(Failed::Item(e)) => {
                     // What was appended is recorded (fsynced, in the index), so that it is
                     // plain garbage for gc rather than bytes no index knows; outside the lock
-                    // the packs are this upload's own, which gc reclaims as they are.
+                    // the packs are this upload's own, removed by the caller.
                     store.poison(sink.finish(target.record))?;
                     return Err(e);
                 }

@@ -141,6 +141,24 @@ impl PackSink {
         Ok(Some(w.id))
     }
 
+    /// Remove the packs of a failed upload outside the store lock: nothing refers to them (no
+    /// index knows their incoming names), so they go at once instead of waiting for gc. A
+    /// removal that fails leaves the file for gc.
+    pub(crate) fn discard_incoming(&mut self, packs_dir: &Path) {
+        if !self.incoming {
+            return;
+        }
+        let mut ids: Vec<Id> = self.deferred.drain(..).map(|(id, _, _)| id).collect();
+        if let Some(w) = self.writer.take() {
+            ids.push(w.id);
+        }
+        self.unsynced.clear();
+        for id in ids {
+            let _ =
+                std::fs::remove_file(packs_dir.join(crate::format::pack::incoming_file_name(id)));
+        }
+    }
+
     /// Publish the packs an upload outside the store lock fsynced (`finish(None)` and full
     /// packs) and record them in the index, under the lock, at its commit: each is renamed
     /// from its incoming name, the directory fsynced once, then the index records their
@@ -168,6 +186,11 @@ impl PackSink {
         }
         Ok(())
     }
+}
+
+/// The SHA-256 of bytes in memory.
+pub(crate) fn sha256_of(bytes: &[u8]) -> Sha256 {
+    Sha256(Digest(sha2::Sha256::digest(bytes).into()))
 }
 
 /// fsync a pack, then record it in `index` or, with `None`, keep it in `deferred` for

@@ -587,7 +587,7 @@ impl Store {
         name: &str,
         points: &[Value],
     ) -> Result<Vec<MetricPoint>> {
-        crate::format::names::segment("metric name", name)?;
+        crate::format::names::metric_name(name)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -698,7 +698,7 @@ impl Store {
         name: &str,
         points: Vec<MetricPoint>,
     ) -> Result<()> {
-        crate::format::names::segment("metric name", name)?;
+        crate::format::names::metric_name(name)?;
         if points.is_empty() {
             return Ok(());
         }

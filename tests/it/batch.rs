@@ -367,3 +367,66 @@ fn cli_upload_of_many_files_is_one_commit() {
     }
     assert_eq!(run(&root, &["verify"]).0, 0);
 }
+
+/// Bytes of every file under `dir` (pack files grow when anything is appended).
+fn bytes_under(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_stream_that_does_not_match_its_declared_checksum_stores_nothing() {
+    let d = tmp();
+    let store = Store::open(d.path().join("s")).unwrap();
+    // Something stored first, so that an open pack exists to be (not) appended to.
+    store
+        .put_reader(
+            &b"first"[..],
+            &key("first.bin"),
+            NewVersion::default(),
+            None,
+        )
+        .unwrap();
+    let packs = d.path().join("s/packs");
+    // Small (whole in memory before ingest) and large (ingested outside the store lock).
+    for (i, size) in [100 * 1024, 24 * MIB].into_iter().enumerate() {
+        let before = bytes_under(&packs);
+        let data = random_bytes(40 + i as u64, size);
+        let mut wrong = data.clone();
+        wrong[size / 2] ^= 1;
+        let declared: ml_dash::Sha256 = sha256_hex(&data).parse().unwrap();
+        let mut b = store.upload_batch();
+        b.reader_checked(&wrong[..], key("x.bin"), NewVersion::default(), declared);
+        let err = b.commit().unwrap_err();
+        assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("nothing was stored"), "{err}");
+        assert!(store.resolve(&key("x.bin"), None).is_err());
+        assert!(files_with_ext(&packs, "incoming").is_empty());
+        assert_eq!(
+            bytes_under(&packs),
+            before,
+            "a refused upload left bytes in packs/"
+        );
+        // The same bytes, declared right, are stored as version 1: no number was used up.
+        let mut b = store.upload_batch();
+        b.reader_checked(
+            &data[..],
+            key(&format!("ok{i}.bin")),
+            NewVersion::default(),
+            declared,
+        );
+        assert_eq!(b.commit().unwrap()[0].version, 1);
+        let mut b = store.upload_batch();
+        b.reader_checked(&data[..], key("x.bin"), NewVersion::default(), declared);
+        let r = b.commit().unwrap();
+        assert_eq!(r[0].checksum, declared);
+        store.delete(&key("x.bin")).unwrap();
+    }
+    ok(&run(&d.path().join("s"), &["verify"]));
+}
