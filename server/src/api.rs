@@ -517,6 +517,25 @@ fn create_experiment(app: &Shared, ns: &str, body: &Map<String, Value>) -> ApiRe
         None => name.to_string(),
     };
     let exp = ExperimentKey::new(ns, &project, &stored)?;
+    // Our own clients name experiments as stored (`keepStatus`): they take it as it is.
+    let keep = body.get("keepStatus") == Some(&Value::Bool(true));
+    // Folders are joined with `.` in the stored name, so `f1/f2/name` and `f1.f2/name` would
+    // be one experiment: refuse the second rather than merge them.
+    if !keep
+        && let Some(had) = app.store.journal(&exp)?.info.and_then(|i| i.folder)
+        && had != folder.clone().unwrap_or_default()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "NAME_TAKEN",
+            format!(
+                "experiment {name:?} in folder {:?} would be stored as {stored:?}, which \
+                 experiment {:?} in folder {had:?} already is; rename one of them",
+                folder.clone().unwrap_or_default(),
+                display_name(&stored, Some(&had)),
+            ),
+        ));
+    }
     let metadata = match body.get("metadata") {
         None | Some(Value::Null) => None,
         Some(m @ Value::Object(_)) => Some(m.clone()),
@@ -528,17 +547,26 @@ fn create_experiment(app: &Shared, ns: &str, body: &Map<String, Value>) -> ApiRe
         }
     };
     // Opening an experiment (the ml-dash client) marks it running; our own clients only make
-    // sure it exists (`keepStatus`).
-    let keep = body.get("keepStatus") == Some(&Value::Bool(true));
+    // sure it exists.
     let change = ExperimentInfo {
         status: (!keep).then(|| "RUNNING".to_string()),
         description: opt_str(body, "description")?.map(str::to_string),
         tags: tags_of(body)?,
         metadata,
-        folder: Some(folder.clone().unwrap_or_default()),
+        folder: (!keep).then(|| folder.clone().unwrap_or_default()),
         ..ExperimentInfo::default()
     };
-    let info = app.store.set_experiment_info(&exp, change)?;
+    let unchanged = change.status.is_none()
+        && change.description.is_none()
+        && change.tags.is_none()
+        && change.metadata.is_none()
+        && change.folder.is_none();
+    let info = if unchanged {
+        // Nothing to record (our own clients making sure it exists): no journal line.
+        app.store.journal(&exp)?.info.unwrap_or_default()
+    } else {
+        app.store.set_experiment_info(&exp, change)?
+    };
     let id = app.catalog.register_experiment(&exp, folder.as_deref());
     let e = experiment_json(&exp, Some(&info));
     Ok(json!({
@@ -1296,8 +1324,9 @@ fn row_blocks(points: &[ml_dash::MetricPoint]) -> Vec<Value> {
         .collect()
 }
 
-/// `GET /health`: alive, and the write-behind's lag when `--remote` is set.
-pub async fn health(State(app): State<Shared>) -> Json<Value> {
+/// `GET /health`: alive (to anyone), and to a caller with a valid token (or on a store with
+/// none) the write-behind's state when `--remote` is set.
+pub async fn health(State(app): State<Shared>, caller: Option<Extension<Caller>>) -> Json<Value> {
     #[cfg_attr(not(feature = "remote"), allow(unused_mut))]
     let mut out = json!({
         "status": "ok",
@@ -1305,9 +1334,13 @@ pub async fn health(State(app): State<Shared>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
     });
     #[cfg(feature = "remote")]
-    if let Some(p) = &app.push {
+    if let Some(p) = &app.push
+        && caller.is_some()
+    {
         out["push"] = p.status();
     }
+    #[cfg(not(feature = "remote"))]
+    let _ = caller;
     Json(out)
 }
 

@@ -66,6 +66,26 @@ pub fn parse_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiabl
     Ok(Some((start, end)))
 }
 
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n` with `a <= b` (a list of them is well formed too).
+fn well_formed(h: &str) -> bool {
+    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+        return false;
+    };
+    spec.split(',').all(|r| {
+        let Some((a, b)) = r.trim().split_once('-') else {
+            return false;
+        };
+        let (a, b) = (a.trim(), b.trim());
+        let num = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        match (a.is_empty(), b.is_empty()) {
+            (true, true) => false,
+            (true, false) => num(b),
+            (false, true) => num(a),
+            (false, false) => num(a) && num(b) && a.parse::<u64>().ok() <= b.parse::<u64>().ok(),
+        }
+    })
+}
+
 /// A `Write` that hands what it is given to the connection, `PIECE` bytes at a time.
 struct ToChannel {
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -125,7 +145,13 @@ pub async fn download(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag)]).into_response());
     }
-    let range = match headers.get(RANGE).and_then(|h| h.to_str().ok()) {
+    // A Range header that does not parse is ignored (the whole file, as HTTP says); one that
+    // parses but does not fit the file is a 416.
+    let range = match headers
+        .get(RANGE)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| well_formed(h))
+    {
         None => None,
         Some(h) => match parse_range(h, len) {
             Ok(r) => r,

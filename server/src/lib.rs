@@ -47,7 +47,8 @@ pub struct ServeConfig {
     pub root: PathBuf,
     /// Address to listen on (`127.0.0.1:8080`).
     pub listen: SocketAddr,
-    /// Push committed versions and journals there in the background (`s3://BUCKET/PREFIX`).
+    /// Push committed versions (and deletes and record updates) there in the background
+    /// (`s3://BUCKET/PREFIX`). Journals (parameters, logs, metrics) are not pushed.
     pub remote: Option<String>,
     /// On SIGTERM/SIGINT, how long requests in flight may still run before the process exits
     /// (an upload cut off then leaves nothing behind).

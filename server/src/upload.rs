@@ -32,6 +32,9 @@ const MAX_FIELD: usize = 128 * 1024;
 const MAX_FIELDS: usize = 32;
 /// Chunks of the body in flight between the connection and the ingest task.
 const CHANNEL_DEPTH: usize = 16;
+/// An upload whose body stalls this long is abandoned (nothing stored): a client that stopped
+/// sending must not hold an upload slot.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
 enum Msg {
     Data(Bytes),
@@ -271,7 +274,20 @@ pub async fn upload(
     let mut failure: Option<ApiError> = None;
     let mut complete = false;
     loop {
-        match file.chunk().await {
+        let Ok(next) = tokio::time::timeout(IDLE, file.chunk()).await else {
+            let e = ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "STALLED",
+                format!(
+                    "no bytes of the upload for {} s; nothing stored",
+                    IDLE.as_secs()
+                ),
+            );
+            let _ = tx.send(Msg::Fail(e.message.clone())).await;
+            failure = Some(e);
+            break;
+        };
+        match next {
             Ok(Some(b)) => {
                 if tx.send(Msg::Data(b)).await.is_err() {
                     // The ingest stopped early: its error is the answer.

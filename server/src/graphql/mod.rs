@@ -115,7 +115,11 @@ pub async fn handler(
     let body = match read_json(req.into_body(), MAX_BODY).await {
         Ok(Value::Object(m)) => m,
         Ok(_) => return bad("the body must be a JSON object {\"query\", \"variables\"}"),
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            let body = json!({"error": e.message, "code": e.code,
+                              "errors": [{"message": e.message}]});
+            return (e.status, Json(body)).into_response();
+        }
     };
     let Some(Value::String(query)) = body.get("query").cloned() else {
         return bad("`query` must be a string");
