@@ -63,7 +63,18 @@ fn logs_and_metrics_are_ordered_and_durable() {
     exp.metric("val_accuracy")
         .append(&json!({"value": 0.9, "epoch": 0}))
         .unwrap();
-    assert!(exp.metric("bad/name").append(&json!({"value": 1})).is_err());
+    // `train/loss` (as the ml-dash client names metrics) is fine; an empty part or `..` is not.
+    assert!(
+        exp.metric("train/loss")
+            .append(&json!({"value": 1}))
+            .is_ok()
+    );
+    for bad in ["bad//name", "../up", "/lead", "trail/", "a/./b"] {
+        assert!(
+            exp.metric(bad).append(&json!({"value": 1})).is_err(),
+            "{bad}"
+        );
+    }
     assert!(exp.metric("m").append(&json!(3)).is_err());
     let pts = exp.metric("train_loss").points().unwrap();
     assert_eq!(pts.len(), 5);
@@ -83,7 +94,7 @@ fn logs_and_metrics_are_ordered_and_durable() {
         &["metrics", "--project", "p", "--experiment", "e", "--json"],
     );
     let lines = json_lines(ok(&r));
-    assert_eq!(lines.len(), 6);
+    assert_eq!(lines.len(), 7);
     assert_eq!(
         lines.iter().filter(|l| l["name"] == "train_loss").count(),
         5
@@ -103,6 +114,30 @@ fn logs_and_metrics_are_ordered_and_durable() {
     assert!(ok(&r).contains("val_accuracy[0] value=0.9"), "{}", r.1);
     // Experiments are separate.
     assert!(experiment(&root, "p", "other").logs().unwrap().is_empty());
+    // A metric named with `/` is nested folders in the ml-dash layout, and comes back.
+    let out = dir.path().join("tree");
+    ok(&run(
+        &root,
+        &["export", out.to_str().unwrap(), "--layout", "ml-dash"],
+    ));
+    assert!(
+        out.join("local/p/e/metrics/train/loss/data.jsonl")
+            .is_file()
+    );
+    let back = dir.path().join("back");
+    ok(&run(&back, &["import", out.to_str().unwrap()]));
+    let r = run(
+        &back,
+        &["metrics", "--project", "p", "--experiment", "e", "--json"],
+    );
+    let names: std::collections::BTreeSet<String> = json_lines(ok(&r))
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["train/loss", "train_loss", "val_accuracy"]
+    );
 }
 
 #[test]
