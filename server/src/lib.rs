@@ -150,6 +150,9 @@ async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     if let Some(p) = &app.push {
         p.run(Arc::downgrade(&app));
     }
+    // Signal handlers are installed before the socket is announced: a SIGTERM right after
+    // the "listening" line must stop the server cleanly, not kill it.
+    let signals = Signals::install()?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", cfg.listen)))?;
@@ -163,7 +166,7 @@ async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let router = router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        signals.wait().await;
         eprintln!("ml-dash serve: stopping: finishing requests in flight");
         let _ = stop_tx.send(true);
     });
@@ -196,19 +199,27 @@ async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM and SIGINT, listened for from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, ServeError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| ServeError::Io(format!("cannot handle signals: {e}"));
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(err)?,
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }
 
