@@ -442,7 +442,7 @@ def test_bad_input_and_missing_things_raise_the_documented_types(stored, workdir
     with Experiment(name="e", project="p") as exp:
         for call in [lambda: exp.get("no-leading-slash.bin"), lambda: exp.get("/"),
                      lambda: exp.file(workdir / "adir"), lambda: exp.log("x", level="loud"),
-                     lambda: exp.metric("").append(value=1), lambda: exp.metric("a/b").append(value=1),
+                     lambda: exp.metric("").append(value=1), lambda: exp.metric("a//b").append(value=1),
                      lambda: exp.file(workdir / "adir", name="../x"), lambda: exp.files(glob="a[")]:
             with pytest.raises(ValueError):
                 call()
