@@ -1410,11 +1410,12 @@ fn download_and_export_of_huge_chunks_stay_under_600_mb() {
     let (dl_mb, ex_mb) = (dl.max_rss_kb / 1024, ex.max_rss_kb / 1024);
     assert!(
         dl.code == 0 && ex.code == 0 && exported_len == (N * CHUNK) as u64,
-        "download exit {} ({}), export exit {} ({}), exported {exported_len} bytes",
+        "download exit {} ({}), export exit {} ({} / {}), exported {exported_len} bytes",
         dl.code,
         dl.stderr.trim(),
         ex.code,
-        ex.stderr.trim()
+        ex.stderr.trim(),
+        String::from_utf8_lossy(&ex.stdout).trim()
     );
     assert!(
         dl_mb < 600 && ex_mb < 600,
