@@ -565,6 +565,24 @@ pub(crate) fn print_list(out: &mut impl Write, recs: &[FileRecord], json: bool) 
     Ok(())
 }
 
+/// What `download` prints for a file written to `dest`: the record with `--json`, else a line
+/// on a terminal (nothing when stdout is a pipe).
+pub(crate) fn print_downloaded(r: &FileRecord, dest: &Path, json: bool) -> Result<()> {
+    if json {
+        print_json(&mut io::stdout().lock(), r)?;
+    } else if io::IsTerminal::is_terminal(&io::stdout()) {
+        writeln!(
+            io::stdout().lock(),
+            "{} -> {} ({} bytes, sha256 {})",
+            shown(&r.full_path()),
+            shown(&dest.display().to_string()),
+            r.size_bytes,
+            r.checksum
+        )?;
+    }
+    Ok(())
+}
+
 pub(crate) fn print_record(out: &mut impl Write, r: &FileRecord, json: bool) -> Result<()> {
     if json {
         return print_json(out, r);
@@ -734,18 +752,7 @@ fn download(
         other => {
             let dest = PathBuf::from(other.unwrap_or(&key.filename));
             let r = store.download(&key, version, &dest)?;
-            if json {
-                print_json(&mut io::stdout().lock(), &r)?;
-            } else if io::IsTerminal::is_terminal(&io::stdout()) {
-                writeln!(
-                    io::stdout().lock(),
-                    "{} -> {} ({} bytes, sha256 {})",
-                    shown(&r.full_path()),
-                    shown(&dest.display().to_string()),
-                    r.size_bytes,
-                    r.checksum
-                )?;
-            }
+            print_downloaded(&r, &dest, json)?;
             r
         }
     };

@@ -17,7 +17,7 @@ use ml_dash::{FileRecord, validate};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use crate::{ExpArgs, ScopeArgs, shown};
+use crate::{ExpArgs, ScopeArgs};
 
 /// A connection to a server.
 pub struct Server {
@@ -470,18 +470,7 @@ pub fn download(
     drop(tmp.1);
     std::fs::rename(&tmp.0, &dest)
         .with_context(|| format!("cannot move the download to {}", dest.display()))?;
-    if json {
-        crate::commands::print_record(&mut io::stdout().lock(), &r, true)?;
-    } else if io::IsTerminal::is_terminal(&io::stdout()) {
-        writeln!(
-            io::stdout().lock(),
-            "{} -> {} ({} bytes, sha256 {})",
-            shown(&r.full_path()),
-            shown(&dest.display().to_string()),
-            r.size_bytes,
-            r.checksum
-        )?;
-    }
+    crate::commands::print_downloaded(&r, &dest, json)?;
     Ok(0)
 }
 
