@@ -15,12 +15,13 @@
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
 use super::write::{check_new, next_version, no_versions_left, previous_for, zip_layout};
 use super::{Session, Store};
 use crate::error::{Error, IoContext, Result};
+use crate::format::digest::Sha256;
 use crate::format::id::Id;
 use crate::format::manifest::{self, Manifest};
 use crate::format::names::FileKey;
@@ -48,8 +49,26 @@ struct Item<'a> {
     v: NewVersion,
     imported: Option<ImportedVersion>,
     /// The SHA-256 the bytes must have (declared by whoever sent them), else nothing is stored.
-    expect: Option<crate::format::digest::Sha256>,
+    expect: Option<Expected>,
     progress: Option<&'a AtomicU64>,
+}
+
+/// A checksum declared by the sender of a stream: before the bytes, or after them (set by
+/// the time the stream ends).
+#[derive(Clone)]
+enum Expected {
+    Now(Sha256),
+    AtEnd(Arc<OnceLock<Sha256>>),
+}
+
+impl Expected {
+    /// The checksum to compare with, once the stream has ended (none declared: nothing to check).
+    fn get(&self) -> Option<Sha256> {
+        match self {
+            Expected::Now(c) => Some(*c),
+            Expected::AtEnd(c) => c.get().copied(),
+        }
+    }
 }
 
 /// Called as each file of a batch starts: its position in the batch and key; the counter it
@@ -180,11 +199,30 @@ impl<'a> UploadBatch<'a> {
         src: impl Read + Send + 'a,
         key: FileKey,
         v: NewVersion,
-        checksum: crate::format::digest::Sha256,
+        checksum: Sha256,
     ) -> &mut Self {
         self.push(Source::Reader(Box::new(src)), key, v, None, None);
         if let Some(it) = self.items.last_mut() {
-            it.expect = Some(checksum);
+            it.expect = Some(Expected::Now(checksum));
+        }
+        self
+    }
+
+    /// Like [`reader_checked`](Self::reader_checked), for a sender that declares the checksum
+    /// after the bytes (it hashed them as it sent them): whatever `checksum` holds when `src`
+    /// has ended is compared with the SHA-256 of what was read, before anything is recorded. If
+    /// it is still empty then, nothing was declared and the version is stored unchecked, as
+    /// [`reader`](Self::reader) does; `src` must therefore set it before it returns its end.
+    pub fn reader_checked_at_end(
+        &mut self,
+        src: impl Read + Send + 'a,
+        key: FileKey,
+        v: NewVersion,
+        checksum: Arc<OnceLock<Sha256>>,
+    ) -> &mut Self {
+        self.push(Source::Reader(Box::new(src)), key, v, None, None);
+        if let Some(it) = self.items.last_mut() {
+            it.expect = Some(Expected::AtEnd(checksum));
         }
         self
     }
@@ -330,15 +368,16 @@ impl Run<'_, '_> {
                         Ok(n) if n as u64 <= room => {
                             // A small stream is whole in memory: bytes that do not match their
                             // declared checksum are refused before anything is written.
-                            let wrong = it.expect.and_then(|want| {
-                                let got = ingest::sha256_of(&head);
-                                (got != want).then(|| Error::ChecksumMismatch {
-                                    location: it.key.display(),
-                                    expected: want.to_string(),
-                                    actual: got.to_string(),
-                                    size: head.len() as u64,
-                                })
-                            });
+                            let wrong =
+                                it.expect.as_ref().and_then(Expected::get).and_then(|want| {
+                                    let got = ingest::sha256_of(&head);
+                                    (got != want).then(|| Error::ChecksumMismatch {
+                                        location: it.key.display(),
+                                        expected: want.to_string(),
+                                        actual: got.to_string(),
+                                        size: head.len() as u64,
+                                    })
+                                });
                             match wrong {
                                 Some(e) if self.each => self.results[i] = Some(Err(e)),
                                 Some(e) => return Err(e),
@@ -446,9 +485,9 @@ impl Run<'_, '_> {
             let imported = it.imported.as_ref();
             let key = &it.key;
             let find = || find_previous(i, key);
-            let expect = it.expect;
+            let expect = it.expect.clone();
             match ingest_item(store, target, &find, source, key, imported, progress, sink)
-                .and_then(|ing| check_expected(key, expect, ing))
+                .and_then(|ing| check_expected(key, expect.as_ref().and_then(Expected::get), ing))
             {
                 Ok(ing) => done.push((i, ing)),
                 Err(Failed::Item(e)) if self.each => self.results[i] = Some(Err(e)),
@@ -647,7 +686,7 @@ fn ingest_item(
 /// Refuse bytes that do not hash to the checksum their sender declared.
 fn check_expected(
     key: &FileKey,
-    expect: Option<crate::format::digest::Sha256>,
+    expect: Option<Sha256>,
     ing: Ingested,
 ) -> std::result::Result<Ingested, Failed> {
     match expect {

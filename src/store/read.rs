@@ -405,6 +405,36 @@ impl FileReader {
     /// an error after the last byte: a caller that must not keep wrong bytes writes to a
     /// temporary file, as `download` does). Errors writing to `out` are `Error::Output`.
     pub fn copy_to(&self, out: &mut (dyn Write + Send)) -> Result<u64> {
+        self.copy_impl(out, true)
+    }
+
+    /// Like [`copy_to`](Self::copy_to), every chunk verified against its BLAKE3 id, but the
+    /// whole file is not hashed again with SHA-256: for a caller whose reader checks the
+    /// record's checksum itself (a server answering a client that compares the bytes it
+    /// received with the `ETag`), so that the SHA-256 is computed once, where it ends up.
+    pub fn copy_to_no_sha256(&self, out: &mut (dyn Write + Send)) -> Result<u64> {
+        self.copy_impl(out, false)
+    }
+
+    /// After a copy: the bytes' count (and their SHA-256 when it was computed) against the
+    /// record.
+    fn finish_copy(&self, whole: WholeFile, sha256: bool) -> Result<u64> {
+        let n = whole.upto;
+        if sha256 {
+            whole.check(&self.record)?;
+        } else if n != self.record.size_bytes {
+            return Err(Error::corrupt(
+                format!("{} v{}", self.record.key().display(), self.record.version),
+                format!(
+                    "its chunks make {n} bytes, the record says {}",
+                    self.record.size_bytes
+                ),
+            ));
+        }
+        Ok(n)
+    }
+
+    fn copy_impl(&self, out: &mut (dyn Write + Send), sha256: bool) -> Result<u64> {
         let total: u64 = self.chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum();
         if total <= BATCH_BYTES {
             // One batch (a small file, e.g. one of the thousands an export copies): on this
@@ -417,12 +447,14 @@ impl FileReader {
             let mut whole = WholeFile::new();
             for c in &batch {
                 out.write_all(c).map_err(Error::Output)?;
-                whole.update(c);
+                if sha256 {
+                    whole.update(c);
+                } else {
+                    whole.upto += c.len() as u64;
+                }
             }
             out.flush().map_err(Error::Output)?;
-            let n = whole.upto;
-            whole.check(&self.record)?;
-            return Ok(n);
+            return self.finish_copy(whole, sha256);
         }
         // Decoded batches go to the writer and, shared, to a thread of their own that computes
         // the SHA-256, so hashing overlaps writing and decoding instead of following them. A
@@ -435,7 +467,11 @@ impl FileReader {
                 let mut whole = WholeFile::new();
                 for batch in sha_rx {
                     for c in &batch.0 {
-                        whole.update(c);
+                        if sha256 {
+                            whole.update(c);
+                        } else {
+                            whole.upto += c.len() as u64;
+                        }
                     }
                 }
                 whole
@@ -483,9 +519,7 @@ impl FileReader {
                 .map_err(|_| Error::Internal("download hasher panicked".into()))?;
             produced?;
             written.map_err(Error::Output)?;
-            let n = whole.upto;
-            whole.check(&self.record)?;
-            Ok(n)
+            self.finish_copy(whole, sha256)
         })
     }
 }

@@ -430,3 +430,67 @@ fn a_stream_that_does_not_match_its_declared_checksum_stores_nothing() {
     }
     ok(&run(&d.path().join("s"), &["verify"]));
 }
+
+/// A stream whose sender declares its checksum after the bytes: `declared` is set when the
+/// reader reaches the end, as a server does when the checksum part follows the file.
+struct DeclaresAtEnd<'a> {
+    data: &'a [u8],
+    at: usize,
+    declared: Option<ml_dash::Sha256>,
+    cell: std::sync::Arc<std::sync::OnceLock<ml_dash::Sha256>>,
+}
+
+impl std::io::Read for DeclaresAtEnd<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.data.len() - self.at).min(1 << 20);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        if n == 0
+            && let Some(c) = self.declared.take()
+        {
+            let _ = self.cell.set(c);
+        }
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_checksum_declared_after_the_stream_is_checked_before_anything_is_stored() {
+    let d = tmp();
+    let store = Store::open(d.path().join("s")).unwrap();
+    let packs = d.path().join("s/packs");
+    for (i, size) in [100 * 1024, 17 * MIB].into_iter().enumerate() {
+        let data = random_bytes(60 + i as u64, size);
+        let right: ml_dash::Sha256 = sha256_hex(&data).parse().unwrap();
+        let wrong: ml_dash::Sha256 = sha256_hex(&data[1..]).parse().unwrap();
+        let put = |name: &str, declared: Option<ml_dash::Sha256>| {
+            let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+            let src = DeclaresAtEnd {
+                data: &data,
+                at: 0,
+                declared,
+                cell: cell.clone(),
+            };
+            let mut b = store.upload_batch();
+            b.reader_checked_at_end(src, key(name), NewVersion::default(), cell);
+            b.commit()
+        };
+        let (x, y) = (format!("x{i}.bin"), format!("y{i}.bin"));
+        let before = bytes_under(&packs);
+        let err = put(&x, Some(wrong)).unwrap_err();
+        assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+        assert!(store.resolve(&key(&x), None).is_err());
+        assert!(files_with_ext(&packs, "incoming").is_empty());
+        assert_eq!(bytes_under(&packs), before, "a refused upload left bytes");
+        // Declared right: stored, as version 1.
+        let r = put(&x, Some(right)).unwrap();
+        assert_eq!((r[0].version, r[0].checksum), (1, right));
+        // Nothing declared by the end: stored unchecked, with the checksum computed.
+        let r = put(&y, None).unwrap();
+        assert_eq!(r[0].checksum, right);
+        store.delete(&key(&x)).unwrap();
+        store.delete(&key(&y)).unwrap();
+    }
+    drop(store);
+    ok(&run(&d.path().join("s"), &["verify"]));
+}
