@@ -5,7 +5,7 @@
 //! Layout: `lib.rs` starts the server (binding, the refusal of an open non-loopback bind,
 //! logging, signals); `auth.rs` checks bearer tokens; `catalog.rs` maps the API's node ids to
 //! the store's names; `api.rs` has the REST handlers, `upload.rs` the streaming multipart
-//! upload, `download.rs` the streaming download; `graphql/` parses and answers the queries;
+//! upload (`multipart.rs` its parser, `crc32c.rs` its transfer check), `download.rs` the streaming download; `graphql/` parses and answers the queries;
 //! `push.rs` the write-behind to a remote. Every call into the store runs on tokio's blocking
 //! pool: the store's API is synchronous and does its own I/O.
 
@@ -14,9 +14,11 @@
 mod api;
 mod auth;
 mod catalog;
+pub mod crc32c;
 mod download;
 mod error;
 mod graphql;
+pub mod multipart;
 #[cfg(feature = "remote")]
 mod push;
 mod upload;

@@ -1,6 +1,9 @@
 //! File uploads: `POST /api/namespaces/{ns}/nodes` with a `multipart/form-data` body, as the
 //! ml-dash client sends it: text parts (`type`, `projectId`, `experimentId`, `parentId`, `name`,
-//! `checksum`, `description`, `tags`, `metadata`) and then the `file` part.
+//! `checksum`, `description`, `tags`, `metadata`) and then the `file` part. A client that checks
+//! the file as it sends it puts its check after the file: a `checksum` part (SHA-256) in place
+//! of one before it, or a `crc32c` part announced by a `trailer: crc32c` part before the file
+//! (what our CLI does: see `crc32c.rs`).
 //!
 //! The file part streams into the store's ingest as it arrives (a bounded channel between the
 //! connection and a blocking ingest task), never whole in memory. The store computes the
@@ -11,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::{Arc, OnceLock};
 
 use axum::Json;
 use axum::body::Body;
@@ -25,6 +29,7 @@ use crate::api::{experiment, file_json, node};
 use crate::auth::Caller;
 use crate::catalog::Node;
 use crate::error::{ApiError, ApiResult};
+use crate::multipart::{Multipart, MultipartError};
 
 /// Largest text part (metadata is at most 64 KiB as the store checks it; a description too).
 const MAX_FIELD: usize = 128 * 1024;
@@ -74,16 +79,18 @@ impl Read for ChannelReader {
     }
 }
 
-fn malformed(e: &multer::Error) -> ApiError {
+type Parts = Multipart<axum::body::BodyDataStream>;
+
+fn malformed(e: &MultipartError) -> ApiError {
     ApiError::bad(
         "MALFORMED_MULTIPART",
         format!("malformed multipart body: {e}"),
     )
 }
 
-async fn text_field(mut f: multer::Field<'_>, name: &str) -> ApiResult<String> {
+async fn text_field(mp: &mut Parts, name: &str) -> ApiResult<String> {
     let mut out = Vec::new();
-    while let Some(chunk) = f.chunk().await.map_err(|e| malformed(&e))? {
+    while let Some(chunk) = mp.chunk().await.map_err(|e| malformed(&e))? {
         if out.len() + chunk.len() > MAX_FIELD {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -97,11 +104,75 @@ async fn text_field(mut f: multer::Field<'_>, name: &str) -> ApiResult<String> {
         .map_err(|_| ApiError::bad("INVALID_INPUT", format!("part {name:?} is not UTF-8 text")))
 }
 
+fn parse_checksum(c: &str) -> ApiResult<Sha256> {
+    c.trim()
+        .to_ascii_lowercase()
+        .parse::<Sha256>()
+        .map_err(|_| {
+            ApiError::bad(
+                "INVALID_INPUT",
+                "`checksum` must be the SHA-256 of the file as 64 hex digits",
+            )
+        })
+}
+
+/// What may follow the file part: nothing, or the checks of a client that computed them as it
+/// sent the file: a `checksum` (SHA-256; only when none came before the file), set into
+/// `late` before the ingest sees the end of the bytes, and the `crc32c` that a `trailer` part
+/// announced (returned). Each at most once; nothing else.
+async fn after_file(
+    mp: &mut Parts,
+    late: Option<&OnceLock<Sha256>>,
+    crc_announced: bool,
+) -> ApiResult<Option<u32>> {
+    let too_late = || {
+        ApiError::bad(
+            "INVALID_INPUT",
+            "a part follows the `file` part: send every field before the file (only `checksum` \
+             and an announced `crc32c` may follow it, once each)",
+        )
+    };
+    let mut crc = None;
+    let mut sum = None;
+    while let Some(f) = mp.next_part().await.map_err(|e| malformed(&e))? {
+        match f.name.as_str() {
+            "checksum" if late.is_some() && sum.is_none() => {
+                sum = Some(parse_checksum(&text_field(mp, "checksum").await?)?);
+            }
+            "crc32c" if crc_announced && crc.is_none() => {
+                let t = text_field(mp, "crc32c").await?;
+                let t = t.trim();
+                crc = Some(
+                    u32::from_str_radix(t, 16)
+                        .ok()
+                        .filter(|_| t.len() == 8)
+                        .ok_or_else(|| {
+                            ApiError::bad("INVALID_INPUT", "`crc32c` must be 8 hex digits")
+                        })?,
+                );
+            }
+            _ => return Err(too_late()),
+        }
+    }
+    if crc_announced && crc.is_none() {
+        return Err(ApiError::bad(
+            "INVALID_INPUT",
+            "the `crc32c` part announced by `trailer` does not follow the file; nothing stored",
+        ));
+    }
+    if let (Some(late), Some(sum)) = (late, sum) {
+        let _ = late.set(sum);
+    }
+    Ok(crc)
+}
+
 /// What the text parts say about the file.
 struct Declared {
     key: ml_dash::FileKey,
     version: NewVersion,
     checksum: Option<Sha256>,
+    /// A `crc32c` part follows the file (announced by `trailer: crc32c`).
+    crc32c: bool,
 }
 
 fn declared(
@@ -153,14 +224,19 @@ fn declared(
         .or(part_filename.filter(|f| !f.is_empty()))
         .ok_or_else(|| ApiError::bad("INVALID_INPUT", "the `name` part is required"))?;
     ml_dash::validate::segment("file name", filename)?;
-    let checksum = match get("checksum") {
-        None => None,
-        Some(c) => Some(c.to_ascii_lowercase().parse::<Sha256>().map_err(|_| {
-            ApiError::bad(
+    let checksum = get("checksum").map(parse_checksum).transpose()?;
+    let crc32c = match get("trailer") {
+        None => false,
+        Some("crc32c") => true,
+        Some(t) => {
+            return Err(ApiError::bad(
                 "INVALID_INPUT",
-                "`checksum` must be the SHA-256 of the file as 64 hex digits",
-            )
-        })?),
+                format!(
+                    "`trailer` may only announce `crc32c`, not {:?}",
+                    t.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
     };
     let tags: Vec<String> = get("tags")
         .map(|t| {
@@ -203,6 +279,7 @@ fn declared(
             metadata,
         },
         checksum,
+        crc32c,
     })
 }
 
@@ -214,19 +291,19 @@ pub async fn upload(
     content_type: &str,
     body: Body,
 ) -> ApiResult<Response> {
-    let boundary = multer::parse_boundary(content_type).map_err(|e| malformed(&e))?;
-    let mut mp = multer::Multipart::new(body.into_data_stream(), boundary);
+    let boundary = crate::multipart::boundary(content_type).map_err(|e| malformed(&e))?;
+    let mut mp = Multipart::new(body.into_data_stream(), &boundary);
     let mut fields: HashMap<String, String> = HashMap::new();
     let file = loop {
-        let Some(f) = mp.next_field().await.map_err(|e| malformed(&e))? else {
+        let Some(f) = mp.next_part().await.map_err(|e| malformed(&e))? else {
             return Err(ApiError::bad(
                 "INVALID_INPUT",
                 "the body has no `file` part",
             ));
         };
-        let name = f.name().unwrap_or_default().to_string();
+        let name = f.name;
         if name == "file" {
-            break f;
+            break f.filename;
         }
         if fields.len() >= MAX_FIELDS {
             return Err(ApiError::bad(
@@ -234,7 +311,7 @@ pub async fn upload(
                 "too many parts before the file",
             ));
         }
-        let text = text_field(f, &name).await?;
+        let text = text_field(&mut mp, &name).await?;
         if fields.insert(name.clone(), text).is_some() {
             return Err(ApiError::bad(
                 "INVALID_INPUT",
@@ -245,7 +322,7 @@ pub async fn upload(
             ));
         }
     };
-    let part_filename = file.file_name().map(str::to_string);
+    let part_filename = file;
     let (app2, caller2, ns2) = (app.clone(), caller.clone(), ns.clone());
     let d =
         crate::blocking(move || declared(&app2, &caller2, &ns2, &fields, part_filename.as_deref()))
@@ -257,6 +334,11 @@ pub async fn upload(
         .map_err(|_| ApiError::internal("the server is stopping"))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(CHANNEL_DEPTH);
     let app2 = app.clone();
+    // No checksum before the file: it may come after it.
+    let late = d.checksum.is_none().then(|| Arc::new(OnceLock::new()));
+    let late2 = late.clone();
+    let crc_announced = d.crc32c;
+    let mut crc = crate::crc32c::Crc32c::new();
     let ingest = tokio::task::spawn_blocking(move || {
         let reader = ChannelReader {
             rx,
@@ -264,17 +346,17 @@ pub async fn upload(
             ended: false,
         };
         let mut batch = app2.store.upload_batch();
-        match d.checksum {
-            Some(c) => batch.reader_checked(reader, d.key, d.version, c),
-            None => batch.reader(reader, d.key, d.version),
+        match (d.checksum, late2) {
+            (Some(c), _) => batch.reader_checked(reader, d.key, d.version, c),
+            (None, Some(late)) => batch.reader_checked_at_end(reader, d.key, d.version, late),
+            (None, None) => batch.reader(reader, d.key, d.version),
         };
         batch.commit()
     });
-    let mut file = file;
     let mut failure: Option<ApiError> = None;
     let mut complete = false;
     loop {
-        let Ok(next) = tokio::time::timeout(IDLE, file.chunk()).await else {
+        let Ok(next) = tokio::time::timeout(IDLE, mp.chunk()).await else {
             let e = ApiError::new(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 "STALLED",
@@ -289,6 +371,9 @@ pub async fn upload(
         };
         match next {
             Ok(Some(b)) => {
+                if crc_announced {
+                    crc.update(&b);
+                }
                 if tx.send(Msg::Data(b)).await.is_err() {
                     // The ingest stopped early: its error is the answer.
                     break;
@@ -306,22 +391,26 @@ pub async fn upload(
             }
         }
     }
-    drop(file);
     if complete {
-        // Nothing may follow the file: its fields would come too late to apply.
-        let end = match mp.next_field().await {
-            Ok(None) => Msg::End,
-            Ok(Some(_)) => {
-                let e = ApiError::bad(
-                    "INVALID_INPUT",
-                    "a part follows the `file` part: send every field before the file",
+        // Other fields would come too late to apply; a checksum is set before the ingest
+        // reads the end of the bytes.
+        let end = match after_file(&mut mp, late.as_deref(), crc_announced).await {
+            Ok(Some(want)) if want != crc.value() => {
+                let e = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "CHECKSUM_MISMATCH",
+                    format!(
+                        "the bytes received have CRC-32C {:08x}, the client sent {want:08x}: \
+                         damaged on the way; nothing stored",
+                        crc.value()
+                    ),
                 );
                 let m = Msg::Fail(e.message.clone());
                 failure = Some(e);
                 m
             }
+            Ok(_) => Msg::End,
             Err(e) => {
-                let e = malformed(&e);
                 let m = Msg::Fail(e.message.clone());
                 failure = Some(e);
                 m

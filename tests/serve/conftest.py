@@ -442,10 +442,11 @@ def open_experiment(http, ns, project, name, folders=()):
 
 
 def multipart(fields, filename, content, size=None, boundary=None,
-              content_type="application/octet-stream", trailer=True):
+              content_type="application/octet-stream", trailer=True, after=()):
     """A multipart/form-data body like the client's: text `fields` (name, value) in order, then
-    the `file` part. `content` is bytes or an iterable of bytes (then `size` is its length).
-    Returns (headers, body) where body is bytes or a generator; Content-Length is set."""
+    the `file` part, then the text parts `after` it (checks computed while sending). `content`
+    is bytes or an iterable of bytes (then `size` is its length). Returns (headers, body) where
+    body is bytes or a generator; Content-Length is set."""
     boundary = boundary or uuid.uuid4().hex
     head = b""
     for name, value in fields:
@@ -454,7 +455,9 @@ def multipart(fields, filename, content, size=None, boundary=None,
                  .encode() + v + b"\r\n")
     head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
              f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n").encode()
-    tail = f"\r\n--{boundary}--\r\n".encode() if trailer else b""
+    tail = b"".join(f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}"
+                    .encode() for n, v in after)
+    tail += f"\r\n--{boundary}--\r\n".encode() if trailer else b""
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     if isinstance(content, (bytes, bytearray)):
         body = head + bytes(content) + tail
@@ -486,14 +489,38 @@ def file_fields(exp, name, checksum, parent=None, description=None, tags=None, m
     return f
 
 
-def upload(http, exp, name, content, checksum="auto", size=None, parent=None, **kw):
-    """POST one file (bytes, or an iterable of bytes of `size`) as the client does."""
+def upload(http, exp, name, content, checksum="auto", size=None, parent=None, after=(),
+           before=(), **kw):
+    """POST one file (bytes, or an iterable of bytes of `size`) as the client does; `before`
+    and `after`: more text parts before and after the file."""
     if checksum == "auto":
         assert isinstance(content, (bytes, bytearray))
         checksum = sha256_bytes(content)
-    headers, body = multipart(file_fields(exp, name, checksum, parent=parent, **kw), name,
-                              content, size=size)
+    fields = file_fields(exp, name, checksum, parent=parent, **kw) + list(before)
+    headers, body = multipart(fields, name, content, size=size, after=after)
     return http.post(f"/api/namespaces/{exp['ns']}/nodes", content=body, headers=headers)
+
+
+def crc32c(data, crc=0):
+    """CRC-32C (Castagnoli), bit by bit per byte from a table: for small test bodies."""
+    table = _CRC32C_TABLE
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
+    return crc ^ 0xFFFFFFFF
+
+
+def _crc32c_table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        t.append(c)
+    return t
+
+
+_CRC32C_TABLE = _crc32c_table()
 
 
 def exp_folder(http, exp, name, parent=None):

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import (GiB, KiB, MiB, SRC_ROOT, Background, Server, assert_api_error, big, cli,
-                      cli_json, data_bytes, data_pieces, data_sha256, exp_folder, file_fields,
+                      cli_json, crc32c, data_bytes, data_pieces, data_sha256, exp_folder,
+                      file_fields,
                       list_files_gql, listing, make_token, multipart, open_experiment,
                       sha256_bytes, upload)
 
@@ -108,6 +109,66 @@ def store_state_of(st):
 
 def visible(st):
     return {k: v for k, v in st.items() if k != "packs"}
+
+
+def test_checks_after_the_file(server):
+    """A client that hashes while it sends puts its check after the file: a SHA-256 `checksum`
+    part (when none came before), or a `crc32c` part that a `trailer` part announced (what our
+    CLI sends). A check that does not match the bytes refuses the upload and stores nothing;
+    a missing announced check, a check nobody announced or a second checksum are bad input."""
+    with server.http() as h:
+        exp = open_experiment(h, "ns", "proj", "after")
+        data = os.urandom(100 * KiB)
+        good_sum, good_crc = sha256_bytes(data), f"{crc32c(data):08x}"
+        assert crc32c(b"123456789") == 0xE3069283
+
+        r = upload(h, exp, "sha.bin", data, checksum=None, after=[("checksum", good_sum)])
+        assert r.status_code == 201, r.text
+        assert r.json()["node"]["record"]["checksum"] == good_sum
+        r = upload(h, exp, "crc.bin", data, checksum=None, before=[("trailer", "crc32c")],
+                   after=[("crc32c", good_crc)])
+        assert r.status_code == 201, r.text
+        assert r.json()["node"]["record"]["checksum"] == good_sum
+        # Both, in either order.
+        r = upload(h, exp, "both.bin", data, checksum=None, before=[("trailer", "crc32c")],
+                   after=[("crc32c", good_crc), ("checksum", good_sum)])
+        assert r.status_code == 201, r.text
+        before = store_state(server.root)
+
+        bad_sum = sha256_bytes(data + b"x")
+        bad_crc = f"{crc32c(data) ^ 1:08x}"
+        refused = [
+            (422, dict(after=[("checksum", bad_sum)])),
+            (422, dict(before=[("trailer", "crc32c")], after=[("crc32c", bad_crc)])),
+            (422, dict(before=[("trailer", "crc32c")],
+                       after=[("crc32c", good_crc), ("checksum", bad_sum)])),
+            (400, dict(before=[("trailer", "crc32c")])),
+            (400, dict(after=[("crc32c", good_crc)])),
+            (400, dict(before=[("trailer", "md5")], after=[("md5", "0" * 32)])),
+            (400, dict(before=[("trailer", "crc32c")], after=[("crc32c", "xyz")])),
+            (400, dict(after=[("checksum", good_sum), ("checksum", good_sum)])),
+            (400, dict(after=[("description", "too late")])),
+        ]
+        for status, kw in refused:
+            r = upload(h, exp, "refused.bin", data, checksum=None, **kw)
+            body = assert_api_error(r, status)
+            if status == 422:
+                assert body["code"] == "CHECKSUM_MISMATCH", body
+        # A checksum before the file leaves no room for another after it.
+        r = upload(h, exp, "refused.bin", data, after=[("checksum", good_sum)])
+        assert_api_error(r, 400)
+
+        # A large upload (ingested outside the store lock) with a wrong check after it.
+        size = 40 * MiB
+        r = upload(h, exp, "large.bin", data_pieces("after", size), checksum=None, size=size,
+                   before=[("trailer", "crc32c")], after=[("crc32c", "00000000")])
+        assert assert_api_error(r, 422)["code"] == "CHECKSUM_MISMATCH"
+        r = upload(h, exp, "large.bin", data_pieces("after", size), checksum=None, size=size,
+                   after=[("checksum", "0" * 64)])
+        assert assert_api_error(r, 422)["code"] == "CHECKSUM_MISMATCH"
+        assert visible(store_state(server.root)) == visible(before)
+    names = sorted(x["filename"] for x in listing(server.root))
+    assert names == ["both.bin", "crc.bin", "sha.bin"]
 
 
 def test_refused_uploads_leave_nothing_on_disk(server):
