@@ -2,8 +2,10 @@
 //! without a local store. The same output as the local commands: the server answers each file
 //! with the record `list --json` prints.
 //!
-//! An upload hashes the file first (SHA-256), then streams it in a multipart body with the
-//! checksum declared: the server stores it only if what it received matches. A download lands
+//! An upload streams the file in a multipart body with a CRC-32C of it in a part after the file
+//! (computed as it is sent): the server stores the bytes only if what it received matches, and
+//! records the SHA-256 it computed over them. A file that changes while it is sent is not
+//! stored (its size and mtime are compared at the end, as the local upload does). A download lands
 //! under a temporary name, is checked against the record's SHA-256, then renamed into place.
 //! The token comes from `--token`, `ML_DASH_TOKEN`, or the ml-dash client's own file
 //! (`$ML_DASH_CONFIG_DIR/tokens.json`, default `~/.dash/tokens.json`, key `ml-dash-token`).
@@ -59,6 +61,9 @@ impl Server {
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Large bodies go in large pieces: fewer system calls on both sides.
+            .input_buffer_size(PIECE)
+            .output_buffer_size(PIECE)
             .build()
             .into();
         Ok(Server {
@@ -162,22 +167,15 @@ impl Server {
     ) -> Result<FileRecord> {
         let exp_id = self.experiment(e)?;
         let parent = self.folder(&e.namespace, &exp_id, dir)?;
-        // Hash first: the server refuses bytes that do not match, so a file changed while it
-        // is sent is never recorded.
-        let mut f = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut len = 0u64;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            len += n as u64;
-        }
-        let sum: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        let boundary = format!("mldash{}", &sum[..32]);
+        // The file is checked (CRC-32C) as it is copied into the request, and the check follows
+        // it: the server stores the bytes only if they arrived as they were read, and records
+        // the SHA-256 it computed over them.
+        let f = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+        let m = f
+            .metadata()
+            .with_context(|| format!("cannot read {}", src.display()))?;
+        let len = m.len();
+        let boundary = boundary_for(src);
         let mut head = String::new();
         let mut field = |name: &str, value: &str| {
             head.push_str(&format!(
@@ -188,7 +186,7 @@ impl Server {
         field("experimentId", &exp_id);
         field("parentId", &parent);
         field("name", filename);
-        field("checksum", &sum);
+        field("trailer", "crc32c");
         if let Some(d) = description {
             field("description", d);
         }
@@ -209,12 +207,16 @@ impl Server {
             "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{quoted}\"\r\n\
              Content-Type: application/octet-stream\r\n\r\n"
         ));
-        let tail = format!("\r\n--{boundary}--\r\n");
-        let total = head.len() as u64 + len + tail.len() as u64;
-        let f = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-        let mut body = io::Cursor::new(head.into_bytes())
-            .chain(f.take(len))
-            .chain(io::Cursor::new(tail.into_bytes()));
+        let mut body = CheckedBody {
+            head: io::Cursor::new(head.into_bytes()),
+            file: f,
+            was: (len, m.modified().ok()),
+            left: len,
+            crc: ml_dash_server::crc32c::Crc32c::new(),
+            tail: None,
+            boundary: boundary.clone(),
+        };
+        let total = body.head.get_ref().len() as u64 + len + body.tail_len();
         let r = self
             .auth(self.agent.post(&format!(
                 "{}/api/namespaces/{}/nodes",
@@ -316,22 +318,32 @@ impl Server {
                     .unwrap_or("no message")
             );
         }
+        // Received on this thread, hashed on another (the SHA-256 is the slower of the two).
         let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut hasher = BgHasher::start();
         let mut got = 0u64;
         loop {
-            let n = reader
-                .read(&mut buf)
-                .context("download: the transfer failed")?;
-            if n == 0 {
+            let mut buf = hasher.buffer();
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = reader
+                    .read(&mut buf[filled..])
+                    .context("download: the transfer failed")?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            buf.truncate(filled);
+            if buf.is_empty() {
                 break;
             }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-            got += n as u64;
+            got += buf.len() as u64;
+            let buf = std::sync::Arc::new(buf);
+            out.write_all(&buf)?;
+            hasher.hash(buf)?;
         }
-        let sum: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let sum = hasher.finish()?;
         if got != rec.size_bytes || sum != rec.checksum.to_string() {
             bail!(
                 "download of {full}: received {got} bytes with SHA-256 {sum}, the record says {} \
@@ -341,6 +353,142 @@ impl Server {
             );
         }
         Ok(rec)
+    }
+}
+
+/// Bytes per piece read, sent and hashed.
+const PIECE: usize = 1 << 20;
+
+/// SHA-256 on a thread of its own, fed pieces that are recycled once hashed.
+struct BgHasher {
+    tx: Option<std::sync::mpsc::SyncSender<std::sync::Arc<Vec<u8>>>>,
+    back: std::sync::mpsc::Receiver<std::sync::Arc<Vec<u8>>>,
+    done: Option<std::thread::JoinHandle<String>>,
+}
+
+impl BgHasher {
+    fn start() -> BgHasher {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(4);
+        let (back_tx, back) = std::sync::mpsc::channel();
+        let done = std::thread::spawn(move || {
+            let mut h = sha2::Sha256::new();
+            for piece in rx {
+                h.update(piece.as_slice());
+                let _ = back_tx.send(piece);
+            }
+            h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        });
+        BgHasher {
+            tx: Some(tx),
+            back,
+            done: Some(done),
+        }
+    }
+
+    /// A buffer of `PIECE` bytes (its contents undefined): one the hasher is done with, or a
+    /// new one (so that no piece is zeroed before it is overwritten).
+    fn buffer(&mut self) -> Vec<u8> {
+        while let Ok(p) = self.back.try_recv() {
+            if let Ok(mut v) = std::sync::Arc::try_unwrap(p) {
+                v.resize(PIECE, 0);
+                return v;
+            }
+        }
+        vec![0; PIECE]
+    }
+
+    fn hash(&mut self, piece: std::sync::Arc<Vec<u8>>) -> io::Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(piece).ok())
+            .ok_or_else(|| io::Error::other("the hashing thread stopped"))
+    }
+
+    /// The SHA-256 of everything hashed, as 64 hex digits.
+    fn finish(mut self) -> io::Result<String> {
+        drop(self.tx.take());
+        self.done
+            .take()
+            .and_then(|d| d.join().ok())
+            .ok_or_else(|| io::Error::other("the hashing thread panicked"))
+    }
+}
+
+/// A multipart boundary unlikely to occur in any file: 32 hex digits of a hash of this
+/// process, the time and the source path.
+fn boundary_for(src: &Path) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(std::process::id().to_le_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(now.as_nanos().to_le_bytes());
+    h.update(src.as_os_str().as_encoded_bytes());
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("mldash{}", &hex[..32])
+}
+
+/// The body of an upload: the text parts, the file, then the `crc32c` part (computed as the
+/// file is copied into the request) and the closing boundary. A file that grows, shrinks or
+/// is written to while it is sent (its size or mtime differ at the end, as the local upload
+/// checks) fails the read, so the request is cut off and the server stores nothing; bytes
+/// damaged on the way fail the server's CRC check.
+struct CheckedBody {
+    head: io::Cursor<Vec<u8>>,
+    file: File,
+    /// The file's size and mtime when it was opened.
+    was: (u64, Option<std::time::SystemTime>),
+    /// File bytes still to send.
+    left: u64,
+    crc: ml_dash_server::crc32c::Crc32c,
+    tail: Option<io::Cursor<Vec<u8>>>,
+    boundary: String,
+}
+
+impl CheckedBody {
+    fn tail_text(&self, crc: u32) -> String {
+        let b = &self.boundary;
+        format!(
+            "\r\n--{b}\r\nContent-Disposition: form-data; name=\"crc32c\"\r\n\r\n{crc:08x}\r\n--{b}--\r\n"
+        )
+    }
+
+    fn tail_len(&self) -> u64 {
+        self.tail_text(0).len() as u64
+    }
+}
+
+impl Read for CheckedBody {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.head.read(out)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        if let Some(tail) = &mut self.tail {
+            return tail.read(out);
+        }
+        if self.left > 0 {
+            let want = usize::try_from(self.left.min(out.len() as u64)).unwrap_or(out.len());
+            let n = self.file.read(&mut out[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was sent",
+                ));
+            }
+            self.crc.update(&out[..n]);
+            self.left -= n as u64;
+            return Ok(n);
+        }
+        let m = self.file.metadata()?;
+        if self.file.read(&mut [0u8])? > 0 || (m.len(), m.modified().ok()) != self.was {
+            return Err(io::Error::other("the file changed while it was sent"));
+        }
+        let tail = self.tail_text(self.crc.value());
+        let mut tail = io::Cursor::new(tail.into_bytes());
+        let n = tail.read(out)?;
+        self.tail = Some(tail);
+        Ok(n)
     }
 }
 
@@ -489,4 +637,93 @@ fn tempfile_in(dir: &Path) -> Result<(PathBuf, io::BufWriter<File>)> {
         }
     }
     bail!("cannot make a temporary file in {}", dir.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CheckedBody;
+    use std::fs::File;
+    use std::io::{self, Read, Write};
+
+    fn body(path: &std::path::Path) -> (CheckedBody, u64) {
+        let f = File::open(path).unwrap();
+        let m = f.metadata().unwrap();
+        let b = CheckedBody {
+            head: io::Cursor::new(b"HEAD".to_vec()),
+            file: f,
+            was: (m.len(), m.modified().ok()),
+            left: m.len(),
+            crc: ml_dash_server::crc32c::Crc32c::new(),
+            tail: None,
+            boundary: "B".into(),
+        };
+        let total = 4 + m.len() + b.tail_len();
+        (b, total)
+    }
+
+    fn scratch(name: &str, data: &[u8]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ml-dash-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_body_is_the_head_the_file_and_its_crc() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let p = scratch("whole.bin", &data);
+        let (mut b, total) = body(&p);
+        let mut out = Vec::new();
+        b.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len() as u64, total);
+        assert!(out.starts_with(b"HEAD"));
+        assert_eq!(&out[4..4 + data.len()], &data[..]);
+        let crc = format!("{:08x}", ml_dash_server::crc32c::crc32c(&data));
+        let tail = String::from_utf8(out[4 + data.len()..].to_vec()).unwrap();
+        assert_eq!(
+            tail,
+            format!(
+                "\r\n--B\r\nContent-Disposition: form-data; name=\"crc32c\"\r\n\r\n{crc}\r\n--B--\r\n"
+            )
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_changes_while_it_is_sent_fails_the_body() {
+        let data = vec![7u8; 3 << 20];
+        // Grows; shrinks; written in place (same size, later mtime).
+        for (i, change) in ["grow", "shrink", "rewrite"].into_iter().enumerate() {
+            let p = scratch(&format!("change{i}.bin"), &data);
+            let (mut b, _) = body(&p);
+            let mut buf = vec![0u8; 1 << 20];
+            b.read_exact(&mut buf).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            match change {
+                "grow" => {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+                    f.write_all(b"more").unwrap();
+                }
+                "shrink" => File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(1 << 20)
+                    .unwrap(),
+                _ => {
+                    let mut f = File::options().write(true).open(&p).unwrap();
+                    f.write_all(&[8u8; 16]).unwrap();
+                    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+                    f.set_modified(later).unwrap();
+                }
+            }
+            let err = io::copy(&mut b, &mut io::sink()).unwrap_err();
+            assert!(
+                err.to_string().contains("while it was sent"),
+                "{change}: {err}"
+            );
+            std::fs::remove_file(p).unwrap();
+        }
+    }
 }

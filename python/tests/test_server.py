@@ -132,3 +132,41 @@ def test_tokens_are_sent_and_checked(server, tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="403"):
         Experiment("r", "p", namespace="other", remote=url).file(src)
     assert secret not in log.read_text()
+
+
+def test_a_file_changed_while_it_is_sent_is_not_stored(server, tmp_path, monkeypatch):
+    """The SHA-256 follows the file, computed as it is sent; a file that grows while it is sent
+    cuts the request off (as the local upload refuses a source that changed): nothing stored,
+    and the next upload of the path is version 1."""
+    import ml_dash._server as srv
+
+    url, root, _ = server
+    src = tmp_path / "ckpt.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    real = hashlib.sha256
+
+    class GrowsTheFile:
+        """A SHA-256 that appends to the source as the first piece is hashed."""
+
+        def __init__(self):
+            self.h, self.grown = real(), False
+
+        def update(self, b):
+            if not self.grown:
+                with open(src, "ab") as f:
+                    f.write(b"written meanwhile")
+                self.grown = True
+            self.h.update(b)
+
+        def hexdigest(self):
+            return self.h.hexdigest()
+
+    exp = Experiment("run-c", "vision", remote=url)
+    monkeypatch.setattr(srv.hashlib, "sha256", GrowsTheFile)
+    with pytest.raises(Exception, match="changed while it was sent"):
+        exp.file(src, prefix="/ckpt")
+    monkeypatch.setattr(srv.hashlib, "sha256", real)
+    assert exp.files() == []
+    rec = exp.file(src, prefix="/ckpt")
+    assert rec["version"] == 1
+    assert rec["checksum"] == hashlib.sha256(src.read_bytes()).hexdigest()

@@ -1,8 +1,9 @@
 """An experiment on ``ml-dash serve`` (``Experiment(..., remote="http://host:port")``).
 
 The same methods as a local experiment, over HTTP (the standard library's ``urllib``; no local
-store). Uploads hash the file first and stream it with the checksum declared: the server stores
-it only if what it received matches. Downloads and reads are checked against the record's
+store). Uploads stream the file and its SHA-256, computed as it is sent, in a part after it:
+the server stores the bytes only if what it received matches (a file that changes while it is
+sent is not stored). Downloads and reads are checked against the record's
 SHA-256. Opening marks the experiment ``RUNNING`` on the server, closing ``COMPLETED`` (or
 ``FAILED`` when the ``with`` block raised).
 
@@ -264,11 +265,6 @@ class ServerExperiment:
         target = name or os.path.basename(path)
         full = prefix.rstrip("/") + "/" + target.lstrip("/")
         folder, filename = _split(full)
-        h, size = hashlib.sha256(), 0
-        with open(path, "rb") as f:
-            while chunk := f.read(_PIECE):
-                h.update(chunk)
-                size += len(chunk)
         parent = self._folder(folder)
         boundary = "mldash" + uuid.uuid4().hex
         fields = {
@@ -276,7 +272,6 @@ class ServerExperiment:
             "experimentId": self._id,
             "parentId": parent,
             "name": filename,
-            "checksum": h.hexdigest(),
         }
         if description is not None:
             fields["description"] = description
@@ -295,29 +290,45 @@ class ServerExperiment:
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
+        # The SHA-256 is computed as the file is sent and follows it (one read of the file):
+        # the server stores the bytes only if they match it.
+        after = f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="checksum"\r\n\r\n'.encode()
+        end = f"\r\n--{boundary}--\r\n".encode()
+        tail_len = len(after) + 64 + len(end)
+        src = open(path, "rb")  # noqa: SIM115 - closed after the request
+        st = os.fstat(src.fileno())
+        size, was = st.st_size, (st.st_size, st.st_mtime_ns)
 
         def body():
-            yield head
-            with open(path, "rb") as f:
+            h = hashlib.sha256()
+            with src as f:
+                yield head
                 left = size
                 while left > 0:
                     chunk = f.read(min(_PIECE, left))
                     if not chunk:
                         break
+                    h.update(chunk)
                     left -= len(chunk)
                     yield chunk
-            yield tail
+                st = os.fstat(f.fileno())
+                if left or f.read(1) or (st.st_size, st.st_mtime_ns) != was:
+                    # Cut the request off: the server stores nothing.
+                    raise OSError(f"{path} changed while it was sent; nothing stored")
+            yield after + h.hexdigest().encode() + end
 
-        r = self._conn.request(
-            "POST",
-            self._nodes(),
-            body(),
-            headers={
-                "Content-Type": f"multipart/form-data; boundary={boundary}",
-                "Content-Length": str(len(head) + size + len(tail)),
-            },
-        )
+        try:
+            r = self._conn.request(
+                "POST",
+                self._nodes(),
+                body(),
+                headers={
+                    "Content-Type": f"multipart/form-data; boundary={boundary}",
+                    "Content-Length": str(len(head) + size + tail_len),
+                },
+            )
+        finally:
+            src.close()
         return r["node"]["record"]
 
     def _search(self, **q):
