@@ -79,7 +79,7 @@ pub use store::index::Scope;
 pub use store::journal::{ExperimentInfo, JournalContents, LogEntry, MetricPoint, Params};
 pub use store::read::FileReader;
 pub use store::recover::RebuildReport;
-pub use store::stats::Stats;
+pub use store::stats::{CodecBytes, Stats, VersionStorage};
 pub use store::tokens::TokenInfo;
 pub use store::verify::VerifyReport;
 pub use store::{ListFilter, NewVersion, RecordChanges, Store, StoreOptions, UploadBatch};

@@ -188,6 +188,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     "packs            {} ({} bytes)",
                     st.packs, st.pack_bytes
                 )?;
+                writeln!(
+                    out,
+                    "codecs           whole {} / byte planes {} / delta {} bytes",
+                    st.codec_bytes.whole, st.codec_bytes.planes, st.codec_bytes.delta
+                )?;
             }
             Ok(0)
         }
@@ -729,8 +734,19 @@ fn list(
         all_versions,
         include_deleted: deleted,
     };
-    let recs = open(root)?.list(&f)?;
-    print_list(&mut io::stdout().lock(), &recs, json)?;
+    let store = open(root)?;
+    let recs = store.list(&f)?;
+    let mut out = io::stdout().lock();
+    if json {
+        // Each record, and how it is stored (`storage`: stored bytes, codecs, delta depth).
+        for r in &recs {
+            let mut v = serde_json::to_value(r)?;
+            v["storage"] = serde_json::to_value(store.version_storage(r)?)?;
+            writeln!(out, "{}", serde_json::to_string(&v)?)?;
+        }
+    } else {
+        print_list(&mut out, &recs, json)?;
+    }
     Ok(0)
 }
 

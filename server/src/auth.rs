@@ -42,14 +42,27 @@ impl Caller {
     }
 }
 
-/// Check the `Authorization: Bearer` header; `/health` is answered to anyone.
+/// Check the `Authorization: Bearer` header, else a browser session's cookie (for the pages,
+/// and for API reads such as a download link; never for API writes, which a cookie would
+/// expose to requests made by other sites). `/health` is answered to anyone, and a page
+/// without either shows the sign-in form.
 pub async fn authenticate(State(app): State<Shared>, mut req: Request, next: Next) -> Response {
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
-    let health = req.uri().path() == "/health";
+    let path = req.uri().path();
+    let health = path == "/health";
+    let api = path.starts_with("/api/") || path == "/graphql";
+    let read = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let cookie = crate::web::session::cookie_id(req.headers())
+        .filter(|_| !api || read)
+        .and_then(|id| app.sessions.get(&id))
+        .and_then(|s| s.secret);
     let app2 = app.clone();
     let caller = crate::blocking(move || {
         let tokens = app2.store.tokens()?;
@@ -62,9 +75,11 @@ pub async fn authenticate(State(app): State<Shared>, mut req: Request, next: Nex
                 h.strip_prefix("Bearer ")
                     .or_else(|| h.strip_prefix("bearer "))
             })
-            .map(str::trim);
+            .map(str::trim)
+            .map(str::to_string)
+            .or(cookie);
         match secret {
-            Some(s) if !s.is_empty() => Ok(app2.store.check_token(s)?.map(Caller::Token)),
+            Some(s) if !s.is_empty() => Ok(app2.store.check_token(&s)?.map(Caller::Token)),
             _ => Ok(None),
         }
     })
@@ -74,7 +89,7 @@ pub async fn authenticate(State(app): State<Shared>, mut req: Request, next: Nex
             req.extensions_mut().insert(c);
             next.run(req).await
         }
-        Ok(None) if health => next.run(req).await,
+        Ok(None) if health || !api => next.run(req).await,
         Ok(None) => ApiError::unauthorized().into_response(),
         Err(e) => e.into_response(),
     }

@@ -6,7 +6,7 @@
 //! logging, signals); `auth.rs` checks bearer tokens; `catalog.rs` maps the API's node ids to
 //! the store's names; `api.rs` has the REST handlers, `upload.rs` the streaming multipart
 //! upload (`multipart.rs` its parser, `crc32c.rs` its transfer check), `download.rs` the streaming download; `graphql/` parses and answers the queries;
-//! `push.rs` the write-behind to a remote. Every call into the store runs on tokio's blocking
+//! `push.rs` the write-behind to a remote; `web/` the web pages. Every call into the store runs on tokio's blocking
 //! pool: the store's API is synchronous and does its own I/O.
 
 #![warn(missing_docs)]
@@ -22,6 +22,7 @@ pub mod multipart;
 #[cfg(feature = "remote")]
 mod push;
 mod upload;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +85,10 @@ pub(crate) struct App {
     #[cfg(feature = "remote")]
     pub push: Option<push::WriteBehind>,
     pub started: Instant,
+    /// Browser sessions of the web pages.
+    pub sessions: web::session::Sessions,
+    /// Storage figures of the web pages.
+    pub web_cache: web::WebCache,
 }
 
 pub(crate) type Shared = Arc<App>;
@@ -147,6 +152,8 @@ async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         #[cfg(feature = "remote")]
         push,
         started: Instant::now(),
+        sessions: web::session::Sessions::default(),
+        web_cache: web::WebCache::default(),
     });
     #[cfg(feature = "remote")]
     if let Some(p) = &app.push {
@@ -237,6 +244,8 @@ pub fn open_router(root: &std::path::Path) -> Result<Router, ServeError> {
         #[cfg(feature = "remote")]
         push: None,
         started: Instant::now(),
+        sessions: web::session::Sessions::default(),
+        web_cache: web::WebCache::default(),
     })))
 }
 
@@ -266,6 +275,7 @@ fn router(app: Shared) -> Router {
         )
         .fallback(api::unknown_route);
     Router::new()
+        .merge(web::routes(app.clone()))
         .nest("/api", api)
         .route("/graphql", post(graphql::handler))
         .route("/health", get(api::health))
@@ -292,7 +302,12 @@ async fn json_errors(req: Request, next: Next) -> Response {
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    let is_page = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json || is_page {
         return resp;
     }
     let text = axum::body::to_bytes(resp.into_body(), 64 * 1024)

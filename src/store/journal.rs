@@ -18,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -269,7 +269,7 @@ fn parse_line(line: &[u8]) -> Option<Line> {
 /// Per-process cache of journal contents, keyed by path, valid up to `len` bytes of the file
 /// whose identity (device, inode) is recorded: a store deleted and recreated at the same path
 /// is another file, and is read afresh.
-type Cached = ((u64, u64), u64, JournalContents);
+type Cached = ((u64, u64), u64, Arc<JournalContents>);
 static CACHE: Mutex<Option<HashMap<PathBuf, Cached>>> = Mutex::new(None);
 
 /// `(device, inode)` and length of an open journal.
@@ -310,15 +310,44 @@ impl Store {
     /// Read an experiment's journal (empty if it has none). Lines already read by this process
     /// are served from memory (the file is append-only).
     pub fn journal(&self, exp: &ExperimentKey) -> Result<JournalContents> {
-        self.read_journal(exp, true)
+        Ok(Arc::unwrap_or_clone(self.journal_shared(exp)?))
+    }
+
+    /// Like [`journal`](Self::journal), without copying what this process already read: the
+    /// contents are shared with the cache (a page showing a million metric points reads them
+    /// in place).
+    pub fn journal_shared(&self, exp: &ExperimentKey) -> Result<Arc<JournalContents>> {
+        let path = self.journal_path(exp);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Arc::default());
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        file.lock_shared().at(&path)?;
+        let (mut len, mut c) = cached(&file, &path)?;
+        let size = file.metadata().at(&path)?.len();
+        if size > len {
+            // New lines: caught up on a copy only if another reader holds this one.
+            let before = len;
+            catch_up(&file, &path, &mut len, Arc::make_mut(&mut c))?;
+            if len > before {
+                store_cache(&file, &path, len, c.clone())?;
+            }
+        }
+        if size > len {
+            Arc::make_mut(&mut c).torn_lines += 1;
+        }
+        Ok(c)
     }
 
     /// Read an experiment's journal entirely from disk (for `verify`).
     pub(crate) fn journal_from_disk(&self, exp: &ExperimentKey) -> Result<JournalContents> {
-        self.read_journal(exp, false)
+        self.read_journal(exp)
     }
 
-    fn read_journal(&self, exp: &ExperimentKey, use_cache: bool) -> Result<JournalContents> {
+    fn read_journal(&self, exp: &ExperimentKey) -> Result<JournalContents> {
         let path = self.journal_path(exp);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -328,17 +357,9 @@ impl Store {
             Err(e) => return Err(Error::io(&path, e)),
         };
         file.lock_shared().at(&path)?;
-        let (mut len, mut c) = if use_cache {
-            cached(&file, &path)?
-        } else {
-            Default::default()
-        };
+        let (mut len, mut c) = (0, JournalContents::default());
         catch_up(&file, &path, &mut len, &mut c)?;
-        let torn = file.metadata().at(&path)?.len() > len;
-        if use_cache {
-            store_cache(&file, &path, len, c.clone())?;
-        }
-        if torn {
+        if file.metadata().at(&path)?.len() > len {
             c.torn_lines += 1;
         }
         Ok(c)
@@ -422,7 +443,7 @@ impl Store {
         for entry in &entries {
             c.apply(entry.clone());
         }
-        store_cache(&file, &path, size + out.len() as u64, c)?;
+        store_cache(&file, &path, size + out.len() as u64, Arc::new(c))?;
         Ok(entries)
     }
 
@@ -711,13 +732,13 @@ impl Store {
     }
 }
 
-fn cached(file: &File, path: &Path) -> Result<(u64, JournalContents)> {
+fn cached(file: &File, path: &Path) -> Result<(u64, Arc<JournalContents>)> {
     let (id, size) = identity(file, path)?;
     let g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     Ok(g.as_ref()
         .and_then(|m| m.get(path))
         .filter(|(cid, len, _)| *cid == id && *len <= size)
-        .map(|(_, len, c)| (*len, c.clone()))
+        .map(|(_, len, c)| (*len, Arc::clone(c)))
         .unwrap_or_default())
 }
 
@@ -727,11 +748,12 @@ fn take_cached(file: &File, path: &Path) -> Result<(u64, JournalContents)> {
     Ok(g.as_mut()
         .and_then(|m| m.remove(path))
         .filter(|(cid, len, _)| *cid == id && *len <= size)
-        .map(|(_, len, c)| (len, c))
+        // A reader still holding these contents keeps its copy; the append takes another.
+        .map(|(_, len, c)| (len, Arc::unwrap_or_clone(c)))
         .unwrap_or_default())
 }
 
-fn store_cache(file: &File, path: &Path, len: u64, c: JournalContents) -> Result<()> {
+fn store_cache(file: &File, path: &Path, len: u64, c: Arc<JournalContents>) -> Result<()> {
     let (id, _) = identity(file, path)?;
     let mut g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     g.get_or_insert_with(HashMap::new)

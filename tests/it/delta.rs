@@ -479,3 +479,49 @@ fn format_1_stores_and_remotes_are_marked_format_2() {
         b"not a tensor file"
     );
 }
+
+/// What `version_storage` (and `list --json`'s `storage`) says about a chain of checkpoints:
+/// every byte is carried by some codec, the first version is whole (byte planes), the next two
+/// are deltas of depth 1 and 2, the fourth starts a new chain; the CLI prints the same figures.
+#[test]
+fn version_storage_reports_codecs_and_delta_depth() {
+    let t = tmp();
+    let s = Store::open(t.path()).unwrap();
+    let ck = checkpoints(4, 100);
+    let recs: Vec<_> = ck.iter().map(|c| put(&s, "latest.safetensors", c)).collect();
+    let st: Vec<_> = recs.iter().map(|r| s.version_storage(r).unwrap()).collect();
+    for (v, c) in st.iter().zip(&ck) {
+        let b = &v.codec_bytes;
+        assert_eq!(b.whole + b.planes + b.delta, c.len() as u64, "{v:?}");
+        assert_eq!(v.logical_bytes, c.len() as u64);
+        assert!(v.stored_bytes > 0 && v.unique_bytes <= v.logical_bytes, "{v:?}");
+    }
+    let depths: Vec<u32> = st.iter().map(|v| v.delta_depth).collect();
+    assert_eq!(depths, [0, 1, 2, 0], "{st:?}");
+    assert_eq!(st[0].codec_bytes.delta, 0);
+    assert!(st[0].codec_bytes.planes > ck[0].len() as u64 / 2, "{:?}", st[0]);
+    assert!(st[1].codec_bytes.delta > ck[1].len() as u64 / 2, "{:?}", st[1]);
+    assert_eq!(st[1].new_bytes, recs[1].new_bytes);
+    // The whole store's codec figures count each distinct chunk once.
+    let all = s.stats(&ml_dash::Scope::default()).unwrap();
+    let c = &all.codec_bytes;
+    assert_eq!(c.whole + c.planes + c.delta, all.unique_bytes);
+    drop(s);
+
+    let out = run(t.path(), &["list", "--all-versions", "--json"]);
+    let lines: Vec<serde_json::Value> = ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (l, v) in lines.iter().zip(&st) {
+        assert_eq!(l["storage"]["deltaDepth"], v.delta_depth, "{l}");
+        assert_eq!(l["storage"]["codecBytes"]["delta"], v.codec_bytes.delta, "{l}");
+        assert_eq!(l["storage"]["storedBytes"], v.stored_bytes, "{l}");
+        // The record's own keys are still there, unchanged.
+        assert_eq!(l["sizeBytes"], v.logical_bytes, "{l}");
+    }
+    let out = run(t.path(), &["stats", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(ok(&out)).unwrap();
+    assert_eq!(j["codecBytes"]["planes"], c.planes);
+}

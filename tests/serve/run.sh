@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The `ml-dash serve` suite: the real ml-dash 0.11.0 client and raw HTTP against the server.
+# The `ml-dash serve` suite: the real ml-dash 0.11.0 client and raw HTTP against the server,
+# and its web pages in Debian's headless Chromium (scripts/chromium.sh installs it).
 #
 #   tests/serve/run.sh [PYTEST ARGS...]
 #
@@ -22,12 +23,18 @@ if ! { [ -x "$py" ] && "$py" -c 'import ml_dash, pytest, httpx, importlib.metada
   python3 -m venv "$venv"
   "$py" -m pip install -q --disable-pip-version-check 'ml-dash==0.11.0' pytest
 fi
+if ! "$py" -c 'import selenium, importlib.metadata as m; assert m.version("selenium") == "4.51.0"' 2>/dev/null; then
+  "$py" -m pip install -q --disable-pip-version-check 'selenium==4.51.0'
+fi
+scripts/chromium.sh > /dev/null
 
 export ML_DASH_BIN="${ML_DASH_BIN:-$repo/target/release/ml-dash}"
 if [ ! -x "$ML_DASH_BIN" ]; then
   echo "serve tests: building the release binary" >&2
   cargo build --release -p ml-dash-cli
 fi
+# The main job, which the browser test runs to fill its store.
+[ -x target/release/examples/training_checkpoints ] || cargo build --release --example training_checkpoints
 
 # The ml-dash client's buffered uploader deletes uploaded source files that sit under
 # tempfile.gettempdir(): temporary files (pytest's tmp_path, the stores) go to serve-tmp, and
