@@ -381,6 +381,9 @@ impl Store {
                 self.poison(crate::store::recover::write_held(self, &HashSet::new()))?;
             }
         }
+        if !rep.dry_run {
+            self.note_last("gc", &rep);
+        }
         Ok(rep)
     }
 

@@ -168,3 +168,29 @@ impl Store {
         Ok(out)
     }
 }
+
+impl Store {
+    /// Keep the outcome of a `verify` or a `gc` (`<root>/last-verify.json`, `last-gc.json`:
+    /// when, and the report) for whoever looks later, such as the server's store page. Best
+    /// effort: a store that cannot take the file (read-only) still answers the command.
+    pub(crate) fn note_last(&self, what: &str, report: &impl Serialize) {
+        let v = serde_json::json!({"at": crate::format::time::now_iso(), "report": report});
+        if let Ok(bytes) = serde_json::to_vec(&v) {
+            let _ = crate::store::durable::write_atomic(
+                &self.root().join(format!("last-{what}.json")),
+                &bytes,
+                &crate::store::fault::Faults::default(),
+            );
+        }
+    }
+
+    /// The last `verify` or `gc` (`what`) recorded by [`note_last`](Self::note_last): `{"at":
+    /// ISO-8601, "report": ...}`, if any.
+    pub fn last_result(&self, what: &str) -> Option<serde_json::Value> {
+        if !matches!(what, "verify" | "gc") {
+            return None;
+        }
+        let bytes = std::fs::read(self.root().join(format!("last-{what}.json"))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}

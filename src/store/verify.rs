@@ -303,6 +303,7 @@ impl Store {
         }
         rep.damaged_files.sort();
         rep.ok = rep.damaged_files.is_empty() && rep.problems.is_empty();
+        self.note_last("verify", &rep);
         Ok(rep)
     }
 }

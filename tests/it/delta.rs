@@ -488,19 +488,33 @@ fn version_storage_reports_codecs_and_delta_depth() {
     let t = tmp();
     let s = Store::open(t.path()).unwrap();
     let ck = checkpoints(4, 100);
-    let recs: Vec<_> = ck.iter().map(|c| put(&s, "latest.safetensors", c)).collect();
+    let recs: Vec<_> = ck
+        .iter()
+        .map(|c| put(&s, "latest.safetensors", c))
+        .collect();
     let st: Vec<_> = recs.iter().map(|r| s.version_storage(r).unwrap()).collect();
     for (v, c) in st.iter().zip(&ck) {
         let b = &v.codec_bytes;
         assert_eq!(b.whole + b.planes + b.delta, c.len() as u64, "{v:?}");
         assert_eq!(v.logical_bytes, c.len() as u64);
-        assert!(v.stored_bytes > 0 && v.unique_bytes <= v.logical_bytes, "{v:?}");
+        assert!(
+            v.stored_bytes > 0 && v.unique_bytes <= v.logical_bytes,
+            "{v:?}"
+        );
     }
     let depths: Vec<u32> = st.iter().map(|v| v.delta_depth).collect();
     assert_eq!(depths, [0, 1, 2, 0], "{st:?}");
     assert_eq!(st[0].codec_bytes.delta, 0);
-    assert!(st[0].codec_bytes.planes > ck[0].len() as u64 / 2, "{:?}", st[0]);
-    assert!(st[1].codec_bytes.delta > ck[1].len() as u64 / 2, "{:?}", st[1]);
+    assert!(
+        st[0].codec_bytes.planes > ck[0].len() as u64 / 2,
+        "{:?}",
+        st[0]
+    );
+    assert!(
+        st[1].codec_bytes.delta > ck[1].len() as u64 / 2,
+        "{:?}",
+        st[1]
+    );
     assert_eq!(st[1].new_bytes, recs[1].new_bytes);
     // The whole store's codec figures count each distinct chunk once.
     let all = s.stats(&ml_dash::Scope::default()).unwrap();
@@ -516,7 +530,10 @@ fn version_storage_reports_codecs_and_delta_depth() {
     assert_eq!(lines.len(), 4);
     for (l, v) in lines.iter().zip(&st) {
         assert_eq!(l["storage"]["deltaDepth"], v.delta_depth, "{l}");
-        assert_eq!(l["storage"]["codecBytes"]["delta"], v.codec_bytes.delta, "{l}");
+        assert_eq!(
+            l["storage"]["codecBytes"]["delta"], v.codec_bytes.delta,
+            "{l}"
+        );
         assert_eq!(l["storage"]["storedBytes"], v.stored_bytes, "{l}");
         // The record's own keys are still there, unchanged.
         assert_eq!(l["sizeBytes"], v.logical_bytes, "{l}");

@@ -6,6 +6,7 @@ Screenshots of every tab go to target/web-shots/ (not committed). Any console er
 
 import hashlib
 import os
+import re
 import struct
 import subprocess
 import time
@@ -13,7 +14,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TARGET, client_config, make_token
+from conftest import REPO, TARGET, cli, client_config, make_token, open_experiment, upload
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
@@ -126,6 +127,7 @@ def test_pages_in_a_real_browser(make_server, workdir, monkeypatch, browser):
                        cwd=REPO, check=True)
     subprocess.run([str(job)], env={**os.environ, "ML_DASH_ROOT": str(root)}, check=True,
                    capture_output=True)
+    cli(root, "verify")
     server = make_server(root=root, token=token, log_name="serve.log")
     client_config(workdir / "client-config", token, monkeypatch)
     src = fill_with_client(server.url, workdir)
@@ -219,6 +221,8 @@ def test_pages_in_a_real_browser(make_server, workdir, monkeypatch, browser):
     shot(d, "storage-checkpoints")
     d.get(server.url + "/-/store")
     assert "Saving" in d.page_source
+    stats = d.find_element(By.CSS_SELECTOR, "dl.stats").text
+    assert re.search(r"Last verify\s+ok: \d+ versions", stats), stats
     shot(d, "store")
 
     # A tag change through the page's form (with its CSRF token) reaches the store.
@@ -278,6 +282,17 @@ def test_sessions_csrf_and_headers(server):
         # Nor a page form without the CSRF token.
         r = c.post("/-/tags", data={"csrf": "f" * 64, "id": "1000000000000000000", "tags": "x"})
         assert r.status_code == 403, r.text
+        # With its CSRF token, the page's delete form deletes (what the API then shows).
+        with server.http() as api:
+            e = open_experiment(api, "ns", "p", "e2")
+            r = upload(api, e, "gone.txt", b"to delete")
+            assert r.status_code == 201, r.text
+            node_id = r.json()["node"]["id"]
+        r = c.post("/-/delete", data={"csrf": "f" * 64, "id": node_id})
+        assert r.status_code == 403
+        r = c.post("/-/delete", data={"csrf": csrf, "id": node_id})
+        assert r.status_code == 303 and r.headers["location"].endswith("/ns/p/e2?tab=files"), r.headers
+        assert "gone.txt" not in c.get("/ns/p/e2?tab=files").text
         # Sign out needs the token too, and ends the session.
         r = c.post("/-/logout", data={"csrf": csrf})
         assert r.status_code == 303

@@ -51,10 +51,29 @@ pub fn routes(app: Shared) -> Router<Shared> {
         .route_layer(axum::middleware::from_fn_with_state(app, sessions))
 }
 
-/// Attach the session (making one if the browser has none) and the headers every page gets.
+/// Attach the session (an anonymous one, made if the browser has none, for the CSRF tokens of
+/// its forms) and the headers every page gets. Static files and raw previews need no session.
 async fn sessions(State(app): State<Shared>, mut req: Request, next: Next) -> Response {
-    let existing =
-        session::cookie_id(req.headers()).and_then(|id| app.sessions.get(&id).map(|s| (id, s)));
+    let path = req.uri().path();
+    if path.starts_with("/-/static/") || path.starts_with("/-/raw/") {
+        let mut resp = next.run(req).await;
+        security_headers(&mut resp);
+        return resp;
+    }
+    let signed = session::cookie_id(req.headers()).and_then(|id| {
+        app.sessions
+            .get(&id)
+            .filter(|s| s.secret.is_some())
+            .map(|s| (id, s))
+    });
+    let existing = signed.or_else(|| {
+        session::anon_cookie_id(req.headers()).and_then(|id| {
+            app.sessions
+                .get(&id)
+                .filter(|s| s.secret.is_none())
+                .map(|s| (id, s))
+        })
+    });
     let fresh = existing.is_none();
     let (id, s) = existing.unwrap_or_else(|| app.sessions.create(None));
     req.extensions_mut().insert(WebSession {
@@ -66,10 +85,16 @@ async fn sessions(State(app): State<Shared>, mut req: Request, next: Next) -> Re
     let h = resp.headers_mut();
     if fresh
         && !h.contains_key(SET_COOKIE)
-        && let Ok(v) = HeaderValue::from_str(&session::set_cookie(Some(&id)))
+        && let Ok(v) = HeaderValue::from_str(&session::set_anon_cookie(Some(&id)))
     {
         h.insert(SET_COOKIE, v);
     }
+    security_headers(&mut resp);
+    resp
+}
+
+fn security_headers(resp: &mut Response) {
+    let h = resp.headers_mut();
     if !h.contains_key("content-security-policy") {
         h.insert(
             "content-security-policy",
@@ -87,7 +112,6 @@ async fn sessions(State(app): State<Shared>, mut req: Request, next: Next) -> Re
     if !h.contains_key(CACHE_CONTROL) {
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    resp
 }
 
 const APP_CSS: &str = include_str!("static/app.css");

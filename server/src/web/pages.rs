@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION, SET_COOKIE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, body::Body};
 use ml_dash::{ExperimentKey, FileRecord, ListFilter, Scope};
@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::WebSession;
 use super::chart::{self, Series};
 use super::html::{bytes, enc, esc, page, table};
-use super::session::set_cookie;
+use super::session::{set_anon_cookie, set_cookie};
 use crate::Shared;
 use crate::auth::Caller;
 use crate::catalog::{Node, experiment_key};
@@ -309,12 +309,16 @@ pub async fn path_page(
     Extension(ws): Extension<WebSession>,
     Path(path): Path<String>,
     Query(q): Query<PageQuery>,
-    headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> PageResult {
-    let _ = headers;
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let Some(Extension(caller)) = caller else {
-        return Ok(sign_in(&ws, &format!("/{path}"), None));
+        let back = uri.path_and_query().map_or("/", |p| p.as_str());
+        return Ok(sign_in(
+            &ws,
+            if local_path(back) { back } else { "/" },
+            None,
+        ));
     };
     for s in &segs {
         ml_dash::validate::segment("name", s)?;
@@ -408,9 +412,19 @@ async fn experiment_page(
         let content = match tab2.as_str() {
             "files" => files_tab(&app2, &key2, &q, &csrf)?,
             "metrics" => metrics_tab(&j, &others(&app2, &caller2, q.compare.as_deref())?, &q),
-            "params" => params_tab(&j, &others(&app2, &caller2, q.diff.as_deref())?, &q),
+            "params" => params_tab(
+                &j,
+                &others(
+                    &app2,
+                    &caller2,
+                    q.diff
+                        .as_deref()
+                        .map(|d| d.split(',').next().unwrap_or_default()),
+                )?,
+                &q,
+            ),
             "logs" => logs_tab(&j, &q),
-            _ => storage_tab(&app2, &key2)?,
+            _ => storage_tab(&app2, &caller2, &key2)?,
         };
         Ok((head, content))
     })
@@ -682,16 +696,49 @@ fn preview(app: &Shared, r: &FileRecord) -> Result<String, ApiError> {
 
 /// Markdown as HTML, with any HTML in it shown as text.
 fn markdown(text: &str) -> String {
+    use pulldown_cmark::{CowStr, Tag};
     use pulldown_cmark::{Event, Parser, html::push_html};
+    // Links and images keep relative, http(s) and mailto targets only.
+    let safe = |u: &CowStr<'_>| {
+        let l = u.trim_start().to_ascii_lowercase();
+        let scheme = l.split_once(':').map(|(s, _)| s.to_string());
+        match scheme {
+            Some(s) if !s.contains('/') && !s.contains('?') && !s.contains('#') => {
+                matches!(s.as_str(), "http" | "https" | "mailto")
+            }
+            _ => true,
+        }
+    };
     let events = Parser::new(text).map(|e| match e {
         Event::Html(h) | Event::InlineHtml(h) => Event::Text(h),
+        Event::Start(Tag::Link {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) if !safe(&dest_url) => Event::Start(Tag::Link {
+            link_type,
+            dest_url: "#".into(),
+            title,
+            id,
+        }),
+        Event::Start(Tag::Image {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) if !safe(&dest_url) => Event::Start(Tag::Image {
+            link_type,
+            dest_url: "#".into(),
+            title,
+            id,
+        }),
         other => other,
     });
     let mut out = String::from("<div class=\"markdown\">");
     push_html(&mut out, events);
     out.push_str("</div>");
-    // Links keep their targets, but never a script URL.
-    out.replace("href=\"javascript:", "href=\"#")
+    out
 }
 
 /// The numeric value of a point's field (`_ts` for time, `index` for step).
@@ -958,7 +1005,15 @@ fn logs_tab(j: &ml_dash::JournalContents, q: &PageQuery) -> String {
 /// Versions whose storage figures the Storage tab reads (each reads a manifest).
 const STORAGE_VERSIONS: usize = 500;
 
-fn storage_tab(app: &Shared, key: &ExperimentKey) -> Result<String, ApiError> {
+/// Sees the whole store (a store without tokens, or a token for every namespace)?
+fn unrestricted(caller: &Caller) -> bool {
+    match caller {
+        Caller::Open => true,
+        Caller::Token(t) => t.namespaces.is_empty(),
+    }
+}
+
+fn storage_tab(app: &Shared, caller: &Caller, key: &ExperimentKey) -> Result<String, ApiError> {
     let recs = versions_of(app, key)?;
     let scope = Scope {
         namespace: Some(key.namespace.clone()),
@@ -966,18 +1021,10 @@ fn storage_tab(app: &Shared, key: &ExperimentKey) -> Result<String, ApiError> {
         experiment: Some(key.experiment.clone()),
     };
     let st = app.web_cache.stats(&app.store, &scope, &recs)?;
-    let everything = app.store.list(&ListFilter {
-        all_versions: true,
-        ..Default::default()
-    })?;
-    let all = app
-        .web_cache
-        .stats(&app.store, &Scope::default(), &everything)?;
     let mut out = format!(
         "<h3>This experiment</h3><dl class=\"stats\"><dt>Logical</dt><dd>{}</dd><dt>Unique</dt><dd>{}</dd><dt>Stored</dt><dd>{}</dd>\
          <dt>Dedup (logical / unique)</dt><dd>{:.2}x</dd><dt>Compression (unique / stored)</dt><dd>{:.2}x</dd>\
-         <dt>Saving (logical / stored)</dt><dd>{:.2}x</dd><dt>Codecs (unique bytes)</dt><dd>whole {} · byte planes {} · delta {}</dd></dl>\
-         <h3>The store</h3><dl class=\"stats\"><dt>Dedup</dt><dd>{:.2}x</dd><dt>Compression</dt><dd>{:.2}x</dd><dt>Saving</dt><dd>{:.2}x</dd></dl>",
+         <dt>Saving (logical / stored)</dt><dd>{:.2}x</dd><dt>Codecs (unique bytes)</dt><dd>whole {} · byte planes {} · delta {}</dd></dl>",
         bytes(st.logical_bytes),
         bytes(st.unique_bytes),
         bytes(st.stored_bytes),
@@ -987,10 +1034,25 @@ fn storage_tab(app: &Shared, key: &ExperimentKey) -> Result<String, ApiError> {
         bytes(st.codec_bytes.whole),
         bytes(st.codec_bytes.planes),
         bytes(st.codec_bytes.delta),
-        ratio(all.logical_bytes, all.unique_bytes),
-        ratio(all.unique_bytes, all.stored_bytes),
-        all.saving_ratio,
     );
+    // The whole store's ratios, to a caller who may see the whole store.
+    if unrestricted(caller) {
+        let everything = app.store.list(&ListFilter {
+            all_versions: true,
+            ..Default::default()
+        })?;
+        let all = app
+            .web_cache
+            .stats(&app.store, &Scope::default(), &everything)?;
+        let _ = write!(
+            out,
+            "<h3>The store</h3><dl class=\"stats\"><dt>Dedup</dt><dd>{:.2}x</dd>\
+             <dt>Compression</dt><dd>{:.2}x</dd><dt>Saving</dt><dd>{:.2}x</dd></dl>",
+            ratio(all.logical_bytes, all.unique_bytes),
+            ratio(all.unique_bytes, all.stored_bytes),
+            all.saving_ratio,
+        );
+    }
     // The most recent versions' figures.
     let mut shown: Vec<(&FileRecord, ml_dash::VersionStorage)> = Vec::new();
     let mut recent: Vec<&FileRecord> = recs.iter().collect();
@@ -1096,21 +1158,106 @@ pub async fn store_page(
     let Some(Extension(caller)) = caller else {
         return Ok(sign_in(&ws, "/-/store", None));
     };
+    if !unrestricted(&caller) {
+        // A token for some namespaces sees only theirs.
+        let (app2, caller2) = (app.clone(), caller.clone());
+        let rows = crate::blocking(move || {
+            let mut rows = Vec::new();
+            let Caller::Token(t) = &caller2 else {
+                return Ok(rows);
+            };
+            for ns in &t.namespaces {
+                let st = app2.store.stats(&Scope {
+                    namespace: Some(ns.clone()),
+                    ..Default::default()
+                })?;
+                rows.push(vec![
+                    esc(ns),
+                    st.files.to_string(),
+                    st.versions.to_string(),
+                    bytes(st.logical_bytes),
+                    bytes(st.stored_bytes),
+                    format!("{:.2}x", st.saving_ratio),
+                ]);
+            }
+            Ok(rows)
+        })
+        .await?;
+        let body = format!(
+            "<h1>Your namespaces</h1>{}",
+            table(
+                "store",
+                &[
+                    "Namespace",
+                    "Files",
+                    "Versions",
+                    "Logical",
+                    "Stored",
+                    "Saving"
+                ],
+                &rows
+            )
+        );
+        return Ok(html("Store", Some(&caller), &ws, &body));
+    }
     let app2 = app.clone();
-    let st = crate::blocking(move || {
+    let (st, verify, gc) = crate::blocking(move || {
         let everything = app2.store.list(&ListFilter {
             all_versions: true,
             ..Default::default()
         })?;
-        Ok(app2
-            .web_cache
-            .stats(&app2.store, &Scope::default(), &everything)?)
+        Ok((
+            app2.web_cache
+                .stats(&app2.store, &Scope::default(), &everything)?,
+            app2.store.last_result("verify"),
+            app2.store.last_result("gc"),
+        ))
     })
     .await?;
+    let last = |what: &str, v: Option<Value>, summary: &dyn Fn(&Value) -> String| match v {
+        None => format!("<dt>Last {what}</dt><dd class=\"muted\">not run yet</dd>"),
+        Some(v) => format!(
+            "<dt>Last {what}</dt><dd>{} <span class=\"muted\">{}</span></dd>",
+            esc(&summary(&v["report"])),
+            esc(v["at"].as_str().unwrap_or_default())
+        ),
+    };
+    let verify = last("verify", verify, &|r| {
+        if r["ok"] == Value::Bool(true) {
+            format!(
+                "ok: {} versions, {} chunks, {} packs",
+                r["versions"], r["chunks"], r["packs"]
+            )
+        } else {
+            format!(
+                "problems: {} damaged files, {} other problems",
+                r["damagedFiles"].as_array().map_or(0, Vec::len),
+                r["problems"].as_array().map_or(0, Vec::len)
+            )
+        }
+    });
+    let gc = last("gc", gc, &|r| {
+        format!(
+            "{} deleted versions dropped, {} garbage bytes, {} packs deleted, {} rewritten",
+            r["deletedVersions"], r["garbageBytes"], r["packsDeleted"], r["packsRewritten"]
+        )
+    });
+    #[cfg(feature = "remote")]
+    let push = match &app.push {
+        Some(p) => format!(
+            "<dt>Push to the remote</dt><dd><code>{}</code></dd>",
+            esc(&p.status().to_string())
+        ),
+        None => "<dt>Push to a remote</dt><dd class=\"muted\">off (<code>--remote</code>)</dd>"
+            .to_string(),
+    };
+    #[cfg(not(feature = "remote"))]
+    let push = String::new();
     let body = format!(
         "<h1>Store</h1><dl class=\"stats\"><dt>Files</dt><dd>{}</dd><dt>Versions</dt><dd>{}</dd>\
          <dt>Deleted versions (until gc)</dt><dd>{}</dd><dt>Logical</dt><dd>{}</dd><dt>Unique</dt><dd>{}</dd>\
-         <dt>Stored</dt><dd>{}</dd><dt>Saving (logical / stored)</dt><dd>{:.2}x</dd><dt>Packs</dt><dd>{} ({})</dd></dl>",
+         <dt>Stored</dt><dd>{}</dd><dt>Saving (logical / stored)</dt><dd>{:.2}x</dd><dt>Packs</dt><dd>{} ({})</dd>\
+         <dt>Codecs (unique bytes)</dt><dd>whole {} · byte planes {} · delta {}</dd>{verify}{gc}{push}</dl>",
         st.files,
         st.versions,
         st.deleted_versions,
@@ -1119,7 +1266,10 @@ pub async fn store_page(
         bytes(st.stored_bytes),
         st.saving_ratio,
         st.packs,
-        bytes(st.pack_bytes)
+        bytes(st.pack_bytes),
+        bytes(st.codec_bytes.whole),
+        bytes(st.codec_bytes.planes),
+        bytes(st.codec_bytes.delta),
     );
     Ok(html("Store", Some(&caller), &ws, &body))
 }
@@ -1151,14 +1301,16 @@ pub async fn search(
             .filter(|e| e.experiment.to_lowercase().contains(&lower))
             .take(200)
             .collect();
-        let files: Vec<FileRecord> = app2
-            .store
-            .list(&ListFilter::default())?
-            .into_iter()
-            .filter(|r| caller2.allows(&r.namespace))
-            .filter(|r| !lower.is_empty() && r.full_path().to_lowercase().contains(&lower))
-            .take(200)
-            .collect();
+        let files: Vec<FileRecord> = if lower.is_empty() {
+            Vec::new()
+        } else {
+            app2.store.list(&ListFilter::default())?
+        }
+        .into_iter()
+        .filter(|r| caller2.allows(&r.namespace))
+        .filter(|r| !lower.is_empty() && r.full_path().to_lowercase().contains(&lower))
+        .take(200)
+        .collect();
         Ok((exps, files))
     })
     .await?;
@@ -1215,21 +1367,33 @@ pub async fn raw(
     .await?;
     let mut resp = Response::new(Body::from(data));
     let h = resp.headers_mut();
-    let ct = if rec.filename.to_ascii_lowercase().ends_with(".svg") {
-        "image/svg+xml"
-    } else {
-        rec.content_type.as_str()
+    // The type from the name's extension (never what the uploader claimed).
+    let lower = rec.filename.to_ascii_lowercase();
+    let ct = match lower.rsplit_once('.').map(|(_, e)| e) {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
     };
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    );
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
     // An SVG opened on its own cannot run scripts either.
     h.insert(
         "content-security-policy",
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; sandbox"),
     );
     Ok(resp)
+}
+
+/// A path of this server to go back to after sign-in: never a redirect elsewhere (no `//`,
+/// no backslash, nothing but the characters of an already percent-encoded path and query).
+fn local_path(n: &str) -> bool {
+    n.starts_with('/')
+        && !n.starts_with("//")
+        && n.len() < 2048
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._~%?&=+,;:@!$'()*-".contains(&b))
 }
 
 #[derive(Deserialize)]
@@ -1261,18 +1425,15 @@ pub async fn login(
     }
     app.sessions.remove(&ws.id);
     let (id, _) = app.sessions.create(Some(secret));
-    // Only a path of this server: never a redirect elsewhere.
     let next = f
         .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+        .filter(|n| local_path(n))
         .unwrap_or_else(|| "/".into());
-    let mut r = StatusCode::SEE_OTHER.into_response();
-    r.headers_mut().insert(
-        LOCATION,
-        HeaderValue::from_str(&next).unwrap_or(HeaderValue::from_static("/")),
-    );
-    if let Ok(v) = HeaderValue::from_str(&set_cookie(Some(&id))) {
-        r.headers_mut().insert(SET_COOKIE, v);
+    let mut r = see_other(&next);
+    for c in [set_cookie(Some(&id)), set_anon_cookie(None)] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            r.headers_mut().append(SET_COOKIE, v);
+        }
     }
     Ok(r)
 }
@@ -1369,6 +1530,10 @@ pub async fn delete_version(
         Ok(back_to(&r))
     })
     .await?;
+    #[cfg(feature = "remote")]
+    if let Some(p) = &app.push {
+        p.committed();
+    }
     Ok(see_other(&back))
 }
 
@@ -1403,5 +1568,44 @@ pub async fn update_tags(
         Ok(back_to(&r))
     })
     .await?;
+    #[cfg(feature = "remote")]
+    if let Some(p) = &app.push {
+        p.committed();
+    }
     Ok(see_other(&back))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{local_path, markdown};
+
+    #[test]
+    fn markdown_shows_html_as_text_and_drops_script_links() {
+        let h = markdown(
+            "# T\n\n<script>x</script>\n\nSee [a](JavaScript:alert(1)) [b](https://x.org) [c](rel/p.md) ![i]( data:image/png;base64,AA)",
+        );
+        assert!(!h.contains("<script>"), "{h}");
+        assert!(h.contains("&lt;script&gt;"), "{h}");
+        assert!(!h.to_ascii_lowercase().contains("javascript:"), "{h}");
+        assert!(!h.contains("data:"), "{h}");
+        assert!(
+            h.contains("href=\"https://x.org\"") && h.contains("href=\"rel/p.md\""),
+            "{h}"
+        );
+    }
+
+    #[test]
+    fn only_local_paths_come_back_after_sign_in() {
+        assert!(local_path("/alice/vision/run?tab=files&x=1"));
+        for bad in [
+            "//evil.example/",
+            "/\t/evil.example",
+            "https://evil.example",
+            "/a\\b",
+            "/a b",
+            "",
+        ] {
+            assert!(!local_path(bad), "{bad:?}");
+        }
+    }
 }
