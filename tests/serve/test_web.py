@@ -97,6 +97,7 @@ def fill_with_client(url, workdir):
     (src / "results.csv").write_text("epoch,accuracy\n1,0.5\n2,0.7\n3,0.8\n")
     (src / "README.md").write_text("# Web run\n\nA *run* for the <b>browser</b> test.\n")
     (src / XSS_NAME).write_text("a file whose name is markup")
+    (src / "plots.md").write_text("# About the plots\n")
     exp = Experiment(prefix="alice/vision/web-run", dash_url=url, dash_root=None,
                      readme="browser test", tags=["web"])
     with exp.run as e:
@@ -109,6 +110,7 @@ def fill_with_client(url, workdir):
         for epoch in range(10):
             e.metrics("eval").log(accuracy=0.5 + epoch * 0.04, epoch=epoch, step=epoch * 30)
         e.files("plots").upload(str(src / "loss_curve.png"))
+        e.files("plots").upload(str(src / "plots.md"), to="README.md")
         e.files().upload(str(src / "config.json"), tags=["config"])
         e.files().upload(str(src / "results.csv"))
         e.files().upload(str(src / "README.md"))
@@ -158,6 +160,9 @@ def test_pages_in_a_real_browser(make_server, workdir, monkeypatch, browser):
     md = d.find_element(By.CSS_SELECTOR, "div.markdown")
     assert md.find_element(By.TAG_NAME, "h1").text == "Web run"
     assert "<b>browser</b>" in md.text
+    # A folder's README under the folder's name.
+    folder_readme = d.find_element(By.XPATH, "//h3[@class='dir' and text()='/plots']/following-sibling::section[1]")
+    assert folder_readme.find_element(By.TAG_NAME, "h1").text == "About the plots"
     summaries = [s.text for s in d.find_elements(By.CSS_SELECTOR, "details.file summary")]
     assert "/odd/" + XSS_NAME in summaries, summaries
     assert not d.find_elements(By.CSS_SELECTOR, "img[src='x']")

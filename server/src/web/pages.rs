@@ -34,6 +34,8 @@ const IMAGE_PREVIEW: u64 = 32 << 20;
 const LOG_PAGE: usize = 200;
 /// Versions listed per page of the Files tab.
 const FILES_PAGE: usize = 500;
+/// Folder READMEs rendered on one Files tab.
+const MAX_READMES: usize = 20;
 
 type PageResult = Result<Response, ApiError>;
 
@@ -515,12 +517,24 @@ fn files_tab(
         recs.len()
     );
     let mut shown = 0;
+    let mut readmes = 0;
     let mut last_dir = String::new();
     for versions in by_path.values() {
         let path = versions[0].full_path();
         let dir = versions[0].path.clone();
         if dir != last_dir {
             let _ = write!(out, "<h3 class=\"dir\">{}</h3>", esc(&dir));
+            // A folder's README.md, shown under its name (the experiment's own is above).
+            if dir != "/"
+                && readmes < MAX_READMES
+                && let Some(r) = recs
+                    .iter()
+                    .rev()
+                    .find(|r| r.path == dir && r.filename.eq_ignore_ascii_case("readme.md"))
+            {
+                readmes += 1;
+                out.push_str(&preview(app, r)?);
+            }
             last_dir = dir;
         }
         let mut rows = Vec::new();
