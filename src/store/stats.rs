@@ -184,8 +184,9 @@ impl Store {
         }
     }
 
-    /// The last `verify` or `gc` (`what`) recorded by [`note_last`](Self::note_last): `{"at":
-    /// ISO-8601, "report": ...}`, if any.
+    /// The last `verify` or `gc` (`what`: `"verify"` or `"gc"`) the store recorded (each run
+    /// writes `<root>/last-verify.json` or `last-gc.json`): `{"at": ISO-8601, "report": ...}`,
+    /// if any.
     pub fn last_result(&self, what: &str) -> Option<serde_json::Value> {
         if !matches!(what, "verify" | "gc") {
             return None;
