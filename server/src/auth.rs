@@ -94,3 +94,106 @@ pub async fn authenticate(State(app): State<Shared>, mut req: Request, next: Nex
         Err(e) => e.into_response(),
     }
 }
+
+/// Requests a browser may have been tricked into sending: a write to the API from a page of
+/// another origin (its `Origin` header names another host than the request's `Host`: our
+/// clients and the ml-dash client send no `Origin`), and, on a store without tokens (which
+/// listens on loopback only), any request whose `Host` is not a loopback name (a page of
+/// another site whose name was re-pointed at 127.0.0.1, "DNS rebinding"). Both get 403.
+pub async fn guard(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let host = h
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let path = req.uri().path();
+    let api_write = (path.starts_with("/api/") || path == "/graphql")
+        && !matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+        );
+    if api_write
+        && let Some(origin) = h
+            .get(axum::http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+    {
+        let origin_host = origin
+            .split_once("://")
+            .map_or(origin, |(_, rest)| rest)
+            .to_ascii_lowercase();
+        if host.as_deref() != Some(origin_host.as_str()) {
+            return ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "CROSS_ORIGIN",
+                "a write from a page of another origin is refused",
+            )
+            .into_response();
+        }
+    }
+    if let Some(host) = &host
+        && !loopback_host(host)
+    {
+        let app2 = app.clone();
+        let open = crate::blocking(move || Ok(app2.store.tokens()?.is_empty()))
+            .await
+            .unwrap_or(false);
+        if open {
+            return ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "HOST",
+                "a store without tokens answers only requests to a loopback host name",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+pub fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        })
+    };
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name == "::1"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn loopback_names() {
+        for h in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "127.1.2.3:9",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.1:80",
+            "127.0.0.1.evil.example",
+            "[::2]:1",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
+    }
+}

@@ -302,3 +302,27 @@ def test_sessions_csrf_and_headers(server):
         r = c.post("/-/logout", data={"csrf": csrf})
         assert r.status_code == 303
         assert 'name="token"' in c.get("/ns/p/e").text
+
+
+def test_cross_origin_writes_and_rebinding_are_refused(make_server, workdir):
+    """A page of another site cannot write through the API (its browser sends `Origin`), and
+    a store without tokens answers only loopback host names (no DNS rebinding)."""
+    import httpx
+
+    s = make_server(root=workdir / "open")
+    body = {"type": "EXPERIMENT", "name": "e", "projectSlug": "p", "parentId": "ROOT"}
+    with httpx.Client(base_url=s.url, timeout=30) as c:
+        r = c.post("/api/namespaces/ns/nodes", json=body, headers={"Origin": "http://evil.example"})
+        assert r.status_code == 403 and r.json()["code"] == "CROSS_ORIGIN", r.text
+        r = c.post("/graphql", content=b'{"query": "{ me { username } }"}',
+                   headers={"Origin": "http://evil.example", "Content-Type": "text/plain"})
+        assert r.status_code == 403, r.text
+        # The same origin (a page of this server), and clients that send no Origin, may.
+        host = s.url.split("://", 1)[1]
+        r = c.post("/api/namespaces/ns/nodes", json=body, headers={"Origin": f"http://{host}"})
+        assert r.status_code in (200, 201), r.text
+        for h in ["evil.example", f"evil.example:{host.split(':')[1]}"]:
+            r = c.get("/", headers={"Host": h})
+            assert r.status_code == 403 and r.json()["code"] == "HOST", r.text
+        assert c.get("/", headers={"Host": f"localhost:{host.split(':')[1]}"}).status_code == 200
+        assert c.get("/health").status_code == 200
