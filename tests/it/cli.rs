@@ -29,9 +29,30 @@ const RECORD_KEYS: [&str; 17] = [
 
 #[track_caller]
 fn check_record_shape(r: &Map<String, Value>) {
-    let keys: BTreeSet<&str> = r.keys().map(String::as_str).collect();
+    // `list --json` adds how the version is stored; every other key is the record's.
+    let keys: BTreeSet<&str> = r
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "storage")
+        .collect();
     let want: BTreeSet<&str> = RECORD_KEYS.into_iter().collect();
     assert_eq!(keys, want, "record keys");
+    if let Some(st) = r.get("storage") {
+        for k in [
+            "logicalBytes",
+            "uniqueBytes",
+            "storedBytes",
+            "newBytes",
+            "deltaDepth",
+        ] {
+            assert!(st[k].is_u64(), "storage.{k}: {st}");
+        }
+        for k in ["whole", "planes", "delta"] {
+            assert!(st["codecBytes"][k].is_u64(), "storage.codecBytes.{k}: {st}");
+        }
+        assert_eq!(st["logicalBytes"], r["sizeBytes"]);
+        assert_eq!(st["newBytes"], r["newBytes"]);
+    }
     for k in ["uploadedAt", "updatedAt"] {
         let s = r[k]
             .as_str()
@@ -153,9 +174,12 @@ fn upload_json_prints_one_record_per_file() {
         assert_eq!(r["deletedAt"], Value::Null);
     }
     assert!(out[0]["newBytes"].as_u64().unwrap() >= a.len() as u64);
-    // The listing shows the same records.
-    let listed = list_json(&root, &[]);
+    // The listing shows the same records (and how each is stored).
+    let mut listed = list_json(&root, &[]);
     assert_eq!(listed.len(), 3);
+    for l in &mut listed {
+        assert!(l.remove("storage").is_some());
+    }
     for r in &out {
         assert!(listed.contains(r), "{r:?} not listed");
     }
