@@ -662,7 +662,17 @@ fn upload(
         if f.as_os_str() != "-" {
             let m = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
             if m.is_dir() {
-                bail!("{} is a directory", f.display());
+                // A directory (a `save_pretrained` checkpoint, one shard per rank): its tree
+                // under the prefix, `DIR/sub/file`, in the same commit as everything else.
+                let files = walk_dir(f)?;
+                if files.is_empty() {
+                    bail!("{} holds no file to upload", f.display());
+                }
+                for (rel, path) in files {
+                    let (dir, filename) = validate::target(&prefix, &format!("{name}/{rel}"))?;
+                    plan.push((path, ek.file(dir, filename)));
+                }
+                continue;
             }
             if !m.is_file() {
                 bail!(
@@ -709,6 +719,56 @@ fn upload(
         print_record(&mut out, rec, json)?;
     }
     Ok(0)
+}
+
+/// The regular files under `dir` (symbolic links to files followed), as (path relative to
+/// `dir` with `/`, path), sorted. A symbolic link to a directory, a FIFO, socket or device, or
+/// a name that is not UTF-8 is an error (nothing is uploaded), so that what is stored is
+/// exactly the tree that was asked for.
+fn walk_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), dir.to_path_buf())];
+    while let Some((rel, d)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)
+            .with_context(|| format!("cannot read {}", d.display()))?
+            .collect::<io::Result<_>>()
+            .with_context(|| format!("cannot read {}", d.display()))?;
+        entries.sort_by_key(std::fs::DirEntry::file_name);
+        for e in entries {
+            let path = e.path();
+            let name = e
+                .file_name()
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("{}: the name is not UTF-8", path.display()))?;
+            let sub = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let lm = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let m = std::fs::metadata(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if m.is_dir() {
+                if lm.file_type().is_symlink() {
+                    bail!(
+                        "{} is a symbolic link to a directory: not followed (upload its target)",
+                        path.display()
+                    );
+                }
+                stack.push((sub, path));
+            } else if m.is_file() {
+                out.push((sub, path));
+            } else {
+                bail!(
+                    "{} is not a regular file (FIFO, socket or device)",
+                    path.display()
+                );
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -760,6 +820,13 @@ fn download(
 ) -> Result<i32> {
     let key = file_key(&exp, full)?;
     let store = open(root)?;
+    if version.is_none()
+        && output.as_deref() != Some("-")
+        && matches!(store.resolve(&key, None), Err(ml_dash::Error::NotFound(_)))
+        && download_tree(&store, &exp, full, output.as_deref(), json)?.is_some()
+    {
+        return Ok(0);
+    }
     let rec = match output.as_deref() {
         Some("-") => {
             let mut so = io::BufWriter::with_capacity(1 << 20, io::stdout());
@@ -774,6 +841,51 @@ fn download(
     };
     let _ = rec;
     Ok(0)
+}
+
+/// `download PREFIX`: when no file has the path but files lie under it, the latest version of
+/// each, written as a tree under `out` (default: the prefix's last name), each checked and
+/// renamed into place as a single download is. `None` when nothing lies under it.
+fn download_tree(
+    store: &Store,
+    exp: &ExpArgs,
+    full: &str,
+    out: Option<&str>,
+    json: bool,
+) -> Result<Option<usize>> {
+    let Ok(prefix) = validate::prefix(full) else {
+        return Ok(None);
+    };
+    let ek = exp_key(exp)?;
+    let recs = store.list(&ListFilter {
+        scope: Scope {
+            namespace: Some(ek.namespace.clone()),
+            project: Some(ek.project.clone()),
+            experiment: Some(ek.experiment.clone()),
+        },
+        prefix: Some(prefix.clone()),
+        ..Default::default()
+    })?;
+    if recs.is_empty() {
+        return Ok(None);
+    }
+    let base = PathBuf::from(
+        out.unwrap_or_else(|| prefix.rsplit('/').find(|s| !s.is_empty()).unwrap_or(".")),
+    );
+    for r in &recs {
+        // The record's path below the prefix (names were validated when stored: no `..`).
+        let rel_dir = r.path[prefix.len()..].trim_start_matches('/');
+        let dir = if rel_dir.is_empty() {
+            base.clone()
+        } else {
+            base.join(rel_dir)
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot make {}", dir.display()))?;
+        let dest = dir.join(&r.filename);
+        let got = store.download(&r.key(), Some(r.version), &dest)?;
+        print_downloaded(&got, &dest, json)?;
+    }
+    Ok(Some(recs.len()))
 }
 
 fn export(

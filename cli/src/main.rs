@@ -68,7 +68,8 @@ pub struct ScopeArgs {
 )]
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Store files as new versions (FILE `-` reads standard input; then --to is required).
+    /// Store files as new versions, all in one commit (FILE `-` reads standard input; then --to
+    /// is required). A directory is stored as its tree under the prefix (`DIR/sub/file`).
     Upload {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -76,7 +77,7 @@ pub enum Cmd {
         exp: ExpArgs,
         #[arg(long, default_value = "/")]
         prefix: String,
-        /// Store under this name (relative; only with one FILE).
+        /// Store under this name (relative; only with one FILE or DIR).
         #[arg(long)]
         to: Option<String>,
         #[arg(long)]

@@ -518,6 +518,13 @@ pub fn upload(
             bail!("--server uploads files, not standard input");
         }
         let m = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        if m.is_dir() {
+            bail!(
+                "{} is a directory: through --server, upload its files (a directory is one commit \
+                 only into a local store, with --root)",
+                f.display()
+            );
+        }
         if !m.is_file() {
             bail!("{} is not a regular file", f.display());
         }

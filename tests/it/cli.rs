@@ -1176,3 +1176,111 @@ fn glob_table_through_the_cli() {
         );
     }
 }
+
+/// A checkpoint directory (`save_pretrained`, one shard per rank): `upload DIR` stores its tree
+/// under the prefix in one commit, refuses a tree holding a FIFO or a link to a directory
+/// without storing anything, and `download PREFIX` restores the tree byte-exact.
+#[test]
+fn a_directory_uploads_as_one_commit_and_downloads_as_a_tree() {
+    let (_d, root, src) = setup();
+    let ckpt = src.join("step-100");
+    for (rel, data) in [
+        ("config.json", b"{\"layers\": 2}".to_vec()),
+        ("tokenizer/vocab.txt", b"a\nb\n".to_vec()),
+        ("shards/rank0.bin", vec![1u8; 300_000]),
+        ("shards/rank1.bin", vec![2u8; 300_000]),
+    ] {
+        let p = ckpt.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let recs = upload(&root, &[&ckpt], &["--prefix", "/ckpt"]);
+    assert_eq!(
+        full_paths(&recs),
+        [
+            "/ckpt/step-100/config.json",
+            "/ckpt/step-100/shards/rank0.bin",
+            "/ckpt/step-100/shards/rank1.bin",
+            "/ckpt/step-100/tokenizer/vocab.txt"
+        ]
+    );
+    // A tree that cannot be stored whole stores nothing.
+    let fifo = ckpt.join("shards/pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let args = [
+        "upload",
+        s(&ckpt),
+        "--project",
+        "p",
+        "--experiment",
+        "e",
+        "--prefix",
+        "/ckpt",
+    ];
+    let r = run(&root, &args);
+    refused(&r, "a FIFO in the tree");
+    assert!(r.2.contains("not a regular file"), "{}", r.2);
+    std::fs::remove_file(&fifo).unwrap();
+    std::os::unix::fs::symlink(&src, ckpt.join("loop")).unwrap();
+    let r = run(&root, &args);
+    refused(&r, "a link to a directory in the tree");
+    assert!(r.2.contains("symbolic link to a directory"), "{}", r.2);
+    std::fs::remove_file(ckpt.join("loop")).unwrap();
+    assert_eq!(list_json(&root, &[]).len(), 4);
+    // The next save: every file a new version, together.
+    std::fs::write(ckpt.join("shards/rank1.bin"), vec![3u8; 300_000]).unwrap();
+    let recs = upload(&root, &[&ckpt], &["--prefix", "/ckpt", "--to", "latest"]);
+    assert_eq!(recs.len(), 4);
+    assert!(
+        recs.iter()
+            .all(|r| r["path"].as_str().unwrap().starts_with("/ckpt/latest"))
+    );
+    let recs = upload(&root, &[&ckpt], &["--prefix", "/ckpt"]);
+    assert!(recs.iter().all(|r| r["version"] == 2), "{recs:?}");
+    // Back as a tree.
+    let out = src.join("restored");
+    let r = run(
+        &root,
+        &[
+            "download",
+            "--project",
+            "p",
+            "--experiment",
+            "e",
+            "/ckpt/step-100",
+            "-o",
+            s(&out),
+        ],
+    );
+    ok(&r);
+    for rel in [
+        "config.json",
+        "tokenizer/vocab.txt",
+        "shards/rank0.bin",
+        "shards/rank1.bin",
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(rel)).unwrap(),
+            std::fs::read(ckpt.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    let r = run(
+        &root,
+        &[
+            "download",
+            "--project",
+            "p",
+            "--experiment",
+            "e",
+            "/ckpt/nothing-here",
+        ],
+    );
+    assert_ne!(r.0, 0);
+}
