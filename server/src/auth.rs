@@ -45,7 +45,9 @@ impl Caller {
 /// Check the `Authorization: Bearer` header, else a browser session's cookie (for the pages,
 /// and for API reads such as a download link; never for API writes, which a cookie would
 /// expose to requests made by other sites). `/health` is answered to anyone, and a page
-/// without either shows the sign-in form.
+/// without either shows the sign-in form. Refused first (403): an API write from a page of
+/// another origin, and on a store without tokens any request to a host name that is not
+/// loopback.
 pub async fn authenticate(State(app): State<Shared>, mut req: Request, next: Next) -> Response {
     let header = req
         .headers()
@@ -59,6 +61,21 @@ pub async fn authenticate(State(app): State<Shared>, mut req: Request, next: Nex
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
     );
+    if cross_origin_write(&req, api) {
+        return ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "CROSS_ORIGIN",
+            "a write from a page of another origin is refused",
+        )
+        .into_response();
+    }
+    // A store without tokens listens on loopback only; a request naming another host comes
+    // from a page whose site name was re-pointed at this machine ("DNS rebinding").
+    let foreign_host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|h| !loopback_host(&h.to_ascii_lowercase()));
     let cookie = crate::web::session::cookie_id(req.headers())
         .filter(|_| !api || read)
         .and_then(|id| app.sessions.get(&id))
@@ -67,6 +84,13 @@ pub async fn authenticate(State(app): State<Shared>, mut req: Request, next: Nex
     let caller = crate::blocking(move || {
         let tokens = app2.store.tokens()?;
         if tokens.is_empty() {
+            if foreign_host {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "HOST",
+                    "a store without tokens answers only requests to a loopback host name",
+                ));
+            }
             return Ok(Some(Caller::Open));
         }
         let secret = header
@@ -95,58 +119,30 @@ pub async fn authenticate(State(app): State<Shared>, mut req: Request, next: Nex
     }
 }
 
-/// Requests a browser may have been tricked into sending: a write to the API from a page of
-/// another origin (its `Origin` header names another host than the request's `Host`: our
-/// clients and the ml-dash client send no `Origin`), and, on a store without tokens (which
-/// listens on loopback only), any request whose `Host` is not a loopback name (a page of
-/// another site whose name was re-pointed at 127.0.0.1, "DNS rebinding"). Both get 403.
-pub async fn guard(State(app): State<Shared>, req: Request, next: Next) -> Response {
+/// A write to the API from a page of another origin: its `Origin` header names another host
+/// than the request's `Host` (our clients and the ml-dash client send no `Origin`).
+fn cross_origin_write(req: &Request, api: bool) -> bool {
+    let write = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
     let h = req.headers();
+    let Some(origin) = h
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| api && write)
+    else {
+        return false;
+    };
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .to_ascii_lowercase();
     let host = h
         .get(axum::http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
-    let path = req.uri().path();
-    let api_write = (path.starts_with("/api/") || path == "/graphql")
-        && !matches!(
-            *req.method(),
-            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-        );
-    if api_write
-        && let Some(origin) = h
-            .get(axum::http::header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-    {
-        let origin_host = origin
-            .split_once("://")
-            .map_or(origin, |(_, rest)| rest)
-            .to_ascii_lowercase();
-        if host.as_deref() != Some(origin_host.as_str()) {
-            return ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "CROSS_ORIGIN",
-                "a write from a page of another origin is refused",
-            )
-            .into_response();
-        }
-    }
-    if let Some(host) = &host
-        && !loopback_host(host)
-    {
-        let app2 = app.clone();
-        let open = crate::blocking(move || Ok(app2.store.tokens()?.is_empty()))
-            .await
-            .unwrap_or(false);
-        if open {
-            return ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "HOST",
-                "a store without tokens answers only requests to a loopback host name",
-            )
-            .into_response();
-        }
-    }
-    next.run(req).await
+    host.as_deref() != Some(origin_host.as_str())
 }
 
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.

@@ -288,10 +288,6 @@ fn router(app: Shared) -> Router {
             app.clone(),
             auth::authenticate,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            auth::guard,
-        ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(app)
 }

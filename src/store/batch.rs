@@ -201,11 +201,7 @@ impl<'a> UploadBatch<'a> {
         v: NewVersion,
         checksum: Sha256,
     ) -> &mut Self {
-        self.push(Source::Reader(Box::new(src)), key, v, None, None);
-        if let Some(it) = self.items.last_mut() {
-            it.expect = Some(Expected::Now(checksum));
-        }
-        self
+        self.push_expecting(Box::new(src), key, v, Expected::Now(checksum))
     }
 
     /// Like [`reader_checked`](Self::reader_checked), for a sender that declares the checksum
@@ -220,9 +216,19 @@ impl<'a> UploadBatch<'a> {
         v: NewVersion,
         checksum: Arc<OnceLock<Sha256>>,
     ) -> &mut Self {
-        self.push(Source::Reader(Box::new(src)), key, v, None, None);
+        self.push_expecting(Box::new(src), key, v, Expected::AtEnd(checksum))
+    }
+
+    fn push_expecting(
+        &mut self,
+        src: Box<dyn Read + Send + 'a>,
+        key: FileKey,
+        v: NewVersion,
+        expect: Expected,
+    ) -> &mut Self {
+        self.push(Source::Reader(src), key, v, None, None);
         if let Some(it) = self.items.last_mut() {
-            it.expect = Some(Expected::AtEnd(checksum));
+            it.expect = Some(expect);
         }
         self
     }

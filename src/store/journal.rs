@@ -317,15 +317,9 @@ impl Store {
     /// contents are shared with the cache (a page showing a million metric points reads them
     /// in place).
     pub fn journal_shared(&self, exp: &ExperimentKey) -> Result<Arc<JournalContents>> {
-        let path = self.journal_path(exp);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Arc::default());
-            }
-            Err(e) => return Err(Error::io(&path, e)),
+        let Some((path, file)) = self.open_journal_shared(exp)? else {
+            return Ok(Arc::default());
         };
-        file.lock_shared().at(&path)?;
         let (mut len, mut c) = cached(&file, &path)?;
         let size = file.metadata().at(&path)?.len();
         if size > len {
@@ -342,21 +336,23 @@ impl Store {
         Ok(c)
     }
 
-    /// Read an experiment's journal entirely from disk (for `verify`).
-    pub(crate) fn journal_from_disk(&self, exp: &ExperimentKey) -> Result<JournalContents> {
-        self.read_journal(exp)
-    }
-
-    fn read_journal(&self, exp: &ExperimentKey) -> Result<JournalContents> {
+    /// An experiment's journal, opened and locked shared; `None` if it has none.
+    fn open_journal_shared(&self, exp: &ExperimentKey) -> Result<Option<(PathBuf, File)>> {
         let path = self.journal_path(exp);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(JournalContents::default());
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&path, e)),
         };
         file.lock_shared().at(&path)?;
+        Ok(Some((path, file)))
+    }
+
+    /// Read an experiment's journal entirely from disk (for `verify`).
+    pub(crate) fn journal_from_disk(&self, exp: &ExperimentKey) -> Result<JournalContents> {
+        let Some((path, file)) = self.open_journal_shared(exp)? else {
+            return Ok(JournalContents::default());
+        };
         let (mut len, mut c) = (0, JournalContents::default());
         catch_up(&file, &path, &mut len, &mut c)?;
         if file.metadata().at(&path)?.len() > len {

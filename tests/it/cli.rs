@@ -737,13 +737,7 @@ fn refusals_leave_the_store_unchanged() {
     let good = write_file(&src, "good.bin", b"good bytes");
     let missing = src.join("missing.bin");
     let fifo = src.join("fifo");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&fifo);
     let deep = {
         let mut v = String::from("1");
         for _ in 0..40 {
@@ -1206,13 +1200,7 @@ fn a_directory_uploads_as_one_commit_and_downloads_as_a_tree() {
     );
     // A tree that cannot be stored whole stores nothing.
     let fifo = ckpt.join("shards/pipe");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&fifo);
     let args = [
         "upload",
         s(&ckpt),

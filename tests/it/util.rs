@@ -389,3 +389,9 @@ pub fn unknown_packs(root: &Path) -> Result<(Vec<PathBuf>, usize), String> {
     }
     Ok((unknown, held.len()))
 }
+
+/// Make a FIFO at `p` (a source no upload may read).
+pub fn mkfifo(p: &Path) {
+    let ok = Command::new("mkfifo").arg(p).status().expect("run mkfifo");
+    assert!(ok.success(), "mkfifo {}", p.display());
+}

@@ -21,32 +21,23 @@ pub fn downsample(points: &[(f64, f64)], buckets: usize) -> Vec<(f64, f64)> {
     }
     let (x0, x1) = (points[0].0, points[points.len() - 1].0);
     let span = (x1 - x0).max(f64::MIN_POSITIVE);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a bucket index from a fraction"
+    )]
+    let bucket = |x: f64| {
+        (((x - x0) / span) * buckets as f64)
+            .floor()
+            .min(buckets as f64 - 1.0) as usize
+    };
     let mut out = Vec::with_capacity(2 * buckets);
     let mut i = 0;
     while i < points.len() {
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "a bucket index from a fraction"
-        )]
-        let b = (((points[i].0 - x0) / span) * buckets as f64)
-            .floor()
-            .min(buckets as f64 - 1.0) as usize;
+        let b = bucket(points[i].0);
         let (mut lo, mut hi) = (i, i);
-        while i < points.len() {
-            #[expect(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                clippy::cast_precision_loss,
-                reason = "a bucket index from a fraction"
-            )]
-            let bi = (((points[i].0 - x0) / span) * buckets as f64)
-                .floor()
-                .min(buckets as f64 - 1.0) as usize;
-            if bi != b {
-                break;
-            }
+        while i < points.len() && bucket(points[i].0) == b {
             if points[i].1 < points[lo].1 {
                 lo = i;
             }

@@ -116,13 +116,18 @@ struct ExpRow {
     new_bytes: u64,
 }
 
+/// The scope of one experiment.
+fn exp_scope(key: &ExperimentKey) -> Scope {
+    Scope {
+        namespace: Some(key.namespace.clone()),
+        project: Some(key.project.clone()),
+        experiment: Some(key.experiment.clone()),
+    }
+}
+
 fn exp_row(app: &Shared, key: ExperimentKey) -> Result<ExpRow, ApiError> {
     let recs = app.store.list(&ListFilter {
-        scope: Scope {
-            namespace: Some(key.namespace.clone()),
-            project: Some(key.project.clone()),
-            experiment: Some(key.experiment.clone()),
-        },
+        scope: exp_scope(&key),
         all_versions: true,
         ..Default::default()
     })?;
@@ -449,11 +454,7 @@ async fn experiment_page(
 
 fn versions_of(app: &Shared, key: &ExperimentKey) -> Result<Vec<FileRecord>, ApiError> {
     Ok(app.store.list(&ListFilter {
-        scope: Scope {
-            namespace: Some(key.namespace.clone()),
-            project: Some(key.project.clone()),
-            experiment: Some(key.experiment.clone()),
-        },
+        scope: exp_scope(key),
         all_versions: true,
         ..Default::default()
     })?)
@@ -755,6 +756,17 @@ fn markdown(text: &str) -> String {
     out
 }
 
+/// `<option>`s of a select (fixed values), `selected` marked.
+fn options(values: &[&str], selected: &str) -> String {
+    values
+        .iter()
+        .map(|v| {
+            let mark = if *v == selected { " selected" } else { "" };
+            format!("<option value=\"{v}\"{mark}>{v}</option>")
+        })
+        .collect()
+}
+
 /// The numeric value of a point's field (`_ts` for time, `index` for step).
 fn field(p: &ml_dash::MetricPoint, x: &str) -> Option<f64> {
     match x {
@@ -811,13 +823,7 @@ fn metrics_tab(
     let mut out = String::from(
         "<form class=\"controls\" method=\"get\"><input type=\"hidden\" name=\"tab\" value=\"metrics\"><label>x axis <select name=\"x\" class=\"autosubmit\">",
     );
-    for opt in ["step", "epoch", "time"] {
-        let _ = write!(
-            out,
-            "<option value=\"{opt}\"{}>{opt}</option>",
-            if opt == x { " selected" } else { "" }
-        );
-    }
+    out.push_str(&options(&["step", "epoch", "time"], &x));
     let _ = write!(
         out,
         "</select></label> <input type=\"text\" name=\"compare\" value=\"{}\" \
@@ -963,13 +969,10 @@ fn logs_tab(j: &ml_dash::JournalContents, q: &PageQuery) -> String {
     let mut out = String::from(
         "<form class=\"controls\" method=\"get\"><input type=\"hidden\" name=\"tab\" value=\"logs\"><select name=\"level\" class=\"autosubmit\" aria-label=\"Level\"><option value=\"\">all levels</option>",
     );
-    for l in ["debug", "info", "warn", "error", "critical"] {
-        let _ = write!(
-            out,
-            "<option value=\"{l}\"{}>{l}</option>",
-            if l == level { " selected" } else { "" }
-        );
-    }
+    out.push_str(&options(
+        &["debug", "info", "warn", "error", "critical"],
+        &level,
+    ));
     let _ = write!(
         out,
         "</select> <input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"Search logs\" aria-label=\"Search logs\"> \
@@ -1029,11 +1032,7 @@ fn unrestricted(caller: &Caller) -> bool {
 
 fn storage_tab(app: &Shared, caller: &Caller, key: &ExperimentKey) -> Result<String, ApiError> {
     let recs = versions_of(app, key)?;
-    let scope = Scope {
-        namespace: Some(key.namespace.clone()),
-        project: Some(key.project.clone()),
-        experiment: Some(key.experiment.clone()),
-    };
+    let scope = exp_scope(key);
     let st = app.web_cache.stats(&app.store, &scope, &recs)?;
     let mut out = format!(
         "<h3>This experiment</h3><dl class=\"stats\"><dt>Logical</dt><dd>{}</dd><dt>Unique</dt><dd>{}</dd><dt>Stored</dt><dd>{}</dd>\
