@@ -27,11 +27,28 @@ pub struct ExperimentBuilder {
     namespace: String,
     local_path: PathBuf,
     options: StoreOptions,
+    retention: crate::store::retention::RetentionPolicy,
     #[cfg(feature = "remote")]
     remote: Option<crate::remote::RemoteConfig>,
 }
 
 impl ExperimentBuilder {
+    /// Keep only the newest `n` versions of each of this experiment's files (plus those
+    /// `keep_tags` names): stored as the experiment's retention policy at `open`, applied by
+    /// every later gc.
+    pub fn keep_last(mut self, n: u32) -> Self {
+        self.retention.keep_last = Some(n);
+        self
+    }
+    /// Keep every version carrying one of these tags (e.g. `best`) when retention applies.
+    pub fn keep_tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.retention.keep_tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
     /// Push the store to this remote when the experiment is closed (`Experiment::close`).
     #[cfg(feature = "remote")]
     pub fn remote(mut self, r: crate::remote::RemoteConfig) -> Self {
@@ -57,6 +74,17 @@ impl ExperimentBuilder {
     pub fn open(self) -> Result<Experiment> {
         let key = ExperimentKey::new(&self.namespace, &self.project, &self.name)?;
         let store = Store::open_with(&self.local_path, self.options)?;
+        if self.retention != crate::store::retention::RetentionPolicy::default() {
+            store.set_retention(
+                crate::store::retention::RetentionScope {
+                    namespace: Some(key.namespace.clone()),
+                    project: Some(key.project.clone()),
+                    experiment: Some(key.experiment.clone()),
+                    prefix: None,
+                },
+                self.retention,
+            )?;
+        }
         Ok(Experiment {
             store,
             key,
@@ -86,6 +114,7 @@ impl Experiment {
             namespace: "local".into(),
             local_path: PathBuf::from(".ml-dash"),
             options: StoreOptions::default(),
+            retention: Default::default(),
             #[cfg(feature = "remote")]
             remote: None,
         }

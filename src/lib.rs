@@ -79,6 +79,7 @@ pub use store::index::Scope;
 pub use store::journal::{ExperimentInfo, JournalContents, LogEntry, MetricPoint, Params};
 pub use store::read::FileReader;
 pub use store::recover::RebuildReport;
+pub use store::retention::{RetentionPolicy, RetentionScope, ScopedPolicy};
 pub use store::stats::{CodecBytes, Stats, VersionStorage};
 pub use store::tokens::TokenInfo;
 pub use store::verify::VerifyReport;
@@ -93,6 +94,7 @@ pub mod validate {
     pub use crate::format::record::{
         MAX_DESCRIPTION, MAX_VERSION, check_description, check_metadata, check_tags,
     };
+    pub use crate::store::retention::{format_duration, parse_duration};
 }
 
 /// Internals for tests, fuzz targets and benchmarks (cargo feature `testing`): fault injection

@@ -9,7 +9,10 @@ use ml_dash::{ExperimentKey, FileKey, validate};
 use ml_dash::{FileRecord, ListFilter, NewVersion, Store};
 
 use crate::progress::Progress;
-use crate::{Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, ScopeArgs, TokenCmd, shown};
+use crate::{
+    Cli, Cmd, DAMAGE, ExpArgs, LayoutArg, PolicyArgs, RetentionCmd, RetentionScopeArgs, ScopeArgs,
+    TokenCmd, shown,
+};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let root = cli.root;
@@ -128,6 +131,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Cmd::Gc {
             dry_run,
+            policy,
+            scope,
+            no_stored_policies,
             threshold,
             drop_unreferenced,
             json,
@@ -135,11 +141,36 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             if !(0.0..=1.0).contains(&threshold) {
                 bail!("--threshold must be between 0 and 1");
             }
-            let rep = open(&root)?.gc(&ml_dash::GcOptions::new()
+            let mut o = ml_dash::GcOptions::new()
                 .dry_run(dry_run)
                 .rewrite_threshold(threshold)
-                .drop_unreferenced(drop_unreferenced))?;
+                .drop_unreferenced(drop_unreferenced)
+                .stored_policies(!no_stored_policies);
+            match policy_of(&policy)? {
+                Some(p) => o = o.retention(retention_scope(&scope), p),
+                None if scope_given(&scope) => {
+                    bail!(
+                        "--namespace/--project/--experiment/--prefix scope a policy: give --keep-last, --keep-tag or --keep-within"
+                    )
+                }
+                None => {}
+            }
+            let rep = open(&root)?.gc(&o)?;
             let verb = if dry_run { "would free" } else { "freed" };
+            if !json {
+                let mut out = io::stdout().lock();
+                let what = if dry_run { "would drop" } else { "dropped" };
+                for r in &rep.retention_dropped {
+                    writeln!(
+                        out,
+                        "retention {what} {} v{} ({} bytes, uploaded {})",
+                        shown(&r.key().display()),
+                        r.version,
+                        r.size_bytes,
+                        r.uploaded_at
+                    )?;
+                }
+            }
             let mut summary = format!(
                 "{verb} {} bytes: {} deleted versions, {} garbage chunks ({} bytes), {} packs deleted, {} rewritten; {} garbage bytes left below the threshold; {} chunks kept as delta bases",
                 rep.reclaimed_bytes,
@@ -166,6 +197,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             report(json, &rep, &[("problem: ", &lines(&rep.problems))], summary)?;
             Ok(if rep.problems.is_empty() { 0 } else { DAMAGE })
         }
+        Cmd::Retention { action } => retention(&root, action),
         Cmd::Stats { scope, json } => {
             let st = open(&root)?.stats(&scope_of(&scope)?)?;
             let mut out = io::stdout().lock();
@@ -503,6 +535,89 @@ fn exp_key(e: &ExpArgs) -> Result<ExperimentKey> {
 fn file_key(e: &ExpArgs, full: &str) -> Result<FileKey> {
     let (p, name) = validate::split_full(full)?;
     Ok(exp_key(e)?.file(p, name))
+}
+
+/// The retention policy of the command line, if any rule was given.
+fn policy_of(p: &PolicyArgs) -> Result<Option<ml_dash::RetentionPolicy>> {
+    if p.keep_last.is_none() && p.keep_tags.is_empty() && p.keep_within.is_none() {
+        return Ok(None);
+    }
+    let policy = ml_dash::RetentionPolicy {
+        keep_last: p.keep_last,
+        keep_tags: p.keep_tags.clone(),
+        keep_within_secs: p
+            .keep_within
+            .as_deref()
+            .map(validate::parse_duration)
+            .transpose()?,
+    };
+    policy.check()?;
+    Ok(Some(policy))
+}
+
+fn retention_scope(s: &RetentionScopeArgs) -> ml_dash::RetentionScope {
+    ml_dash::RetentionScope {
+        namespace: s.namespace.clone(),
+        project: s.project.clone(),
+        experiment: s.experiment.clone(),
+        prefix: s.prefix.clone(),
+    }
+}
+
+fn scope_given(s: &RetentionScopeArgs) -> bool {
+    s.namespace.is_some() || s.project.is_some() || s.experiment.is_some() || s.prefix.is_some()
+}
+
+fn retention(root: &Path, action: RetentionCmd) -> Result<i32> {
+    let store = open(root)?;
+    let mut out = io::stdout().lock();
+    match action {
+        RetentionCmd::Set { scope, policy } => {
+            let Some(p) = policy_of(&policy)? else {
+                bail!("give --keep-last, --keep-tag or --keep-within");
+            };
+            let scope = retention_scope(&scope);
+            store.set_retention(scope.clone(), p)?;
+            writeln!(out, "retention set for {}", shown(&scope.display()))?;
+            Ok(0)
+        }
+        RetentionCmd::Show { json } => {
+            let all = store.retention_policies()?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&all)?)?;
+                return Ok(0);
+            }
+            for sp in &all {
+                let p = &sp.policy;
+                let mut rules = Vec::new();
+                if let Some(n) = p.keep_last {
+                    rules.push(format!("keep-last {n}"));
+                }
+                for t in &p.keep_tags {
+                    rules.push(format!("keep-tag {}", shown(t)));
+                }
+                if let Some(w) = p.keep_within_secs {
+                    rules.push(format!("keep-within {}", validate::format_duration(w)));
+                }
+                writeln!(out, "{}  {}", shown(&sp.scope.display()), rules.join(", "))?;
+            }
+            Ok(0)
+        }
+        RetentionCmd::Clear { scope } => {
+            let scope = retention_scope(&scope);
+            if store.clear_retention(scope.clone())? {
+                writeln!(out, "retention cleared for {}", shown(&scope.display()))?;
+                Ok(0)
+            } else {
+                writeln!(
+                    out,
+                    "no retention policy stored for {}",
+                    shown(&scope.display())
+                )?;
+                Ok(1)
+            }
+        }
+    }
 }
 
 fn scope_of(s: &ScopeArgs) -> Result<Scope> {

@@ -156,9 +156,21 @@ pub enum Cmd {
     /// Packs holding bytes gc cannot account for as garbage are moved to quarantine/ instead
     /// of being deleted (verify names them); packs `repair` found holding chunks no manifest
     /// references are kept until --drop-unreferenced. Exits 1 if something was left alone.
+    ///
+    /// With --keep-last, --keep-tag or --keep-within, versions outside that policy are
+    /// soft-deleted first (in the scope given by --namespace/--project/--experiment/--prefix,
+    /// else everywhere); stored policies (`ml-dash retention`) apply everywhere else. The
+    /// newest version of a file is always kept. --dry-run lists the versions that would go.
     Gc {
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        scope: RetentionScopeArgs,
+        /// Apply only the policy given here, not the stored ones.
+        #[arg(long)]
+        no_stored_policies: bool,
         /// Rewrite a pack when at least this fraction of it is garbage.
         #[arg(long, default_value_t = 0.5)]
         threshold: f64,
@@ -167,6 +179,11 @@ pub enum Cmd {
         drop_unreferenced: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Retention policies stored in the store, applied by every gc.
+    Retention {
+        #[command(subcommand)]
+        action: RetentionCmd,
     },
     /// Files, versions, logical / unique / stored bytes.
     Stats {
@@ -306,6 +323,56 @@ pub enum TokenCmd {
     },
     /// Revoke a token (exit 1 if there is none by that name).
     Revoke { name: String },
+}
+
+/// `ml-dash retention ...`
+#[derive(Subcommand)]
+pub enum RetentionCmd {
+    /// Store a policy for a scope (replacing the one stored for that same scope).
+    Set {
+        #[command(flatten)]
+        scope: RetentionScopeArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// List the stored policies.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the policy stored for exactly this scope (exit 1 if there is none).
+    Clear {
+        #[command(flatten)]
+        scope: RetentionScopeArgs,
+    },
+}
+
+/// What a retention policy keeps.
+#[derive(Args, Clone, Default)]
+pub struct PolicyArgs {
+    /// Keep the newest N versions of each file.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep every version carrying this tag (repeat for several).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Keep every version uploaded within this long (90s, 30m, 12h, 7d, 2w).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+}
+
+/// Where a retention policy applies (a project needs --namespace, an experiment --project).
+#[derive(Args, Clone, Default)]
+pub struct RetentionScopeArgs {
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[arg(long)]
+    pub project: Option<String>,
+    #[arg(long)]
+    pub experiment: Option<String>,
+    /// Only files at or under this prefix.
+    #[arg(long)]
+    pub prefix: Option<String>,
 }
 
 /// How to reach a remote. Credentials default to the standard AWS environment variables and

@@ -149,6 +149,8 @@ pub struct Experiment {
     /// move the experiment to another store.
     root: PathBuf,
     remote: Option<RemoteConfig>,
+    keep_last: Option<u32>,
+    keep_tags: Vec<String>,
     inner: Mutex<Option<ml_dash::Experiment>>,
     closed: Mutex<bool>,
 }
@@ -168,9 +170,15 @@ impl Experiment {
         if let Some(e) = &*self.inner.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(e.clone());
         }
-        let b = ml_dash::Experiment::new(&self.name, &self.project)
+        let mut b = ml_dash::Experiment::new(&self.name, &self.project)
             .namespace(&self.namespace)
             .local_path(&self.root);
+        if let Some(n) = self.keep_last {
+            b = b.keep_last(n);
+        }
+        if !self.keep_tags.is_empty() {
+            b = b.keep_tags(self.keep_tags.iter().cloned());
+        }
         let e = py.detach(|| b.open()).map_err(py_err)?;
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         Ok(g.get_or_insert(e).clone())
@@ -210,9 +218,12 @@ impl Experiment {
 #[pymethods]
 impl Experiment {
     /// `remote` (`s3://BUCKET/PREFIX`) is pushed to on `close()` / leaving the `with` block;
-    /// credentials come from the AWS environment variables.
+    /// credentials come from the AWS environment variables. `keep_last` / `keep_tags` store
+    /// the experiment's retention policy when it opens (every later gc keeps only the newest
+    /// `keep_last` versions of each file, plus those carrying one of `keep_tags`).
     #[new]
-    #[pyo3(signature = (name, project, local_path = None, namespace = "local", remote = None, endpoint = None))]
+    #[pyo3(signature = (name, project, local_path = None, namespace = "local", remote = None, endpoint = None, keep_last = None, keep_tags = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         name: String,
         project: String,
@@ -220,8 +231,20 @@ impl Experiment {
         namespace: &str,
         remote: Option<String>,
         endpoint: Option<String>,
+        keep_last: Option<u32>,
+        keep_tags: Option<Vec<String>>,
     ) -> PyResult<Self> {
         ml_dash::ExperimentKey::new(namespace, &project, &name).map_err(py_err)?;
+        let keep_tags = keep_tags.unwrap_or_default();
+        if keep_last.is_some() || !keep_tags.is_empty() {
+            ml_dash::RetentionPolicy {
+                keep_last,
+                keep_tags: keep_tags.clone(),
+                keep_within_secs: None,
+            }
+            .check()
+            .map_err(py_err)?;
+        }
         let remote = match remote {
             Some(url) => {
                 ml_dash::RemoteConfig::new(url.as_str())
@@ -244,6 +267,8 @@ impl Experiment {
             local_path,
             root,
             remote,
+            keep_last,
+            keep_tags,
             inner: Mutex::new(None),
             closed: Mutex::new(false),
         })
@@ -558,6 +583,18 @@ impl Experiment {
                 let r = Remote::open(&cfg)?;
                 e.store().push(&r, None)
             })
+            .map_err(py_err)?;
+        to_py(py, &rep)
+    }
+
+    /// Collect garbage in the whole store, applying its stored retention policies (this
+    /// experiment's `keep_last` / `keep_tags` among them). Returns the report (with
+    /// `retentionDropped`, the versions the policies dropped).
+    #[pyo3(signature = (dry_run = false))]
+    fn gc(&self, py: Python<'_>, dry_run: bool) -> PyResult<Py<PyAny>> {
+        let e = self.store(py)?;
+        let rep = py
+            .detach(|| e.store().gc(&ml_dash::GcOptions::new().dry_run(dry_run)))
             .map_err(py_err)?;
         to_py(py, &rep)
     }

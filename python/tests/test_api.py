@@ -196,3 +196,28 @@ def test_glob_table_shared_with_the_engine_and_the_cli(workdir):
         for bad in table["invalid"]:
             with pytest.raises(ValueError):
                 exp.files(glob=bad)
+
+
+def test_keep_last_and_keep_tags_store_a_retention_policy(workdir, cli):
+    with Experiment(name="e", project="p", keep_last=2, keep_tags=["best"]) as exp:
+        f = workdir / "ckpt.pt"
+        recs = []
+        for i in range(6):
+            write(f, bytes([i]) * 50_000)
+            recs.append(exp.file(f, prefix="/ckpt", tags=["best"] if i == 1 else None))
+        dry = exp.gc(dry_run=True)
+        assert dry["dryRun"] and [r["version"] for r in dry["retentionDropped"]] == [1, 3, 4]
+        assert dry["garbageBytes"] > 0  # small packs below the rewrite threshold stay
+        assert len(exp.files(all_versions=True)) == 6
+        rep = exp.gc()
+        assert len(rep["retentionDropped"]) == 3
+        assert [r["version"] for r in exp.files(all_versions=True)] == [2, 5, 6]
+        for r in exp.files(all_versions=True):
+            assert exp.read_bytes("/ckpt/ckpt.pt", version=r["version"]) == bytes([r["version"] - 1]) * 50_000
+    [shown] = cli("retention", "show", "--json")
+    assert shown[0]["policy"] == {"keepLast": 2, "keepTags": ["best"]}
+    assert shown[0]["scope"] == {"namespace": "local", "project": "p", "experiment": "e"}
+    with pytest.raises(ValueError):
+        Experiment(name="e", project="p", keep_last=0)
+    with pytest.raises(ValueError):
+        Experiment(name="e", project="p", remote="http://127.0.0.1:1", keep_last=1)

@@ -64,7 +64,19 @@ pub enum Event {
         metadata: Option<serde_json::Value>,
         at: String,
     },
+    /// Soft delete of exactly these versions (what a retention policy drops); `reason` says
+    /// why, for people (`retention`).
+    #[serde(rename_all = "camelCase")]
+    DeleteVersions {
+        id: Id,
+        version_ids: Vec<Id>,
+        reason: String,
+        at: String,
+    },
 }
+
+/// At most this many versions in one `DeleteVersions` event (a bigger drop is split).
+pub const MAX_EVENT_VERSIONS: usize = 100_000;
 
 /// `null` → `Some(None)` (set to null), absent → `None` (unchanged).
 fn double_option<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
@@ -101,13 +113,15 @@ impl Event {
                 path: path.clone(),
                 filename: filename.clone(),
             }),
-            Event::Update { .. } => None,
+            Event::Update { .. } | Event::DeleteVersions { .. } => None,
         }
     }
 
     pub fn id(&self) -> Id {
         match self {
-            Event::Delete { id, .. } | Event::Update { id, .. } => *id,
+            Event::Delete { id, .. }
+            | Event::Update { id, .. }
+            | Event::DeleteVersions { id, .. } => *id,
         }
     }
 }

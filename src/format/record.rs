@@ -332,6 +332,27 @@ pub fn check_pulled_event(e: &crate::format::manifest::Event) -> crate::Result<(
             }
             check_timestamp("update time", at)
         }
+        Event::DeleteVersions {
+            version_ids,
+            reason,
+            at,
+            ..
+        } => {
+            if version_ids.is_empty()
+                || version_ids.len() > crate::format::manifest::MAX_EVENT_VERSIONS
+            {
+                return Err(crate::Error::invalid(
+                    "deleted versions",
+                    version_ids.len().to_string(),
+                    "must name 1 to 100000 versions",
+                ));
+            }
+            for id in version_ids {
+                check_foreign_id("version id", *id)?;
+            }
+            check_description(reason)?;
+            check_timestamp("deletion time", at)
+        }
     }
 }
 

@@ -194,7 +194,7 @@ impl Store {
             // Deleted here and collected by gc (the manifest is gone, the delete event stays):
             // pulling it again would bring it back as a live version, since the event that
             // deleted it is already here and is not applied again.
-            if v <= s.index.deleted_up_to(&key)? {
+            if s.index.covered_by_delete(&m.record)? {
                 continue;
             }
             let local = s.index.versions_of(&key)?;
@@ -281,7 +281,7 @@ impl Store {
             }
             let updates = match &e {
                 Event::Update { version_id, .. } => Some(*version_id),
-                Event::Delete { .. } => None,
+                Event::Delete { .. } | Event::DeleteVersions { .. } => None,
             };
             items.push(Item {
                 id,

@@ -32,6 +32,7 @@ use crate::store::findings::{Finding, GcKind};
 use crate::store::index::IndexBatch;
 use crate::store::packs::{self, PackWriter};
 use crate::store::recover::list_ids;
+use crate::store::retention::{RetentionPolicy, RetentionScope, ScopedPolicy};
 
 /// What `gc` freed (or, with `dry_run`, would free).
 #[derive(Debug, Default, Serialize)]
@@ -39,8 +40,11 @@ use crate::store::recover::list_ids;
 pub struct GcReport {
     /// Nothing was changed: the figures say what gc would do.
     pub dry_run: bool,
-    /// Deleted versions dropped (their manifests removed).
+    /// Deleted versions dropped (their manifests removed), including those retention dropped.
     pub deleted_versions: usize,
+    /// The versions a retention policy dropped in this run (with `dry_run`: would drop), as
+    /// they were before.
+    pub retention_dropped: Vec<crate::FileRecord>,
     /// Chunks no live version needs.
     pub garbage_chunks: usize,
     /// Pack bytes (records with headers) of chunks no live version references.
@@ -78,6 +82,10 @@ pub struct GcOptions {
     /// Also collect the packs a rebuild held because they hold chunks no manifest references
     /// (default false: they may be all that is left of versions whose manifests were lost).
     pub drop_unreferenced: bool,
+    /// A retention policy for the files in its scope (there it replaces stored policies).
+    pub retention: Option<ScopedPolicy>,
+    /// Apply the policies stored in the store (`Store::set_retention`) (default true).
+    pub stored_policies: bool,
 }
 
 impl GcOptions {
@@ -100,6 +108,16 @@ impl GcOptions {
         self.drop_unreferenced = yes;
         self
     }
+    /// Soft-delete, before collecting, the versions `policy` does not keep in `scope`.
+    pub fn retention(mut self, scope: RetentionScope, policy: RetentionPolicy) -> Self {
+        self.retention = Some(ScopedPolicy { scope, policy });
+        self
+    }
+    /// Apply the stored retention policies (default true).
+    pub fn stored_policies(mut self, yes: bool) -> Self {
+        self.stored_policies = yes;
+        self
+    }
 }
 
 impl Default for GcOptions {
@@ -108,6 +126,8 @@ impl Default for GcOptions {
             dry_run: false,
             rewrite_threshold: 0.5,
             drop_unreferenced: false,
+            retention: None,
+            stored_policies: true,
         }
     }
 }
@@ -162,6 +182,30 @@ impl Store {
             dry_run,
             ..Default::default()
         };
+        // Retention first: the versions the policies drop are soft-deleted (a dry run only
+        // counts them as deleted below).
+        let given = match &o.retention {
+            Some(g) => {
+                g.policy.check()?;
+                Some(ScopedPolicy {
+                    scope: g.scope.clone().checked()?,
+                    policy: g.policy.clone(),
+                })
+            }
+            None => None,
+        };
+        let stored = if o.stored_policies {
+            self.retention_policies()?
+        } else {
+            Vec::new()
+        };
+        rep.retention_dropped = crate::store::retention::plan(ix, given.as_ref(), &stored)?;
+        let dropping: HashSet<Id> = if dry_run {
+            rep.retention_dropped.iter().map(|r| r.id).collect()
+        } else {
+            self.delete_versions(&s, &rep.retention_dropped, "retention")?;
+            HashSet::new()
+        };
         let held = if o.drop_unreferenced {
             HashSet::new()
         } else {
@@ -172,7 +216,7 @@ impl Store {
         let mut dead_versions = Vec::new();
         for r in ix.scan_versions(&Default::default()) {
             let r = r?;
-            if r.is_deleted() {
+            if r.is_deleted() || dropping.contains(&r.id) {
                 dead_versions.push(r);
             } else {
                 let m = crate::store::read::load_manifest(&s, &r)?;
@@ -512,11 +556,7 @@ impl Store {
             let covered = std::fs::read(&p)
                 .ok()
                 .and_then(|b| crate::format::manifest::Manifest::decode(&b, "").ok())
-                .is_some_and(|m| {
-                    s.index
-                        .deleted_up_to(&m.record.key())
-                        .is_ok_and(|d| m.record.version <= d)
-                });
+                .is_some_and(|m| s.index.covered_by_delete(&m.record).is_ok_and(|c| c));
             if covered {
                 self.remove_file(&p)?;
             }

@@ -9,6 +9,7 @@
 //! | `v` version id (16) | the version's `FileRecord` as JSON |
 //! | `p` ns `\0` project `\0` experiment `\0` path `\0` filename `\0` version (u32 BE) | version id |
 //! | `d` ns `\0` ... filename `\0` | highest version ever deleted (u32 BE), kept after gc |
+//! | `x` version id (16) | empty: the version was deleted by id (a `DeleteVersions` event), kept after gc |
 //! | `k` pack id (16) | committed length of the pack (u64 LE) |
 //! | `m` name | store metadata: `format`, `active_pack`, `last_id`, `pending`, `gc_generation` |
 
@@ -314,6 +315,19 @@ impl Index {
     }
 
     /// All versions in scope, in (namespace, project, experiment, path, filename, version) order.
+    /// Was version `id` deleted by id (retention), possibly long ago and collected since?
+    pub fn is_dropped(&self, id: Id) -> Result<bool> {
+        let mut k = vec![b'x'];
+        k.extend_from_slice(&id.0);
+        self.db.contains_key(k).map_err(ie)
+    }
+
+    /// Is `r` covered by a delete: its number is at or below the highest deleted version of its
+    /// path, or it was deleted by id. Such a version never comes back (by pull or rebuild).
+    pub fn covered_by_delete(&self, r: &FileRecord) -> Result<bool> {
+        Ok(r.version <= self.deleted_up_to(&r.key())? || self.is_dropped(r.id)?)
+    }
+
     pub fn scan_versions(&self, scope: &Scope) -> impl Iterator<Item = Result<FileRecord>> + '_ {
         let scope = scope.clone();
         self.db
@@ -410,6 +424,12 @@ impl IndexBatch {
     pub fn set_deleted_up_to(&mut self, key: &FileKey, version: u32) {
         self.0
             .insert(file_key_bytes(b'd', key), &version.to_be_bytes()[..]);
+    }
+
+    pub fn set_dropped(&mut self, id: Id) {
+        let mut k = vec![b'x'];
+        k.extend_from_slice(&id.0);
+        self.0.insert(k, &[][..]);
     }
 
     pub fn put_pack(&mut self, id: Id, len: u64) {

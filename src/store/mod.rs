@@ -20,6 +20,7 @@ mod list;
 pub mod packs;
 pub mod read;
 pub(crate) mod recover;
+pub(crate) mod retention;
 pub(crate) mod stats;
 pub(crate) mod tokens;
 pub(crate) mod verify;

@@ -41,6 +41,20 @@ pub(crate) fn event_batch(ix: &Index, e: &Event) -> Result<IndexBatch> {
             }
             b.set_deleted_up_to(&key, ix.deleted_up_to(&key)?.max(*up_to_version));
         }
+        Event::DeleteVersions {
+            version_ids, at, ..
+        } => {
+            for id in version_ids {
+                b.set_dropped(*id);
+                if let Some(mut r) = ix.version(*id)?
+                    && r.deleted_at.is_none()
+                {
+                    r.deleted_at = Some(at.clone());
+                    r.updated_at.clone_from(at);
+                    b.put_version(&r);
+                }
+            }
+        }
         Event::Update {
             version_id,
             description,

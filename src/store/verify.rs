@@ -212,7 +212,7 @@ impl Store {
                 .map_err(|e| e.to_string())
                 .and_then(|b| manifest::Manifest::decode(&b, "").map_err(|e| e.to_string()))
             {
-                Ok(m) if m.record.version <= s.index.deleted_up_to(&m.record.key())? => {}
+                Ok(m) if s.index.covered_by_delete(&m.record)? => {}
                 Ok(_) => rep.problems.push(Finding::new(
                     VerifyKind::ManifestNotIndexed,
                     format!(

@@ -199,7 +199,7 @@ pub(super) fn no_versions_left(key: &FileKey) -> Error {
 }
 /// An event (delete, update) in the write order: pending marker and index flush → event file
 /// durable → its changes in the index (`recover::finish_pending` settles a crash in between).
-fn commit_event(s: &Session<'_>, e: &Event) -> Result<()> {
+pub(crate) fn commit_event(s: &Session<'_>, e: &Event) -> Result<()> {
     let mut b = IndexBatch::default();
     b.set_meta("pending", &e.id().0);
     b.set_meta("last_id", &e.id().0);

@@ -24,6 +24,7 @@ mod journal;
 mod parallel;
 mod recovery;
 mod remote;
+mod retention;
 mod serve;
 mod tokens;
 mod util;

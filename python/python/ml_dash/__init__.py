@@ -71,7 +71,12 @@ class _RawFile(io.RawIOBase):
 
 
 class Experiment(_CoreExperiment):
-    """``Experiment(name, project, local_path=".ml-dash", namespace="local", remote=None)``.
+    """``Experiment(name, project, local_path=".ml-dash", namespace="local", remote=None,
+    keep_last=None, keep_tags=None)``.
+
+    ``keep_last=N`` (and ``keep_tags=["best"]``) store the experiment's retention policy:
+    every later ``ml-dash gc`` (or ``gc()``) keeps the newest N versions of each file plus
+    those tagged so, and reclaims the rest.
 
     Use it as a context manager, or call ``open()`` / ``close()``. With ``remote``
     (``"s3://bucket/prefix"``), closing pushes the store there. With ``remote`` an
@@ -79,12 +84,25 @@ class Experiment(_CoreExperiment):
     (no local store; ``token=`` or the ml-dash client's token file authenticates).
     """
 
-    def __new__(cls, name, project, local_path=None, namespace="local", remote=None, endpoint=None, token=None):
+    def __new__(
+        cls,
+        name,
+        project,
+        local_path=None,
+        namespace="local",
+        remote=None,
+        endpoint=None,
+        token=None,
+        keep_last=None,
+        keep_tags=None,
+    ):
         if isinstance(remote, str) and remote.startswith(("http://", "https://")):
+            if keep_last is not None or keep_tags:
+                raise ValueError("keep_last / keep_tags apply to a local store, not to a server")
             from ._server import ServerExperiment
 
             return ServerExperiment(name, project, namespace=namespace, remote=remote, token=token)
-        return super().__new__(cls, name, project, local_path, namespace, remote, endpoint)
+        return super().__new__(cls, name, project, local_path, namespace, remote, endpoint, keep_last, keep_tags)
 
     def open_file(self, path, version=None, buffer_size=1 << 20):
         """Open a stored file for reading: a buffered, seekable binary file object, so

@@ -60,7 +60,10 @@ class Experiment:
         remote: Optional[str] = None,  # s3://BUCKET/PREFIX (push on close) or http(s):// (a server)
         endpoint: Optional[str] = None,
         token: Optional[str] = None,  # for an http(s):// server
+        keep_last: Optional[int] = None,  # retention: newest N versions of each file
+        keep_tags: Optional[List[str]] = None,  # retention: also every version with one of these
     ) -> "Experiment": ...
+    def gc(self, dry_run: bool = False) -> Dict[str, Any]: ...
     @property
     def name(self) -> str: ...
     @property
