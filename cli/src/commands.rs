@@ -1102,13 +1102,14 @@ fn push(
                 &rep,
                 &[],
                 format!(
-                    "pushed to {}: {} packs ({} chunks, {} bytes), {} manifests, {} events; {} chunks were already there",
+                    "pushed to {}: {} packs ({} chunks, {} bytes), {} manifests, {} events, {} journal lines; {} chunks were already there",
                     rep.remote,
                     rep.packs,
                     rep.chunks,
                     rep.bytes,
                     rep.manifests,
                     rep.events,
+                    rep.journal_lines,
                     rep.chunks_already_remote
                 ),
             )?;
@@ -1153,8 +1154,14 @@ fn pull(root: &Path, url: &str, a: &crate::RemoteArgs, json: bool) -> Result<i32
             ("damaged: ", &lines(&rep.damaged)),
         ],
         format!(
-            "pulled from {}: {} versions, {} events, {} chunks ({} bytes); {} chunks were already here",
-            rep.remote, rep.manifests, rep.events, rep.chunks, rep.bytes, rep.chunks_already_local
+            "pulled from {}: {} versions, {} events, {} journal lines, {} chunks ({} bytes); {} chunks were already here",
+            rep.remote,
+            rep.manifests,
+            rep.events,
+            rep.journal_lines,
+            rep.chunks,
+            rep.bytes,
+            rep.chunks_already_local
         ),
     )?;
     Ok(if rep.damaged.is_empty() && rep.conflicts.is_empty() {

@@ -13,6 +13,7 @@
 //! packs, and commits the versions and events with the same write order as an upload.
 
 mod files;
+mod journals;
 mod pull;
 mod push;
 

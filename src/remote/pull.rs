@@ -56,6 +56,8 @@ pub struct PullReport {
     pub manifests: u64,
     /// Events committed.
     pub events: u64,
+    /// Journal lines (parameters, log lines, metric points) merged.
+    pub journal_lines: u64,
     /// Chunks fetched (the store lacked them) and their bytes as stored.
     pub chunks: u64,
     /// Their bytes as stored (record headers included).
@@ -347,6 +349,9 @@ impl Store {
         self.poison(commit(&s, &commits))?;
         rep.manifests = keep.iter().filter(|(.., m)| *m).count() as u64;
         rep.events = keep.len() as u64 - rep.manifests;
+        drop(s);
+        drop(_writers);
+        rep.journal_lines = self.pull_journals(remote, &mut rep.conflicts, &mut rep.damaged)?;
         Ok(rep)
     }
 

@@ -38,6 +38,8 @@ pub struct PushReport {
     pub manifests: u64,
     /// Events (deletes, updates) uploaded.
     pub events: u64,
+    /// Journal lines (parameters, log lines, metric points) uploaded.
+    pub journal_lines: u64,
     /// Chunks the new manifests use that the remote already had.
     pub chunks_already_remote: u64,
     /// The remote after the push: packs and bytes of chunk records in them.
@@ -295,6 +297,7 @@ impl Store {
         }
         rep.manifests = plan.manifests.len() as u64;
         rep.events = plan.events.len() as u64;
+        rep.journal_lines = self.push_journals(remote)?;
         Ok(rep)
     }
 

@@ -162,4 +162,7 @@ pub enum PullKind {
     VersionConflict,
     /// A remote delete that would hide a local version the remote never saw.
     DeleteConflict,
+    /// A remote journal line (log line, metric point, parameter) that contradicts this store's
+    /// journal.
+    JournalConflict,
 }

@@ -136,7 +136,7 @@ impl ExperimentInfo {
 /// One journal line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
-enum Entry {
+pub(crate) enum Entry {
     Params {
         at: String,
         data: BTreeMap<String, Value>,
@@ -151,12 +151,12 @@ enum Entry {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Line {
-    namespace: String,
-    project: String,
-    experiment: String,
+pub(crate) struct Line {
+    pub(crate) namespace: String,
+    pub(crate) project: String,
+    pub(crate) experiment: String,
     #[serde(flatten)]
-    entry: Entry,
+    pub(crate) entry: Entry,
 }
 
 /// Everything in one experiment's journal.
@@ -178,7 +178,7 @@ pub struct JournalContents {
 }
 
 /// How an append ends a torn line left by a crashed writer.
-const TORN_MARK: &[u8] = b" <torn>\n";
+pub(crate) const TORN_MARK: &[u8] = b" <torn>\n";
 
 impl JournalContents {
     fn apply(&mut self, e: Entry) {
@@ -241,7 +241,7 @@ pub fn flatten(v: &Value) -> Result<BTreeMap<String, Value>> {
     Ok(out)
 }
 
-fn check_level(level: &str) -> Result<()> {
+pub(crate) fn check_level(level: &str) -> Result<()> {
     if ["debug", "info", "warn", "warning", "error", "critical"].contains(&level) {
         Ok(())
     } else {
@@ -257,13 +257,19 @@ fn checksum(json: &[u8]) -> String {
     blake3::hash(json).to_hex()[..16].to_string()
 }
 
-fn parse_line(line: &[u8]) -> Option<Line> {
+pub(crate) fn parse_line(line: &[u8]) -> Option<Line> {
     let text = std::str::from_utf8(line).ok()?;
     let (sum, json) = text.split_once(' ')?;
     if sum != checksum(json.as_bytes()) {
         return None;
     }
     serde_json::from_str(json).ok()
+}
+
+/// The name of an experiment's journal (`journals/<name>.jsonl`, and its remote directory).
+pub(crate) fn journal_name(exp: &ExperimentKey) -> String {
+    let key = format!("{}\0{}\0{}", exp.namespace, exp.project, exp.experiment);
+    blake3::hash(key.as_bytes()).to_hex()[..32].to_string()
 }
 
 /// Per-process cache of journal contents, keyed by path, valid up to `len` bytes of the file
@@ -301,9 +307,8 @@ fn catch_up(file: &File, path: &Path, len: &mut u64, c: &mut JournalContents) ->
 }
 
 impl Store {
-    fn journal_path(&self, exp: &ExperimentKey) -> PathBuf {
-        let key = format!("{}\0{}\0{}", exp.namespace, exp.project, exp.experiment);
-        let name = &blake3::hash(key.as_bytes()).to_hex()[..32];
+    pub(crate) fn journal_path(&self, exp: &ExperimentKey) -> PathBuf {
+        let name = journal_name(exp);
         self.dir("journals").join(format!("{name}.jsonl"))
     }
 

@@ -16,6 +16,8 @@ pub(crate) mod gc;
 pub mod index;
 pub(crate) mod ingest;
 pub(crate) mod journal;
+#[cfg(feature = "remote")]
+pub(crate) mod journal_sync;
 mod list;
 pub mod packs;
 pub mod read;

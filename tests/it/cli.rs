@@ -676,6 +676,7 @@ fn gc_and_stats_json() {
     let want: BTreeSet<&str> = [
         "dryRun",
         "deletedVersions",
+        "retentionDropped",
         "garbageChunks",
         "garbageBytes",
         "packsDeleted",

@@ -1464,3 +1464,181 @@ fn a_remote_delete_does_not_hide_a_version_the_remote_never_saw() {
         assert!(b.verify().unwrap().ok);
     }
 }
+
+fn jexp(name: &str) -> ml_dash::ExperimentKey {
+    ml_dash::ExperimentKey::new("local", "journals", name).unwrap()
+}
+
+fn journal_json(s: &Store, exp: &ml_dash::ExperimentKey) -> Value {
+    let j = s.journal(exp).unwrap();
+    serde_json::json!({
+        "params": j.params.map(|p| p.data),
+        "logs": j.logs,
+        "metrics": j.metrics,
+        "bad": j.bad_lines,
+    })
+}
+
+#[test]
+fn journals_travel_incrementally_and_conflicts_are_kept_out() {
+    let t = tmp();
+    for (i, cfg) in remotes(t.path(), "journals").into_iter().enumerate() {
+        let remote = Remote::open(&cfg).unwrap();
+        let a = Store::open(t.path().join(format!("a{i}"))).unwrap();
+        let b = Store::open(t.path().join(format!("b{i}"))).unwrap();
+        let e = jexp("run");
+        a.set_params(
+            &e,
+            &serde_json::json!({"model": {"arch": "resnet"}, "lr": 0.1}),
+        )
+        .unwrap();
+        a.log(&e, "info", "start", None).unwrap();
+        let pts: Vec<Value> = (0..1000)
+            .map(|i| serde_json::json!({"value": f64::from(i) / 7.0, "step": i}))
+            .collect();
+        a.append_metrics(&e, "loss", &pts).unwrap();
+        a.set_experiment_info(
+            &e,
+            ml_dash::ExperimentInfo {
+                status: Some("RUNNING".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let p = a.push(&remote, None).unwrap();
+        assert_eq!(p.journal_lines, 1003, "{p:?}");
+        assert_eq!(
+            a.push(&remote, None).unwrap().journal_lines,
+            0,
+            "nothing new"
+        );
+
+        let r = b.pull(&remote, None).unwrap();
+        assert!(r.conflicts.is_empty() && r.damaged.is_empty(), "{r:?}");
+        assert_eq!(r.journal_lines, 1003);
+        assert_eq!(journal_json(&a, &e), journal_json(&b, &e));
+        assert_eq!(
+            b.journal(&e).unwrap().info.unwrap().status.as_deref(),
+            Some("RUNNING")
+        );
+        assert_eq!(b.pull(&remote, None).unwrap().journal_lines, 0);
+
+        // A second push sends only what is new, and b merges it after what it has.
+        a.append_metric(&e, "loss", &serde_json::json!({"value": 0.01}))
+            .unwrap();
+        a.log(&e, "info", "epoch 1", None).unwrap();
+        a.set_params(&e, &serde_json::json!({"lr": 0.01})).unwrap();
+        assert_eq!(a.push(&remote, None).unwrap().journal_lines, 3);
+        // b pushes nothing new of a's (it has a's lines) and nothing of its own.
+        assert_eq!(b.push(&remote, None).unwrap().journal_lines, 0);
+        let r = b.pull(&remote, None).unwrap();
+        assert!(r.conflicts.is_empty(), "{r:?}");
+        assert_eq!(r.journal_lines, 3);
+        assert_eq!(journal_json(&a, &e), journal_json(&b, &e));
+        assert_eq!(b.journal(&e).unwrap().params.unwrap().data["lr"], 0.01);
+
+        // b's own lines travel back to a; then both log at once: a conflict, kept out and
+        // reported, never merged.
+        let e2 = jexp("other");
+        b.log(&e2, "info", "b's experiment", None).unwrap();
+        b.push(&remote, None).unwrap();
+        a.pull(&remote, None).unwrap();
+        assert_eq!(a.journal(&e2).unwrap().logs.len(), 1);
+
+        a.log(&e, "warn", "from a", None).unwrap();
+        a.set_params(&e, &serde_json::json!({"batch": 32})).unwrap();
+        b.log(&e, "warn", "from b", None).unwrap();
+        b.set_params(&e, &serde_json::json!({"batch": 64})).unwrap();
+        b.append_metric(&e, "acc", &serde_json::json!({"value": 0.5}))
+            .unwrap();
+        a.push(&remote, None).unwrap();
+        let r = b.pull(&remote, None).unwrap();
+        assert_eq!(r.conflicts.len(), 2, "{:?}", r.conflicts);
+        assert!(
+            r.conflicts.iter().any(|c| c.message.contains("log line 3"))
+                && r.conflicts
+                    .iter()
+                    .any(|c| c.message.contains("param batch")),
+            "{:?}",
+            r.conflicts
+        );
+        let jb = b.journal(&e).unwrap();
+        assert_eq!(jb.logs[2].message, "from b");
+        assert_eq!(jb.params.unwrap().data["batch"], 64);
+        assert_eq!(jb.metrics["acc"].len(), 1);
+        // Reported again at the next pull, until someone resolves it.
+        assert_eq!(b.pull(&remote, None).unwrap().conflicts.len(), 2);
+        assert!(a.verify().unwrap().ok && b.verify().unwrap().ok);
+    }
+}
+
+#[test]
+fn hostile_journal_segments_are_refused() {
+    let t = tmp();
+    let dir = t.path().join("remote-hostile-journals");
+    let cfg = RemoteConfig::new(format!("file://{}", dir.display()));
+    let remote = Remote::open(&cfg).unwrap();
+    let a = Store::open(t.path().join("a")).unwrap();
+    let e = jexp("run");
+    a.log(&e, "info", "hello", None).unwrap();
+    a.push(&remote, None).unwrap();
+    let jdir = std::fs::read_dir(dir.join("journals"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let seg = std::fs::read_dir(&jdir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let good = std::fs::read(&seg).unwrap();
+    // 1. A segment whose bytes do not match its name.
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 1;
+    std::fs::write(&seg, &bad).unwrap();
+    let b = Store::open(t.path().join("b")).unwrap();
+    let r = b.pull(&remote, None).unwrap();
+    assert_eq!(r.journal_lines, 0);
+    assert!(
+        r.damaged
+            .iter()
+            .any(|d| d.message.contains("do not match its name")),
+        "{r:?}"
+    );
+    // 2. A well-named segment with a line of another experiment and a line of bad JSON.
+    let other = {
+        let c = Store::open(t.path().join("c")).unwrap();
+        c.log(&jexp("elsewhere"), "info", "x", None).unwrap();
+        let p = std::fs::read_dir(t.path().join("c/journals"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::read(p).unwrap()
+    };
+    let mut body = other.clone();
+    body.extend_from_slice(b"0123456789abcdef {not json}\n");
+    body.extend_from_slice(&good);
+    let name = &blake3::hash(&body).to_hex()[..32];
+    std::fs::write(jdir.join(format!("{name}.jsonl")), &body).unwrap();
+    std::fs::write(&seg, &good).unwrap();
+    let r = b.pull(&remote, None).unwrap();
+    assert_eq!(r.journal_lines, 1, "{r:?}");
+    assert!(
+        r.damaged
+            .iter()
+            .any(|d| d.message.contains("another experiment")),
+        "{r:?}"
+    );
+    assert!(
+        r.damaged.iter().any(|d| d.message.contains("damaged")),
+        "{r:?}"
+    );
+    assert_eq!(b.journal(&e).unwrap().logs[0].message, "hello");
+    assert!(b.journal(&jexp("elsewhere")).unwrap().logs.is_empty());
+}
