@@ -115,6 +115,13 @@ pub enum Error {
         #[source]
         source: Option<Cause>,
     },
+    /// The call was interrupted (Ctrl-C) before it committed anything: the store is as it was.
+    #[error("interrupted; nothing was stored or changed")]
+    Interrupted,
+    /// One or more background uploads failed (each named, with its error); nothing of a
+    /// failed upload was stored.
+    #[error("{0}")]
+    Background(String),
     /// Something that cannot happen did (a worker thread panicked): a bug in ml-dash.
     #[error("internal error (a bug in ml-dash): {0}")]
     Internal(String),

@@ -10,6 +10,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::background::{Background, Upload};
+use crate::store::batch::Opened;
 
 use crate::error::{Error, Result};
 use crate::format::id::Id;
@@ -28,11 +32,18 @@ pub struct ExperimentBuilder {
     local_path: PathBuf,
     options: StoreOptions,
     retention: crate::store::retention::RetentionPolicy,
+    background_limit: u64,
     #[cfg(feature = "remote")]
     remote: Option<crate::remote::RemoteConfig>,
 }
 
 impl ExperimentBuilder {
+    /// Cap on the bytes of background uploads queued or running (default 4 GiB): a
+    /// `background()` call that would go past it waits for earlier uploads to finish.
+    pub fn background_limit(mut self, bytes: u64) -> Self {
+        self.background_limit = bytes;
+        self
+    }
     /// Keep only the newest `n` versions of each of this experiment's files (plus those
     /// `keep_tags` names): stored as the experiment's retention policy at `open`, applied by
     /// every later gc.
@@ -86,6 +97,10 @@ impl ExperimentBuilder {
             )?;
         }
         Ok(Experiment {
+            background: Arc::new(BackgroundOwner(Arc::new(Background::new(
+                store.clone(),
+                self.background_limit,
+            )))),
             store,
             key,
             #[cfg(feature = "remote")]
@@ -94,11 +109,22 @@ impl ExperimentBuilder {
     }
 }
 
+/// The background uploads of an experiment; the last clone of the experiment to go waits for
+/// them (call `wait_background` or `close` to see their errors).
+struct BackgroundOwner(Arc<Background>);
+
+impl Drop for BackgroundOwner {
+    fn drop(&mut self) {
+        let _ = self.0.wait_all();
+    }
+}
+
 /// One experiment in a store.
 #[derive(Clone)]
 pub struct Experiment {
     store: Store,
     key: ExperimentKey,
+    background: Arc<BackgroundOwner>,
     #[cfg(feature = "remote")]
     remote: Option<crate::remote::RemoteConfig>,
 }
@@ -115,15 +141,30 @@ impl Experiment {
             local_path: PathBuf::from(".ml-dash"),
             options: StoreOptions::default(),
             retention: Default::default(),
+            background_limit: crate::background::DEFAULT_LIMIT,
             #[cfg(feature = "remote")]
             remote: None,
         }
     }
 
-    /// Finish: push the store to the remote given to the builder, if any. Everything was
-    /// already durable locally; closing without a remote does nothing.
+    /// Wait for every background upload to finish; the errors no `Upload::wait` reported
+    /// (several are joined in one `Error::Background`).
+    pub fn wait_background(&self) -> Result<()> {
+        self.background.0.wait_all()
+    }
+
+    /// Wait at most `timeout` for the background uploads; true when none is queued or running
+    /// (then `wait_background` returns at once). For callers that must stay responsive, e.g. to
+    /// Ctrl-C, while they wait.
+    pub fn background_idle_within(&self, timeout: std::time::Duration) -> bool {
+        self.background.0.idle_within(timeout)
+    }
+
+    /// Finish: wait for the background uploads, then push the store to the remote given to
+    /// the builder, if any. Everything was already durable locally.
     #[cfg(feature = "remote")]
     pub fn close(&self) -> Result<Option<crate::remote::PushReport>> {
+        self.wait_background()?;
         match &self.remote {
             Some(cfg) => {
                 let r = crate::remote::Remote::open(cfg)?;
@@ -368,6 +409,23 @@ impl FileUpload<'_> {
 
     /// Check everything, then store the file as a new version.
     pub fn save(self) -> Result<FileRecord> {
+        let key = self.key()?;
+        self.exp.store.put_file(&self.src, &key, self.v, None)
+    }
+
+    /// Check everything and open the file now; store it on the experiment's upload thread.
+    /// Returns at once (or, when the background queue is full, once earlier uploads made
+    /// room) with a handle to `wait` for the record. The bytes stored are the file's as
+    /// opened now: replacing it by a rename later is fine; modifying it in place before it has
+    /// been read fails the upload with `SourceChanged` (nothing stored).
+    pub fn background(self) -> Result<Upload> {
+        let key = self.key()?;
+        crate::store::write::check_new(&key, &self.v)?;
+        let src = Opened::open(&self.src)?;
+        self.exp.background.0.submit(src, key, self.v)
+    }
+
+    fn key(&self) -> Result<FileKey> {
         let prefix = names::prefix(&self.prefix)?;
         let name = match &self.to {
             Some(t) => t.clone(),
@@ -388,7 +446,6 @@ impl FileUpload<'_> {
                 .to_string(),
         };
         let (dir, filename) = names::target(&prefix, &name)?;
-        let key = self.exp.key.file(dir, filename);
-        self.exp.store.put_file(&self.src, &key, self.v, None)
+        Ok(self.exp.key.file(dir, filename))
     }
 }

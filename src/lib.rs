@@ -49,16 +49,19 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("ml-dash supports only 64-bit targets (usize must hold every u64 offset)");
 
+pub(crate) mod background;
 pub(crate) mod error;
 pub(crate) mod experiment;
 pub(crate) mod format;
 pub(crate) mod interop;
+pub(crate) mod interrupt;
 #[cfg(feature = "remote")]
 pub(crate) mod remote;
 pub(crate) mod store;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod test_support;
 
+pub use background::Upload;
 pub use error::{Cause, Error, Result};
 pub use experiment::{Experiment, ExperimentBuilder, FileUpload, Metric, Parameters};
 pub use format::chunker::ChunkerConfig;
@@ -69,8 +72,10 @@ pub use format::id::Id;
 pub use format::names::{ExperimentKey, FileKey};
 pub use format::record::FileRecord;
 pub use interop::{ExportLayout, ExportPlan, ExportSummary, ImportSummary, import};
+pub use interrupt::with_interrupt;
 #[cfg(feature = "remote")]
 pub use remote::{FilesReport, Inventory, PullReport, PushReport, Remote, RemoteConfig};
+pub use store::batch::Opened;
 #[cfg(feature = "remote")]
 pub use store::findings::PullKind;
 pub use store::findings::{Finding, GcKind, RebuildKind, VerifyKind};

@@ -11,6 +11,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use ml_dash::{Error, ListFilter};
 use ml_dash::{Remote, RemoteConfig};
@@ -52,6 +53,58 @@ fn py_err(e: Error) -> PyErr {
         Error::Remote { .. } => RemoteError::new_err(msg),
         _ => StoreError::new_err(msg),
     }
+}
+
+/// Run `f` (a store call) on a helper thread while this thread, holding the GIL only between
+/// 50 ms waits, runs Python's signal handlers: Ctrl-C sets the call's interrupt flag, the call
+/// stops at its next check before committing anything, and `KeyboardInterrupt` is raised. A
+/// call that finished before it saw the flag returns its result, and the interrupt is raised
+/// right after.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> ml_dash::Result<T> + Send,
+) -> PyResult<T> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|sc| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // A Receiver is not Sync; the waits below hand it to `detach` behind a lock.
+        let rx = Mutex::new(rx);
+        let recv = |t: Option<Duration>| {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            match t {
+                Some(t) => rx.recv_timeout(t),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            }
+        };
+        let mine = std::sync::Arc::clone(&flag);
+        sc.spawn(move || {
+            let _ = tx.send(ml_dash::with_interrupt(mine, f));
+        });
+        loop {
+            match py.detach(|| recv(Some(Duration::from_millis(50)))) {
+                Ok(r) => return r.map_err(py_err),
+                Err(RecvTimeoutError::Timeout) => {
+                    let Err(interrupt) = py.check_signals() else {
+                        continue;
+                    };
+                    flag.store(true, Ordering::SeqCst);
+                    return match py.detach(|| recv(None)) {
+                        Ok(Ok(v)) => {
+                            py.import("_thread")?.call_method0("interrupt_main")?;
+                            Ok(v)
+                        }
+                        _ => Err(interrupt),
+                    };
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(StoreError::new_err(
+                        "the store call's thread ended without a result",
+                    ));
+                }
+            }
+        }
+    })
 }
 
 /// Python object -> JSON value, through Python's own `json` (so anything `json.dumps` accepts
@@ -306,6 +359,14 @@ impl Experiment {
         if *self.closed.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(None);
         }
+        if self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            self.wait_background(py)?;
+        }
         let rep = match &self.remote {
             Some(cfg) => {
                 let e = self.store(py)?;
@@ -341,6 +402,16 @@ impl Experiment {
         if exc_type.is_none_or(|t| t.is_none()) {
             self.close(py)?;
         } else {
+            // The block failed: still wait for the uploads it queued (their errors would only
+            // hide the one on its way out).
+            if self
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+            {
+                let _ = self.wait_background(py);
+            }
             self.mark_closed();
         }
         Ok(false)
@@ -348,7 +419,12 @@ impl Experiment {
 
     /// Store the file at `path` under `prefix` as a new version; returns its record (a dict
     /// with `filename`, `sizeBytes`, `checksum`, ...).
-    #[pyo3(signature = (path, prefix = "/", description = None, tags = None, metadata = None, name = None))]
+    ///
+    /// With `background=True` the file is opened and checked now and stored on the
+    /// experiment's upload thread: the call returns an `Upload` handle (`wait()`, `done()`,
+    /// `record`) at once, or when the queue of bytes in flight has room. `close()` (and leaving
+    /// the `with` block) waits for every upload and raises the errors no `wait()` raised.
+    #[pyo3(signature = (path, prefix = "/", description = None, tags = None, metadata = None, name = None, background = false))]
     #[allow(clippy::too_many_arguments)]
     fn file(
         &self,
@@ -359,6 +435,7 @@ impl Experiment {
         tags: Option<Vec<String>>,
         metadata: Option<Bound<'_, PyAny>>,
         name: Option<String>,
+        background: bool,
     ) -> PyResult<Py<PyAny>> {
         let e = self.store(py)?;
         let meta = match metadata {
@@ -366,25 +443,47 @@ impl Experiment {
             _ => None,
         };
         let prefix = prefix.to_string();
-        let rec = py
-            .detach(|| {
-                let mut up = e.file(&path).prefix(prefix);
-                if let Some(d) = description {
-                    up = up.description(d);
-                }
-                if let Some(t) = tags {
-                    up = up.tags(t);
-                }
-                if let Some(m) = meta {
-                    up = up.metadata(m);
-                }
-                if let Some(n) = name {
-                    up = up.to(n);
-                }
-                up.save()
-            })
-            .map_err(py_err)?;
-        to_py(py, &rec)
+        let rec = interruptible(py, || {
+            let mut up = e.file(&path).prefix(prefix);
+            if let Some(d) = description {
+                up = up.description(d);
+            }
+            if let Some(t) = tags {
+                up = up.tags(t);
+            }
+            if let Some(m) = meta {
+                up = up.metadata(m);
+            }
+            if let Some(n) = name {
+                up = up.to(n);
+            }
+            if background {
+                up.background().map(Done::Queued)
+            } else {
+                up.save().map(|r| Done::Stored(Box::new(r)))
+            }
+        })?;
+        match rec {
+            Done::Stored(rec) => to_py(py, &rec),
+            Done::Queued(up) => Ok(Py::new(
+                py,
+                Upload {
+                    up,
+                    outcome: Mutex::new(None),
+                },
+            )?
+            .into_any()),
+        }
+    }
+
+    /// Wait for every background upload (Ctrl-C interrupts the wait, not the uploads); raises
+    /// the errors no `Upload.wait()` raised.
+    fn wait_background(&self, py: Python<'_>) -> PyResult<()> {
+        let e = self.exp(py)?;
+        while !py.detach(|| e.background_idle_within(Duration::from_millis(100))) {
+            py.check_signals()?;
+        }
+        e.wait_background().map_err(py_err)
     }
 
     /// Records of the latest live version of each path (or every version), filtered by
@@ -438,12 +537,10 @@ impl Experiment {
     ) -> PyResult<Py<PyAny>> {
         let version = self::version(version)?;
         let e = self.store(py)?;
-        let rec = py
-            .detach(|| {
-                let key = e.file_key(path)?;
-                e.store().download(&key, version, &dest)
-            })
-            .map_err(py_err)?;
+        let rec = interruptible(py, || {
+            let key = e.file_key(path)?;
+            e.store().download(&key, version, &dest)
+        })?;
         to_py(py, &rec)
     }
 
@@ -605,6 +702,78 @@ impl Experiment {
             self.name,
             self.project,
             self.local_path.display().to_string()
+        )
+    }
+}
+
+/// What `file` did: stored the file, or queued it.
+enum Done {
+    Stored(Box<ml_dash::FileRecord>),
+    Queued(ml_dash::Upload),
+}
+
+/// A background upload (`experiment.file(..., background=True)`).
+#[pyclass(module = "ml_dash")]
+pub struct Upload {
+    up: ml_dash::Upload,
+    /// The record, or the error, once `wait` has seen it (raised again by a later `wait`).
+    outcome: Mutex<Option<PyResult<Py<PyAny>>>>,
+}
+
+#[pymethods]
+impl Upload {
+    /// Wait until the upload has finished (at most `timeout` seconds: then `TimeoutError`);
+    /// returns its record or raises why it failed. Ctrl-C interrupts the wait.
+    #[pyo3(signature = (timeout = None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let end = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        loop {
+            if let Some(o) = &*self.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
+                return match o {
+                    Ok(r) => Ok(r.clone_ref(py)),
+                    Err(e) => Err(e.clone_ref(py)),
+                };
+            }
+            let slice = match end {
+                Some(end) => end
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(Duration::from_millis(100)),
+                None => Duration::from_millis(100),
+            };
+            if py.detach(|| self.up.wait_for(slice)) {
+                let r = py.detach(|| self.up.wait());
+                let o = match r {
+                    Ok(rec) => to_py(py, &rec),
+                    Err(e) => Err(py_err(e)),
+                };
+                *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(match &o {
+                    Ok(r) => Ok(r.clone_ref(py)),
+                    Err(e) => Err(e.clone_ref(py)),
+                });
+                return o;
+            }
+            py.check_signals()?;
+            if end.is_some_and(|end| std::time::Instant::now() >= end) {
+                return Err(PyTimeoutError::new_err("the upload has not finished yet"));
+            }
+        }
+    }
+
+    /// Has it finished (stored or failed)?
+    fn done(&self) -> bool {
+        self.up.done()
+    }
+
+    /// The record once stored, else None.
+    #[getter]
+    fn record(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.up.record().map(|r| to_py(py, &r)).transpose()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Upload(done={})",
+            if self.up.done() { "True" } else { "False" }
         )
     }
 }
@@ -773,6 +942,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Parameters>()?;
     m.add_class::<Metric>()?;
     m.add_class::<Reader>()?;
+    m.add_class::<Upload>()?;
     m.add("StoreError", m.py().get_type::<StoreError>())?;
     m.add("RemoteError", m.py().get_type::<RemoteError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

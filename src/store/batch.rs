@@ -36,9 +36,62 @@ use crate::store::{ImportedVersion, NewVersion};
 /// Where a file's bytes come from.
 pub(crate) enum Source<'a> {
     Path(PathBuf),
+    /// A file opened (and its metadata taken) earlier, e.g. when a background upload was
+    /// queued: the bytes stored are those of that open file, and it must not change between
+    /// that moment and the end of the read (a file replaced by a rename is not a change: the
+    /// open file still holds the old bytes).
+    Opened(Opened),
     Reader(Box<dyn Read + Send + 'a>),
     /// A stream read to its end before the batch chose how to ingest (it was small).
     Memory(Vec<u8>),
+}
+
+/// A regular file opened for a later upload, with its state at that moment.
+pub struct Opened {
+    file: File,
+    path: PathBuf,
+    before: fs::Metadata,
+}
+
+impl Opened {
+    /// Open `path` now (following symlinks) and take its size and modification time: the
+    /// upload stores exactly these bytes, or fails with `SourceChanged` if the file is
+    /// modified in place before it has been read. Directories, FIFOs, sockets and devices are
+    /// refused here.
+    pub fn open(path: &Path) -> Result<Opened> {
+        let meta = fs::metadata(path).at(path)?;
+        if meta.is_dir() {
+            return Err(Error::invalid(
+                "source",
+                path.display().to_string(),
+                "is a directory",
+            ));
+        }
+        if !meta.is_file() {
+            return Err(Error::invalid(
+                "source",
+                path.display().to_string(),
+                "is not a regular file (FIFO, socket or device)",
+            ));
+        }
+        let file = File::open(path).at(path)?;
+        let before = file.metadata().at(path)?;
+        Ok(Opened {
+            file,
+            path: path.to_path_buf(),
+            before,
+        })
+    }
+
+    /// Its size when it was opened.
+    pub fn len(&self) -> u64 {
+        self.before.len()
+    }
+
+    /// Whether it was empty when it was opened.
+    pub fn is_empty(&self) -> bool {
+        self.before.len() == 0
+    }
 }
 
 /// One file of a batch.
@@ -185,6 +238,11 @@ impl<'a> UploadBatch<'a> {
         self.push(Source::Path(src.as_ref().to_path_buf()), key, v, None, None)
     }
 
+    /// Add a file opened earlier ([`Opened::open`]) as a new version of `key`.
+    pub fn opened(&mut self, src: Opened, key: FileKey, v: NewVersion) -> &mut Self {
+        self.push(Source::Opened(src), key, v, None, None)
+    }
+
     /// Add everything `src` yields (e.g. standard input) as a new version of `key`.
     pub fn reader(&mut self, src: impl Read + Send + 'a, key: FileKey, v: NewVersion) -> &mut Self {
         self.push(Source::Reader(Box::new(src)), key, v, None, None)
@@ -314,6 +372,7 @@ impl<'a> UploadBatch<'a> {
             results: &mut results,
             each,
             on_start: &mut on_start,
+            interrupt: crate::interrupt::current(),
         };
         if run.outside_lock()? {
             run.ingest_outside_lock()?;
@@ -341,9 +400,25 @@ struct Run<'r, 'a> {
     results: &'r mut Vec<Option<Result<FileRecord>>>,
     each: bool,
     on_start: &'r mut Option<OnStart<'a>>,
+    /// Set from another thread to stop the run before it commits (`crate::interrupt`).
+    interrupt: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Run<'_, '_> {
+    fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn check_interrupt(&self) -> Result<()> {
+        if self.interrupted() {
+            Err(Error::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Do the files hold more than `OUTSIDE_LOCK_MIN` bytes? Streams are read (into memory) up
     /// to what is left of that budget to find out: one that ends within it is kept as bytes,
     /// one that does not continues after the bytes read.
@@ -358,6 +433,10 @@ impl Run<'_, '_> {
                 Some(Source::Path(p)) => {
                     bytes = bytes.saturating_add(fs::metadata(&p).map_or(0, |m| m.len()));
                     it.source = Some(Source::Path(p));
+                }
+                Some(Source::Opened(o)) => {
+                    bytes = bytes.saturating_add(o.before.len());
+                    it.source = Some(Source::Opened(o));
                 }
                 Some(Source::Memory(b)) => {
                     bytes = bytes.saturating_add(b.len() as u64);
@@ -464,8 +543,10 @@ impl Run<'_, '_> {
         // The last pack is durable before the lock is taken again. The work is done: the
         // commit waits for the lock as long as it takes (a verify or pull may hold it long).
         store.poison(sink.finish(None))?;
+        self.check_interrupt()?;
         let s = store.session_waiting(COMMIT_WAIT)?;
         store.check_poison()?;
+        self.check_interrupt()?;
         let packs_dir = store.dir("packs");
         store.poison(sink.record_deferred(&s.index, &packs_dir, &store.opts.faults))?;
         self.commit(&s, &mut sink, done)
@@ -481,6 +562,11 @@ impl Run<'_, '_> {
         sink: &mut PackSink,
     ) -> Result<Vec<(usize, Ingested)>> {
         let store = self.store;
+        let stop = self.interrupt.clone();
+        let interrupted = || {
+            stop.as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+        };
         let mut done: Vec<(usize, Ingested)> = Vec::new();
         for (i, it) in self.items.iter_mut().enumerate() {
             let Some(source) = it.source.take().filter(|_| self.results[i].is_none()) else {
@@ -492,11 +578,27 @@ impl Run<'_, '_> {
             let key = &it.key;
             let find = || find_previous(i, key);
             let expect = it.expect.clone();
-            match ingest_item(store, target, &find, source, key, imported, progress, sink)
-                .and_then(|ing| check_expected(key, expect.as_ref().and_then(Expected::get), ing))
-            {
+            let r = ingest_item(
+                store,
+                target,
+                &find,
+                source,
+                key,
+                imported,
+                progress,
+                sink,
+                stop.as_ref(),
+            )
+            .and_then(|ing| check_expected(key, expect.as_ref().and_then(Expected::get), ing));
+            // An interrupted read fails the whole batch, whatever `each` says.
+            let r = match r {
+                Err(Failed::Item(_)) if interrupted() => Err(Failed::Item(Error::Interrupted)),
+                r => r,
+            };
+            let each = self.each && !interrupted();
+            match r {
                 Ok(ing) => done.push((i, ing)),
-                Err(Failed::Item(e)) if self.each => self.results[i] = Some(Err(e)),
+                Err(Failed::Item(e)) if each => self.results[i] = Some(Err(e)),
                 Err(Failed::Item(e)) => {
                     // What was appended is recorded (fsynced, in the index), so that it is
                     // plain garbage for gc rather than bytes no index knows; outside the lock
@@ -608,8 +710,11 @@ fn ingest_item(
     imported: Option<&ImportedVersion>,
     progress: Option<&AtomicU64>,
     sink: &mut PackSink,
+    interrupt: Option<&Arc<std::sync::atomic::AtomicBool>>,
 ) -> std::result::Result<Ingested, Failed> {
     let packs_dir = store.dir("packs");
+    // Every read of the source checks the interrupt flag, if the call has one.
+    let checked = |r| checked_source(r, interrupt);
     let previous = std::sync::OnceLock::new();
     let pack_files = PackFiles::new(packs_dir.clone());
     let mut cfg = IngestConfig {
@@ -633,10 +738,52 @@ fn ingest_item(
         e => Failed::Store(e),
     };
     let ing = match source {
-        Source::Reader(r) => ingest::ingest(r, target, &cfg, sink).map_err(failed)?,
+        Source::Reader(r) => ingest::ingest(checked(r), target, &cfg, sink).map_err(failed)?,
         Source::Memory(b) => {
             cfg.size_hint = Some(b.len() as u64);
             ingest::ingest(&b[..], target, &cfg, sink).map_err(failed)?
+        }
+        Source::Opened(Opened { file, path, before }) => {
+            use std::os::unix::fs::MetadataExt;
+            cfg.layout = match store.opts.delta_depth {
+                0 => None,
+                // The path still names the opened file: its zip layout, read through a second
+                // handle (a stale layout only changes where chunks are cut).
+                _ => File::open(&path)
+                    .ok()
+                    .filter(|f| {
+                        f.metadata()
+                            .is_ok_and(|m| m.ino() == before.ino() && m.dev() == before.dev())
+                    })
+                    .and_then(|mut f| zip_layout(&mut f, before.len())),
+            };
+            cfg.size_hint = Some(before.len());
+            let handle = file.try_clone().at(&path).map_err(Failed::Item)?;
+            let ing =
+                ingest::ingest(checked(Box::new(handle)), target, &cfg, sink).map_err(failed)?;
+            let changed = |reason: String| {
+                Failed::Item(Error::SourceChanged {
+                    path: path.clone(),
+                    reason,
+                })
+            };
+            let after = file
+                .metadata()
+                .map_err(|e| changed(format!("cannot stat it again: {e}")))?;
+            if after.len() != before.len() || ing.size != before.len() {
+                return Err(changed(format!(
+                    "size was {} bytes when the upload was queued, read {}, now {}",
+                    before.len(),
+                    ing.size,
+                    after.len()
+                )));
+            }
+            if after.modified().ok() != before.modified().ok() {
+                return Err(changed(
+                    "modified in place after the upload was queued".into(),
+                ));
+            }
+            ing
         }
         Source::Path(src) => {
             let item = Failed::Item;
@@ -652,7 +799,8 @@ fn ingest_item(
                     .and_then(|mut f| zip_layout(&mut f, before.len())),
             };
             cfg.size_hint = Some(before.len());
-            let ing = ingest::ingest(file, target, &cfg, sink).map_err(failed)?;
+            let ing =
+                ingest::ingest(checked(Box::new(file)), target, &cfg, sink).map_err(failed)?;
             let changed = |reason: String| {
                 Failed::Item(Error::SourceChanged {
                     path: src.clone(),
@@ -687,6 +835,20 @@ fn ingest_item(
         )));
     }
     Ok(ing)
+}
+
+/// `r`, failing every read once `interrupt` is set.
+fn checked_source<'r>(
+    r: Box<dyn Read + Send + 'r>,
+    interrupt: Option<&Arc<std::sync::atomic::AtomicBool>>,
+) -> Box<dyn Read + Send + 'r> {
+    match interrupt {
+        Some(f) => Box::new(crate::interrupt::CheckedRead {
+            inner: r,
+            flag: Arc::clone(f),
+        }),
+        None => r,
+    }
 }
 
 /// Refuse bytes that do not hash to the checksum their sender declared.

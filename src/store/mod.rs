@@ -175,6 +175,7 @@ fn acquire_flock(lock_path: &Path, timeout: Duration, exclusive: bool) -> Result
         match got {
             Ok(()) => return Ok(lock),
             Err(std::fs::TryLockError::WouldBlock) => {
+                crate::interrupt::check()?;
                 if start.elapsed() >= timeout {
                     return Err(Error::LockTimeout {
                         path: lock_path.to_path_buf(),

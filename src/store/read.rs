@@ -675,7 +675,16 @@ impl Store {
             ));
         }
         let mut out = AtomicFile::create(dest, &self.opts.faults)?;
-        r.copy_to(&mut out).map_err(|e| match e {
+        let copied = match crate::interrupt::current() {
+            Some(flag) => r.copy_to(&mut crate::interrupt::CheckedWrite {
+                inner: &mut out,
+                flag,
+            }),
+            None => r.copy_to(&mut out),
+        };
+        // Interrupted: the temporary file goes with `out`; `dest` is untouched.
+        crate::interrupt::check()?;
+        copied.map_err(|e| match e {
             Error::Output(source) => Error::io(dest, source),
             other => other,
         })?;

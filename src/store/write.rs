@@ -83,7 +83,7 @@ pub struct ImportedVersion {
     pub size_bytes: u64,
 }
 /// Check a new version's key and values (every upload, before anything is written).
-pub(super) fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
+pub(crate) fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
     // Keys come from `ExperimentKey::new` (`names.rs`), but a FileKey is a plain struct:
     // check again.
     for (what, s) in [

@@ -5,6 +5,7 @@
 
 #[path = "../../examples/support/adam.rs"]
 mod adam;
+mod background;
 mod badinput;
 mod batch;
 mod cli;

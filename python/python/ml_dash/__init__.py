@@ -16,7 +16,7 @@ import io
 from typing import Any, Dict
 
 from ._core import Experiment as _CoreExperiment
-from ._core import Metric, Parameters, Reader, RemoteError, StoreError, __version__
+from ._core import Metric, Parameters, Reader, RemoteError, StoreError, Upload, __version__
 
 __all__ = [
     "Experiment",
@@ -26,6 +26,7 @@ __all__ = [
     "Record",
     "RemoteError",
     "StoreError",
+    "Upload",
     "__version__",
 ]
 

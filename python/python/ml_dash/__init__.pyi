@@ -45,6 +45,15 @@ class Reader:
     def tell(self) -> int: ...
     def close(self) -> None: ...
 
+@final
+class Upload:
+    """A background upload: ``experiment.file(..., background=True)``."""
+
+    def wait(self, timeout: Optional[float] = None) -> Record: ...
+    def done(self) -> bool: ...
+    @property
+    def record(self) -> Optional[Record]: ...
+
 class _StoredFile(io.BufferedReader):
     """What `Experiment.open_file` returns: a BufferedReader with the version's record."""
 
@@ -84,7 +93,9 @@ class Experiment:
         tags: Optional[Sequence[str]] = None,
         metadata: Optional[Dict[str, Any]] = None,
         name: Optional[str] = None,
+        background: bool = False,  # True: returns an Upload handle instead of the record
     ) -> Record: ...
+    def wait_background(self) -> None: ...
     def files(
         self,
         prefix: str = "/",
