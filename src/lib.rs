@@ -74,7 +74,9 @@ pub use format::record::FileRecord;
 pub use interop::{ExportLayout, ExportPlan, ExportSummary, ImportSummary, import};
 pub use interrupt::with_interrupt;
 #[cfg(feature = "remote")]
-pub use remote::{FilesReport, Inventory, PullReport, PushReport, Remote, RemoteConfig};
+pub use remote::{
+    FetchStats, FilesReport, Inventory, PullReport, PushReport, Remote, RemoteConfig, RemoteFile,
+};
 pub use store::batch::Opened;
 #[cfg(feature = "remote")]
 pub use store::findings::PullKind;

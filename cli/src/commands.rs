@@ -58,12 +58,23 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             deleted,
             json,
         ),
+        #[cfg(feature = "remote")]
+        Cmd::Download {
+            exp,
+            path,
+            version,
+            output,
+            from: Some(url),
+            remote,
+            json,
+        } => download_from(&root, &url, &remote, &exp, &path, version, output, json),
         Cmd::Download {
             exp,
             path,
             version,
             output,
             json,
+            ..
         } => download(&root, exp, &path, version, output, json),
         Cmd::Delete { exp, path, json } => {
             let key = file_key(&exp, &path)?;
@@ -518,6 +529,7 @@ fn on_server(url: &str, token: Option<String>, cmd: Cmd) -> Result<i32> {
             version,
             output,
             json,
+            ..
         } => {
             file_key(&exp, &path)?;
             crate::server::download(&s, &exp, &path, version, output.as_deref(), json)
@@ -955,6 +967,79 @@ fn download(
         }
     };
     let _ = rec;
+    Ok(0)
+}
+
+/// `download --from URL`: one version read straight from a remote (only its chunks fetched),
+/// written to a temporary file and renamed into place once its SHA-256 matches the record.
+#[cfg(feature = "remote")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the command's arguments, each distinct"
+)]
+fn download_from(
+    root: &Path,
+    url: &str,
+    a: &crate::RemoteArgs,
+    exp: &ExpArgs,
+    full: &str,
+    version: Option<u32>,
+    output: Option<String>,
+    json: bool,
+) -> Result<i32> {
+    use sha2::Digest as _;
+    let key = file_key(exp, full)?;
+    let remote = std::sync::Arc::new(connect(url, a)?);
+    let store = Store::open_with(root, options())?;
+    let mut f = store.open_remote(remote, &key, version)?;
+    let rec = f.record().clone();
+    let to_stdout = output.as_deref() == Some("-");
+    let dest = PathBuf::from(output.unwrap_or_else(|| rec.filename.clone()));
+    let tmp = dest.with_file_name(format!(
+        ".{}.tmp-{}",
+        dest.file_name()
+            .map_or("download".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let mut out: Box<dyn Write> = if to_stdout {
+        Box::new(io::BufWriter::with_capacity(1 << 20, io::stdout()))
+    } else {
+        Box::new(
+            std::fs::File::create(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?,
+        )
+    };
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let copied = (|| -> Result<()> {
+        loop {
+            let n = io::Read::read(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+        }
+        out.flush()?;
+        let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if got != rec.checksum.to_string() {
+            bail!(
+                "{} from {url}: the bytes hash to {got}, the record says {}",
+                key.display(),
+                rec.checksum
+            );
+        }
+        Ok(())
+    })();
+    drop(out);
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if !to_stdout {
+        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+        print_downloaded(&rec, &dest, json)?;
+    }
     Ok(0)
 }
 

@@ -120,6 +120,14 @@ pub enum Cmd {
         version: Option<u32>,
         #[arg(short = 'o', long = "output")]
         output: Option<String>,
+        /// Read the version from this remote (s3://BUCKET/PREFIX) without pulling the store:
+        /// only its chunks are fetched (and cached under --root for later reads and pulls).
+        #[cfg(feature = "remote")]
+        #[arg(long = "from", value_name = "URL")]
+        from: Option<String>,
+        #[cfg(feature = "remote")]
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[arg(long)]
         json: bool,
     },

@@ -560,18 +560,37 @@ impl Experiment {
         Ok(PyBytes::new(py, &data))
     }
 
-    /// A seekable reader of the file (`ml_dash.Experiment.open_file` wraps it in a file object).
-    #[pyo3(signature = (path, version = None))]
+    /// A seekable reader of the file (`ml_dash.Experiment.open_file` wraps it in a file object);
+    /// with `remote` (`s3://BUCKET/PREFIX`), of the version on that remote, read lazily
+    /// (only its chunks are fetched, cached in this store for later reads and pulls).
+    #[pyo3(signature = (path, version = None, remote = None, endpoint = None))]
     fn _reader(
         &self,
         py: Python<'_>,
         path: &str,
         version: Option<Bound<'_, PyInt>>,
+        remote: Option<String>,
+        endpoint: Option<String>,
     ) -> PyResult<Reader> {
         let version = self::version(version)?;
         let e = self.store(py)?;
-        let r = py.detach(|| e.open(path, version)).map_err(py_err)?;
-        let rec = to_py(py, r.record())?;
+        let (r, rec): (Box<dyn Source>, _) = match remote {
+            None => {
+                let r = py.detach(|| e.open(path, version)).map_err(py_err)?;
+                let rec = to_py(py, r.record())?;
+                (Box::new(r), rec)
+            }
+            Some(url) => {
+                let mut cfg = RemoteConfig::new(url);
+                cfg.endpoint = endpoint;
+                let r = interruptible(py, || {
+                    let r = std::sync::Arc::new(Remote::open(&cfg)?);
+                    e.store().open_remote(r, &e.file_key(path)?, version)
+                })?;
+                let rec = to_py(py, r.record())?;
+                (Box::new(r), rec)
+            }
+        };
         Ok(Reader {
             inner: Mutex::new(Some(r)),
             record: rec,
@@ -845,8 +864,25 @@ impl Metric {
 /// A verified, seekable reader of one stored version.
 #[pyclass(module = "ml_dash")]
 pub struct Reader {
-    inner: Mutex<Option<ml_dash::FileReader>>,
+    inner: Mutex<Option<Box<dyn Source>>>,
     record: Py<PyAny>,
+}
+
+/// What a `Reader` reads: a version in the local store, or one on a remote.
+trait Source: Read + Seek + Send {
+    fn len(&self) -> u64;
+}
+
+impl Source for ml_dash::FileReader {
+    fn len(&self) -> u64 {
+        ml_dash::FileReader::len(self)
+    }
+}
+
+impl Source for ml_dash::RemoteFile {
+    fn len(&self) -> u64 {
+        ml_dash::RemoteFile::len(self)
+    }
 }
 
 impl Reader {
@@ -856,11 +892,11 @@ impl Reader {
     fn with<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut ml_dash::FileReader) -> std::io::Result<T> + Send,
+        f: impl FnOnce(&mut dyn Source) -> std::io::Result<T> + Send,
     ) -> PyResult<T> {
         py.detach(|| {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            g.as_mut().map(f)
+            g.as_mut().map(|r| f(r.as_mut()))
         })
         .ok_or_else(|| PyValueError::new_err("I/O operation on a closed file"))?
         .map_err(|e| {

@@ -134,3 +134,25 @@ def test_ctrl_c_interrupts_a_download_and_a_lock_wait(workdir):
             holder.kill()
             holder.wait()
         assert [r["filename"] for r in exp.files()] == ["big.bin"]
+
+
+def test_open_file_reads_a_remote_version_lazily(workdir):
+    """torch.load-style access: seek to the end (zip directory), then read parts."""
+    import zipfile
+
+    remote = f"file://{workdir / 'remote'}"
+    payload = {f"t{i}.bin": os.urandom(1 << 20) for i in range(6)}
+    with zipfile.ZipFile(workdir / "ckpt.pt", "w", zipfile.ZIP_STORED) as z:
+        for n, b in payload.items():
+            z.writestr(n, b)
+    with Experiment(name="e", project="p", local_path=workdir / "a", remote=remote) as exp:
+        exp.file(workdir / "ckpt.pt", prefix="/models")
+    # Another store, nothing pulled: read from the remote.
+    exp = Experiment(name="e", project="p", local_path=workdir / "b").open()
+    with exp.open_file("/models/ckpt.pt", remote=remote) as f:
+        assert f.record["sizeBytes"] == (workdir / "ckpt.pt").stat().st_size
+        with zipfile.ZipFile(f) as z:
+            assert z.read("t3.bin") == payload["t3.bin"]
+    assert exp.files() == []
+    with pytest.raises(FileNotFoundError):
+        exp.open_file("/models/missing.pt", remote=remote)

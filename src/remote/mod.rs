@@ -14,6 +14,7 @@
 
 mod files;
 mod journals;
+mod lazy;
 mod pull;
 mod push;
 
@@ -26,6 +27,8 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as OPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+pub use lazy::{FetchStats, RemoteFile};
 
 use crate::error::{Error, Result};
 use crate::format::digest::ChunkId;

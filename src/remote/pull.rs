@@ -534,7 +534,7 @@ fn fetch_chunks(
     s: &Session<'_>,
     remote: &Remote,
     known: &super::RemoteChunks,
-    mut want: Vec<Wanted>,
+    want: Vec<Wanted>,
     progress: Option<&AtomicU64>,
 ) -> Result<Fetched> {
     let mut sink = Sink {
@@ -550,6 +550,22 @@ fn fetch_chunks(
         bytes: 0,
         bad: Vec::new(),
     };
+    // Records a lazy read already fetched (`Store::open_remote`) come from its cache.
+    let cache = super::lazy::RecordCache::new(s.store, remote);
+    let dir = s.store.dir("packs");
+    let mut rest = Vec::with_capacity(want.len());
+    for w in want {
+        match cache.get(&w.entry) {
+            Some(rec) => {
+                sink.append(&dir, w.pack, &w.entry, &rec[pack::RECORD_HEADER_LEN..])?;
+                done.chunks += 1;
+                done.bytes += w.entry.record_len();
+            }
+            None => rest.push(w),
+        }
+    }
+    sink.seal()?;
+    let mut want = rest;
     let mut tried: HashSet<(Id, u64)> = HashSet::new();
     while !want.is_empty() {
         tried.extend(want.iter().map(|w| (w.pack, w.entry.offset)));

@@ -22,6 +22,7 @@ mod gc;
 mod hostile;
 mod ingest;
 mod journal;
+mod lazy;
 mod parallel;
 mod recovery;
 mod remote;

@@ -105,11 +105,13 @@ class Experiment(_CoreExperiment):
             return ServerExperiment(name, project, namespace=namespace, remote=remote, token=token)
         return super().__new__(cls, name, project, local_path, namespace, remote, endpoint, keep_last, keep_tags)
 
-    def open_file(self, path, version=None, buffer_size=1 << 20):
+    def open_file(self, path, version=None, buffer_size=1 << 20, remote=None, endpoint=None):
         """Open a stored file for reading: a buffered, seekable binary file object, so
         ``torch.load(exp.open_file("/models/model.pth"))`` reads straight from the store.
-        Its ``record`` attribute is the version's record."""
-        raw = _RawFile(self._reader(path, version))
+        Its ``record`` attribute is the version's record. With ``remote="s3://bucket/prefix"``
+        the version is read from that remote without pulling: only the chunks read are
+        fetched, each verified (and cached in the local store for later reads and pulls)."""
+        raw = _RawFile(self._reader(path, version, remote, endpoint))
         f = io.BufferedReader(raw, buffer_size=buffer_size)
         f.record = raw.record
         return f

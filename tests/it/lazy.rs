@@ -1,0 +1,216 @@
+//! Lazy remote reads: one version read straight from a remote, fetching only the chunks it
+//! needs, every chunk proven; fetched records are cached and reused by later reads and pulls.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use ml_dash::{ExperimentKey, FileKey, NewVersion, Remote, RemoteConfig, Store};
+
+use crate::util::*;
+
+fn key(name: &str) -> FileKey {
+    ExperimentKey::new("local", "lazy", "run")
+        .unwrap()
+        .file("/models".into(), name.into())
+}
+
+/// A store holding `data` as /models/`name`, pushed to a fresh `file://` remote.
+fn pushed(t: &tempfile::TempDir, name: &str, data: &[u8]) -> (RemoteConfig, Store) {
+    let cfg = RemoteConfig::new(format!("file://{}", t.path().join("remote").display()));
+    let a = Store::open(t.path().join("a")).unwrap();
+    a.put_reader(data, &key(name), NewVersion::default(), None)
+        .unwrap();
+    a.push(&Remote::open(&cfg).unwrap(), None).unwrap();
+    (cfg, a)
+}
+
+#[test]
+fn a_lazy_read_of_a_1_gib_remote_file_fetches_under_5_percent_extra() {
+    let t = tmp();
+    let data = random_bytes(21, 1 << 30);
+    let (cfg, _a) = pushed(&t, "big.bin", &data);
+    let remote = Arc::new(Remote::open(&cfg).unwrap());
+    let b = Store::open(t.path().join("b")).unwrap();
+    let mut f = b
+        .open_remote(Arc::clone(&remote), &key("big.bin"), None)
+        .unwrap();
+    assert_eq!(f.len(), data.len() as u64);
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = 0usize;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n] == data[at..at + n], "bytes at {at} differ");
+        at += n;
+    }
+    assert_eq!(at, data.len());
+    let st = f.stats();
+    assert!(
+        st.bytes <= data.len() as u64 * 105 / 100,
+        "fetched {} bytes for a {} byte file",
+        st.bytes,
+        data.len()
+    );
+    assert!(
+        st.requests * 4 < st.records,
+        "adjacent records coalesce: {st:?}"
+    );
+    drop(data);
+
+    // A second reader finds every record in the cache.
+    let mut g = b
+        .open_remote(Arc::clone(&remote), &key("big.bin"), None)
+        .unwrap();
+    g.seek(SeekFrom::Start(500 << 20)).unwrap();
+    let mut small = vec![0u8; 1 << 20];
+    g.read_exact(&mut small).unwrap();
+    assert_eq!(g.stats().bytes, 0, "{:?}", g.stats());
+    assert!(g.stats().cached > 0);
+
+    // A pull reuses the cache: with every remote pack's data damaged it still succeeds,
+    // because no record is fetched again.
+    for p in std::fs::read_dir(t.path().join("remote/packs")).unwrap() {
+        let p = p.unwrap().path();
+        let len = std::fs::metadata(&p).unwrap().len();
+        flip_byte(&p, len / 3);
+    }
+    let r = b.pull(&remote, None).unwrap();
+    assert!(r.damaged.is_empty(), "{r:?}");
+    assert_eq!(r.manifests, 1);
+    assert!(b.verify().unwrap().ok);
+}
+
+#[test]
+fn one_tensor_of_a_safetensors_file_fetches_only_its_chunks() {
+    let t = tmp();
+    let mut m = crate::adam::Model::new(4_000_000, 512, 3);
+    m.train(3);
+    let st = m.safetensors(false);
+    let (cfg, _a) = pushed(&t, "model.safetensors", &st);
+    let b = Store::open(t.path().join("b")).unwrap();
+    let remote = Arc::new(Remote::open(&cfg).unwrap());
+    let mut f = b
+        .open_remote(remote, &key("model.safetensors"), None)
+        .unwrap();
+
+    // The header, as safetensors readers read it.
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).unwrap();
+    let hlen = u64::from_le_bytes(n);
+    let mut header = vec![0u8; usize::try_from(hlen).unwrap()];
+    f.read_exact(&mut header).unwrap();
+    let h: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    // The largest tensor.
+    let (name, lo, hi) = h
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            (k.clone(), o[0].as_u64().unwrap(), o[1].as_u64().unwrap())
+        })
+        .max_by_key(|(_, lo, hi)| hi - lo)
+        .unwrap();
+    let base = 8 + hlen;
+    f.seek(SeekFrom::Start(base + lo)).unwrap();
+    let mut tensor = vec![0u8; usize::try_from(hi - lo).unwrap()];
+    f.read_exact(&mut tensor).unwrap();
+    let (a, z) = (
+        usize::try_from(base + lo).unwrap(),
+        usize::try_from(base + hi).unwrap(),
+    );
+    assert!(tensor == st[a..z], "tensor {name} differs");
+
+    // Exactly the chunks under the header and under that tensor were fetched.
+    let starts = f.chunk_starts().to_vec();
+    let overlapping = |from: u64, to: u64| {
+        (0..starts.len() - 1)
+            .filter(|i| starts[*i] < to && starts[i + 1] > from)
+            .count() as u64
+    };
+    let want = overlapping(0, base) + overlapping(base + lo, base + hi);
+    let got = f.stats();
+    assert_eq!(
+        got.records,
+        want,
+        "{got:?}; {} chunks in the file",
+        starts.len() - 1
+    );
+    assert!(
+        got.bytes < (hi - lo) + (8 << 20),
+        "{got:?} for a {} byte tensor",
+        hi - lo
+    );
+}
+
+#[test]
+fn a_damaged_remote_record_is_an_error_never_data() {
+    let t = tmp();
+    let data = random_bytes(5, 8 << 20);
+    let (cfg, _a) = pushed(&t, "w.bin", &data);
+    let pack = std::fs::read_dir(t.path().join("remote/packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    flip_byte(&pack, std::fs::metadata(&pack).unwrap().len() / 2);
+    let b = Store::open(t.path().join("b")).unwrap();
+    let mut f = b
+        .open_remote(Arc::new(Remote::open(&cfg).unwrap()), &key("w.bin"), None)
+        .unwrap();
+    let mut out = Vec::new();
+    let e = f.read_to_end(&mut out).unwrap_err();
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    assert!(
+        out.len() < data.len() && out[..] == data[..out.len()],
+        "only verified bytes came out"
+    );
+}
+
+#[test]
+fn the_cli_downloads_from_a_remote_without_pulling() {
+    let t = tmp();
+    let data = random_bytes(8, 3 << 20);
+    let (cfg, a) = pushed(&t, "w.bin", &data);
+    a.put_reader(&b"second"[..], &key("w.bin"), NewVersion::default(), None)
+        .unwrap();
+    a.push(&Remote::open(&cfg).unwrap(), None).unwrap();
+    let root = t.path().join("cache-store");
+    let out = t.path().join("out.bin");
+    let args = |v: Option<&str>| {
+        let mut x = vec![
+            "download",
+            "--from",
+            cfg.url.as_str(),
+            "--project",
+            "lazy",
+            "--experiment",
+            "run",
+            "/models/w.bin",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        if let Some(v) = v {
+            x.extend(["--version", v]);
+        }
+        x.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run_args = |a: Vec<String>| run(&root, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&run_args(args(Some("1"))));
+    same_bytes(
+        std::fs::read(&out).unwrap(),
+        &data,
+        "version 1 from the remote",
+    );
+    ok(&run_args(args(None)));
+    assert_eq!(std::fs::read(&out).unwrap(), b"second");
+    let r = run_args(args(Some("7")));
+    refused(&r, "no version 7");
+    assert!(r.2.contains("not found"), "{}", r.2);
+    // Nothing was pulled: the local store holds no version.
+    assert!(list_everything(&Store::open(&root).unwrap()).is_empty());
+}
