@@ -413,6 +413,31 @@ impl FileUpload<'_> {
         self.exp.store.put_file(&self.src, &key, self.v, None)
     }
 
+    /// Store the directory at the source path as a tree under the prefix, in one commit (all
+    /// its files become visible together, or none does): `<dir name>/<sub>/<file>`, or
+    /// `<to>/<sub>/<file>` with `to`. Every file gets the description, tags and metadata. A
+    /// symbolic link to a directory, a FIFO, socket or device, or a non-UTF-8 name anywhere in
+    /// it stores nothing. Each file is stored as deltas against the previous version of the
+    /// same path when that pays, so a checkpoint directory saved again under the same prefix
+    /// has each shard follow the same shard of the previous save.
+    pub fn save_tree(self) -> Result<Vec<FileRecord>> {
+        let top = self.key()?;
+        let files = crate::store::tree::walk_tree(&self.src)?;
+        if files.is_empty() {
+            return Err(Error::invalid(
+                "source",
+                self.src.display().to_string(),
+                "holds no file to upload",
+            ));
+        }
+        let mut batch = self.exp.store.upload_batch();
+        for (rel, path) in files {
+            let (dir, filename) = names::target(&top.path, &format!("{}/{rel}", top.filename))?;
+            batch.file(path, self.exp.key.file(dir, filename), self.v.clone());
+        }
+        batch.commit()
+    }
+
     /// Check everything and open the file now; store it on the experiment's upload thread.
     /// Returns at once (or, when the background queue is full, once earlier uploads made
     /// room) with a handle to `wait` for the record. The bytes stored are the file's as

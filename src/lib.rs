@@ -102,6 +102,7 @@ pub mod validate {
         MAX_DESCRIPTION, MAX_VERSION, check_description, check_metadata, check_tags,
     };
     pub use crate::store::retention::{format_duration, parse_duration};
+    pub use crate::store::tree::walk_tree;
 }
 
 /// Internals for tests, fuzz targets and benchmarks (cargo feature `testing`): fault injection

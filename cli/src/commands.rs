@@ -791,7 +791,7 @@ fn upload(
             if m.is_dir() {
                 // A directory (a `save_pretrained` checkpoint, one shard per rank): its tree
                 // under the prefix, `DIR/sub/file`, in the same commit as everything else.
-                let files = walk_dir(f)?;
+                let files = validate::walk_tree(f)?;
                 if files.is_empty() {
                     bail!("{} holds no file to upload", f.display());
                 }
@@ -846,56 +846,6 @@ fn upload(
         print_record(&mut out, rec, json)?;
     }
     Ok(0)
-}
-
-/// The regular files under `dir` (symbolic links to files followed), as (path relative to
-/// `dir` with `/`, path), sorted. A symbolic link to a directory, a FIFO, socket or device, or
-/// a name that is not UTF-8 is an error (nothing is uploaded), so that what is stored is
-/// exactly the tree that was asked for.
-fn walk_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![(String::new(), dir.to_path_buf())];
-    while let Some((rel, d)) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&d)
-            .with_context(|| format!("cannot read {}", d.display()))?
-            .collect::<io::Result<_>>()
-            .with_context(|| format!("cannot read {}", d.display()))?;
-        entries.sort_by_key(std::fs::DirEntry::file_name);
-        for e in entries {
-            let path = e.path();
-            let name = e
-                .file_name()
-                .into_string()
-                .map_err(|_| anyhow::anyhow!("{}: the name is not UTF-8", path.display()))?;
-            let sub = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            let lm = std::fs::symlink_metadata(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let m = std::fs::metadata(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            if m.is_dir() {
-                if lm.file_type().is_symlink() {
-                    bail!(
-                        "{} is a symbolic link to a directory: not followed (upload its target)",
-                        path.display()
-                    );
-                }
-                stack.push((sub, path));
-            } else if m.is_file() {
-                out.push((sub, path));
-            } else {
-                bail!(
-                    "{} is not a regular file (FIFO, socket or device)",
-                    path.display()
-                );
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -418,7 +418,9 @@ impl Experiment {
     }
 
     /// Store the file at `path` under `prefix` as a new version; returns its record (a dict
-    /// with `filename`, `sizeBytes`, `checksum`, ...).
+    /// with `filename`, `sizeBytes`, `checksum`, ...). A directory (a `save_pretrained`
+    /// checkpoint, one shard per rank) is stored as its tree, `<dir>/<sub>/<file>` under
+    /// `prefix`, in one commit (all files visible together, or none); returns their records.
     ///
     /// With `background=True` the file is opened and checked now and stored on the
     /// experiment's upload thread: the call returns an `Upload` handle (`wait()`, `done()`,
@@ -457,7 +459,16 @@ impl Experiment {
             if let Some(n) = name {
                 up = up.to(n);
             }
-            if background {
+            if path.is_dir() {
+                if background {
+                    return Err(Error::InvalidInput {
+                        what: "source",
+                        value: path.display().to_string(),
+                        reason: "is a directory: background uploads take files".into(),
+                    });
+                }
+                up.save_tree().map(Done::Tree)
+            } else if background {
                 up.background().map(Done::Queued)
             } else {
                 up.save().map(|r| Done::Stored(Box::new(r)))
@@ -465,6 +476,7 @@ impl Experiment {
         })?;
         match rec {
             Done::Stored(rec) => to_py(py, &rec),
+            Done::Tree(recs) => to_py(py, &recs),
             Done::Queued(up) => Ok(Py::new(
                 py,
                 Upload {
@@ -728,6 +740,8 @@ impl Experiment {
 /// What `file` did: stored the file, or queued it.
 enum Done {
     Stored(Box<ml_dash::FileRecord>),
+    /// A directory: its files' records, in path order.
+    Tree(Vec<ml_dash::FileRecord>),
     Queued(ml_dash::Upload),
 }
 

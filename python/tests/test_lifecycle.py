@@ -156,3 +156,24 @@ def test_open_file_reads_a_remote_version_lazily(workdir):
     assert exp.files() == []
     with pytest.raises(FileNotFoundError):
         exp.open_file("/models/missing.pt", remote=remote)
+
+
+def test_a_checkpoint_directory_is_one_upload(workdir):
+    d = workdir / "ckpt"
+    (d / "tokenizer").mkdir(parents=True)
+    (d / "config.json").write_text('{"layers": 2}')
+    (d / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    for i in range(3):
+        chunky(d / f"model-{i}.safetensors", 1, i)
+    with Experiment(name="e", project="p") as exp:
+        recs = exp.file(d, prefix="/checkpoints")
+        assert [r["path"] + "/" + r["filename"] for r in recs] == [
+            "/checkpoints/ckpt/config.json",
+            "/checkpoints/ckpt/model-0.safetensors",
+            "/checkpoints/ckpt/model-1.safetensors",
+            "/checkpoints/ckpt/model-2.safetensors",
+            "/checkpoints/ckpt/tokenizer/vocab.txt",
+        ]
+        assert exp.read_bytes("/checkpoints/ckpt/tokenizer/vocab.txt") == b"a\nb\n"
+        with pytest.raises(ValueError, match="background"):
+            exp.file(d, background=True)

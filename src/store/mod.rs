@@ -25,6 +25,7 @@ pub(crate) mod recover;
 pub(crate) mod retention;
 pub(crate) mod stats;
 pub(crate) mod tokens;
+pub(crate) mod tree;
 pub(crate) mod verify;
 pub(crate) mod write;
 

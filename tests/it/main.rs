@@ -29,6 +29,7 @@ mod remote;
 mod retention;
 mod serve;
 mod tokens;
+mod tree;
 mod util;
 mod verify;
 mod versions;
