@@ -39,7 +39,7 @@ const MAX_READAHEAD: u64 = 64 << 20;
 /// Adjacent records closer than this are fetched by one ranged GET.
 const GAP: u64 = 4 << 10;
 /// The largest single ranged GET.
-const MAX_RANGE: u64 = 16 << 20;
+const MAX_RANGE: u64 = 4 << 20;
 const DEFAULT_CACHE: u64 = 2 << 30;
 
 /// Records fetched from one remote, kept on disk by chunk id and bounded in size.
@@ -456,7 +456,7 @@ impl RemoteFile {
                             .map_err(|e| remote.err(format!("reading {key}"), e))?;
                         Ok::<_, Error>((r, es, b))
                     })
-                    .buffered(4)
+                    .buffered(8)
                     .try_collect(),
             )?;
         let counter = AtomicU64::new(0);
