@@ -68,17 +68,17 @@ fn each_shard_of_a_new_save_follows_the_same_shard_of_the_last() {
     let dir = t.path().join("model");
     std::fs::create_dir_all(&dir).unwrap();
     let mut new_bytes = Vec::new();
-    for save in 0..2 {
+    for save in 0..2u32 {
         for (i, s) in shards.iter().enumerate() {
             std::fs::write(
                 dir.join(format!("model-{i:05}-of-00004.safetensors")),
-                &s[save],
+                &s[save as usize],
             )
             .unwrap();
         }
         let recs = exp.file(&dir).prefix("/hf").save_tree().unwrap();
         assert_eq!(recs.len(), 4);
-        assert!(recs.iter().all(|r| r.version == save as u32 + 1));
+        assert!(recs.iter().all(|r| r.version == save + 1));
         new_bytes.push(recs.iter().map(|r| r.new_bytes).sum::<u64>());
     }
     assert!(
