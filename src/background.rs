@@ -12,8 +12,10 @@
 //!   place before its upload has read it (size or modification time differ at the end of the
 //!   read) fails that upload with `SourceChanged` and stores nothing: a record never describes
 //!   bytes other than the ones stored.
-//! - Errors are never lost: `Upload::wait` returns them; `Experiment::wait_background` (and
-//!   `close`) waits for every upload and returns the errors no `wait` returned.
+//! - Errors: `Upload::wait` returns an upload's error; `Experiment::wait_background` (and
+//!   `close`) waits for every upload and returns the errors no `wait` returned. Dropping the
+//!   last clone of an experiment without either still waits for the uploads, but cannot
+//!   return their errors: call `close` or `wait_background` to see them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -165,10 +167,13 @@ impl Background {
         while q.pending > 0
             && (q.bytes.saturating_add(size) > self.limit || q.pending >= MAX_QUEUED)
         {
+            // Waiting for room can take as long as an upload: an interrupt flag ends it.
+            crate::interrupt::check()?;
             q = self
                 .changed
-                .wait(q)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .wait_timeout(q, Duration::from_millis(50))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
         q.bytes += size;
         q.pending += 1;
@@ -181,10 +186,18 @@ impl Background {
         });
         if !q.worker {
             let me = Arc::clone(self);
-            std::thread::Builder::new()
+            if let Err(e) = std::thread::Builder::new()
                 .name("ml-dash-background".into())
                 .spawn(move || me.work())
-                .map_err(|e| Error::Internal(format!("cannot start the upload thread: {e}")))?;
+            {
+                // Nothing will run it: take it back out, so that nobody waits for it.
+                q.jobs.pop_back();
+                q.bytes -= size;
+                q.pending -= 1;
+                return Err(Error::Internal(format!(
+                    "cannot start the upload thread: {e}"
+                )));
+            }
             q.worker = true;
         }
         Ok(Upload { job })

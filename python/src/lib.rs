@@ -94,6 +94,8 @@ fn interruptible<T: Send>(
                             py.import("_thread")?.call_method0("interrupt_main")?;
                             Ok(v)
                         }
+                        // A real failure that happened first is reported as itself.
+                        Ok(Err(e)) if !matches!(e, Error::Interrupted) => Err(py_err(e)),
                         _ => Err(interrupt),
                     };
                 }

@@ -21,6 +21,9 @@ use crate::store::findings::{Finding, PullKind};
 use crate::store::journal_sync::{self, LineId, StoredLine};
 
 const DIR: &str = "journals";
+/// A push cuts a journal's new lines into segments of about this many bytes (a line is at most
+/// a few hundred KiB, so a segment stays far below `MAX_SEGMENT`).
+const SEGMENT_TARGET: usize = 64 << 20;
 
 fn is_hex32(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -140,31 +143,39 @@ impl Store {
             for (seg, size) in remote_segs.get(&name).into_iter().flatten() {
                 there.extend(self.segment_ids(remote, &name, seg, *size));
             }
+            // Segments of at most SEGMENT_TARGET bytes (a pull refuses any over MAX_SEGMENT).
             let mut body = Vec::new();
             let mut ids = Vec::new();
-            for l in local.iter().filter(|l| !there.contains(&l.id)) {
+            let missing: Vec<&StoredLine> =
+                local.iter().filter(|l| !there.contains(&l.id)).collect();
+            for (i, l) in missing.iter().enumerate() {
                 body.extend_from_slice(&l.bytes);
                 body.push(b'\n');
                 ids.extend_from_slice(&l.id);
+                if body.len() >= SEGMENT_TARGET || i + 1 == missing.len() {
+                    self.put_segment(remote, &name, std::mem::take(&mut body), &ids)?;
+                    sent += (ids.len() / 16) as u64;
+                    ids.clear();
+                }
             }
-            if ids.is_empty() {
-                continue;
-            }
-            let seg = blake3::hash(&body).to_hex()[..32].to_string();
-            let key = remote.key(&format!("{DIR}/{name}/{seg}.jsonl"));
-            remote.rt.block_on(remote.put_immutable(&key, body))?;
-            sent += (ids.len() / 16) as u64;
-            let cache = self.journal_cache(remote);
-            if std::fs::create_dir_all(&cache).is_ok() {
-                let _ = crate::store::durable::write_atomic(
-                    &cache.join(format!("{seg}.ids")),
-                    &ids,
-                    &self.opts.faults,
-                );
-            }
-            self.mark_merged(remote, &seg);
         }
         Ok(sent)
+    }
+
+    fn put_segment(&self, remote: &Remote, name: &str, body: Vec<u8>, ids: &[u8]) -> Result<()> {
+        let seg = blake3::hash(&body).to_hex()[..32].to_string();
+        let key = remote.key(&format!("{DIR}/{name}/{seg}.jsonl"));
+        remote.rt.block_on(remote.put_immutable(&key, body))?;
+        let cache = self.journal_cache(remote);
+        if std::fs::create_dir_all(&cache).is_ok() {
+            let _ = crate::store::durable::write_atomic(
+                &cache.join(format!("{seg}.ids")),
+                ids,
+                &self.opts.faults,
+            );
+        }
+        self.mark_merged(remote, &seg);
+        Ok(())
     }
 
     /// Merge the journal segments of the remote not merged yet. Returns the lines appended;

@@ -266,8 +266,13 @@ fn find_version(
                     })
                     .buffer_unordered(16)
                     .try_for_each(|(id, b)| {
-                        // Cached as fetched; checked every time it is used.
-                        let _ = std::fs::write(local.join(format!("{id}.{ext}")), &b);
+                        // Cached as fetched (temporary file, then rename: never half a file
+                        // under its name); checked every time it is used.
+                        let dest = local.join(format!("{id}.{ext}"));
+                        let tmp = local.join(format!(".{id}.{ext}.tmp"));
+                        if std::fs::write(&tmp, &b).is_ok() {
+                            let _ = std::fs::rename(&tmp, &dest);
+                        }
                         async { Ok(()) }
                     }),
             )
@@ -288,17 +293,28 @@ fn find_version(
             {
                 versions.push(m);
             }
-            _ => {}
+            Ok(_) => {}
+            // Damaged in the cache (or on the remote): fetched again next time.
+            Err(_) => {
+                let _ = std::fs::remove_file(mdir.join(format!("{id}.manifest")));
+            }
         }
     }
     let mut events: Vec<Event> = Vec::new();
     for (id, _) in &rev {
-        if let Ok(b) = std::fs::read(edir.join(format!("{id}.event")))
-            && let Ok(e) = manifest::decode_event(&b, "")
-            && e.id() == *id
-            && crate::format::record::check_pulled_event(&e).is_ok()
-        {
-            events.push(e);
+        let path = edir.join(format!("{id}.event"));
+        let Ok(b) = std::fs::read(&path) else {
+            continue;
+        };
+        match manifest::decode_event(&b, "") {
+            Ok(e) if e.id() == *id && crate::format::record::check_pulled_event(&e).is_ok() => {
+                events.push(e);
+            }
+            Ok(_) => {}
+            // Damaged in the cache (or on the remote): fetched again next time.
+            Err(_) => {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
     events.sort_by_key(Event::id);
@@ -569,6 +585,19 @@ impl Read for RemoteFile {
             self.ensure(self.pos, to).map_err(std::io::Error::other)?;
         }
         let raw = Arc::clone(&self.window[&self.chunks[i]]);
+        // The manifest's lengths placed the chunk; a chunk of another length (a hostile or
+        // damaged manifest) would misplace every byte after it.
+        if raw.len() as u64 != self.starts[i + 1] - self.starts[i] {
+            return Err(std::io::Error::other(Error::corrupt(
+                self.what(),
+                format!(
+                    "chunk {} is {} bytes, the manifest says {}",
+                    self.chunks[i],
+                    raw.len(),
+                    self.starts[i + 1] - self.starts[i]
+                ),
+            )));
+        }
         let off = crate::format::usize_from(self.pos - self.starts[i]);
         let n = (raw.len() - off).min(buf.len());
         buf[..n].copy_from_slice(&raw[off..off + n]);

@@ -314,7 +314,6 @@ impl Index {
             .unwrap_or(0))
     }
 
-    /// All versions in scope, in (namespace, project, experiment, path, filename, version) order.
     /// Was version `id` deleted by id (retention), possibly long ago and collected since?
     pub fn is_dropped(&self, id: Id) -> Result<bool> {
         let mut k = vec![b'x'];
@@ -328,6 +327,7 @@ impl Index {
         Ok(r.version <= self.deleted_up_to(&r.key())? || self.is_dropped(r.id)?)
     }
 
+    /// All versions in scope, in (namespace, project, experiment, path, filename, version) order.
     pub fn scan_versions(&self, scope: &Scope) -> impl Iterator<Item = Result<FileRecord>> + '_ {
         let scope = scope.clone();
         self.db

@@ -11,7 +11,9 @@
 //!   a conflict (two stores logged to one experiment); a position past the end (a gap: the lines
 //!   before it did not arrive) is kept out for a later pull.
 //! - A parameter line, or an experiment line (status, tags, ...), conflicts when it changes a key
-//!   that this store last set to another value with a line the remote never saw.
+//!   that this store last set to another value with a line the remote never saw. Once both
+//!   values are on the remote, the one written later wins on every store: an older line is
+//!   left out as superseded history.
 //!
 //! Conflicting and kept-out lines are reported and never written; everything else is appended
 //! with one write and one fdatasync, under the journal's lock (appends wait for it).
@@ -210,6 +212,16 @@ fn keyed(e: &Entry) -> Vec<(String, Value)> {
     }
 }
 
+/// When a parameter or experiment line was written (for ordering values set on two stores).
+fn written_at(e: &Entry) -> String {
+    match e {
+        Entry::Params { at, .. } => at.clone(),
+        Entry::Experiment(i) => i.updated_at.clone(),
+        Entry::Log(l) => l.timestamp.clone(),
+        Entry::Metric { point, .. } => point.created_at.clone(),
+    }
+}
+
 /// Where a line sorts among the lines of one merge: logs by number, metric points by series and
 /// index, parameter and experiment lines by time.
 fn order(e: &Entry) -> (u8, String, u64) {
@@ -284,15 +296,15 @@ impl Store {
         let mut have: HashSet<LineId> = local.iter().map(|l| l.id).collect();
         let mut logs = 0u64;
         let mut points: HashMap<String, u64> = HashMap::new();
-        // Key → (value, the line that set it last).
-        let mut setter: HashMap<String, (Value, LineId)> = HashMap::new();
+        // Key → (value, the line that set it last, when).
+        let mut setter: HashMap<String, (Value, LineId, String)> = HashMap::new();
         for l in &local {
             match &l.line.entry {
                 Entry::Log(_) => logs += 1,
                 Entry::Metric { name, .. } => *points.entry(name.clone()).or_default() += 1,
                 e => {
                     for (k, v) in keyed(e) {
-                        setter.insert(k, (v, l.id));
+                        setter.insert(k, (v, l.id, written_at(e)));
                     }
                 }
             }
@@ -351,19 +363,30 @@ impl Store {
                 }
                 e => {
                     let sets = keyed(e);
+                    let at = written_at(e);
                     let clash = sets.iter().find(|(k, v)| {
                         setter
                             .get(k)
-                            .is_some_and(|(mine, by)| mine != v && !remote.contains(by))
+                            .is_some_and(|(mine, by, _)| mine != v && !remote.contains(by))
+                    });
+                    // A value this store holds from shared history (the remote has the line
+                    // that set it) and that is newer than this line: the line is older history,
+                    // superseded on both sides; appending it would bring the old value back.
+                    let stale = sets.iter().any(|(k, v)| {
+                        setter
+                            .get(k)
+                            .is_some_and(|(mine, _, when)| mine != v && *when > at)
                     });
                     if let Some((k, _)) = clash {
                         rep.conflicts.push(format!(
                             "{who}: {k}: this store set it to another value that was never pushed"
                         ));
                         false
+                    } else if stale {
+                        false
                     } else {
                         for (k, v) in sets {
-                            setter.insert(k, (v, l.id));
+                            setter.insert(k, (v, l.id, at.clone()));
                         }
                         true
                     }

@@ -214,3 +214,34 @@ fn the_cli_downloads_from_a_remote_without_pulling() {
     // Nothing was pulled: the local store holds no version.
     assert!(list_everything(&Store::open(&root).unwrap()).is_empty());
 }
+
+#[test]
+fn a_manifest_with_misplaced_chunk_lengths_is_an_error_not_a_panic() {
+    let t = tmp();
+    let data = random_bytes(6, 4 << 20);
+    let (cfg, _a) = pushed(&t, "w.bin", &data);
+    // Rewrite the remote manifest: the first two chunks' lengths swapped, the total unchanged.
+    let mdir = t.path().join("remote/manifests");
+    let path = std::fs::read_dir(&mdir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut m =
+        ml_dash::testing::manifest::Manifest::decode(&std::fs::read(&path).unwrap(), "").unwrap();
+    assert!(m.chunks.len() > 2);
+    let (l0, l1) = (m.chunks[0].1, m.chunks[1].1);
+    assert_ne!(l0, l1, "two chunks of different lengths");
+    m.chunks[0].1 = l1;
+    m.chunks[1].1 = l0;
+    std::fs::write(&path, m.encode()).unwrap();
+    let b = Store::open(t.path().join("b")).unwrap();
+    let mut f = b
+        .open_remote(Arc::new(Remote::open(&cfg).unwrap()), &key("w.bin"), None)
+        .unwrap();
+    let mut out = Vec::new();
+    let e = f.read_to_end(&mut out).unwrap_err();
+    assert!(e.to_string().contains("the manifest says"), "{e}");
+    assert!(out.is_empty(), "no byte of a misplaced chunk came out");
+}

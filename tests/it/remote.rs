@@ -1642,3 +1642,32 @@ fn hostile_journal_segments_are_refused() {
     assert_eq!(b.journal(&e).unwrap().logs[0].message, "hello");
     assert!(b.journal(&jexp("elsewhere")).unwrap().logs.is_empty());
 }
+
+#[test]
+fn a_parameter_set_on_two_stores_converges_once_both_are_pushed() {
+    let t = tmp();
+    let cfg = RemoteConfig::new(format!("file://{}", t.path().join("remote-lww").display()));
+    let remote = Remote::open(&cfg).unwrap();
+    let x = Store::open(t.path().join("x")).unwrap();
+    let y = Store::open(t.path().join("y")).unwrap();
+    let e = jexp("lww");
+    x.set_params(&e, &serde_json::json!({"lr": 0.1})).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    y.set_params(&e, &serde_json::json!({"lr": 0.2})).unwrap();
+    x.push(&remote, None).unwrap();
+    // y's value was never pushed: a conflict, reported, nothing merged.
+    let r = y.pull(&remote, None).unwrap();
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    assert_eq!(y.journal(&e).unwrap().params.unwrap().data["lr"], 0.2);
+    // y resolves by pushing its value: from now on the later one (y's) wins everywhere.
+    y.push(&remote, None).unwrap();
+    let rx = x.pull(&remote, None).unwrap();
+    let ry = y.pull(&remote, None).unwrap();
+    assert!(
+        rx.conflicts.is_empty() && ry.conflicts.is_empty(),
+        "{rx:?} {ry:?}"
+    );
+    assert_eq!(x.journal(&e).unwrap().params.unwrap().data["lr"], 0.2);
+    assert_eq!(y.journal(&e).unwrap().params.unwrap().data["lr"], 0.2);
+    assert!(y.pull(&remote, None).unwrap().conflicts.is_empty());
+}
