@@ -117,6 +117,35 @@ impl Event {
         }
     }
 
+    /// For an update of version `r.id`: its new fields written into `r`; true if it was one.
+    pub fn apply_update(&self, r: &mut FileRecord) -> bool {
+        let Event::Update {
+            version_id,
+            description,
+            tags,
+            metadata,
+            at,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        if *version_id != r.id {
+            return false;
+        }
+        if let Some(d) = description {
+            r.description.clone_from(d);
+        }
+        if let Some(t) = tags {
+            r.tags.clone_from(t);
+        }
+        if let Some(m) = metadata {
+            r.metadata = m.clone();
+        }
+        r.updated_at.clone_from(at);
+        true
+    }
+
     pub fn id(&self) -> Id {
         match self {
             Event::Delete { id, .. }

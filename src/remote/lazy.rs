@@ -326,25 +326,9 @@ fn find_version(
                 deleted_up_to = deleted_up_to.max(*up_to_version);
             }
             Event::DeleteVersions { version_ids, .. } => dropped.extend(version_ids),
-            Event::Update {
-                version_id,
-                description,
-                tags,
-                metadata,
-                at,
-                ..
-            } => {
+            Event::Update { version_id, .. } => {
                 if let Some(m) = versions.iter_mut().find(|m| m.record.id == *version_id) {
-                    if let Some(d) = description {
-                        m.record.description.clone_from(d);
-                    }
-                    if let Some(t) = tags {
-                        m.record.tags.clone_from(t);
-                    }
-                    if let Some(x) = metadata {
-                        m.record.metadata = x.clone();
-                    }
-                    m.record.updated_at.clone_from(at);
+                    e.apply_update(&mut m.record);
                 }
             }
             Event::Delete { .. } => {}

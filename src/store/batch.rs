@@ -59,21 +59,7 @@ impl Opened {
     /// modified in place before it has been read. Directories, FIFOs, sockets and devices are
     /// refused here.
     pub fn open(path: &Path) -> Result<Opened> {
-        let meta = fs::metadata(path).at(path)?;
-        if meta.is_dir() {
-            return Err(Error::invalid(
-                "source",
-                path.display().to_string(),
-                "is a directory",
-            ));
-        }
-        if !meta.is_file() {
-            return Err(Error::invalid(
-                "source",
-                path.display().to_string(),
-                "is not a regular file (FIFO, socket or device)",
-            ));
-        }
+        regular_file(path)?;
         let file = File::open(path).at(path)?;
         let before = file.metadata().at(path)?;
         Ok(Opened {
@@ -677,23 +663,62 @@ enum Failed {
 fn check_item(it: &Item<'_>) -> Result<()> {
     check_new(&it.key, &it.v)?;
     if let Some(Source::Path(src)) = &it.source {
-        let meta = fs::metadata(src).at(src)?;
-        if meta.is_dir() {
-            return Err(Error::invalid(
-                "source",
-                src.display().to_string(),
-                "is a directory",
-            ));
-        }
-        if !meta.is_file() {
-            return Err(Error::invalid(
-                "source",
-                src.display().to_string(),
-                "is not a regular file (FIFO, socket or device)",
-            ));
-        }
+        regular_file(src)?;
     }
     Ok(())
+}
+
+/// `SourceChanged` unless the file is as it was before `read` bytes of it were read: same size
+/// (and all of it read), same modification time. `queued`: `before` was taken when a
+/// background upload was queued.
+fn unchanged(
+    path: &Path,
+    before: &fs::Metadata,
+    read: u64,
+    after: std::io::Result<fs::Metadata>,
+    queued: bool,
+) -> std::result::Result<(), Failed> {
+    let changed = |reason: String| {
+        Failed::Item(Error::SourceChanged {
+            path: path.to_path_buf(),
+            reason,
+        })
+    };
+    let after = after.map_err(|e| changed(format!("cannot stat it again: {e}")))?;
+    let when = if queued {
+        " when the upload was queued"
+    } else {
+        ""
+    };
+    if after.len() != before.len() || read != before.len() {
+        return Err(changed(format!(
+            "size was {} bytes{when}, read {read}, now {}",
+            before.len(),
+            after.len()
+        )));
+    }
+    if after.modified().ok() != before.modified().ok() {
+        return Err(changed(if queued {
+            "modified in place after the upload was queued".into()
+        } else {
+            "modification time changed".into()
+        }));
+    }
+    Ok(())
+}
+
+/// The metadata of `path` (symlinks followed) if it is a regular file; directories, FIFOs,
+/// sockets and devices are refused.
+fn regular_file(path: &Path) -> Result<fs::Metadata> {
+    let meta = fs::metadata(path).at(path)?;
+    let refuse = |why| Err(Error::invalid("source", path.display().to_string(), why));
+    if meta.is_dir() {
+        return refuse("is a directory");
+    }
+    if !meta.is_file() {
+        return refuse("is not a regular file (FIFO, socket or device)");
+    }
+    Ok(meta)
 }
 
 /// Read one file of a batch into the sink's packs.
@@ -761,28 +786,7 @@ fn ingest_item(
             let handle = file.try_clone().at(&path).map_err(Failed::Item)?;
             let ing =
                 ingest::ingest(checked(Box::new(handle)), target, &cfg, sink).map_err(failed)?;
-            let changed = |reason: String| {
-                Failed::Item(Error::SourceChanged {
-                    path: path.clone(),
-                    reason,
-                })
-            };
-            let after = file
-                .metadata()
-                .map_err(|e| changed(format!("cannot stat it again: {e}")))?;
-            if after.len() != before.len() || ing.size != before.len() {
-                return Err(changed(format!(
-                    "size was {} bytes when the upload was queued, read {}, now {}",
-                    before.len(),
-                    ing.size,
-                    after.len()
-                )));
-            }
-            if after.modified().ok() != before.modified().ok() {
-                return Err(changed(
-                    "modified in place after the upload was queued".into(),
-                ));
-            }
+            unchanged(&path, &before, ing.size, file.metadata(), true)?;
             ing
         }
         Source::Path(src) => {
@@ -801,25 +805,7 @@ fn ingest_item(
             cfg.size_hint = Some(before.len());
             let ing =
                 ingest::ingest(checked(Box::new(file)), target, &cfg, sink).map_err(failed)?;
-            let changed = |reason: String| {
-                Failed::Item(Error::SourceChanged {
-                    path: src.clone(),
-                    reason,
-                })
-            };
-            let after =
-                fs::metadata(&src).map_err(|e| changed(format!("cannot stat it again: {e}")))?;
-            if after.len() != before.len() || ing.size != before.len() {
-                return Err(changed(format!(
-                    "size was {} bytes, read {}, now {}",
-                    before.len(),
-                    ing.size,
-                    after.len()
-                )));
-            }
-            if after.modified().ok() != before.modified().ok() {
-                return Err(changed("modification time changed".into()));
-            }
+            unchanged(&src, &before, ing.size, fs::metadata(&src), false)?;
             ing
         }
     };

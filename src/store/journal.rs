@@ -426,26 +426,37 @@ impl Store {
             out.extend_from_slice(&json);
             out.push(b'\n');
         }
-        let r = self
-            .opts
-            .faults
-            .check(crate::store::fault::FaultKind::Write, &path)
-            .and_then(|()| file.write_all(&out).at(&path));
-        self.poison(r)?;
-        let r = self
-            .opts
-            .faults
-            .check(crate::store::fault::FaultKind::Sync, &path)
-            .and_then(|()| file.sync_data().at(&path));
-        self.poison(r)?;
-        if size == 0 {
-            self.poison(crate::store::durable::fsync_dir(&dir, &self.opts.faults))?;
-        }
+        self.write_journal(&mut file, &path, &out, size == 0)?;
         for entry in &entries {
             c.apply(entry.clone());
         }
         store_cache(&file, &path, size + out.len() as u64, Arc::new(c))?;
         Ok(entries)
+    }
+
+    /// Append `out` to the locked journal `file` with one write and one fdatasync (and, for a
+    /// journal that was empty, an fsync of its directory); a failure poisons the store.
+    pub(crate) fn write_journal(
+        &self,
+        file: &mut File,
+        path: &Path,
+        out: &[u8],
+        was_empty: bool,
+    ) -> Result<()> {
+        let faults = &self.opts.faults;
+        let r = faults
+            .check(crate::store::fault::FaultKind::Write, path)
+            .and_then(|()| file.write_all(out).at(path));
+        self.poison(r)?;
+        let r = faults
+            .check(crate::store::fault::FaultKind::Sync, path)
+            .and_then(|()| file.sync_data().at(path));
+        self.poison(r)?;
+        if was_empty {
+            let dir = path.parent().unwrap_or(path);
+            self.poison(crate::store::durable::fsync_dir(dir, faults))?;
+        }
+        Ok(())
     }
 
     /// Merge parameters (a JSON object; nested keys are flattened with dots).

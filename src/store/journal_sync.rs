@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -212,6 +212,26 @@ fn keyed(e: &Entry) -> Vec<(String, Value)> {
     }
 }
 
+/// A log line or metric point that goes at position `at` of a series holding `have` entries:
+/// true (and `have` counts it) when `at == have`; else a conflict (the position is taken) or a
+/// line kept out (entries before it are missing), reported as `what`.
+fn place(have: &mut u64, at: u64, what: &str, rep: &mut Merged) -> bool {
+    if at == *have {
+        *have += 1;
+        true
+    } else if at < *have {
+        rep.conflicts
+            .push(format!("{what}: this store has another at that position"));
+        false
+    } else {
+        rep.kept_out.push(format!(
+            "{what}: the {} before it did not arrive",
+            at - *have
+        ));
+        false
+    }
+}
+
 /// When a parameter or experiment line was written (for ordering values set on two stores).
 fn written_at(e: &Entry) -> String {
     match e {
@@ -324,43 +344,19 @@ impl Store {
                 continue;
             }
             let ok = match &l.line.entry {
-                Entry::Log(e) => {
-                    let n = e.sequence_number;
-                    if n == logs + 1 {
-                        logs += 1;
-                        true
-                    } else if n <= logs {
-                        rep.conflicts.push(format!(
-                            "{who}: log line {n}: this store has another line {n}"
-                        ));
-                        false
-                    } else {
-                        rep.kept_out.push(format!(
-                            "{who}: log line {n}: lines {}..{n} did not arrive",
-                            logs + 1
-                        ));
-                        false
-                    }
-                }
-                Entry::Metric { name, point } => {
-                    let have_n = points.entry(name.clone()).or_default();
-                    let i = point.index;
-                    if i == *have_n {
-                        *have_n += 1;
-                        true
-                    } else if i < *have_n {
-                        rep.conflicts.push(format!(
-                            "{who}: metric {name:?} point {i}: this store has another point {i}"
-                        ));
-                        false
-                    } else {
-                        rep.kept_out.push(format!(
-                            "{who}: metric {name:?} point {i}: points {}..{i} did not arrive",
-                            *have_n
-                        ));
-                        false
-                    }
-                }
+                // Log line N goes after N - 1 lines; metric point I after I points.
+                Entry::Log(e) => place(
+                    &mut logs,
+                    e.sequence_number - 1,
+                    &format!("{who}: log line {}", e.sequence_number),
+                    &mut rep,
+                ),
+                Entry::Metric { name, point } => place(
+                    points.entry(name.clone()).or_default(),
+                    point.index,
+                    &format!("{who}: metric {name:?} point {}", point.index),
+                    &mut rep,
+                ),
                 e => {
                     let sets = keyed(e);
                     let at = written_at(e);
@@ -401,21 +397,7 @@ impl Store {
         if rep.appended == 0 {
             return Ok(rep);
         }
-        let r = self
-            .opts
-            .faults
-            .check(crate::store::fault::FaultKind::Write, &path)
-            .and_then(|()| file.write_all(&out).at(&path));
-        self.poison(r)?;
-        let r = self
-            .opts
-            .faults
-            .check(crate::store::fault::FaultKind::Sync, &path)
-            .and_then(|()| file.sync_data().at(&path));
-        self.poison(r)?;
-        if size == 0 {
-            self.poison(crate::store::durable::fsync_dir(&dir, &self.opts.faults))?;
-        }
+        self.write_journal(&mut file, &path, &out, size == 0)?;
         Ok(rep)
     }
 }

@@ -55,25 +55,9 @@ pub(crate) fn event_batch(ix: &Index, e: &Event) -> Result<IndexBatch> {
                 }
             }
         }
-        Event::Update {
-            version_id,
-            description,
-            tags,
-            metadata,
-            at,
-            ..
-        } => {
+        Event::Update { version_id, .. } => {
             if let Some(mut r) = ix.version(*version_id)? {
-                if let Some(d) = description {
-                    r.description.clone_from(d);
-                }
-                if let Some(t) = tags {
-                    r.tags.clone_from(t);
-                }
-                if let Some(m) = metadata {
-                    r.metadata = m.clone();
-                }
-                r.updated_at.clone_from(at);
+                e.apply_update(&mut r);
                 b.put_version(&r);
             }
         }

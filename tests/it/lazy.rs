@@ -24,6 +24,30 @@ fn pushed(t: &tempfile::TempDir, name: &str, data: &[u8]) -> (RemoteConfig, Stor
     (cfg, a)
 }
 
+/// The one entry of `dir`.
+fn only_entry(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut it = std::fs::read_dir(dir).unwrap();
+    let p = it.next().unwrap().unwrap().path();
+    assert!(it.next().is_none(), "{} holds one entry", dir.display());
+    p
+}
+
+/// Read `name` from the remote into a fresh store "b", expecting an error: what came out
+/// before it, and the error.
+fn read_failing(
+    t: &tempfile::TempDir,
+    cfg: &RemoteConfig,
+    name: &str,
+) -> (Vec<u8>, std::io::Error) {
+    let b = Store::open(t.path().join("b")).unwrap();
+    let mut f = b
+        .open_remote(Arc::new(Remote::open(cfg).unwrap()), &key(name), None)
+        .unwrap();
+    let mut out = Vec::new();
+    let e = f.read_to_end(&mut out).unwrap_err();
+    (out, e)
+}
+
 #[test]
 fn a_lazy_read_of_a_1_gib_remote_file_fetches_under_5_percent_extra() {
     let t = tmp();
@@ -168,19 +192,9 @@ fn a_damaged_remote_record_is_an_error_never_data() {
     let t = tmp();
     let data = random_bytes(5, 8 << 20);
     let (cfg, _a) = pushed(&t, "w.bin", &data);
-    let pack = std::fs::read_dir(t.path().join("remote/packs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let pack = only_entry(&t.path().join("remote/packs"));
     flip_byte(&pack, std::fs::metadata(&pack).unwrap().len() / 2);
-    let b = Store::open(t.path().join("b")).unwrap();
-    let mut f = b
-        .open_remote(Arc::new(Remote::open(&cfg).unwrap()), &key("w.bin"), None)
-        .unwrap();
-    let mut out = Vec::new();
-    let e = f.read_to_end(&mut out).unwrap_err();
+    let (out, e) = read_failing(&t, &cfg, "w.bin");
     assert!(e.to_string().contains("corrupt"), "{e}");
     assert!(
         out.len() < data.len() && out[..] == data[..out.len()],
@@ -239,12 +253,7 @@ fn a_manifest_with_misplaced_chunk_lengths_is_an_error_not_a_panic() {
     let (cfg, _a) = pushed(&t, "w.bin", &data);
     // Rewrite the remote manifest: the first two chunks' lengths swapped, the total unchanged.
     let mdir = t.path().join("remote/manifests");
-    let path = std::fs::read_dir(&mdir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let path = only_entry(&mdir);
     let mut m =
         ml_dash::testing::manifest::Manifest::decode(&std::fs::read(&path).unwrap(), "").unwrap();
     assert!(m.chunks.len() > 2);
@@ -253,12 +262,7 @@ fn a_manifest_with_misplaced_chunk_lengths_is_an_error_not_a_panic() {
     m.chunks[0].1 = l1;
     m.chunks[1].1 = l0;
     std::fs::write(&path, m.encode()).unwrap();
-    let b = Store::open(t.path().join("b")).unwrap();
-    let mut f = b
-        .open_remote(Arc::new(Remote::open(&cfg).unwrap()), &key("w.bin"), None)
-        .unwrap();
-    let mut out = Vec::new();
-    let e = f.read_to_end(&mut out).unwrap_err();
+    let (out, e) = read_failing(&t, &cfg, "w.bin");
     assert!(e.to_string().contains("the manifest says"), "{e}");
     assert!(out.is_empty(), "no byte of a misplaced chunk came out");
 }
