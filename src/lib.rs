@@ -76,6 +76,7 @@ pub use interrupt::with_interrupt;
 #[cfg(feature = "remote")]
 pub use remote::{
     FetchStats, FilesReport, Inventory, PullReport, PushReport, Remote, RemoteConfig, RemoteFile,
+    RemoteGcOptions, RemoteGcReport,
 };
 pub use store::batch::Opened;
 #[cfg(feature = "remote")]

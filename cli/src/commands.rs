@@ -141,6 +141,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(if rep.ok { 0 } else { DAMAGE })
         }
         Cmd::Gc {
+            url,
+            remote,
+            grace,
             dry_run,
             policy,
             scope,
@@ -151,6 +154,29 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             if !(0.0..=1.0).contains(&threshold) {
                 bail!("--threshold must be between 0 and 1");
+            }
+            if let Some(url) = url {
+                if policy_of(&policy)?.is_some()
+                    || scope_given(&scope)
+                    || no_stored_policies
+                    || drop_unreferenced
+                {
+                    bail!(
+                        "retention and --drop-unreferenced apply to a store: run them there, push, then gc the remote"
+                    );
+                }
+                return remote_gc(
+                    &root,
+                    &url,
+                    &remote,
+                    grace.as_deref(),
+                    threshold,
+                    dry_run,
+                    json,
+                );
+            }
+            if grace.is_some() {
+                bail!("--grace applies to the gc of a remote (give its URL)");
             }
             let mut o = ml_dash::GcOptions::new()
                 .dry_run(dry_run)
@@ -1114,6 +1140,70 @@ fn connect(url: &str, a: &crate::RemoteArgs) -> Result<ml_dash::Remote> {
         region: a.region.clone(),
     };
     Ok(ml_dash::Remote::open(&cfg)?)
+}
+
+#[cfg(not(feature = "remote"))]
+fn remote_gc(
+    _root: &Path,
+    _url: &str,
+    _a: &crate::RemoteArgs,
+    _grace: Option<&str>,
+    _threshold: f64,
+    _dry_run: bool,
+    _json: bool,
+) -> Result<i32> {
+    bail!("this ml-dash was built without remotes (cargo feature `remote`)")
+}
+
+/// `gc URL`: collect garbage on a remote, with the store's cache of it when there is a store.
+#[cfg(feature = "remote")]
+fn remote_gc(
+    root: &Path,
+    url: &str,
+    a: &crate::RemoteArgs,
+    grace: Option<&str>,
+    threshold: f64,
+    dry_run: bool,
+    json: bool,
+) -> Result<i32> {
+    let remote = connect(url, a)?;
+    let mut o = ml_dash::RemoteGcOptions::new()
+        .dry_run(dry_run)
+        .rewrite_threshold(threshold);
+    if let Some(g) = grace {
+        o = o.grace(std::time::Duration::from_secs(validate::parse_duration(g)?));
+    }
+    let rep = if root.join("FORMAT").exists() {
+        open(root)?.gc_remote(&remote, &o)?
+    } else {
+        remote.gc(&o)?
+    };
+    let (deleted, marked) = if dry_run {
+        ("would delete", "would mark")
+    } else {
+        ("deleted", "marked")
+    };
+    let summary = format!(
+        "{}: {} live versions ({} live bytes), {} deleted versions; {deleted} {} packs ({} bytes), {} {} packs (new packs: {} bytes); {marked} {} packs ({} bytes) for deletion after {}; {} packs ({} bytes) marked earlier wait for their grace period; {} garbage packs are younger than it; {} garbage bytes left below the threshold",
+        rep.remote,
+        rep.versions,
+        rep.live_bytes,
+        rep.deleted_versions,
+        rep.packs_deleted,
+        rep.bytes_deleted,
+        if dry_run { "would rewrite" } else { "rewrote" },
+        rep.packs_rewritten,
+        rep.bytes_uploaded,
+        rep.packs_marked,
+        rep.bytes_marked,
+        ml_dash::validate::format_duration(o.grace.as_secs()),
+        rep.packs_pending,
+        rep.bytes_pending,
+        rep.packs_young,
+        rep.garbage_bytes_left
+    );
+    report(json, &rep, &[("problem: ", &lines(&rep.problems))], summary)?;
+    Ok(if rep.problems.is_empty() { 0 } else { DAMAGE })
 }
 
 #[cfg(feature = "remote")]

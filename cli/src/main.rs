@@ -169,7 +169,22 @@ pub enum Cmd {
     /// soft-deleted first (in the scope given by --namespace/--project/--experiment/--prefix,
     /// else everywhere); stored policies (`ml-dash retention`) apply everywhere else. The
     /// newest version of a file is always kept. --dry-run lists the versions that would go.
+    ///
+    /// With a remote URL, collects garbage on that remote instead: pack objects no live remote
+    /// version needs are deleted, and packs at least --threshold garbage are rewritten. Run it
+    /// after pushing the deletes and retention of the stores that use the remote. A pack found
+    /// garbage is first marked (gc/ on the remote) and deleted by a later run once the mark is
+    /// older than --grace (default 1h), so pushes running meanwhile lose nothing; --grace 0s
+    /// deletes at once (only when nothing pushes to the remote).
     Gc {
+        /// A remote to collect instead of the store: s3://BUCKET/PREFIX (or file:///DIR).
+        url: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Remote gc: how old a mark must be before the packs it names are deleted, e.g. 1h,
+        /// 30m, 0s (default 1h).
+        #[arg(long)]
+        grace: Option<String>,
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]

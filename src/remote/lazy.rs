@@ -229,6 +229,53 @@ impl Store {
     }
 }
 
+/// Fetch the objects `dir/<id>.<ext>` of `ids` (listed with their sizes) that `local` does not
+/// hold yet into `local/<id>.<ext>`. Objects larger than any manifest or event are left out;
+/// whoever reads the cache checks every file and removes one that does not decode.
+pub(crate) fn cache_objects(
+    remote: &Remote,
+    dir: &'static str,
+    ext: &'static str,
+    local: &std::path::Path,
+    ids: &[(Id, u64)],
+) -> Result<()> {
+    let todo: Vec<(Id, u64)> = ids
+        .iter()
+        .filter(|(id, size)| {
+            *size <= manifest::MAX_FILE_LEN as u64 && !local.join(format!("{id}.{ext}")).exists()
+        })
+        .copied()
+        .collect();
+    remote.rt.block_on(
+        futures::stream::iter(todo)
+            .map(|(id, size)| async move {
+                // Only the listed size is read, whatever the object holds.
+                let key = remote.key(&format!("{dir}/{id}.{ext}"));
+                let b = if size == 0 {
+                    bytes::Bytes::new()
+                } else {
+                    remote
+                        .os
+                        .get_range(&key, 0..size)
+                        .await
+                        .map_err(|e| remote.err(format!("reading {key}"), e))?
+                };
+                Ok::<_, Error>((id, b))
+            })
+            .buffer_unordered(16)
+            .try_for_each(|(id, b)| {
+                // Cached as fetched (temporary file, then rename: never half a file under its
+                // name); checked every time it is used.
+                let dest = local.join(format!("{id}.{ext}"));
+                let tmp = local.join(format!(".{id}.{ext}.tmp"));
+                if std::fs::write(&tmp, &b).is_ok() {
+                    let _ = std::fs::rename(&tmp, &dest);
+                }
+                async { Ok(()) }
+            }),
+    )
+}
+
 /// Read every manifest and event of the remote this store has not cached, and find the version.
 fn find_version(
     remote: &Remote,
@@ -246,39 +293,8 @@ fn find_version(
     let edir = cache.join("events");
     std::fs::create_dir_all(&mdir).at(&mdir)?;
     std::fs::create_dir_all(&edir).at(&edir)?;
-    let fetch =
-        |dir: &'static str, ext: &'static str, local: &std::path::Path, ids: Vec<(Id, u64)>| {
-            let todo: Vec<Id> = ids
-                .into_iter()
-                .filter(|(id, size)| {
-                    *size <= manifest::MAX_FILE_LEN as u64
-                        && !local.join(format!("{id}.{ext}")).exists()
-                })
-                .map(|(id, _)| id)
-                .collect();
-            remote.rt.block_on(
-                futures::stream::iter(todo)
-                    .map(|id| async move {
-                        let b = remote
-                            .get_bytes(&remote.key(&format!("{dir}/{id}.{ext}")))
-                            .await?;
-                        Ok::<_, Error>((id, b))
-                    })
-                    .buffer_unordered(16)
-                    .try_for_each(|(id, b)| {
-                        // Cached as fetched (temporary file, then rename: never half a file
-                        // under its name); checked every time it is used.
-                        let dest = local.join(format!("{id}.{ext}"));
-                        let tmp = local.join(format!(".{id}.{ext}.tmp"));
-                        if std::fs::write(&tmp, &b).is_ok() {
-                            let _ = std::fs::rename(&tmp, &dest);
-                        }
-                        async { Ok(()) }
-                    }),
-            )
-        };
-    fetch("manifests", "manifest", &mdir, rman.clone())?;
-    fetch("events", "event", &edir, rev.clone())?;
+    cache_objects(remote, "manifests", "manifest", &mdir, &rman)?;
+    cache_objects(remote, "events", "event", &edir, &rev)?;
     let mut versions: Vec<Manifest> = Vec::new();
     for (id, _) in &rman {
         let what = format!("manifests/{id}.manifest");

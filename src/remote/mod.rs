@@ -13,6 +13,7 @@
 //! packs, and commits the versions and events with the same write order as an upload.
 
 mod files;
+mod gc;
 mod journals;
 mod lazy;
 mod pull;
@@ -38,6 +39,7 @@ use crate::format::usize_from;
 use crate::store::findings::{Finding, PullKind};
 
 pub use files::FilesReport;
+pub use gc::{RemoteGcOptions, RemoteGcReport};
 pub use pull::PullReport;
 pub use push::PushReport;
 
@@ -291,6 +293,17 @@ impl Remote {
 
     /// Names (the part after `dir/`) and sizes of every object under `dir/`.
     pub(crate) async fn list_dir(&self, dir: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .list_dir_aged(dir)
+            .await?
+            .into_iter()
+            .map(|(n, size, _)| (n, size))
+            .collect())
+    }
+
+    /// Names, sizes and last-modified times (milliseconds since the epoch, the server's
+    /// clock) of every object under `dir/`.
+    pub(crate) async fn list_dir_aged(&self, dir: &str) -> Result<Vec<(String, u64, i64)>> {
         let base = self.key(dir);
         let metas: Vec<_> = self
             .os
@@ -311,19 +324,30 @@ impl Remote {
                 .map(|p| p.as_ref())
                 .collect::<Vec<_>>()
                 .join("/");
-            out.push((name, m.size));
+            out.push((name, m.size, m.last_modified.timestamp_millis()));
         }
         Ok(out)
     }
 
     /// Ids of objects named `<id>.<ext>` under `dir/`.
     pub(crate) async fn list_ids(&self, dir: &str, ext: &str) -> Result<Vec<(Id, u64)>> {
-        let mut v: Vec<(Id, u64)> = self
-            .list_dir(dir)
+        Ok(self
+            .list_ids_aged(dir, ext)
             .await?
             .into_iter()
-            .filter_map(|(n, size)| {
-                Some((crate::format::manifest::parse_file_name(&n, ext)?, size))
+            .map(|(id, size, _)| (id, size))
+            .collect())
+    }
+
+    /// Ids, sizes and last-modified times (as `list_dir_aged`) of objects named `<id>.<ext>`
+    /// under `dir/`, in id order.
+    pub(crate) async fn list_ids_aged(&self, dir: &str, ext: &str) -> Result<Vec<(Id, u64, i64)>> {
+        let mut v: Vec<(Id, u64, i64)> = self
+            .list_dir_aged(dir)
+            .await?
+            .into_iter()
+            .filter_map(|(n, size, at)| {
+                Some((crate::format::manifest::parse_file_name(&n, ext)?, size, at))
             })
             .collect();
         v.sort();
@@ -400,8 +424,18 @@ impl Remote {
     /// stop every push and pull. Records a pull found rotten (`damaged/` reports) are left out
     /// the same way. Network errors still fail.
     pub(crate) async fn chunk_map(&self, cache: &Path) -> Result<RemoteChunks> {
-        let packs = self.list_ids("packs", "pack").await?;
-        let bad: HashSet<(Id, u64)> = self
+        let packs = self.pack_indexes(cache).await?;
+        Ok(RemoteChunks::from_indexes(
+            packs.packs.into_iter().map(|p| (p.id, p.index)),
+            &packs.bad_records,
+        ))
+    }
+
+    /// Every remote pack with its size, age and index (or why the index cannot be read), in
+    /// id order, and the records reported rotten (`damaged/`).
+    pub(crate) async fn pack_indexes(&self, cache: &Path) -> Result<RemotePacks> {
+        let packs = self.list_ids_aged("packs", "pack").await?;
+        let bad_records: HashSet<(Id, u64)> = self
             .list_dir(BAD_RECORDS)
             .await?
             .into_iter()
@@ -409,45 +443,21 @@ impl Remote {
             .collect();
         // The cache is derived data: if its directory cannot be made, work without it.
         let _ = std::fs::create_dir_all(cache);
-        let results: Vec<Result<(Id, PackIndex)>> = futures::stream::iter(packs)
-            .map(|(id, size)| async move { Ok((id, self.pack_index(cache, id, size).await?)) })
+        let results: Vec<Result<RemotePack>> = futures::stream::iter(packs)
+            .map(|(id, size, modified)| async move {
+                Ok(RemotePack {
+                    id,
+                    size,
+                    modified,
+                    index: self.pack_index(cache, id, size).await?,
+                })
+            })
             .buffer_unordered(SMALL_CONCURRENCY)
             .collect()
             .await;
-        let mut map = RemoteChunks::default();
-        let mut results: Vec<(Id, PackIndex)> = results.into_iter().collect::<Result<_>>()?;
-        results.sort_by_key(|(id, _)| *id);
-        for (pack, entries) in results {
-            let entries = match entries {
-                Ok(entries) => entries,
-                Err(reason) => {
-                    map.damaged.push(Finding::new(
-                        PullKind::PackLeftOut,
-                        format!("packs/{}: {reason} (left out)", rpack::object_name(pack)),
-                    ));
-                    continue;
-                }
-            };
-            map.packs += 1;
-            for e in entries {
-                map.bytes += e.record_len();
-                if bad.contains(&(pack, e.offset)) {
-                    map.bad_records += 1;
-                    map.suspects.entry(e.id).or_default().push((pack, e));
-                    continue;
-                }
-                match map.chunks.entry(e.id) {
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert((pack, e));
-                    }
-                    std::collections::hash_map::Entry::Occupied(_) => {
-                        map.others.entry(e.id).or_default().push((pack, e));
-                    }
-                }
-            }
-        }
-        map.damaged.sort();
-        Ok(map)
+        let mut packs: Vec<RemotePack> = results.into_iter().collect::<Result<_>>()?;
+        packs.sort_by_key(|p| p.id);
+        Ok(RemotePacks { packs, bad_records })
     }
 
     /// Tell every machine using this remote that the record of `chunk` at `offset` of remote
@@ -546,7 +556,7 @@ impl Remote {
 }
 
 /// A pack's index entries, or why the pack object is damaged.
-type PackIndex = std::result::Result<Vec<rpack::Entry>, String>;
+pub(crate) type PackIndex = std::result::Result<Vec<rpack::Entry>, String>;
 
 /// Would `object_store`'s `LocalFileSystem` refuse `p` (a file name ending in `#<digits>`)?
 fn local_fs_reserved(p: &OPath) -> bool {
@@ -652,7 +662,87 @@ pub(crate) struct RemoteChunks {
     pub damaged: Vec<Finding<PullKind>>,
 }
 
+/// One remote pack object, as listed.
+pub(crate) struct RemotePack {
+    pub id: Id,
+    pub size: u64,
+    /// Last modified, milliseconds since the epoch (the server's clock).
+    pub modified: i64,
+    pub index: PackIndex,
+}
+
+/// Every remote pack and the records reported rotten.
+pub(crate) struct RemotePacks {
+    pub packs: Vec<RemotePack>,
+    pub bad_records: HashSet<(Id, u64)>,
+}
+
 impl RemoteChunks {
+    /// The map of `packs` (in id order, so the oldest copy of a chunk comes first), with the
+    /// records in `bad` as suspects and packs whose index cannot be read left out.
+    pub(crate) fn from_indexes(
+        packs: impl IntoIterator<Item = (Id, PackIndex)>,
+        bad: &HashSet<(Id, u64)>,
+    ) -> RemoteChunks {
+        let mut map = RemoteChunks::default();
+        for (pack, entries) in packs {
+            let entries = match entries {
+                Ok(entries) => entries,
+                Err(reason) => {
+                    map.damaged.push(Finding::new(
+                        PullKind::PackLeftOut,
+                        format!("packs/{}: {reason} (left out)", rpack::object_name(pack)),
+                    ));
+                    continue;
+                }
+            };
+            map.packs += 1;
+            for e in entries {
+                map.bytes += e.record_len();
+                if bad.contains(&(pack, e.offset)) {
+                    map.bad_records += 1;
+                    map.suspects.entry(e.id).or_default().push((pack, e));
+                    continue;
+                }
+                match map.chunks.entry(e.id) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((pack, e));
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        map.others.entry(e.id).or_default().push((pack, e));
+                    }
+                }
+            }
+        }
+        map.damaged.sort();
+        map
+    }
+
+    /// Leave out every copy in `packs` (packs a remote gc marked for deletion): a chunk whose
+    /// every copy is there counts as missing, so a push sends it again.
+    pub(crate) fn without_packs(&mut self, packs: &HashSet<Id>) {
+        if packs.is_empty() {
+            return;
+        }
+        let ids: Vec<ChunkId> = self.chunks.keys().copied().collect();
+        for id in ids {
+            let mut all: Vec<(Id, rpack::Entry)> = self.chunks.remove(&id).into_iter().collect();
+            all.extend(self.others.remove(&id).unwrap_or_default());
+            all.retain(|(p, _)| !packs.contains(p));
+            let mut it = all.into_iter();
+            if let Some(first) = it.next() {
+                self.chunks.insert(id, first);
+                let rest: Vec<_> = it.collect();
+                if !rest.is_empty() {
+                    self.others.insert(id, rest);
+                }
+            }
+        }
+        for v in self.suspects.values_mut() {
+            v.retain(|(p, _)| !packs.contains(p));
+        }
+        self.suspects.retain(|_, v| !v.is_empty());
+    }
     /// Every copy of chunk `id`: the first good one, other good ones, then reported ones.
     pub(crate) fn copies(&self, id: &ChunkId) -> impl Iterator<Item = &(Id, rpack::Entry)> {
         self.chunks
@@ -671,7 +761,27 @@ pub fn part_size_for(len: u64) -> usize {
     need.clamp(8 * MIB, 5 * 1024 * MIB) as usize
 }
 
+impl Remote {
+    /// Collect garbage on this remote: delete pack objects no live remote version needs and
+    /// rewrite packs that became mostly garbage, in two phases a grace period apart so that
+    /// pushes running meanwhile lose nothing (see `RemoteGcOptions`). Remote manifests and
+    /// pack indexes are cached in a scratch directory removed afterwards; `Store::gc_remote`
+    /// uses the store's cache instead.
+    pub fn gc(&self, o: &RemoteGcOptions) -> Result<RemoteGcReport> {
+        let scratch = tempdir_for_inventory()?;
+        let r = self.gc_with_cache(o, &scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        r
+    }
+}
+
 impl crate::store::Store {
+    /// `Remote::gc` with this store's cache of the remote's manifests and pack indexes (which
+    /// later pushes, pulls and remote reads use too).
+    pub fn gc_remote(&self, remote: &Remote, o: &RemoteGcOptions) -> Result<RemoteGcReport> {
+        remote.gc_with_cache(o, &self.remote_cache(remote))
+    }
+
     /// Where remote pack indexes are cached for `remote`.
     pub(crate) fn remote_cache(&self, remote: &Remote) -> PathBuf {
         let h = blake3::hash(remote.url.as_bytes());

@@ -162,6 +162,24 @@ impl Store {
         let manifests = fetch_all(remote, "manifests", "manifest", &new_m)?;
         let events = fetch_all(remote, "events", "event", &new_e)?;
 
+        // Versions the remote deletes: pulled as deleted versions while their chunks are on
+        // the remote, and left out without a word once a remote gc collected them.
+        let mut remote_deleted: HashMap<FileKey, u32> = HashMap::new();
+        let mut remote_dropped: HashSet<Id> = HashSet::new();
+        for (id, bytes) in &events {
+            match manifest::decode_event(bytes, "") {
+                Ok(e) if e.id() == *id && crate::format::record::check_pulled_event(&e).is_ok() => {
+                    if let (Event::Delete { up_to_version, .. }, Some(key)) = (&e, e.file_key()) {
+                        let d = remote_deleted.entry(key).or_default();
+                        *d = (*d).max(*up_to_version);
+                    } else if let Event::DeleteVersions { version_ids, .. } = e {
+                        remote_dropped.extend(version_ids);
+                    }
+                }
+                _ => {}
+            }
+        }
+
         // Which versions can be pulled, and which chunks they need.
         let mut items: Vec<Item> = Vec::new();
         let mut want: Vec<Wanted> = Vec::new();
@@ -199,6 +217,10 @@ impl Store {
             if s.index.covered_by_delete(&m.record)? {
                 continue;
             }
+            let remote_dead = remote_dropped.contains(&id)
+                || remote_deleted
+                    .get(&m.record.key())
+                    .is_some_and(|d| m.record.version <= *d);
             let local = s.index.versions_of(&key)?;
             if let Some(other) = local
                 .iter()
@@ -228,6 +250,7 @@ impl Store {
                         updates: None,
                     });
                 }
+                Err(_) if remote_dead => {}
                 Err(why) => rep
                     .damaged
                     .push(Finding::new(PullKind::Unusable, format!("{what}: {why}"))),

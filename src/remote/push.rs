@@ -42,6 +42,9 @@ pub struct PushReport {
     pub journal_lines: u64,
     /// Chunks the new manifests use that the remote already had.
     pub chunks_already_remote: u64,
+    /// Chunks sent again because a remote gc marked (or deleted) the pack holding the
+    /// remote's copy while this push ran (they are in the counts above too).
+    pub chunks_resent: u64,
     /// The remote after the push: packs and bytes of chunk records in them.
     pub remote_packs: u64,
     /// Bytes of chunk records the remote holds after the push.
@@ -224,6 +227,9 @@ struct Plan {
     manifests: Vec<(Id, Vec<u8>)>,
     events: Vec<(Id, Vec<u8>)>,
     chunks: Vec<(ChunkId, ChunkLoc)>,
+    /// Chunks the remote already holds that the pushed manifests rely on, and the pack with
+    /// that copy.
+    relied: Vec<(ChunkId, Id)>,
     /// Open handles: a pack deleted by a concurrent gc stays readable.
     files: HashMap<Id, Arc<File>>,
     already_remote: u64,
@@ -234,9 +240,12 @@ impl Store {
     /// visible, and manifests go up only after every chunk they use is there.
     pub fn push(&self, remote: &Remote, progress: Option<&AtomicU64>) -> Result<PushReport> {
         remote.rt.block_on(remote.check_marker(true))?;
-        let known = remote
+        let mut known = remote
             .rt
             .block_on(remote.chunk_map(&self.remote_cache(remote)))?;
+        // Packs a remote gc marked are about to go: their chunks count as missing.
+        let marked = remote.rt.block_on(remote.marked_packs())?;
+        known.without_packs(&marked);
         let (rman, rev) = remote.rt.block_on(async {
             futures::try_join!(
                 remote.list_ids("manifests", "manifest"),
@@ -257,27 +266,19 @@ impl Store {
             remote_bytes: known.bytes,
             ..PushReport::default()
         };
-        let target = self.opts.pack_target;
-        let mut group: Vec<(ChunkId, ChunkLoc)> = Vec::new();
-        let mut group_len = 0u64;
-        for (i, c) in plan.chunks.iter().enumerate() {
-            group.push(*c);
-            group_len += c.1.record_len();
-            // A pack object ends at the pack target, or at the most records one index may list
-            // (millions of tiny files), so that every pack pushed can be pulled.
-            if group_len >= target
-                || group.len() >= rpack::MAX_RECORDS
-                || i + 1 == plan.chunks.len()
-            {
-                let n = self.upload_pack(remote, &plan.files, &group, progress)?;
-                rep.packs += 1;
-                rep.chunks += group.len() as u64;
-                rep.bytes += n;
-                rep.remote_packs += 1;
-                rep.remote_bytes += group_len;
-                group.clear();
-                group_len = 0;
-            }
+        let mut files = plan.files;
+        let mut uploaded =
+            self.upload_packs(remote, &mut files, &plan.chunks, progress, &mut rep)?;
+        if !plan.manifests.is_empty() {
+            rep.chunks_resent = self.confirm_copies(
+                remote,
+                &known,
+                &plan.relied,
+                &mut uploaded,
+                &mut files,
+                progress,
+                &mut rep,
+            )?;
         }
         for (dir, items) in [("manifests", &plan.manifests), ("events", &plan.events)] {
             let ext = if dir == "manifests" {
@@ -301,6 +302,126 @@ impl Store {
         Ok(rep)
     }
 
+    /// Upload `chunks` as packs of about the pack target. Returns each new pack with its
+    /// chunks.
+    fn upload_packs(
+        &self,
+        remote: &Remote,
+        files: &mut HashMap<Id, Arc<File>>,
+        chunks: &[(ChunkId, ChunkLoc)],
+        progress: Option<&AtomicU64>,
+        rep: &mut PushReport,
+    ) -> Result<Vec<(Id, Vec<ChunkId>)>> {
+        for (_, loc) in chunks {
+            if let std::collections::hash_map::Entry::Vacant(v) = files.entry(loc.pack) {
+                let p = self.dir("packs").join(pack::pack_file_name(loc.pack));
+                v.insert(Arc::new(File::open(&p).at(&p)?));
+            }
+        }
+        let mut out = Vec::new();
+        let target = self.opts.pack_target;
+        let mut group: Vec<(ChunkId, ChunkLoc)> = Vec::new();
+        let mut group_len = 0u64;
+        for (i, c) in chunks.iter().enumerate() {
+            group.push(*c);
+            group_len += c.1.record_len();
+            // A pack object ends at the pack target, or at the most records one index may list
+            // (millions of tiny files), so that every pack pushed can be pulled.
+            if group_len >= target || group.len() >= rpack::MAX_RECORDS || i + 1 == chunks.len() {
+                let (id, n) = self.upload_pack(remote, files, &group, progress)?;
+                out.push((id, group.iter().map(|c| c.0).collect()));
+                rep.packs += 1;
+                rep.chunks += group.len() as u64;
+                rep.bytes += n;
+                rep.remote_packs += 1;
+                rep.remote_bytes += group_len;
+                group.clear();
+                group_len = 0;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Just before the manifests go up: read the remote gc marks and list the packs again, and
+    /// send again every chunk this push relies on whose pack was marked or deleted since the
+    /// push began (with the delta bases those copies need). Returns how many were sent again.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the state of one push, passed through"
+    )]
+    fn confirm_copies(
+        &self,
+        remote: &Remote,
+        known: &super::RemoteChunks,
+        relied: &[(ChunkId, Id)],
+        uploaded: &mut Vec<(Id, Vec<ChunkId>)>,
+        files: &mut HashMap<Id, Arc<File>>,
+        progress: Option<&AtomicU64>,
+        rep: &mut PushReport,
+    ) -> Result<u64> {
+        // Where this push believes each chunk it needs is.
+        let mut at: HashMap<ChunkId, Id> = relied.iter().copied().collect();
+        for (pack, chunks) in uploaded.iter() {
+            at.extend(chunks.iter().map(|c| (*c, *pack)));
+        }
+        let mut resent = 0u64;
+        for _ in 0..4 {
+            let (marked, listed) = remote.rt.block_on(async {
+                futures::try_join!(remote.marked_packs(), remote.list_ids("packs", "pack"))
+            })?;
+            let present: HashSet<Id> = listed.into_iter().map(|(id, _)| id).collect();
+            let gone = |p: &Id| marked.contains(p) || !present.contains(p);
+            let mut todo: Vec<ChunkId> = at
+                .iter()
+                .filter(|(_, p)| gone(p))
+                .map(|(c, _)| *c)
+                .collect();
+            if todo.is_empty() {
+                return Ok(resent);
+            }
+            todo.sort();
+            let s = self.session()?;
+            let mut send: Vec<(ChunkId, ChunkLoc)> = Vec::new();
+            let mut queued: HashSet<ChunkId> = HashSet::new();
+            while let Some(c) = todo.pop() {
+                if !queued.insert(c) {
+                    continue;
+                }
+                let Some(loc) = s.index.chunk(&c)? else {
+                    return Err(Error::remote(
+                        remote.url.clone(),
+                        format!(
+                            "chunk {c} is in a pack a remote gc is deleting, and this store does not hold it: nothing was pushed after the packs; push again"
+                        ),
+                    ));
+                };
+                // A delta goes up with its base unless the remote holds the base safely.
+                if let Some(b) = loc.base {
+                    let safe = at
+                        .get(&b)
+                        .or_else(|| known.chunks.get(&b).map(|(p, _)| p))
+                        .is_some_and(|p| !gone(p));
+                    if !safe {
+                        todo.push(b);
+                    }
+                }
+                send.push((c, loc));
+            }
+            drop(s);
+            // Bases before the deltas that need them, as in any pack.
+            send.reverse();
+            resent += send.len() as u64;
+            for (pack, chunks) in self.upload_packs(remote, files, &send, progress, rep)? {
+                at.extend(chunks.iter().map(|c| (*c, pack)));
+                uploaded.push((pack, chunks));
+            }
+        }
+        Err(Error::remote(
+            remote.url.clone(),
+            "a remote gc kept marking the packs this push relies on; nothing was pushed after the packs; push again",
+        ))
+    }
+
     fn push_plan(
         &self,
         known: &HashMap<ChunkId, (Id, rpack::Entry)>,
@@ -313,6 +434,7 @@ impl Store {
             manifests: Vec::new(),
             events: Vec::new(),
             chunks: Vec::new(),
+            relied: Vec::new(),
             files: HashMap::new(),
             already_remote: 0,
         };
@@ -336,8 +458,9 @@ impl Store {
                 if seen.contains(cid) {
                     continue;
                 }
-                if let Some((_, e)) = known.get(cid) {
+                if let Some((pack, e)) = known.get(cid) {
                     seen.insert(*cid);
+                    plan.relied.push((*cid, *pack));
                     plan.already_remote += u64::from(!on_remote && needed);
                     todo.extend(e.base.map(|b| (b, false)));
                     continue;
@@ -384,7 +507,7 @@ impl Store {
         files: &HashMap<Id, Arc<File>>,
         chunks: &[(ChunkId, ChunkLoc)],
         progress: Option<&AtomicU64>,
-    ) -> Result<u64> {
+    ) -> Result<(Id, u64)> {
         // Push cuts groups at `MAX_RECORDS`, so every index it writes can be read back.
         if chunks.len() > rpack::MAX_RECORDS {
             return Err(Error::Internal(format!(
@@ -443,6 +566,6 @@ impl Store {
                 return Err(e);
             }
         }
-        Ok(total)
+        Ok((id, total))
     }
 }

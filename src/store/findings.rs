@@ -115,6 +115,12 @@ pub enum GcKind {
     LiveRecordFails,
     /// A pack was moved to `quarantine/`: gc could not account for all of it.
     Quarantined,
+    /// A remote pack whose index cannot be read was left alone.
+    PackLeftOut,
+    /// A remote event that cannot be read was left out (the versions it deletes stay live).
+    EventLeftOut,
+    /// A remote gc mark that cannot be read was removed (it names nothing).
+    MarkUnreadable,
 }
 
 /// What `repair` (`rebuild_index`) found.

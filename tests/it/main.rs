@@ -26,6 +26,7 @@ mod lazy;
 mod parallel;
 mod recovery;
 mod remote;
+mod remote_gc;
 mod retention;
 mod serve;
 mod tokens;

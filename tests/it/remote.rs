@@ -36,7 +36,7 @@ pub(crate) fn remotes(tmp: &Path, name: &str) -> Vec<RemoteConfig> {
     v
 }
 
-fn small_packs() -> StoreOptions {
+pub(crate) fn small_packs() -> StoreOptions {
     StoreOptions::default().pack_target(1 << 20)
 }
 
@@ -54,7 +54,7 @@ fn all_records(s: &Store) -> Vec<Value> {
 }
 
 /// Store `data` as `/prefix/name` in experiment `exp` of project `remote`.
-fn put(s: &Store, exp: &str, full: &str, data: &[u8], tags: &[&str], meta: Value) {
+pub(crate) fn put(s: &Store, exp: &str, full: &str, data: &[u8], tags: &[&str], meta: Value) {
     let (p, name) = ml_dash::validate::split_full(full).unwrap();
     let key = ml_dash::ExperimentKey::new("local", "remote", exp)
         .unwrap()
@@ -67,7 +67,7 @@ fn put(s: &Store, exp: &str, full: &str, data: &[u8], tags: &[&str], meta: Value
     s.put_reader(data, &key, v, None).unwrap();
 }
 
-fn delete(s: &Store, exp: &str, full: &str) {
+pub(crate) fn delete(s: &Store, exp: &str, full: &str) {
     let (p, name) = ml_dash::validate::split_full(full).unwrap();
     let key = ml_dash::ExperimentKey::new("local", "remote", exp)
         .unwrap()
@@ -573,14 +573,14 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 /// The object store under a test remote, reached directly (not through ml-dash), and the
 /// key prefix ml-dash uses there: for planting damage and reading what was written.
-struct Raw {
-    os: Arc<dyn ObjectStore>,
-    prefix: String,
+pub(crate) struct Raw {
+    pub(crate) os: Arc<dyn ObjectStore>,
+    pub(crate) prefix: String,
     rt: tokio::runtime::Runtime,
 }
 
 impl Raw {
-    fn new(cfg: &RemoteConfig) -> Raw {
+    pub(crate) fn new(cfg: &RemoteConfig) -> Raw {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -613,7 +613,7 @@ impl Raw {
         }
     }
 
-    fn key(&self, rel: &str) -> OPath {
+    pub(crate) fn key(&self, rel: &str) -> OPath {
         if self.prefix.is_empty() {
             OPath::parse(rel).unwrap()
         } else {
@@ -622,7 +622,7 @@ impl Raw {
     }
 
     /// `(name under dir/, size)` of every object under `dir/`, names as stored.
-    fn list(&self, dir: &str) -> Vec<(String, u64)> {
+    pub(crate) fn list(&self, dir: &str) -> Vec<(String, u64)> {
         use futures::TryStreamExt;
         let base = self.key(dir);
         let metas: Vec<object_store::ObjectMeta> = self
@@ -641,20 +641,20 @@ impl Raw {
         v
     }
 
-    fn get(&self, rel: &str) -> Vec<u8> {
+    pub(crate) fn get(&self, rel: &str) -> Vec<u8> {
         let k = self.key(rel);
         self.rt
             .block_on(async { self.os.get(&k).await.unwrap().bytes().await.unwrap() })
             .to_vec()
     }
 
-    fn put(&self, rel: &str, bytes: Vec<u8>) {
+    pub(crate) fn put(&self, rel: &str, bytes: Vec<u8>) {
         let k = self.key(rel);
         self.rt.block_on(self.os.put(&k, bytes.into())).unwrap();
     }
 }
 
-fn ids(s: &Store) -> HashSet<String> {
+pub(crate) fn ids(s: &Store) -> HashSet<String> {
     all_records(s)
         .iter()
         .map(|r| r["id"].as_str().unwrap().to_string())
