@@ -1,8 +1,10 @@
 """Checkpoint lifecycle figures for BENCHMARKS.md:
 
 1. retention: a series of N float32 safetensors checkpoints (SIZE_MIB each, weights drifting as
-   under training) uploaded as versions of one path; then `gc --keep-last 3`: pack bytes before
-   and after, and what gc reports;
+   under training) uploaded as versions of one path and pushed; then `gc --keep-last 3`: pack
+   bytes before and after, and what gc reports; then a push (the drop travels) and the gc of
+   the remote in its two runs (`--grace 1s`: the first marks, the second deletes): pack bytes
+   in the bucket before and after;
 2. lazy read of a 1 GiB remote version: `download --from` (cold record cache) against `pull`
    into a fresh store plus a local `download`; the remote is Garage when target/garage/env
    exists (scripts/garage.sh start), else a file:// directory;
@@ -13,7 +15,8 @@ Best of RUNS, `sync` before each timed step, page cache warm for the sources.
 
     target/py-venv/bin/python scripts/bench/lifecycle.py [RUNS] [SERIES_N] [SIZE_MIB]
     (python/tests/run.sh builds target/py-venv with the module; needs numpy, which it installs
-    with matplotlib; BIN=path/to/ml-dash, default target/release/ml-dash)
+    with matplotlib; BIN=path/to/ml-dash, default target/release/ml-dash; ONLY=retention,lazy
+    runs only those parts)
 """
 
 import json
@@ -70,12 +73,30 @@ def retention(work):
         src.write_bytes(safetensors(w))
         logical += src.stat().st_size
         sh("upload", src, "--project", "p", "--experiment", "run", "--prefix", "/ckpt", root=root)
+    url, env = remote_url(work)
+    sh("push", url, root=root, env=env)
     before = pack_bytes(root)
     dry = json.loads(sh("gc", "--keep-last", "3", "--dry-run", "--json", root=root))
     rep = json.loads(sh("gc", "--keep-last", "3", "--json", root=root))
     after = pack_bytes(root)
     assert json.loads(sh("verify", "--json", root=root))["ok"]
+    sh("push", url, root=root, env=env)
+    time.sleep(1.5)  # every pack older than the grace period
+    mark = json.loads(sh("gc", url, "--grace", "1s", "--json", root=root, env=env))
+    time.sleep(1.5)
+    delete = json.loads(sh("gc", url, "--grace", "1s", "--json", root=root, env=env))
+    left = json.loads(sh("gc", url, "--dry-run", "--json", root=root, env=env))
+    fresh = work / "fresh"
+    sh("pull", url, root=fresh, env=env)
+    assert json.loads(sh("verify", "--json", root=fresh))["ok"]
+    shutil.rmtree(fresh)
     return {
+        "bucket_pack_bytes_before": mark["packBytes"],
+        "bucket_marked": mark["bytesMarked"],
+        "bucket_deleted": delete["bytesDeleted"],
+        "bucket_rewritten_uploaded": mark["bytesUploaded"] + delete["bytesUploaded"],
+        "bucket_pack_bytes_after": left["packBytes"],
+        "bucket_live_bytes": left["liveBytes"],
         "versions": SERIES_N,
         "file_mib": SIZE_MIB,
         "logical_bytes": logical,
@@ -199,12 +220,9 @@ def background(work):
 def main():
     work = Path(tempfile.mkdtemp(prefix="bench-lifecycle.", dir=REPO / "target"))
     try:
-        out = {
-            "retention": retention(work),
-            "lazy": lazy(work),
-            "lazy_tensor": lazy_tensor(work),
-            "background": background(work),
-        }
+        parts = {"retention": retention, "lazy": lazy, "lazy_tensor": lazy_tensor, "background": background}
+        only = os.environ.get("ONLY", "").split(",") if os.environ.get("ONLY") else list(parts)
+        out = {name: parts[name](work) for name in only}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out, indent=1))

@@ -670,3 +670,76 @@ fn cli_gc_of_a_remote() {
     assert!(out.contains("1 live versions"), "{out}");
     assert!(!elsewhere.exists());
 }
+
+/// Pushes and gc runs at the same time, for real: one thread collects the remote every 100 ms
+/// (a grace period of 300 ms) while a store uploads checkpoints that reuse the bytes of versions
+/// it deleted and pushed away, pushing after every step. Every acknowledged version is then
+/// pulled byte-exact by a fresh store, and nothing deleted comes back.
+#[test]
+fn pushes_and_gc_runs_interleaved_lose_nothing_acknowledged() {
+    let t = tmp();
+    for (i, cfg) in remotes(t.path(), "rgc-stress").into_iter().enumerate() {
+        let remote = Arc::new(Remote::open(&cfg).unwrap());
+        let a = Arc::new(Store::open_with(t.path().join(format!("a{i}")), small_packs()).unwrap());
+        a.push(&remote, None).unwrap(); // the remote exists before gc runs
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let collector = {
+            let (a, remote, stop) = (a.clone(), remote.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut runs = 0u32;
+                let mut deleted = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = a
+                        .gc_remote(&remote, &grace(Duration::from_millis(300)))
+                        .unwrap();
+                    deleted += r.packs_deleted;
+                    runs += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                (runs, deleted)
+            })
+        };
+        // Three contents in turn: each upload's chunks are those of a version deleted two
+        // steps before, whose packs gc is marking or deleting.
+        let contents: Vec<Vec<u8>> = (0..3).map(|k| random_bytes(900 + k, 700_000)).collect();
+        let mut acknowledged = Vec::new();
+        for step in 0..9u32 {
+            let data = &contents[step as usize % 3];
+            put(&a, "loop", "/ckpt.bin", data, &[], Value::Null);
+            a.push(&remote, None).unwrap();
+            acknowledged.push((step + 1, data.clone()));
+            if step >= 1 {
+                // Keep the newest version only: the older one is deleted and pushed.
+                let policy = RetentionPolicy {
+                    keep_last: Some(1),
+                    ..RetentionPolicy::default()
+                };
+                a.gc(&GcOptions::new().retention(RetentionScope::default(), policy))
+                    .unwrap();
+                a.push(&remote, None).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (runs, deleted) = collector.join().unwrap();
+        assert!(
+            runs >= 5 && deleted > 0,
+            "{runs} gc runs deleted {deleted} packs"
+        );
+
+        let c = Store::open(t.path().join(format!("c{i}"))).unwrap();
+        let p = c.pull(&remote, None).unwrap();
+        assert!(p.damaged.is_empty() && p.conflicts.is_empty(), "{p:#?}");
+        let live = c.list(&ListFilter::default()).unwrap();
+        assert_eq!(live.len(), 1);
+        let (v, want) = acknowledged.last().unwrap();
+        assert_eq!(live[0].version, *v);
+        same_bytes(
+            read(&c, "loop", "/ckpt.bin", None),
+            want,
+            "the newest version",
+        );
+        assert!(c.verify().unwrap().ok);
+    }
+}
