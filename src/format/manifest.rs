@@ -75,8 +75,18 @@ pub enum Event {
     },
 }
 
-/// At most this many versions in one `DeleteVersions` event (a bigger drop is split).
-pub const MAX_EVENT_VERSIONS: usize = 100_000;
+/// At most this many versions in one `DeleteVersions` event (a bigger drop is split), so that
+/// every event stays below `MAX_EVENT_LEN`.
+pub const MAX_EVENT_VERSIONS: usize = 20_000;
+
+/// No event file is larger (a delete names one path; an update carries at most 64 KiB of
+/// metadata, 256 tags of 256 bytes and a 64 KiB description; a delete by id at most
+/// `MAX_EVENT_VERSIONS` ids): pulls and remote gc do not read a larger one.
+#[cfg_attr(
+    not(feature = "remote"),
+    allow(dead_code, reason = "read by remote/ only")
+)]
+pub const MAX_EVENT_LEN: u64 = 1 << 20;
 
 /// `null` → `Some(None)` (set to null), absent → `None` (unchanged).
 fn double_option<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
@@ -251,6 +261,18 @@ pub fn parse_file_name(name: &str, ext: &str) -> Option<Id> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_delete_event_fits_the_event_limit() {
+        let e = Event::DeleteVersions {
+            id: Id::generate(),
+            version_ids: (0..MAX_EVENT_VERSIONS).map(|_| Id::generate()).collect(),
+            reason: "retention".into(),
+            at: crate::format::time::now_iso(),
+        };
+        let len = encode_event(&e).len() as u64;
+        assert!(len <= MAX_EVENT_LEN, "{len}");
+    }
 
     pub(crate) fn sample() -> Manifest {
         let data = b"hello";

@@ -159,6 +159,8 @@ pub struct RemoteGcReport {
 /// A mark as read: the packs a gc found garbage, and when it was written.
 pub(crate) struct Mark {
     pub id: Id,
+    /// When the gc that wrote it says it did (its own clock).
+    pub at: String,
     /// Last modified, milliseconds since the epoch (the server's clock).
     pub modified: i64,
     pub packs: Vec<Id>,
@@ -174,7 +176,7 @@ struct MarkBody {
 const MARK_FORMAT: &str = "ml-dash gc mark";
 
 /// A listed mark: its id, when it was written, and the packs it names (`None`: unreadable).
-type MarkRead = (Id, i64, Option<Vec<Id>>);
+type MarkRead = (Id, i64, Option<(String, Vec<Id>)>);
 
 impl Remote {
     /// Every mark on the remote. A mark that cannot be read names nothing (a later gc marks
@@ -190,17 +192,25 @@ impl Remote {
                 let b = match self.os.get_range(&key, 0..size).await {
                     Ok(b) => b,
                     // Finished by another gc since the listing: it names nothing now.
-                    Err(object_store::Error::NotFound { .. }) => return Ok((id, modified, None)),
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Ok((id, modified, Some((String::new(), Vec::new()))));
+                    }
                     Err(e) => return Err(self.err(format!("reading {key}"), e)),
                 };
                 let packs = serde_json::from_slice::<MarkBody>(&b)
                     .ok()
-                    .filter(|m| m.format == MARK_FORMAT && m.packs.len() <= MARK_PACKS)
+                    .filter(|m| {
+                        m.format == MARK_FORMAT
+                            && m.packs.len() <= MARK_PACKS
+                            && crate::format::time::is_iso_utc(&m.at)
+                    })
                     .and_then(|m| {
-                        m.packs
+                        let packs = m
+                            .packs
                             .iter()
                             .map(|p| p.parse::<Id>().ok())
-                            .collect::<Option<Vec<Id>>>()
+                            .collect::<Option<Vec<Id>>>()?;
+                        Some((m.at, packs))
                     });
                 Ok((id, modified, packs))
             })
@@ -211,8 +221,9 @@ impl Remote {
         let mut bad = Vec::new();
         for r in results {
             match r? {
-                (id, modified, Some(packs)) => marks.push(Mark {
+                (id, modified, Some((at, packs))) => marks.push(Mark {
                     id,
+                    at,
                     modified,
                     packs,
                 }),
@@ -282,7 +293,7 @@ impl Remote {
             grace_secs: o.grace.as_secs_f64(),
             ..RemoteGcReport::default()
         };
-        let grace_ms = i64::try_from(o.grace.as_millis()).unwrap_or(i64::MAX);
+        let grace_ms = grace_millis(o.grace);
         let now = if o.dry_run {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -293,7 +304,20 @@ impl Remote {
         // Marks first, then manifests: a push that relied on a pack before it was marked has
         // its manifests listed below if it ended within the grace period.
         let (marks, bad_marks) = self.rt.block_on(self.read_marks())?;
-        let ripe = |m: &Mark| now.saturating_sub(m.modified) >= grace_ms;
+        // Old enough by the server's clock and by the clock of the gc that wrote it (a server
+        // of several nodes may stamp a mark with a clock that is behind).
+        let cutoff = {
+            let t = std::time::SystemTime::now()
+                .checked_sub(o.grace)
+                .unwrap_or(std::time::UNIX_EPOCH)
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            crate::format::time::format_micros(
+                i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+                t.subsec_micros(),
+            )
+        };
+        let ripe = |m: &Mark| now.saturating_sub(m.modified) >= grace_ms && m.at <= cutoff;
         let ripe_packs: HashSet<Id> = marks
             .iter()
             .filter(|m| ripe(m))
@@ -331,7 +355,13 @@ impl Remote {
             .collect();
         if o.dry_run {
             rep.packs_rewritten = plan.rewrite.len() as u64;
-            rep.bytes_uploaded = plan.rewrite.iter().map(|r| r.live_len).sum();
+            // Records plus their index entries (an estimate: the real run adds one pack header,
+            // index header and footer per new pack, and skips records that fail their check).
+            rep.bytes_uploaded = plan
+                .rewrite
+                .iter()
+                .map(|r| r.live_len + (r.homes.len() * rpack::ENTRY_LEN) as u64)
+                .sum();
             for r in &plan.rewrite {
                 if o.grace.is_zero() {
                     delete.push((r.id, r.size));
@@ -390,15 +420,31 @@ impl Remote {
         let edir = cache.join("events");
         std::fs::create_dir_all(&mdir).at(&mdir)?;
         std::fs::create_dir_all(&edir).at(&edir)?;
-        super::lazy::cache_objects(self, "manifests", "manifest", &mdir, &rman)?;
-        super::lazy::cache_objects(self, "events", "event", &edir, &rev)?;
+        super::lazy::cache_objects(
+            self,
+            "manifests",
+            "manifest",
+            &mdir,
+            &rman,
+            manifest::MAX_FILE_LEN as u64,
+        )?;
+        super::lazy::cache_objects(
+            self,
+            "events",
+            "event",
+            &edir,
+            &rev,
+            manifest::MAX_EVENT_LEN,
+        )?;
 
         let mut deleted_up_to: HashMap<FileKey, u32> = HashMap::new();
         let mut dropped: HashSet<Id> = HashSet::new();
-        for (id, _) in &rev {
+        for (id, size) in &rev {
             let what = format!("events/{id}.event");
+            // Larger than any event: pulls do not read it, so it deletes nothing anywhere.
             let e = std::fs::read(edir.join(format!("{id}.event")))
                 .ok()
+                .filter(|_| *size <= manifest::MAX_EVENT_LEN)
                 .and_then(|b| manifest::decode_event(&b, &what).ok())
                 .filter(|e| e.id() == *id && crate::format::record::check_pulled_event(e).is_ok());
             match e {
@@ -498,15 +544,25 @@ impl Remote {
     fn rewrite(&self, packs: &[Rewrite], rep: &mut RemoteGcReport) -> Result<Vec<(Id, u64)>> {
         let mut done = Vec::new();
         let mut group: Vec<&Rewrite> = Vec::new();
-        let mut group_len = 0;
-        for (i, r) in packs.iter().enumerate() {
-            group.push(r);
-            group_len += r.live_len;
-            if group_len >= PACK_TARGET || i + 1 == packs.len() {
+        let (mut group_len, mut group_records) = (0, 0);
+        for r in packs {
+            // One index lists at most `MAX_RECORDS` (a pushed pack holds no more than that).
+            if !group.is_empty() && group_records + r.homes.len() > rpack::MAX_RECORDS {
                 done.extend(self.rewrite_group(&group, rep)?);
                 group.clear();
-                group_len = 0;
+                (group_len, group_records) = (0, 0);
             }
+            group.push(r);
+            group_len += r.live_len;
+            group_records += r.homes.len();
+            if group_len >= PACK_TARGET {
+                done.extend(self.rewrite_group(&group, rep)?);
+                group.clear();
+                (group_len, group_records) = (0, 0);
+            }
+        }
+        if !group.is_empty() {
+            done.extend(self.rewrite_group(&group, rep)?);
         }
         Ok(done)
     }
@@ -590,6 +646,10 @@ impl Remote {
     }
 }
 
+fn grace_millis(grace: Duration) -> i64 {
+    i64::try_from(grace.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Entries in offset order, cut into runs one ranged GET reads.
 fn ranges(entries: &[rpack::Entry]) -> Vec<&[rpack::Entry]> {
     let mut out = Vec::new();
@@ -654,18 +714,8 @@ fn plan(
             )),
         }
     }
-    // Delta bases of every copy of a live chunk are live too.
-    let mut todo: Vec<ChunkId> = live.iter().copied().collect();
-    while let Some(c) = todo.pop() {
-        for (_, e) in copies.get(&c).into_iter().flatten() {
-            if let Some(b) = e.base
-                && live.insert(b)
-            {
-                todo.push(b);
-            }
-        }
-    }
-    // Live bytes per pack, counting every copy: homes go where most of a version already is.
+    // Live bytes per pack, counting every copy of a chunk live versions use: homes go where
+    // most of a version already is.
     let mut held = vec![0u64; packs.len()];
     for c in &live {
         for (i, e) in copies.get(c).into_iter().flatten() {
@@ -673,8 +723,15 @@ fn plan(
         }
     }
     let mut homes: Vec<Vec<rpack::Entry>> = vec![Vec::new(); packs.len()];
-    for c in &live {
-        let Some(cs) = copies.get(c) else {
+    // Packs holding a copy of a live chunk that no unmarked pack holds: none of them goes in
+    // this run, whichever is the home (two gc runs at once could pick different homes).
+    let mut protected = vec![false; packs.len()];
+    // Every live chunk gets a home copy, and the delta base of a home is live too (the bases
+    // of other copies are not: those copies may go, and pushes and pulls never rely on a
+    // copy whose base is gone).
+    let mut todo: Vec<ChunkId> = live.iter().copied().collect();
+    while let Some(c) = todo.pop() {
+        let Some(cs) = copies.get(&c) else {
             // A live chunk in no readable pack: nothing gc can do (a push from a store that
             // holds it sends it again).
             continue;
@@ -686,27 +743,41 @@ fn plan(
                 (
                     marked.contains(&p.id),
                     bad.contains(&(p.id, e.offset)),
+                    e.base.is_some_and(|b| !copies.contains_key(&b)),
                     std::cmp::Reverse(held[*i]),
                     p.id,
                 )
             })
             .expect("a chunk with copies");
         homes[best.0].push(best.1);
+        if marked.contains(&packs[best.0].id) {
+            for (i, _) in cs {
+                protected[*i] = true;
+            }
+        }
+        if let Some(b) = best.1.base
+            && live.insert(b)
+        {
+            todo.push(b);
+        }
     }
     let mut plan = Plan {
         garbage: Vec::new(),
         rewrite: Vec::new(),
     };
-    let grace_ms = i64::try_from(o.grace.as_millis()).unwrap_or(i64::MAX);
+    let grace_ms = grace_millis(o.grace);
     for (i, p) in packs.iter().enumerate() {
         let Ok(entries) = &p.index else { continue };
         let records: u64 = entries.iter().map(rpack::Entry::record_len).sum();
         let live_len: u64 = homes[i].iter().map(rpack::Entry::record_len).sum();
         rep.live_bytes += live_len;
+        // Too young to mark (a marked pack was old when it was marked).
         let young = !o.grace.is_zero()
             && now.saturating_sub(p.modified) < grace_ms
             && !marked.contains(&p.id);
-        if live_len == 0 {
+        if live_len == 0 && protected[i] {
+            // Kept this run; a later run, with the marks finished, picks one home.
+        } else if live_len == 0 {
             if young {
                 rep.packs_young += 1;
             } else {
@@ -729,4 +800,63 @@ fn plan(
         }
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::codec::Codec;
+
+    fn entry(id: ChunkId, offset: u64) -> rpack::Entry {
+        rpack::Entry {
+            id,
+            offset,
+            stored_len: 1000,
+            raw_len: 1000,
+            codec: Codec::Raw,
+            base: None,
+        }
+    }
+
+    fn pack(id: Id, chunks: &[ChunkId]) -> RemotePack {
+        RemotePack {
+            id,
+            size: 1000 * chunks.len() as u64,
+            modified: 0,
+            index: Ok(chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| entry(*c, 32 + 1100 * i as u64))
+                .collect()),
+        }
+    }
+
+    fn garbage(packs: &[RemotePack], live: &[ChunkId], marked: &[Id]) -> Vec<Id> {
+        let o = RemoteGcOptions::new().grace(Duration::from_secs(1));
+        let mut rep = RemoteGcReport::default();
+        let p = plan(
+            packs,
+            &HashSet::new(),
+            live.iter().copied().collect(),
+            &marked.iter().copied().collect(),
+            &o,
+            1_000_000,
+            &mut rep,
+        );
+        p.garbage.into_iter().map(|g| g.0).collect()
+    }
+
+    /// Two gc runs at once may pick different homes for a chunk held only in marked packs;
+    /// so while no unmarked pack holds it, no pack holding it goes.
+    #[test]
+    fn a_live_chunk_only_in_marked_packs_keeps_every_copy() {
+        let [c, d, e] = [1u8, 2, 3].map(|b| ChunkId::of(&[b]));
+        let (x, y) = (Id::generate(), Id::generate());
+        let packs = [pack(x, &[c, d]), pack(y, &[c, e])];
+        assert!(garbage(&packs, &[c], &[x, y]).is_empty());
+        // With an unmarked copy, the marked one goes.
+        assert_eq!(garbage(&packs, &[c], &[x]), vec![x]);
+        // Nothing live: both go.
+        assert_eq!(garbage(&packs, &[], &[x, y]).len(), 2);
+    }
 }

@@ -198,7 +198,9 @@ impl Store {
             ));
         }
         let m = find_version(&remote, &cache_dir, key, version)?;
-        let known = remote.rt.block_on(remote.chunk_map(&cache_dir))?;
+        let mut known = remote.rt.block_on(remote.chunk_map(&cache_dir))?;
+        known.prefer_other_packs(&remote.rt.block_on(remote.marked_packs())?);
+        known.without_broken_chains();
         let mut starts = Vec::with_capacity(m.chunks.len() + 1);
         let mut at = 0u64;
         for (id, len) in &m.chunks {
@@ -230,20 +232,19 @@ impl Store {
 }
 
 /// Fetch the objects `dir/<id>.<ext>` of `ids` (listed with their sizes) that `local` does not
-/// hold yet into `local/<id>.<ext>`. Objects larger than any manifest or event are left out;
-/// whoever reads the cache checks every file and removes one that does not decode.
+/// hold yet into `local/<id>.<ext>`. Objects larger than `max_len` are left out; whoever
+/// reads the cache checks every file and removes one that does not decode.
 pub(crate) fn cache_objects(
     remote: &Remote,
     dir: &'static str,
     ext: &'static str,
     local: &std::path::Path,
     ids: &[(Id, u64)],
+    max_len: u64,
 ) -> Result<()> {
     let todo: Vec<(Id, u64)> = ids
         .iter()
-        .filter(|(id, size)| {
-            *size <= manifest::MAX_FILE_LEN as u64 && !local.join(format!("{id}.{ext}")).exists()
-        })
+        .filter(|(id, size)| *size <= max_len && !local.join(format!("{id}.{ext}")).exists())
         .copied()
         .collect();
     remote.rt.block_on(
@@ -262,7 +263,7 @@ pub(crate) fn cache_objects(
                 };
                 Ok::<_, Error>((id, b))
             })
-            .buffer_unordered(16)
+            .buffer_unordered(super::SMALL_CONCURRENCY)
             .try_for_each(|(id, b)| {
                 // Cached as fetched (temporary file, then rename: never half a file under its
                 // name); checked every time it is used.
@@ -293,8 +294,22 @@ fn find_version(
     let edir = cache.join("events");
     std::fs::create_dir_all(&mdir).at(&mdir)?;
     std::fs::create_dir_all(&edir).at(&edir)?;
-    cache_objects(remote, "manifests", "manifest", &mdir, &rman)?;
-    cache_objects(remote, "events", "event", &edir, &rev)?;
+    cache_objects(
+        remote,
+        "manifests",
+        "manifest",
+        &mdir,
+        &rman,
+        manifest::MAX_FILE_LEN as u64,
+    )?;
+    cache_objects(
+        remote,
+        "events",
+        "event",
+        &edir,
+        &rev,
+        manifest::MAX_EVENT_LEN,
+    )?;
     let mut versions: Vec<Manifest> = Vec::new();
     for (id, _) in &rman {
         let what = format!("manifests/{id}.manifest");

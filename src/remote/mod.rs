@@ -718,6 +718,75 @@ impl RemoteChunks {
         map
     }
 
+    /// The remote's copy of `id` and the delta bases it stands on, first the chunk itself, if
+    /// every one of them is in a pack of this map (`None`: the chain is broken, e.g. a remote gc
+    /// collected the base of a delta record nothing live needed).
+    pub(crate) fn chain(&self, id: &ChunkId) -> Option<Vec<(ChunkId, Id)>> {
+        let mut out = Vec::new();
+        let mut cur = *id;
+        loop {
+            let (pack, e) = self.chunks.get(&cur)?;
+            out.push((cur, *pack));
+            match e.base {
+                // Deeper than any chain a store writes, or a loop: not a copy to rely on.
+                Some(_) if out.len() > usize::from(crate::format::delta::MAX_DEPTH) => return None,
+                Some(b) => cur = b,
+                None => return Some(out),
+            }
+        }
+    }
+
+    /// Use for each chunk a copy whose delta chain is complete (see `chain`): a broken copy
+    /// gives way to another copy that decodes, and a chunk with no such copy counts as
+    /// missing (a push sends it again, a pull reports the versions that need it).
+    pub(crate) fn without_broken_chains(&mut self) {
+        loop {
+            let broken: Vec<ChunkId> = self
+                .chunks
+                .keys()
+                .filter(|id| self.chain(id).is_none())
+                .copied()
+                .collect();
+            let mut promoted = false;
+            for id in broken {
+                self.chunks.remove(&id);
+                let mut rest = self.others.remove(&id).unwrap_or_default();
+                if let Some(k) = rest
+                    .iter()
+                    .position(|(_, e)| e.base.is_none_or(|b| b != id && self.chain(&b).is_some()))
+                {
+                    self.chunks.insert(id, rest.remove(k));
+                    promoted = true;
+                    if !rest.is_empty() {
+                        self.others.insert(id, rest);
+                    }
+                }
+            }
+            // Only a promotion can complete another chunk's chain.
+            if !promoted {
+                return;
+            }
+        }
+    }
+
+    /// Read copies in `packs` (packs a remote gc marked, which may go while a pull reads) only
+    /// when no other copy is left.
+    pub(crate) fn prefer_other_packs(&mut self, packs: &HashSet<Id>) {
+        if packs.is_empty() {
+            return;
+        }
+        for (id, first) in &mut self.chunks {
+            if !packs.contains(&first.0) {
+                continue;
+            }
+            if let Some(rest) = self.others.get_mut(id)
+                && let Some(k) = rest.iter().position(|(p, _)| !packs.contains(p))
+            {
+                std::mem::swap(first, &mut rest[k]);
+            }
+        }
+    }
+
     /// Leave out every copy in `packs` (packs a remote gc marked for deletion): a chunk whose
     /// every copy is there counts as missing, so a push sends it again.
     pub(crate) fn without_packs(&mut self, packs: &HashSet<Id>) {

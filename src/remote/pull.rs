@@ -42,9 +42,6 @@ const MAX_RANGE: u64 = 16 << 20;
 const RANGES_IN_FLIGHT: usize = 4;
 /// Manifest and event bytes requested at once.
 const SMALL_BYTES_IN_FLIGHT: u64 = 64 << 20;
-/// The largest event: a delete names one path; an update carries at most 64 KiB of metadata,
-/// 256 tags of 256 bytes and a 64 KiB description.
-const MAX_EVENT_LEN: u64 = 1 << 20;
 
 /// What a pull did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -114,9 +111,11 @@ impl Store {
                 remote.list_ids("events", "event")
             )
         })?;
-        let known = remote
+        let mut known = remote
             .rt
             .block_on(remote.chunk_map(&self.remote_cache(remote)))?;
+        known.prefer_other_packs(&remote.rt.block_on(remote.marked_packs())?);
+        known.without_broken_chains();
         self.check_poison()?;
         // Pulled chunks are added like an upload's: not while gc runs (see `writers_lock`).
         let _writers = self.writers_lock(false)?;
@@ -150,7 +149,7 @@ impl Store {
         }
         let mut new_e = Vec::new();
         for (id, size) in rev.into_iter().filter(|(id, _)| !have_e.contains(id)) {
-            if size > MAX_EVENT_LEN {
+            if size > manifest::MAX_EVENT_LEN {
                 rep.damaged.push(Finding::new(
                     PullKind::TooLarge,
                     format!("events/{id}.event: {size} bytes, larger than any event (not read)"),
@@ -221,6 +220,14 @@ impl Store {
                 || remote_deleted
                     .get(&m.record.key())
                     .is_some_and(|d| m.record.version <= *d);
+            // Collected by a remote gc: some chunk is neither here nor on the remote.
+            if remote_dead
+                && m.chunks.iter().any(|(c, _)| {
+                    known.copies(c).next().is_none() && !matches!(s.index.chunk(c), Ok(Some(_)))
+                })
+            {
+                continue;
+            }
             let local = s.index.versions_of(&key)?;
             if let Some(other) = local
                 .iter()
@@ -250,7 +257,6 @@ impl Store {
                         updates: None,
                     });
                 }
-                Err(_) if remote_dead => {}
                 Err(why) => rep
                     .damaged
                     .push(Finding::new(PullKind::Unusable, format!("{what}: {why}"))),

@@ -222,14 +222,67 @@ impl<'a> ObjectWriter<'a> {
     }
 }
 
+/// Manifests uploaded between two looks at the remote gc marks.
+const MANIFEST_BATCH: usize = 512;
+/// A push looks at the marks again when a manifest batch starts this long after the last look
+/// (far below any grace period a remote gc should use).
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a push has sent so far, and how it reports.
+struct Uploads<'a> {
+    files: HashMap<Id, Arc<File>>,
+    /// Each chunk this push uploaded: the new pack, and the base it was sent as a delta on.
+    sent: HashMap<ChunkId, (Id, Option<ChunkId>)>,
+    progress: Option<&'a AtomicU64>,
+    rep: PushReport,
+}
+
+/// Where the remote holds `id` and the delta bases it stands on: chunks this push sent first,
+/// then the remote's copies; `None` for a chunk found nowhere (the chain ends there).
+fn locate(
+    id: &ChunkId,
+    sent: &HashMap<ChunkId, (Id, Option<ChunkId>)>,
+    known: &super::RemoteChunks,
+) -> Vec<(ChunkId, Option<Id>)> {
+    let mut out = Vec::new();
+    let mut cur = *id;
+    while out.len() <= usize::from(crate::format::delta::MAX_DEPTH) {
+        let (pack, base) = match (sent.get(&cur), known.chunks.get(&cur)) {
+            (Some((p, b)), _) => (*p, *b),
+            (None, Some((p, e))) => (*p, e.base),
+            (None, None) => break,
+        };
+        out.push((cur, Some(pack)));
+        match base {
+            Some(b) => cur = b,
+            None => return out,
+        }
+    }
+    out.push((cur, None));
+    out
+}
+
+/// PUT `dir/<id>.<ext>` for every item, 16 at a time.
+fn put_all(remote: &Remote, dir: &str, ext: &str, items: &[(Id, Vec<u8>)]) -> Result<()> {
+    remote.rt.block_on(
+        futures::stream::iter(items.iter())
+            .map(|(id, b)| {
+                let key = remote.key(&format!("{dir}/{id}.{ext}"));
+                async move { remote.put_immutable(&key, b.clone()).await }
+            })
+            .buffer_unordered(SMALL_CONCURRENCY)
+            .try_collect::<Vec<()>>(),
+    )?;
+    Ok(())
+}
+
 /// What a push sends, read under the store lock.
 struct Plan {
     manifests: Vec<(Id, Vec<u8>)>,
     events: Vec<(Id, Vec<u8>)>,
     chunks: Vec<(ChunkId, ChunkLoc)>,
-    /// Chunks the remote already holds that the pushed manifests rely on, and the pack with
-    /// that copy.
-    relied: Vec<(ChunkId, Id)>,
+    /// Every chunk the manifests to upload use.
+    needed: Vec<ChunkId>,
     /// Open handles: a pack deleted by a concurrent gc stays readable.
     files: HashMap<Id, Arc<File>>,
     already_remote: u64,
@@ -243,9 +296,11 @@ impl Store {
         let mut known = remote
             .rt
             .block_on(remote.chunk_map(&self.remote_cache(remote)))?;
-        // Packs a remote gc marked are about to go: their chunks count as missing.
+        // Packs a remote gc marked are about to go: their chunks count as missing, and so are
+        // copies whose delta base a remote gc collected.
         let marked = remote.rt.block_on(remote.marked_packs())?;
         known.without_packs(&marked);
+        known.without_broken_chains();
         let (rman, rev) = remote.rt.block_on(async {
             futures::try_join!(
                 remote.list_ids("manifests", "manifest"),
@@ -257,68 +312,54 @@ impl Store {
         // Damaged remote packs are left out of `known`: their chunks count as missing, and the
         // versions already pushed are checked too so that those chunks go up again.
         let heal = !known.damaged.is_empty() || known.bad_records > 0;
-        let plan = self.push_plan(&known.chunks, &rman, &rev, heal)?;
+        let mut plan = self.push_plan(&known.chunks, &rman, &rev, heal)?;
+        plan.needed.sort_unstable();
+        plan.needed.dedup();
 
-        let mut rep = PushReport {
-            remote: remote.url.clone(),
-            chunks_already_remote: plan.already_remote,
-            remote_packs: known.packs,
-            remote_bytes: known.bytes,
-            ..PushReport::default()
+        let mut up = Uploads {
+            files: std::mem::take(&mut plan.files),
+            sent: HashMap::new(),
+            progress,
+            rep: PushReport {
+                remote: remote.url.clone(),
+                chunks_already_remote: plan.already_remote,
+                remote_packs: known.packs,
+                remote_bytes: known.bytes,
+                ..PushReport::default()
+            },
         };
-        let mut files = plan.files;
-        let mut uploaded =
-            self.upload_packs(remote, &mut files, &plan.chunks, progress, &mut rep)?;
-        if !plan.manifests.is_empty() {
-            rep.chunks_resent = self.confirm_copies(
-                remote,
-                &known,
-                &plan.relied,
-                &mut uploaded,
-                &mut files,
-                progress,
-                &mut rep,
-            )?;
+        self.upload_packs(remote, &mut up, &plan.chunks)?;
+        // Manifests go up in batches; before the first, and again whenever a batch starts more
+        // than a minute after the last look, the marks and packs are checked once more.
+        let mut checked: Option<std::time::Instant> = None;
+        for batch in plan.manifests.chunks(MANIFEST_BATCH) {
+            if checked.is_none_or(|t| t.elapsed() > RECHECK_AFTER) {
+                self.confirm_copies(remote, &known, &plan.needed, &mut up)?;
+                checked = Some(std::time::Instant::now());
+            }
+            put_all(remote, "manifests", "manifest", batch)?;
         }
-        for (dir, items) in [("manifests", &plan.manifests), ("events", &plan.events)] {
-            let ext = if dir == "manifests" {
-                "manifest"
-            } else {
-                "event"
-            };
-            remote.rt.block_on(
-                futures::stream::iter(items.iter())
-                    .map(|(id, b)| {
-                        let key = remote.key(&format!("{dir}/{id}.{ext}"));
-                        async move { remote.put_immutable(&key, b.clone()).await }
-                    })
-                    .buffer_unordered(SMALL_CONCURRENCY)
-                    .try_collect::<Vec<()>>(),
-            )?;
-        }
+        put_all(remote, "events", "event", &plan.events)?;
+        let mut rep = up.rep;
         rep.manifests = plan.manifests.len() as u64;
         rep.events = plan.events.len() as u64;
         rep.journal_lines = self.push_journals(remote)?;
         Ok(rep)
     }
 
-    /// Upload `chunks` as packs of about the pack target. Returns each new pack with its
-    /// chunks.
+    /// Upload `chunks` as packs of about the pack target, recording where each went.
     fn upload_packs(
         &self,
         remote: &Remote,
-        files: &mut HashMap<Id, Arc<File>>,
+        up: &mut Uploads<'_>,
         chunks: &[(ChunkId, ChunkLoc)],
-        progress: Option<&AtomicU64>,
-        rep: &mut PushReport,
-    ) -> Result<Vec<(Id, Vec<ChunkId>)>> {
+    ) -> Result<()> {
         for (_, loc) in chunks {
-            if let std::collections::hash_map::Entry::Vacant(v) = files.entry(loc.pack) {
+            if let std::collections::hash_map::Entry::Vacant(v) = up.files.entry(loc.pack) {
                 let p = self.dir("packs").join(pack::pack_file_name(loc.pack));
                 v.insert(Arc::new(File::open(&p).at(&p)?));
             }
         }
-        let mut out = Vec::new();
         let target = self.opts.pack_target;
         let mut group: Vec<(ChunkId, ChunkLoc)> = Vec::new();
         let mut group_len = 0u64;
@@ -328,97 +369,102 @@ impl Store {
             // A pack object ends at the pack target, or at the most records one index may list
             // (millions of tiny files), so that every pack pushed can be pulled.
             if group_len >= target || group.len() >= rpack::MAX_RECORDS || i + 1 == chunks.len() {
-                let (id, n) = self.upload_pack(remote, files, &group, progress)?;
-                out.push((id, group.iter().map(|c| c.0).collect()));
-                rep.packs += 1;
-                rep.chunks += group.len() as u64;
-                rep.bytes += n;
-                rep.remote_packs += 1;
-                rep.remote_bytes += group_len;
+                let (id, n) = self.upload_pack(remote, &up.files, &group, up.progress)?;
+                for (c, loc) in &group {
+                    up.sent.insert(*c, (id, loc.base));
+                }
+                up.rep.packs += 1;
+                up.rep.chunks += group.len() as u64;
+                up.rep.bytes += n;
+                up.rep.remote_packs += 1;
+                up.rep.remote_bytes += group_len;
                 group.clear();
                 group_len = 0;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Just before the manifests go up: read the remote gc marks and list the packs again, and
-    /// send again every chunk this push relies on whose pack was marked or deleted since the
-    /// push began (with the delta bases those copies need). Returns how many were sent again.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the state of one push, passed through"
-    )]
+    /// Just before manifests go up: read the remote gc marks and list the packs again, and
+    /// send again what the manifests need from a pack marked or deleted since the push began
+    /// (the chunk, or, when this store does not hold it, the chunk whose remote copy stands on
+    /// it as a delta base), with the bases of what is sent.
     fn confirm_copies(
         &self,
         remote: &Remote,
         known: &super::RemoteChunks,
-        relied: &[(ChunkId, Id)],
-        uploaded: &mut Vec<(Id, Vec<ChunkId>)>,
-        files: &mut HashMap<Id, Arc<File>>,
-        progress: Option<&AtomicU64>,
-        rep: &mut PushReport,
-    ) -> Result<u64> {
-        // Where this push believes each chunk it needs is.
-        let mut at: HashMap<ChunkId, Id> = relied.iter().copied().collect();
-        for (pack, chunks) in uploaded.iter() {
-            at.extend(chunks.iter().map(|c| (*c, *pack)));
-        }
-        let mut resent = 0u64;
+        needed: &[ChunkId],
+        up: &mut Uploads<'_>,
+    ) -> Result<()> {
+        let again = |what: String| {
+            Error::remote(
+                remote.url.clone(),
+                format!("{what}; no manifest was uploaded, push again"),
+            )
+        };
         for _ in 0..4 {
             let (marked, listed) = remote.rt.block_on(async {
                 futures::try_join!(remote.marked_packs(), remote.list_ids("packs", "pack"))
             })?;
             let present: HashSet<Id> = listed.into_iter().map(|(id, _)| id).collect();
-            let gone = |p: &Id| marked.contains(p) || !present.contains(p);
-            let mut todo: Vec<ChunkId> = at
-                .iter()
-                .filter(|(_, p)| gone(p))
-                .map(|(c, _)| *c)
-                .collect();
-            if todo.is_empty() {
-                return Ok(resent);
-            }
-            todo.sort();
+            let safe = |p: &Id| !marked.contains(p) && present.contains(p);
             let s = self.session()?;
-            let mut send: Vec<(ChunkId, ChunkLoc)> = Vec::new();
-            let mut queued: HashSet<ChunkId> = HashSet::new();
-            while let Some(c) = todo.pop() {
-                if !queued.insert(c) {
+            let held = |c: &ChunkId| s.index.chunk(c);
+            let mut work: Vec<ChunkId> = Vec::new();
+            for root in needed {
+                let chain = locate(root, &up.sent, known);
+                let Some(i) = chain
+                    .iter()
+                    .position(|(_, p)| !p.as_ref().is_some_and(safe))
+                else {
                     continue;
-                }
-                let Some(loc) = s.index.chunk(&c)? else {
-                    return Err(Error::remote(
-                        remote.url.clone(),
-                        format!(
-                            "chunk {c} is in a pack a remote gc is deleting, and this store does not hold it: nothing was pushed after the packs; push again"
-                        ),
-                    ));
                 };
-                // A delta goes up with its base unless the remote holds the base safely.
-                if let Some(b) = loc.base {
-                    let safe = at
-                        .get(&b)
-                        .or_else(|| known.chunks.get(&b).map(|(p, _)| p))
-                        .is_some_and(|p| !gone(p));
-                    if !safe {
-                        todo.push(b);
+                let mut pick = None;
+                for (c, _) in chain[..=i].iter().rev() {
+                    if held(c)?.is_some() {
+                        pick = Some(*c);
+                        break;
                     }
                 }
+                match pick {
+                    Some(c) => work.push(c),
+                    None => {
+                        return Err(again(format!(
+                            "chunk {} is in a pack a remote gc is deleting, and this store does not hold it",
+                            chain[i].0
+                        )));
+                    }
+                }
+            }
+            if work.is_empty() {
+                return Ok(());
+            }
+            // What to send: those chunks, and the local delta bases the remote lacks.
+            let mut send: Vec<(ChunkId, ChunkLoc)> = Vec::new();
+            let mut planned: HashSet<ChunkId> = HashSet::new();
+            while let Some(c) = work.pop() {
+                if !planned.insert(c) {
+                    continue;
+                }
+                let loc = held(&c)?.ok_or_else(|| {
+                    again(format!("chunk {c} left this store while the push ran"))
+                })?;
                 send.push((c, loc));
+                if let Some(b) = loc.base
+                    && !planned.contains(&b)
+                    && locate(&b, &up.sent, known)
+                        .iter()
+                        .any(|(_, p)| !p.as_ref().is_some_and(safe))
+                {
+                    work.push(b);
+                }
             }
             drop(s);
-            // Bases before the deltas that need them, as in any pack.
-            send.reverse();
-            resent += send.len() as u64;
-            for (pack, chunks) in self.upload_packs(remote, files, &send, progress, rep)? {
-                at.extend(chunks.iter().map(|c| (*c, pack)));
-                uploaded.push((pack, chunks));
-            }
+            up.rep.chunks_resent += send.len() as u64;
+            self.upload_packs(remote, up, &send)?;
         }
-        Err(Error::remote(
-            remote.url.clone(),
-            "a remote gc kept marking the packs this push relies on; nothing was pushed after the packs; push again",
+        Err(again(
+            "a remote gc kept marking the packs this push relies on".into(),
         ))
     }
 
@@ -434,7 +480,7 @@ impl Store {
             manifests: Vec::new(),
             events: Vec::new(),
             chunks: Vec::new(),
-            relied: Vec::new(),
+            needed: Vec::new(),
             files: HashMap::new(),
             already_remote: 0,
         };
@@ -458,9 +504,8 @@ impl Store {
                 if seen.contains(cid) {
                     continue;
                 }
-                if let Some((pack, e)) = known.get(cid) {
+                if let Some((_, e)) = known.get(cid) {
                     seen.insert(*cid);
-                    plan.relied.push((*cid, *pack));
                     plan.already_remote += u64::from(!on_remote && needed);
                     todo.extend(e.base.map(|b| (b, false)));
                     continue;
@@ -485,6 +530,7 @@ impl Store {
                 todo.extend(loc.base.map(|b| (b, needed)));
             }
             if !on_remote {
+                plan.needed.extend(m.chunks.iter().map(|(c, _)| *c));
                 plan.manifests.push((id, bytes));
             }
         }

@@ -743,3 +743,80 @@ fn pushes_and_gc_runs_interleaved_lose_nothing_acknowledged() {
         assert!(c.verify().unwrap().ok);
     }
 }
+
+/// A delta record nothing live needs may stay in a pack gc keeps after its base is collected.
+/// A later push of the same bytes must not rely on that copy: it sends the chunks itself, and
+/// what it acknowledged pulls back whole.
+#[test]
+fn a_push_never_relies_on_a_remote_delta_whose_base_was_collected() {
+    let t = tmp();
+    for (i, cfg) in remotes(t.path(), "rgc-delta-base").into_iter().enumerate() {
+        let remote = Remote::open(&cfg).unwrap();
+        let ck = crate::delta::model_checkpoints(1_000_000, 11, 2, 100);
+        let a = Store::open(t.path().join(format!("a{i}"))).unwrap();
+        put(&a, "x", "/m.safetensors", &ck[0], &[], Value::Null);
+        a.push(&remote, None).unwrap();
+        put(&a, "x", "/m.safetensors", &ck[1], &[], Value::Null);
+        put(
+            &a,
+            "x",
+            "/keep.bin",
+            &random_bytes(5, 8_000_000),
+            &[],
+            Value::Null,
+        );
+        a.push(&remote, None).unwrap();
+        delete(&a, "x", "/m.safetensors");
+        a.push(&remote, None).unwrap();
+        let r = a.gc_remote(&remote, &grace(Duration::ZERO)).unwrap();
+        assert!(r.packs_deleted > 0, "{r:#?}");
+
+        let b = Store::open(t.path().join(format!("b{i}"))).unwrap();
+        put(&b, "y", "/m.safetensors", &ck[1], &[], Value::Null);
+        let p = b.push(&remote, None).unwrap();
+        assert!(p.chunks > 0, "{p:#?}");
+        let c = Store::open(t.path().join(format!("c{i}"))).unwrap();
+        let pr = c.pull(&remote, None).unwrap();
+        assert!(pr.damaged.is_empty(), "{pr:#?}");
+        same_bytes(
+            read(&c, "y", "/m.safetensors", None),
+            &ck[1],
+            "the pushed checkpoint",
+        );
+    }
+}
+
+/// A push relying on a remote delta and its base, both in a pack gc marks meanwhile, sends
+/// the chunk again from its own copy; it does not need the base, which this store never held.
+#[test]
+fn a_push_racing_a_mark_resends_a_delta_it_holds_whole() {
+    let t = tmp();
+    for (i, cfg) in remotes(t.path(), "rgc-race-delta").into_iter().enumerate() {
+        let raw = Raw::new(&cfg);
+        let remote = Remote::open(&cfg).unwrap();
+        let ck = crate::delta::model_checkpoints(1_000_000, 12, 2, 100);
+        let a = Store::open(t.path().join(format!("a{i}"))).unwrap();
+        put(&a, "x", "/m.safetensors", &ck[0], &[], Value::Null);
+        put(&a, "x", "/m.safetensors", &ck[1], &[], Value::Null);
+        a.push(&remote, None).unwrap();
+        delete(&a, "x", "/m.safetensors");
+        a.push(&remote, None).unwrap();
+        let b = Store::open(t.path().join(format!("b{i}"))).unwrap();
+        put(&b, "y", "/m.safetensors", &ck[1], &[], Value::Null);
+        age();
+        let (p, marked, _b) = push_racing_a_gc(&cfg, &raw, &a, b, &remote, Stop::MarkCheck);
+        assert!(marked.packs_marked > 0, "{marked:#?}");
+        assert!(p.chunks_resent > 0, "{p:#?}");
+        age();
+        let r = a.gc_remote(&remote, &grace(GRACE)).unwrap();
+        assert_eq!(r.packs_deleted, marked.packs_marked, "{r:#?}");
+        let c = Store::open(t.path().join(format!("c{i}"))).unwrap();
+        let pr = c.pull(&remote, None).unwrap();
+        assert!(pr.damaged.is_empty(), "{pr:#?}");
+        same_bytes(
+            read(&c, "y", "/m.safetensors", None),
+            &ck[1],
+            "the pushed checkpoint",
+        );
+    }
+}
