@@ -3,7 +3,8 @@
 //!
 //! **What is live.** Every chunk of every remote manifest that no remote event deletes (a
 //! delete up to a version of its path, or a delete by version id, exactly as in a store), and
-//! the delta bases of every copy of such a chunk. Manifests and events are never deleted: a
+//! the delta base of the home copy (below) of every live chunk. Manifests and events are never
+//! deleted: a
 //! deleted version's manifest is its tombstone (it is small), and lets every store tell a remote
 //! delete from a version the remote never saw. A manifest gc cannot read stops it (it cannot
 //! know which chunks that version needs); an event it cannot read is left out, which only keeps
@@ -11,20 +12,25 @@
 //!
 //! **Where a chunk lives.** A live chunk may have copies in several packs. Its home is the
 //! copy gc keeps: a copy no mark names before one that is marked, one not reported rotten
-//! (`damaged/`) before one that is, then the pack holding the most live bytes. A pack with no
+//! (`damaged/`) before one that is, a copy whose delta base exists before one whose base is
+//! gone, then the pack holding the most live bytes. Other copies may lose their delta base;
+//! pushes, pulls and remote reads never use a copy whose base chain is broken. A pack with no
 //! home is garbage; a pack at least `rewrite_threshold` garbage has its homes copied into a new
 //! pack (each record checked first: damage is never copied forward), and is then garbage too.
+//! While a live chunk has copies only in marked packs, none of those packs goes (two gc runs at
+//! once may choose different homes).
 //!
 //! **Two phases and a grace period.** A run never deletes a pack it has just found to be
 //! garbage. It names such packs in a mark, `gc/<id>.mark`, and a later run deletes a marked
 //! pack once the mark is older than the grace period (default one hour, by the server's clock)
-//! and only if that run, listing the manifests afresh, still finds no home in it. Pushes take
-//! part: a push treats every chunk in a marked pack as missing (and sends it again), and just
-//! before it uploads manifests it reads the marks and lists the packs once more, sending again
-//! every chunk it relies on whose pack has been marked or deleted meanwhile. A pack is thus
-//! deleted only after every push that could rely on it has either seen its mark or put its
-//! manifests on the remote, where the deleting run sees them; the one assumption is that a
-//! push's manifest uploads end within the grace period of that last check. Packs younger than
+//! (and by the time the gc that wrote it put in it) and only if that run, listing the manifests
+//! afresh, still finds no home in it. Pushes take part: a push treats every chunk in a marked
+//! pack as missing (and sends it again), and just before it uploads manifests (and again every
+//! minute while it uploads them) it reads the marks and lists the packs once more, sending
+//! again every chunk it relies on whose pack has been marked or deleted meanwhile. A pack is
+//! thus deleted only after every push that could rely on it has either seen its mark or put
+//! its manifests on the remote, where the deleting run sees them; the one assumption is that a
+//! batch of manifests goes up within the grace period of the check before it. Packs younger than
 //! the grace period are not marked (they may belong to a push whose manifests are not up yet).
 //! A grace period of zero deletes at once: only for a remote no one pushes to meanwhile.
 //!
