@@ -323,7 +323,11 @@ impl Remote {
                 t.subsec_micros(),
             )
         };
-        let ripe = |m: &Mark| now.saturating_sub(m.modified) >= grace_ms && m.at <= cutoff;
+        // A mark stamped by a gc whose clock runs ahead still ripens, at twice the grace period.
+        let ripe = |m: &Mark| {
+            let age = now.saturating_sub(m.modified);
+            age >= grace_ms && (m.at <= cutoff || age >= grace_ms.saturating_mul(2))
+        };
         let ripe_packs: HashSet<Id> = marks
             .iter()
             .filter(|m| ripe(m))
@@ -732,29 +736,40 @@ fn plan(
     // Packs holding a copy of a live chunk that no unmarked pack holds: none of them goes in
     // this run, whichever is the home (two gc runs at once could pick different homes).
     let mut protected = vec![false; packs.len()];
-    // Every live chunk gets a home copy, and the delta base of a home is live too (the bases
-    // of other copies are not: those copies may go, and pushes and pulls never rely on a
-    // copy whose base is gone).
+    // Every live chunk gets a home copy, one that decodes in the fewest delta steps (so the
+    // homes' chains end at whole records and never loop), and the delta base of a home is live
+    // too. The bases of other copies are not: those copies may lose them, and pushes, pulls
+    // and remote reads use only copies that decode (`RemoteChunks::settle`).
+    let all: Vec<(ChunkId, Option<ChunkId>)> = copies
+        .values()
+        .flatten()
+        .map(|(_, e)| (e.id, e.base))
+        .collect();
+    let depth = super::decode_depths(&all, &|_| false);
+    let copy_depth = |e: &rpack::Entry| match e.base {
+        None => Some(0),
+        Some(b) => depth.get(&b).map(|d| d + 1),
+    };
     let mut todo: Vec<ChunkId> = live.iter().copied().collect();
     while let Some(c) = todo.pop() {
-        let Some(cs) = copies.get(&c) else {
-            // A live chunk in no readable pack: nothing gc can do (a push from a store that
-            // holds it sends it again).
+        // A live chunk in no readable pack, or with no copy that decodes: nothing gc can do
+        // (a push from a store that holds it sends it again).
+        let (Some(cs), Some(&d)) = (copies.get(&c), depth.get(&c)) else {
             continue;
         };
         let best = cs
             .iter()
+            .filter(|(_, e)| copy_depth(e) == Some(d))
             .min_by_key(|(i, e)| {
                 let p = &packs[*i];
                 (
                     marked.contains(&p.id),
                     bad.contains(&(p.id, e.offset)),
-                    e.base.is_some_and(|b| !copies.contains_key(&b)),
                     std::cmp::Reverse(held[*i]),
                     p.id,
                 )
             })
-            .expect("a chunk with copies");
+            .expect("a copy at the chunk's own depth");
         homes[best.0].push(best.1);
         if marked.contains(&packs[best.0].id) {
             for (i, _) in cs {
@@ -850,6 +865,95 @@ mod tests {
             &mut rep,
         );
         p.garbage.into_iter().map(|g| g.0).collect()
+    }
+
+    fn delta(id: ChunkId, base: ChunkId, offset: u64) -> rpack::Entry {
+        rpack::Entry {
+            codec: Codec::Delta,
+            base: Some(base),
+            ..entry(id, offset)
+        }
+    }
+
+    fn with(mut p: RemotePack, extra: rpack::Entry) -> RemotePack {
+        if let Ok(es) = &mut p.index {
+            es.push(extra);
+        }
+        p
+    }
+
+    /// X has a whole copy in a pack holding nothing else live, and a delta copy on Z in a
+    /// busier pack; Z's only copy stands on Q, collected earlier. The whole copy is X's home.
+    #[test]
+    fn a_live_chunks_last_copy_that_decodes_is_kept() {
+        let [x, z, q, u, w, v] = [1u8, 2, 3, 4, 5, 6].map(|b| ChunkId::of(&[b]));
+        let (whole, busy, zp) = (Id::generate(), Id::generate(), Id::generate());
+        let packs = [
+            pack(whole, &[x]),
+            with(pack(busy, &[u, w]), delta(x, z, 32 + 1100 * 2)),
+            with(pack(zp, &[v]), delta(z, q, 32 + 1100)),
+        ];
+        let g = garbage(&packs, &[x, u, w, v], &[]);
+        assert!(!g.contains(&whole), "{g:?}");
+    }
+
+    /// Copies that could form a loop of homes (X a delta on Z, Z a delta on X, in the busier
+    /// packs): the homes are the whole copies, whose packs stay.
+    #[test]
+    fn homes_never_form_a_delta_loop() {
+        let [x, z, u, w] = [1u8, 2, 3, 4].map(|b| ChunkId::of(&[b]));
+        let (pa, pb, pc, pd) = (
+            Id::generate(),
+            Id::generate(),
+            Id::generate(),
+            Id::generate(),
+        );
+        let packs = [
+            with(pack(pa, &[u]), delta(x, z, 32 + 1100)),
+            with(pack(pb, &[w]), delta(z, x, 32 + 1100)),
+            pack(pc, &[x]),
+            pack(pd, &[z]),
+        ];
+        let g = garbage(&packs, &[x, z, u, w], &[]);
+        assert!(!g.contains(&pc) && !g.contains(&pd), "{g:?}");
+    }
+
+    /// X's whole copy is in a marked pack (a push relied on it before the mark); its other
+    /// copy is a delta on a base gc collected. The marked whole copy stays.
+    #[test]
+    fn a_broken_copy_never_beats_a_marked_whole_one() {
+        let [x, z, u] = [1u8, 2, 3].map(|b| ChunkId::of(&[b]));
+        let (p1, p2) = (Id::generate(), Id::generate());
+        let packs = [with(pack(p1, &[u]), delta(x, z, 32 + 1100)), pack(p2, &[x])];
+        let g = garbage(&packs, &[x, u], &[p2]);
+        assert!(!g.contains(&p2), "{g:?}");
+    }
+
+    /// The copy pushes and pulls use: X's oldest copy stands on a collected base, X has a
+    /// whole copy elsewhere, and Y's only copy is a delta on X: both are usable.
+    #[test]
+    fn clients_use_copies_that_decode() {
+        let [x, y, z] = [1u8, 2, 3].map(|b| ChunkId::of(&[b]));
+        let (p1, p2, p3) = (Id::generate(), Id::generate(), Id::generate());
+        let mut k = crate::remote::RemoteChunks::from_indexes(
+            [
+                (p1, Ok(vec![delta(x, z, 32)])),
+                (p2, Ok(vec![entry(x, 32)])),
+                (p3, Ok(vec![delta(y, x, 32)])),
+            ],
+            &HashSet::new(),
+        );
+        k.settle(&HashSet::new(), &|_| false);
+        assert_eq!(k.chunks[&x].0, p2);
+        assert_eq!(k.chunks[&y].0, p3);
+        assert!(!k.chunks.contains_key(&z));
+        // A pull that holds Z may use the delta on it; one holding nothing loses nothing.
+        let mut k = crate::remote::RemoteChunks::from_indexes(
+            [(p1, Ok(vec![delta(x, z, 32)]))],
+            &HashSet::new(),
+        );
+        k.settle(&HashSet::new(), &|c| *c == z);
+        assert!(k.chunks.contains_key(&x));
     }
 
     /// Two gc runs at once may pick different homes for a chunk held only in marked packs;

@@ -199,8 +199,7 @@ impl Store {
         }
         let m = find_version(&remote, &cache_dir, key, version)?;
         let mut known = remote.rt.block_on(remote.chunk_map(&cache_dir))?;
-        known.prefer_other_packs(&remote.rt.block_on(remote.marked_packs())?);
-        known.without_broken_chains();
+        known.settle(&remote.rt.block_on(remote.marked_packs())?, &|_| false);
         let mut starts = Vec::with_capacity(m.chunks.len() + 1);
         let mut at = 0u64;
         for (id, len) in &m.chunks {

@@ -718,73 +718,55 @@ impl RemoteChunks {
         map
     }
 
-    /// The remote's copy of `id` and the delta bases it stands on, first the chunk itself, if
-    /// every one of them is in a pack of this map (`None`: the chain is broken, e.g. a remote gc
-    /// collected the base of a delta record nothing live needed).
-    pub(crate) fn chain(&self, id: &ChunkId) -> Option<Vec<(ChunkId, Id)>> {
-        let mut out = Vec::new();
-        let mut cur = *id;
-        loop {
-            let (pack, e) = self.chunks.get(&cur)?;
-            out.push((cur, *pack));
-            match e.base {
-                // Deeper than any chain a store writes, or a loop: not a copy to rely on.
-                Some(_) if out.len() > usize::from(crate::format::delta::MAX_DEPTH) => return None,
-                Some(b) => cur = b,
-                None => return Some(out),
-            }
-        }
-    }
-
-    /// Use for each chunk a copy whose delta chain is complete (see `chain`): a broken copy
-    /// gives way to another copy that decodes, and a chunk with no such copy counts as
-    /// missing (a push sends it again, a pull reports the versions that need it).
-    pub(crate) fn without_broken_chains(&mut self) {
-        loop {
-            let broken: Vec<ChunkId> = self
-                .chunks
-                .keys()
-                .filter(|id| self.chain(id).is_none())
-                .copied()
-                .collect();
-            let mut promoted = false;
-            for id in broken {
-                self.chunks.remove(&id);
-                let mut rest = self.others.remove(&id).unwrap_or_default();
-                if let Some(k) = rest
-                    .iter()
-                    .position(|(_, e)| e.base.is_none_or(|b| b != id && self.chain(&b).is_some()))
-                {
-                    self.chunks.insert(id, rest.remove(k));
-                    promoted = true;
-                    if !rest.is_empty() {
-                        self.others.insert(id, rest);
-                    }
+    /// Settle which copy of each chunk to use: one whose delta chain decodes in the fewest
+    /// steps (so chains always end, and never loop), among those a copy outside `avoid`
+    /// (packs a remote gc marked) and then the oldest pack. Copies that do not decode are
+    /// dropped; a chunk with none counts as missing (a push sends it again, a pull reports the
+    /// versions that need it). `held` says which chunks the caller already has: they decode
+    /// in no steps (a pull needs only their deltas' records).
+    pub(crate) fn settle(&mut self, avoid: &HashSet<Id>, held: &dyn Fn(&ChunkId) -> bool) {
+        let all: Vec<(ChunkId, Option<ChunkId>)> = self
+            .chunks
+            .values()
+            .chain(self.others.values().flatten())
+            .chain(self.suspects.values().flatten())
+            .map(|(_, e)| (e.id, e.base))
+            .collect();
+        let depth = decode_depths(&all, held);
+        let copy_depth = |e: &rpack::Entry| match e.base {
+            None => Some(0),
+            Some(b) if held(&b) => Some(1),
+            Some(b) => depth.get(&b).map(|d| d + 1),
+        };
+        let mut ids: Vec<ChunkId> = self
+            .chunks
+            .keys()
+            .chain(self.others.keys())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let mut copies: Vec<(Id, rpack::Entry)> = self.chunks.remove(&id).into_iter().collect();
+            copies.extend(self.others.remove(&id).unwrap_or_default());
+            let Some(&best) = depth.get(&id) else {
+                continue;
+            };
+            copies.retain(|(_, e)| copy_depth(e).is_some());
+            copies.sort_by_key(|(p, e)| (copy_depth(e) > Some(best), avoid.contains(p), *p));
+            let mut it = copies.into_iter();
+            if let Some(first) = it.next() {
+                self.chunks.insert(id, first);
+                let rest: Vec<_> = it.collect();
+                if !rest.is_empty() {
+                    self.others.insert(id, rest);
                 }
             }
-            // Only a promotion can complete another chunk's chain.
-            if !promoted {
-                return;
-            }
         }
-    }
-
-    /// Read copies in `packs` (packs a remote gc marked, which may go while a pull reads) only
-    /// when no other copy is left.
-    pub(crate) fn prefer_other_packs(&mut self, packs: &HashSet<Id>) {
-        if packs.is_empty() {
-            return;
+        for v in self.suspects.values_mut() {
+            v.retain(|(_, e)| copy_depth(e).is_some());
         }
-        for (id, first) in &mut self.chunks {
-            if !packs.contains(&first.0) {
-                continue;
-            }
-            if let Some(rest) = self.others.get_mut(id)
-                && let Some(k) = rest.iter().position(|(p, _)| !packs.contains(p))
-            {
-                std::mem::swap(first, &mut rest[k]);
-            }
-        }
+        self.suspects.retain(|_, v| !v.is_empty());
     }
 
     /// Leave out every copy in `packs` (packs a remote gc marked for deletion): a chunk whose
@@ -820,6 +802,44 @@ impl RemoteChunks {
             .chain(self.others.get(id).into_iter().flatten())
             .chain(self.suspects.get(id).into_iter().flatten())
     }
+}
+
+/// How many delta steps each chunk takes to decode over `copies` (every copy: its chunk and
+/// its delta base, `None` for a whole record): 0 with a whole copy or when `held`, else one
+/// more than the fewest of its bases, at most `delta::MAX_DEPTH`. Chunks that do not decode
+/// (a base is missing, the chain loops or is too long) are absent. Remote gc chooses the copy
+/// it keeps by it, and pushes, pulls and remote reads the copy they use, so that neither
+/// relies on a copy whose base is gone.
+pub(crate) fn decode_depths(
+    copies: &[(ChunkId, Option<ChunkId>)],
+    held: &dyn Fn(&ChunkId) -> bool,
+) -> HashMap<ChunkId, u8> {
+    let mut depth: HashMap<ChunkId, u8> = HashMap::new();
+    for (c, base) in copies {
+        if base.is_none() || held(c) {
+            depth.insert(*c, 0);
+        }
+    }
+    for _ in 0..crate::format::delta::MAX_DEPTH {
+        let mut changed = false;
+        for (c, base) in copies {
+            let Some(b) = base else { continue };
+            let db = match depth.get(b) {
+                Some(d) => *d,
+                None if held(b) => 0,
+                None => continue,
+            };
+            let d = db + 1;
+            if d <= crate::format::delta::MAX_DEPTH && depth.get(c).is_none_or(|x| d < *x) {
+                depth.insert(*c, d);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    depth
 }
 
 /// Part size for a multipart upload of `len` bytes: at least 8 MiB, and large enough that the

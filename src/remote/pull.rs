@@ -114,12 +114,12 @@ impl Store {
         let mut known = remote
             .rt
             .block_on(remote.chunk_map(&self.remote_cache(remote)))?;
-        known.prefer_other_packs(&remote.rt.block_on(remote.marked_packs())?);
-        known.without_broken_chains();
+        let marked = remote.rt.block_on(remote.marked_packs())?;
         self.check_poison()?;
         // Pulled chunks are added like an upload's: not while gc runs (see `writers_lock`).
         let _writers = self.writers_lock(false)?;
         let s = self.session()?;
+        known.settle(&marked, &|c| matches!(s.index.chunk(c), Ok(Some(_))));
         let mut rep = PullReport {
             remote: remote.url.clone(),
             damaged: known.damaged.clone(),

@@ -222,8 +222,27 @@ impl<'a> ObjectWriter<'a> {
     }
 }
 
-/// Manifests uploaded between two looks at the remote gc marks.
+/// Manifests uploaded between two looks at the remote gc marks: at most this many, and this
+/// many bytes (unless one manifest is larger).
 const MANIFEST_BATCH: usize = 512;
+const MANIFEST_BATCH_BYTES: usize = 64 << 20;
+
+/// `items` cut into batches of at most `MANIFEST_BATCH` items and `MANIFEST_BATCH_BYTES`.
+fn batches(items: &[(Id, Vec<u8>)]) -> Vec<&[(Id, Vec<u8>)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, b)) in items.iter().enumerate() {
+        if i > start && (i - start >= MANIFEST_BATCH || bytes + b.len() > MANIFEST_BATCH_BYTES) {
+            out.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b.len();
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
 /// A push looks at the marks again when a manifest batch starts this long after the last look
 /// (far below any grace period a remote gc should use).
 const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
@@ -300,7 +319,7 @@ impl Store {
         // copies whose delta base a remote gc collected.
         let marked = remote.rt.block_on(remote.marked_packs())?;
         known.without_packs(&marked);
-        known.without_broken_chains();
+        known.settle(&marked, &|_| false);
         let (rman, rev) = remote.rt.block_on(async {
             futures::try_join!(
                 remote.list_ids("manifests", "manifest"),
@@ -332,7 +351,7 @@ impl Store {
         // Manifests go up in batches; before the first, and again whenever a batch starts more
         // than a minute after the last look, the marks and packs are checked once more.
         let mut checked: Option<std::time::Instant> = None;
-        for batch in plan.manifests.chunks(MANIFEST_BATCH) {
+        for batch in batches(&plan.manifests) {
             if checked.is_none_or(|t| t.elapsed() > RECHECK_AFTER) {
                 self.confirm_copies(remote, &known, &plan.needed, &mut up)?;
                 checked = Some(std::time::Instant::now());
@@ -399,7 +418,7 @@ impl Store {
         let again = |what: String| {
             Error::remote(
                 remote.url.clone(),
-                format!("{what}; no manifest was uploaded, push again"),
+                format!("{what}; the push stopped before its remaining manifests, push again"),
             )
         };
         for _ in 0..4 {
