@@ -11,10 +11,11 @@
 //! more. Packs whose index cannot be read are never touched.
 //!
 //! **Where a chunk lives.** A live chunk may have copies in several packs. Its home is the
-//! copy gc keeps: a copy no mark names before one that is marked, one not reported rotten
-//! (`damaged/`) before one that is, a copy whose delta base exists before one whose base is
-//! gone, then the pack holding the most live bytes. Other copies may lose their delta base;
-//! pushes, pulls and remote reads never use a copy whose base chain is broken. A pack with no
+//! copy gc keeps: among the copies that decode in the fewest delta steps (so the homes' chains
+//! end at whole records and never loop), a copy no mark names before one that is marked, one
+//! not reported rotten (`damaged/`) before one that is, then the pack holding the most live
+//! bytes. Other copies may lose their delta base; pushes, pulls and remote reads use, by the
+//! same measure, only copies that decode. A pack with no
 //! home is garbage; a pack at least `rewrite_threshold` garbage has its homes copied into a new
 //! pack (each record checked first: damage is never copied forward), and is then garbage too.
 //! While a live chunk has copies only in marked packs, none of those packs goes (two gc runs at
