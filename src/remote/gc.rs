@@ -741,26 +741,42 @@ fn plan(
     // homes' chains end at whole records and never loop), and the delta base of a home is live
     // too. The bases of other copies are not: those copies may lose them, and pushes, pulls
     // and remote reads use only copies that decode (`RemoteChunks::settle`).
-    let all: Vec<(ChunkId, Option<ChunkId>)> = copies
-        .values()
-        .flatten()
-        .map(|(_, e)| (e.id, e.base))
-        .collect();
-    let depth = super::decode_depths(&all, &|_| false);
-    let copy_depth = |e: &rpack::Entry| match e.base {
-        None => Some(0),
-        Some(b) => depth.get(&b).map(|d| d + 1),
+    // Depths over the copies not reported rotten; a chunk only rotten-reported copies decode
+    // keeps those (a report may be forged: it never costs the only copy).
+    let is_bad = |i: usize, e: &rpack::Entry| bad.contains(&(packs[i].id, e.offset));
+    let pairs = |good_only: bool| -> Vec<(ChunkId, Option<ChunkId>)> {
+        copies
+            .values()
+            .flatten()
+            .filter(|(i, e)| !good_only || !is_bad(*i, e))
+            .map(|(_, e)| (e.id, e.base))
+            .collect()
+    };
+    let good = super::decode_depths(&pairs(true), &|_| false);
+    let any = super::decode_depths(&pairs(false), &|_| false);
+    let copy_depth = |i: usize, e: &rpack::Entry, in_good: bool| {
+        if in_good && is_bad(i, e) {
+            return None;
+        }
+        let depth = if in_good { &good } else { &any };
+        match e.base {
+            None => Some(0),
+            Some(b) => depth.get(&b).map(|d| d + 1),
+        }
     };
     let mut todo: Vec<ChunkId> = live.iter().copied().collect();
     while let Some(c) = todo.pop() {
         // A live chunk in no readable pack, or with no copy that decodes: nothing gc can do
         // (a push from a store that holds it sends it again).
-        let (Some(cs), Some(&d)) = (copies.get(&c), depth.get(&c)) else {
-            continue;
+        let Some(cs) = copies.get(&c) else { continue };
+        let (in_good, d) = match (good.get(&c), any.get(&c)) {
+            (Some(d), _) => (true, *d),
+            (None, Some(d)) => (false, *d),
+            (None, None) => continue,
         };
         let best = cs
             .iter()
-            .filter(|(_, e)| copy_depth(e) == Some(d))
+            .filter(|(i, e)| copy_depth(*i, e, in_good) == Some(d))
             .min_by_key(|(i, e)| {
                 let p = &packs[*i];
                 (
@@ -854,11 +870,20 @@ mod tests {
     }
 
     fn garbage(packs: &[RemotePack], live: &[ChunkId], marked: &[Id]) -> Vec<Id> {
+        garbage_with(packs, live, marked, &HashSet::new())
+    }
+
+    fn garbage_with(
+        packs: &[RemotePack],
+        live: &[ChunkId],
+        marked: &[Id],
+        bad: &HashSet<(Id, u64)>,
+    ) -> Vec<Id> {
         let o = RemoteGcOptions::new().grace(Duration::from_secs(1));
         let mut rep = RemoteGcReport::default();
         let p = plan(
             packs,
-            &HashSet::new(),
+            bad,
             live.iter().copied().collect(),
             &marked.iter().copied().collect(),
             &o,
@@ -928,6 +953,34 @@ mod tests {
         let packs = [with(pack(p1, &[u]), delta(x, z, 32 + 1100)), pack(p2, &[x])];
         let g = garbage(&packs, &[x, u], &[p2]);
         assert!(!g.contains(&p2), "{g:?}");
+    }
+
+    /// A whole copy reported rotten does not beat a delta on a good base; a chunk held only in
+    /// a record reported rotten (perhaps falsely) keeps it.
+    #[test]
+    fn copies_reported_rotten_are_the_last_homes() {
+        let [x, z] = [1u8, 2].map(|b| ChunkId::of(&[b]));
+        let (pa, pb, pc) = (Id::generate(), Id::generate(), Id::generate());
+        let packs = [
+            pack(pa, &[x]),
+            with(pack(pb, &[]), delta(x, z, 32)),
+            pack(pc, &[z]),
+        ];
+        let bad: HashSet<(Id, u64)> = [(pa, 32)].into_iter().collect();
+        let g = garbage_with(&packs, &[x], &[], &bad);
+        assert_eq!(g, vec![pa], "x lives on as the delta on z");
+        let g = garbage_with(&packs[..1], &[x], &[], &bad);
+        assert!(g.is_empty(), "the only copy stays: {g:?}");
+        // Clients: a delta whose base only a reported record holds is not relied on.
+        let mut k = crate::remote::RemoteChunks::from_indexes(
+            [
+                (pa, Ok(vec![entry(z, 32)])),
+                (pb, Ok(vec![delta(x, z, 32)])),
+            ],
+            &[(pa, 32)].into_iter().collect(),
+        );
+        k.settle(&HashSet::new(), &|_| false);
+        assert!(!k.chunks.contains_key(&x));
     }
 
     /// The copy pushes and pulls use: X's oldest copy stands on a collected base, X has a

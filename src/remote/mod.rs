@@ -725,11 +725,12 @@ impl RemoteChunks {
     /// versions that need it). `held` says which chunks the caller already has: they decode
     /// in no steps (a pull needs only their deltas' records).
     pub(crate) fn settle(&mut self, avoid: &HashSet<Id>, held: &dyn Fn(&ChunkId) -> bool) {
+        // Records reported rotten do not count: a chunk only they hold is missing, and they
+        // stay only as a last resort for a chunk that decodes without them.
         let all: Vec<(ChunkId, Option<ChunkId>)> = self
             .chunks
             .values()
             .chain(self.others.values().flatten())
-            .chain(self.suspects.values().flatten())
             .map(|(_, e)| (e.id, e.base))
             .collect();
         let depth = decode_depths(&all, held);
@@ -763,6 +764,8 @@ impl RemoteChunks {
                 }
             }
         }
+        // A reported record stays a last resort when it would decode (a whole record, or a
+        // delta on a base that decodes without reported records).
         for v in self.suspects.values_mut() {
             v.retain(|(_, e)| copy_depth(e).is_some());
         }
