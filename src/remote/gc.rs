@@ -49,7 +49,7 @@ use serde::Serialize;
 
 use super::push::ObjectWriter;
 use super::{BAD_RECORDS, Remote, RemotePack, SMALL_CONCURRENCY};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::format::digest::ChunkId;
 use crate::format::id::Id;
 use crate::format::manifest::{self, Event, Manifest};
@@ -421,32 +421,7 @@ impl Remote {
     /// The chunks live remote versions use (not yet their delta bases), counting versions into
     /// `rep`. Every manifest must be read: one that cannot be is an error.
     fn live_chunks(&self, cache: &Path, rep: &mut RemoteGcReport) -> Result<HashSet<ChunkId>> {
-        let (rman, rev) = self.rt.block_on(async {
-            futures::try_join!(
-                self.list_ids("manifests", "manifest"),
-                self.list_ids("events", "event")
-            )
-        })?;
-        let mdir = cache.join("manifests");
-        let edir = cache.join("events");
-        std::fs::create_dir_all(&mdir).at(&mdir)?;
-        std::fs::create_dir_all(&edir).at(&edir)?;
-        super::lazy::cache_objects(
-            self,
-            "manifests",
-            "manifest",
-            &mdir,
-            &rman,
-            manifest::MAX_FILE_LEN as u64,
-        )?;
-        super::lazy::cache_objects(
-            self,
-            "events",
-            "event",
-            &edir,
-            &rev,
-            manifest::MAX_EVENT_LEN,
-        )?;
+        let (rman, rev, mdir, edir) = super::lazy::cache_catalog(self, cache)?;
 
         let mut deleted_up_to: HashMap<FileKey, u32> = HashMap::new();
         let mut dropped: HashSet<Id> = HashSet::new();
@@ -593,10 +568,9 @@ impl Remote {
             + (count * rpack::ENTRY_LEN) as u64
             + 32 * count as u64
             + rpack::FOOTER_LEN;
-        let mut w = ObjectWriter::start(self, key, total, false)?;
         let mut entries = Vec::with_capacity(count);
         let mut failed: HashSet<Id> = HashSet::new();
-        let r = (|| {
+        ObjectWriter::start(self, key, total, false)?.write_all_with(|w| {
             w.write(&pack::encode_pack_header(id))?;
             let mut offset = pack::PACK_HEADER_LEN;
             for r in group {
@@ -640,14 +614,7 @@ impl Remote {
             w.write(&rpack::encode_footer(offset, &idx))?;
             rep.bytes_uploaded += offset + idx.len() as u64 + rpack::FOOTER_LEN;
             Ok(())
-        })();
-        match r {
-            Ok(()) => w.finish()?,
-            Err(e) => {
-                w.abort();
-                return Err(e);
-            }
-        }
+        })?;
         rep.packs_rewritten += group.iter().filter(|r| !failed.contains(&r.id)).count() as u64;
         Ok(group
             .iter()

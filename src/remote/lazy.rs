@@ -233,7 +233,7 @@ impl Store {
 /// Fetch the objects `dir/<id>.<ext>` of `ids` (listed with their sizes) that `local` does not
 /// hold yet into `local/<id>.<ext>`. Objects larger than `max_len` are left out; whoever
 /// reads the cache checks every file and removes one that does not decode.
-pub(crate) fn cache_objects(
+fn cache_objects(
     remote: &Remote,
     dir: &'static str,
     ext: &'static str,
@@ -276,13 +276,16 @@ pub(crate) fn cache_objects(
     )
 }
 
-/// Read every manifest and event of the remote this store has not cached, and find the version.
-fn find_version(
+/// List the remote's manifests and events, and fetch those not cached yet into
+/// `cache/manifests/` and `cache/events/`. Returns both listings and both directories.
+#[allow(
+    clippy::type_complexity,
+    reason = "two listings and their two directories"
+)]
+pub(crate) fn cache_catalog(
     remote: &Remote,
     cache: &std::path::Path,
-    key: &FileKey,
-    version: Option<u32>,
-) -> Result<Manifest> {
+) -> Result<(Vec<(Id, u64)>, Vec<(Id, u64)>, PathBuf, PathBuf)> {
     let (rman, rev) = remote.rt.block_on(async {
         futures::try_join!(
             remote.list_ids("manifests", "manifest"),
@@ -309,6 +312,17 @@ fn find_version(
         &rev,
         manifest::MAX_EVENT_LEN,
     )?;
+    Ok((rman, rev, mdir, edir))
+}
+
+/// Read every manifest and event of the remote this store has not cached, and find the version.
+fn find_version(
+    remote: &Remote,
+    cache: &std::path::Path,
+    key: &FileKey,
+    version: Option<u32>,
+) -> Result<Manifest> {
+    let (rman, rev, mdir, edir) = cache_catalog(remote, cache)?;
     let mut versions: Vec<Manifest> = Vec::new();
     for (id, _) in &rman {
         let what = format!("manifests/{id}.manifest");

@@ -597,7 +597,7 @@ impl Remote {
                 pack_bytes: packs.iter().map(|p| p.1).sum(),
                 ..Inventory::default()
             };
-            let scratch = tempdir_for_inventory()?;
+            let scratch = scratch_dir()?;
             let mut distinct = std::collections::HashSet::new();
             let read = async {
                 for (id, size) in packs {
@@ -626,8 +626,8 @@ impl Remote {
     }
 }
 
-fn tempdir_for_inventory() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("ml-dash-inventory-{}", Id::generate()));
+fn scratch_dir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("ml-dash-scratch-{}", Id::generate()));
     std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     Ok(d)
 }
@@ -748,21 +748,13 @@ impl RemoteChunks {
         ids.sort_unstable();
         ids.dedup();
         for id in ids {
-            let mut copies: Vec<(Id, rpack::Entry)> = self.chunks.remove(&id).into_iter().collect();
-            copies.extend(self.others.remove(&id).unwrap_or_default());
+            let mut copies = self.take_copies(&id);
             let Some(&best) = depth.get(&id) else {
                 continue;
             };
             copies.retain(|(_, e)| copy_depth(e).is_some());
             copies.sort_by_key(|(p, e)| (copy_depth(e) > Some(best), avoid.contains(p), *p));
-            let mut it = copies.into_iter();
-            if let Some(first) = it.next() {
-                self.chunks.insert(id, first);
-                let rest: Vec<_> = it.collect();
-                if !rest.is_empty() {
-                    self.others.insert(id, rest);
-                }
-            }
+            self.put_copies(id, copies);
         }
         // A reported record stays a last resort when it would decode (a whole record, or a
         // delta on a base that decodes without reported records).
@@ -780,23 +772,35 @@ impl RemoteChunks {
         }
         let ids: Vec<ChunkId> = self.chunks.keys().copied().collect();
         for id in ids {
-            let mut all: Vec<(Id, rpack::Entry)> = self.chunks.remove(&id).into_iter().collect();
-            all.extend(self.others.remove(&id).unwrap_or_default());
-            all.retain(|(p, _)| !packs.contains(p));
-            let mut it = all.into_iter();
-            if let Some(first) = it.next() {
-                self.chunks.insert(id, first);
-                let rest: Vec<_> = it.collect();
-                if !rest.is_empty() {
-                    self.others.insert(id, rest);
-                }
-            }
+            let mut copies = self.take_copies(&id);
+            copies.retain(|(p, _)| !packs.contains(p));
+            self.put_copies(id, copies);
         }
         for v in self.suspects.values_mut() {
             v.retain(|(p, _)| !packs.contains(p));
         }
         self.suspects.retain(|_, v| !v.is_empty());
     }
+    /// Remove the copies of `id` not reported rotten, the first one first.
+    fn take_copies(&mut self, id: &ChunkId) -> Vec<(Id, rpack::Entry)> {
+        let mut copies: Vec<(Id, rpack::Entry)> = self.chunks.remove(id).into_iter().collect();
+        copies.extend(self.others.remove(id).unwrap_or_default());
+        copies
+    }
+
+    /// Put back `copies` of `id` in order: the first is the one to use, the rest are tried
+    /// after it. No copies: the chunk counts as missing.
+    fn put_copies(&mut self, id: ChunkId, copies: Vec<(Id, rpack::Entry)>) {
+        let mut it = copies.into_iter();
+        if let Some(first) = it.next() {
+            self.chunks.insert(id, first);
+            let rest: Vec<_> = it.collect();
+            if !rest.is_empty() {
+                self.others.insert(id, rest);
+            }
+        }
+    }
+
     /// Every copy of chunk `id`: the first good one, other good ones, then reported ones.
     pub(crate) fn copies(&self, id: &ChunkId) -> impl Iterator<Item = &(Id, rpack::Entry)> {
         self.chunks
@@ -860,7 +864,7 @@ impl Remote {
     /// pack indexes are cached in a scratch directory removed afterwards; `Store::gc_remote`
     /// uses the store's cache instead.
     pub fn gc(&self, o: &RemoteGcOptions) -> Result<RemoteGcReport> {
-        let scratch = tempdir_for_inventory()?;
+        let scratch = scratch_dir()?;
         let r = self.gc_with_cache(o, &scratch);
         let _ = std::fs::remove_dir_all(&scratch);
         r

@@ -220,6 +220,21 @@ impl<'a> ObjectWriter<'a> {
             p.abort();
         }
     }
+
+    /// Write the object with `body`, then complete it; if `body` fails, abort (no object
+    /// becomes visible) and return its error.
+    pub(crate) fn write_all_with(
+        mut self,
+        body: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        match body(&mut self) {
+            Ok(()) => self.finish(),
+            Err(e) => {
+                self.abort();
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Manifests uploaded between two looks at the remote gc marks: at most this many, and this
@@ -243,6 +258,7 @@ fn batches(items: &[(Id, Vec<u8>)]) -> Vec<&[(Id, Vec<u8>)]> {
     }
     out
 }
+
 /// A push looks at the marks again when a manifest batch starts this long after the last look
 /// (far below any grace period a remote gc should use).
 const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
@@ -589,8 +605,7 @@ impl Store {
             + (chunks.len() * rpack::ENTRY_LEN) as u64
             + 32 * chunks.iter().filter(|c| c.1.base.is_some()).count() as u64
             + rpack::FOOTER_LEN;
-        let mut w = ObjectWriter::start(remote, key, total, false)?;
-        let r = (|| {
+        ObjectWriter::start(remote, key, total, false)?.write_all_with(|w| {
             w.write(&pack::encode_pack_header(id))?;
             let mut entries = Vec::with_capacity(chunks.len());
             let mut offset = pack::PACK_HEADER_LEN;
@@ -623,14 +638,7 @@ impl Store {
             w.write(&idx)?;
             w.write(&rpack::encode_footer(offset, &idx))?;
             Ok(())
-        })();
-        match r {
-            Ok(()) => w.finish()?,
-            Err(e) => {
-                w.abort();
-                return Err(e);
-            }
-        }
+        })?;
         Ok((id, total))
     }
 }
