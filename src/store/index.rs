@@ -136,20 +136,32 @@ impl Scope {
 
 /// Wait (up to 10 s) until the flock sled takes on `db` is free, as it is once our own previous
 /// handle has finished closing.
-fn wait_for_sled_lock(db: &Path) {
+/// How long `Index::open` waits for a lingering handle of this process to let go of the index.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Wait until the flock sled takes on `db` is free (and let go of it at once), for up to
+/// `deadline`. False if it is still held then.
+fn wait_for_sled_lock(db: &Path, deadline: std::time::Instant) -> bool {
     let Ok(f) = std::fs::File::open(db) else {
-        return; // a new index, or one sled will report on
+        return true; // a new index, or one sled will report on
     };
-    let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(10) {
+    loop {
         match f.try_lock() {
-            Ok(()) => return, // released when `f` is dropped
-            Err(std::fs::TryLockError::WouldBlock) => {
+            Ok(()) => return true, // released when `f` is dropped
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
-            Err(std::fs::TryLockError::Error(_)) => return,
+            Err(std::fs::TryLockError::WouldBlock) => return false,
+            Err(std::fs::TryLockError::Error(_)) => return true,
         }
     }
+}
+
+/// sled's refusal to open because another handle holds its file lock. sled reports it as a
+/// plain I/O error of kind `Other`; only its message tells it from damaged files.
+fn is_sled_lock_refusal(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::Other
+        && io.to_string().starts_with("could not acquire lock"))
 }
 
 impl Index {
@@ -157,37 +169,62 @@ impl Index {
     ///
     /// Callers hold the store lock, so no other process has the index open. sled drops its own
     /// file lock (an flock on `db`) asynchronously: a background thread may hold the last
-    /// reference for a moment after `Db` is dropped. So first wait, for up to 10 s, until that
-    /// flock can be taken (and let go of it), then open.
+    /// reference for a while after `Db` is dropped, longer on a loaded machine. So wait, for up
+    /// to two minutes, until that flock is free. A lock still held then is an error of its
+    /// own, never taken for damage: rebuilding would drop whatever is unreadable at that
+    /// moment from the index.
     pub fn open(dir: &Path) -> Result<Index> {
-        wait_for_sled_lock(&dir.join("db"));
-        let db = match sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 << 20)
-            .flush_every_ms(None)
-            .open()
-        {
-            Ok(db) => db,
-            // A refusal of the file system to let us in is reported as it is.
-            Err(sled::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::PermissionDenied
-                        | std::io::ErrorKind::ReadOnlyFilesystem
-                        | std::io::ErrorKind::StorageFull
-                        | std::io::ErrorKind::QuotaExceeded
-                        | std::io::ErrorKind::WouldBlock
-                ) =>
-            {
-                return Err(ie(sled::Error::Io(e)));
+        Index::open_waiting(dir, SLED_LOCK_WAIT)
+    }
+    /// `open`, waiting up to `wait` for the index's file lock.
+    pub(crate) fn open_waiting(dir: &Path, wait: std::time::Duration) -> Result<Index> {
+        let deadline = std::time::Instant::now() + wait;
+        let held = || Error::Index {
+            reason: format!(
+                "the index in {} is still held by another handle after {:.0?}",
+                dir.display(),
+                wait
+            ),
+            source: None,
+        };
+        let db = loop {
+            if !wait_for_sled_lock(&dir.join("db"), deadline) {
+                return Err(held());
             }
-            // Anything else means the index's files are not what sled wrote: derived data,
-            // rebuilt by the caller.
-            Err(e) => {
-                return Err(Error::IndexDamaged {
-                    reason: e.to_string(),
-                    source: Some(Box::new(e)),
-                });
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(64 << 20)
+                .flush_every_ms(None)
+                .open()
+            {
+                Ok(db) => break db,
+                // Taken again between our look and sled's: wait again.
+                Err(e) if is_sled_lock_refusal(&e) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(held());
+                    }
+                }
+                // A refusal of the file system to let us in is reported as it is.
+                Err(sled::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::ReadOnlyFilesystem
+                            | std::io::ErrorKind::StorageFull
+                            | std::io::ErrorKind::QuotaExceeded
+                            | std::io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    return Err(ie(sled::Error::Io(e)));
+                }
+                // Anything else means the index's files are not what sled wrote: derived
+                // data, rebuilt by the caller.
+                Err(e) => {
+                    return Err(Error::IndexDamaged {
+                        reason: e.to_string(),
+                        source: Some(Box::new(e)),
+                    });
+                }
             }
         };
         let ix = Index {
@@ -454,5 +491,64 @@ impl IndexBatch {
         let mut k = vec![b'm'];
         k.extend_from_slice(name.as_bytes());
         self.0.remove(k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// An flock on the index's `db` file, as a lingering sled handle holds it.
+    fn hold(dir: &Path) -> std::fs::File {
+        let f = std::fs::File::open(dir.join("db")).unwrap();
+        f.lock().unwrap();
+        f
+    }
+
+    fn new_index(dir: &Path) {
+        let ix = Index::open(dir).unwrap();
+        let mut b = IndexBatch::default();
+        b.set_meta("probe", b"kept");
+        ix.apply(b).unwrap();
+    }
+
+    #[test]
+    fn open_waits_for_a_lingering_handle_to_let_go() {
+        let t = tempfile::tempdir().unwrap();
+        new_index(t.path());
+        let held = hold(t.path());
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let ix = Index::open_waiting(t.path(), Duration::from_secs(30)).unwrap();
+        assert_eq!(ix.meta("probe").unwrap().as_deref(), Some(&b"kept"[..]));
+        release.join().unwrap();
+    }
+
+    #[test]
+    fn a_lock_held_past_the_wait_is_not_taken_for_damage() {
+        let t = tempfile::tempdir().unwrap();
+        new_index(t.path());
+        let held = hold(t.path());
+        match Index::open_waiting(t.path(), Duration::from_millis(200)) {
+            Err(Error::Index { reason, .. }) => assert!(reason.contains("still held"), "{reason}"),
+            Err(e) => panic!("a held lock reported as {e:?}"),
+            Ok(_) => panic!("opened an index another handle holds"),
+        }
+        drop(held);
+        let ix = Index::open(t.path()).unwrap();
+        assert_eq!(ix.meta("probe").unwrap().as_deref(), Some(&b"kept"[..]));
+    }
+
+    /// sled's own refusal (the lock taken between our look and its open) is recognised.
+    #[test]
+    fn sled_lock_refusal_is_recognised() {
+        let t = tempfile::tempdir().unwrap();
+        new_index(t.path());
+        let _held = hold(t.path());
+        let e = sled::Config::new().path(t.path()).open().err().unwrap();
+        assert!(is_sled_lock_refusal(&e), "{e:?}");
     }
 }
