@@ -8,8 +8,9 @@ use std::io::Cursor;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ml_dash::ExperimentKey;
+use ml_dash::testing::chunker::{Chunker, Simd};
 use ml_dash::testing::codec::{self, Compression};
-use ml_dash::{ChunkerConfig, testing::chunker::Chunker};
+use ml_dash::{ChunkAlgorithm, ChunkerConfig};
 use ml_dash::{NewVersion, Store};
 use sha2::Digest as _;
 
@@ -36,20 +37,41 @@ fn stages(c: &mut Criterion) {
     let mut g = c.benchmark_group("stage");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
-    let chunker = Chunker::new(ChunkerConfig::default()).unwrap();
-    g.bench_function("fastcdc_64MiB", |b| {
-        b.iter(|| {
-            let mut cuts = Vec::new();
-            black_box(chunker.cuts(&data, true, &mut cuts))
-        });
-    });
+    // The chunkers on random data and on fp32 weights (files cut by content, not by tensor).
+    let fl = floats(64 * MIB);
+    let mut chunkers = vec![(
+        "fastcdc".to_string(),
+        ChunkAlgorithm::FastCdc2020,
+        Simd::detect(),
+    )];
+    for simd in Simd::available() {
+        let isa = format!("{simd:?}").to_lowercase();
+        chunkers.push((format!("hash16_{isa}"), ChunkAlgorithm::Hash16, simd));
+    }
+    for (name, algorithm, simd) in chunkers {
+        let chunker = Chunker::with_simd(
+            ChunkerConfig {
+                algorithm,
+                ..ChunkerConfig::default()
+            },
+            simd,
+        )
+        .unwrap();
+        for (what, bytes) in [("random", &data), ("fp32", &fl)] {
+            g.bench_function(format!("{name}_{what}_64MiB"), |b| {
+                b.iter(|| {
+                    let mut cuts = Vec::new();
+                    black_box(chunker.cuts(bytes, true, &mut cuts))
+                });
+            });
+        }
+    }
     g.bench_function("blake3_64MiB", |b| {
         b.iter(|| black_box(blake3::hash(&data)));
     });
     g.bench_function("sha256_64MiB", |b| {
         b.iter(|| black_box(sha2::Sha256::digest(&data)));
     });
-    let fl = floats(64 * MIB);
     g.bench_function("codec_auto_random_64MiB", |b| {
         b.iter(|| {
             data.chunks(64 * 1024)

@@ -64,7 +64,7 @@ pub(crate) mod test_support;
 pub use background::Upload;
 pub use error::{Cause, Error, Result};
 pub use experiment::{Experiment, ExperimentBuilder, FileUpload, Metric, Parameters};
-pub use format::chunker::ChunkerConfig;
+pub use format::chunker::{ChunkAlgorithm, ChunkerConfig};
 pub use format::codec::Compression;
 pub use format::digest::{ChunkId, Digest, Sha256};
 pub use format::glob::Glob;

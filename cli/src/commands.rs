@@ -367,6 +367,49 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             ml_dash_server::serve(cfg)?;
             Ok(0)
         }
+        Cmd::Chunker {
+            set,
+            min,
+            avg,
+            max,
+            json,
+        } => {
+            let store = open(&root)?;
+            let mut c = store.chunker();
+            if let Some(name) = set {
+                let Some(algorithm) = ml_dash::ChunkAlgorithm::from_name(&name) else {
+                    bail!("unknown chunker {name:?}: ram or fastcdc-2020");
+                };
+                let d = ml_dash::ChunkerConfig::default();
+                c = ml_dash::ChunkerConfig {
+                    algorithm,
+                    min: min.unwrap_or(d.min),
+                    avg: avg.unwrap_or(d.avg),
+                    max: max.unwrap_or(d.max),
+                };
+                store.set_chunker(c)?;
+            }
+            let mut out = io::stdout().lock();
+            if json {
+                let v = serde_json::json!({
+                    "algorithm": c.algorithm.name(),
+                    "min": c.min,
+                    "avg": c.avg,
+                    "max": c.max,
+                });
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{} (min {}, avg {}, max {} bytes)",
+                    c.algorithm.name(),
+                    c.min,
+                    c.avg,
+                    c.max
+                )?;
+            }
+            Ok(0)
+        }
         Cmd::Repair { json } => {
             let rep = open(&root)?.rebuild_index()?;
             let mut summary = format!(

@@ -292,6 +292,24 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show how the store cuts files into chunks, or change it for uploads from now on
+    /// (--set ram|fastcdc-2020; sizes default to min 16 KiB, avg 64 KiB, max 256 KiB).
+    Chunker {
+        /// The algorithm new uploads use: ram (the default of new stores) or fastcdc-2020.
+        #[arg(long)]
+        set: Option<String>,
+        /// Smallest chunk in bytes (with --set).
+        #[arg(long, requires = "set")]
+        min: Option<usize>,
+        /// Average chunk in bytes (with --set; for ram, the threshold window).
+        #[arg(long, requires = "set")]
+        avg: Option<usize>,
+        /// Largest chunk in bytes (with --set).
+        #[arg(long, requires = "set")]
+        max: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the index from packs, manifests and events, salvaging every record that
     /// proves itself; exit 1 and list what could not be recovered, if anything.
     Repair {

@@ -16,6 +16,7 @@ fn opts() -> StoreOptions {
             min: 64,
             avg: 256,
             max: 1024,
+            ..ChunkerConfig::default()
         })
         .pack_target(1 << 20)
 }

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
-use crate::format::chunker::{Chunker, ChunkerConfig};
+use crate::format::chunker::{ChunkAlgorithm, Chunker, ChunkerConfig};
 use crate::format::codec::Compression;
 use crate::format::id::Id;
 use crate::format::manifest::{self};
@@ -77,8 +77,10 @@ impl Default for StoreOptions {
     }
 }
 impl StoreOptions {
-    /// Chunk sizes (default min 16 KiB / avg 64 KiB / max 256 KiB). Changing them on an existing
-    /// store is allowed but new uploads then dedup poorly against old ones.
+    /// How a new store cuts files into chunks (default RAM, min 16 KiB / avg 64 KiB / max
+    /// 256 KiB). It is recorded in the store's `FORMAT` file; an existing store keeps its
+    /// recorded chunker whatever is given here (`Store::set_chunker` changes it), and a store
+    /// made before chunkers were recorded cuts with FastCDC at these sizes.
     pub fn chunker(mut self, c: ChunkerConfig) -> Self {
         self.chunker = c;
         self
@@ -192,7 +194,11 @@ fn acquire_flock(lock_path: &Path, timeout: Duration, exclusive: bool) -> Result
 }
 /// Lay out a new store in `root` (caller holds the lock). Refuses a directory holding anything
 /// but what an interrupted creation leaves: the lock, a FORMAT temp file, our empty directories.
-fn create_layout(root: &Path, faults: &crate::store::fault::Faults) -> Result<()> {
+fn create_layout(
+    root: &Path,
+    chunker: ChunkerConfig,
+    faults: &crate::store::fault::Faults,
+) -> Result<()> {
     check_empty_for_create(root)?;
     let bad_io = |reason: String, e: std::io::Error| Error::BadStore {
         root: root.to_path_buf(),
@@ -209,6 +215,7 @@ fn create_layout(root: &Path, faults: &crate::store::fault::Faults) -> Result<()
         "kind": "ml-dash artifact store",
         "packFormat": crate::format::pack::PACK_FORMAT,
         "manifestFormat": manifest::FORMAT,
+        "chunker": chunker_json(chunker),
     });
     durable::write_atomic(
         &root.join(FORMAT_FILE),
@@ -241,6 +248,51 @@ fn upgrade_format(root: &Path, timeout: Duration, faults: &crate::store::fault::
     }
     v["format"] = STORE_FORMAT.into();
     let _ = durable::write_atomic(&path, format!("{v}\n").as_bytes(), faults);
+}
+/// A chunker as the `FORMAT` file records it.
+fn chunker_json(c: ChunkerConfig) -> serde_json::Value {
+    serde_json::json!({
+        "algorithm": c.algorithm.name(),
+        "min": c.min,
+        "avg": c.avg,
+        "max": c.max,
+    })
+}
+/// The chunker `root`'s `FORMAT` file records; FastCDC at the sizes of `given` for a store
+/// that records none (made before chunkers were recorded).
+fn recorded_chunker(root: &Path, given: ChunkerConfig) -> Result<ChunkerConfig> {
+    let bad = |reason: String| Error::BadStore {
+        root: root.to_path_buf(),
+        reason,
+        source: None,
+    };
+    let path = root.join(FORMAT_FILE);
+    let b = fs::read(&path).at(&path)?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&b).map_err(|_| bad("FORMAT file is damaged".into()))?;
+    let Some(c) = v.get("chunker") else {
+        return Ok(given.fastcdc());
+    };
+    let size = |k: &str| {
+        c.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| bad(format!("FORMAT file is damaged: chunker {k} is {}", c[k])))
+    };
+    let name = c.get("algorithm").and_then(|a| a.as_str()).unwrap_or("");
+    let algorithm = ChunkAlgorithm::from_name(name).ok_or_else(|| {
+        bad(format!(
+            "the store cuts files with chunker {:?}, which this version of ml-dash does not \
+             know (a newer version made it)",
+            c["algorithm"]
+        ))
+    })?;
+    Ok(ChunkerConfig {
+        algorithm,
+        min: size("min")?,
+        avg: size("avg")?,
+        max: size("max")?,
+    })
 }
 fn check_empty_for_create(root: &Path) -> Result<()> {
     let bad = |reason: String| Error::BadStore {
@@ -288,6 +340,10 @@ impl Store {
         Store::open_inner(root.as_ref(), opts, false)
     }
     fn open_inner(root: &Path, opts: StoreOptions, create: bool) -> Result<Store> {
+        // A new store records its chunker: refuse a bad one before creating anything.
+        if create {
+            Chunker::new(opts.chunker)?;
+        }
         let root = root.to_path_buf();
         let bad = |reason: String| Error::BadStore {
             root: root.clone(),
@@ -342,10 +398,12 @@ impl Store {
                 let _lock = acquire_lock(&root.join("lock"), opts.lock_timeout)?;
                 match fs::read(&format_path) {
                     Ok(b) => check_format(&b)?,
-                    Err(_) => create_layout(&root, &opts.faults).map_err(|e| match e {
-                        Error::BadStore { .. } => e,
-                        other => bad(other.to_string()),
-                    })?,
+                    Err(_) => {
+                        create_layout(&root, opts.chunker, &opts.faults).map_err(|e| match e {
+                            Error::BadStore { .. } => e,
+                            other => bad(other.to_string()),
+                        })?;
+                    }
                 }
             }
             Err(e) => return Err(bad_io(e.to_string(), e)),
@@ -353,8 +411,8 @@ impl Store {
         Store::finish_open(root, opts)
     }
     fn finish_open(root: PathBuf, opts: StoreOptions) -> Result<Store> {
-        let chunker = Chunker::new(opts.chunker)?;
         upgrade_format(&root, opts.lock_timeout, &opts.faults);
+        let chunker = Chunker::new(recorded_chunker(&root, opts.chunker)?)?;
         Ok(Store {
             root,
             opts,
@@ -377,6 +435,33 @@ impl Store {
             }
         }
         Ok(false)
+    }
+    /// How this handle cuts files into chunks: the chunker the store's `FORMAT` file recorded
+    /// when it was opened.
+    pub fn chunker(&self) -> ChunkerConfig {
+        self.chunker.config()
+    }
+    /// Record `c` as the chunker of every upload from now on, in the store's `FORMAT` file.
+    ///
+    /// Handles opened before keep the chunker they opened with. Stored versions are not
+    /// touched: they read as before, and files chunked by content dedup against them again
+    /// only from their next upload on (tensor files cut on their tensor grid are not affected).
+    pub fn set_chunker(&self, c: ChunkerConfig) -> Result<()> {
+        Chunker::new(c)?;
+        let _lock = self.lock()?;
+        let path = self.root.join(FORMAT_FILE);
+        let b = fs::read(&path).at(&path)?;
+        let mut v: serde_json::Value = serde_json::from_slice(&b).map_err(|_| Error::BadStore {
+            root: self.root.clone(),
+            reason: "FORMAT file is damaged".into(),
+            source: None,
+        })?;
+        v["chunker"] = chunker_json(c);
+        self.poison(durable::write_atomic(
+            &path,
+            format!("{v}\n").as_bytes(),
+            &self.opts.faults,
+        ))
     }
     /// The store directory.
     pub fn root(&self) -> &Path {

@@ -35,6 +35,7 @@ fn options() -> StoreOptions {
         min: 256,
         avg: 1024,
         max: 4096,
+        ..ChunkerConfig::default()
     })
 }
 

@@ -347,6 +347,7 @@ fn concurrent_run(what: Outside, kind: FaultKind, n: u64) -> (bool, bool, bool) 
                 min: 64 * 1024,
                 avg: 256 * 1024,
                 max: MIB,
+                ..ml_dash::ChunkerConfig::default()
             })
             .lock_timeout(std::time::Duration::from_secs(120))
     };

@@ -650,6 +650,7 @@ fn store_options_round_trip() {
                 min: 1024,
                 avg: 4096,
                 max: 16384,
+                ..ChunkerConfig::default()
             }),
         ),
     ];
@@ -690,6 +691,7 @@ fn store_options_round_trip() {
         min: 4096,
         avg: 1024,
         max: 16384,
+        ..ChunkerConfig::default()
     });
     assert!(Store::open_with(dir.path().join("bad"), bad).is_err());
 }

@@ -8,6 +8,7 @@ mod adam;
 mod background;
 mod badinput;
 mod batch;
+mod chunking;
 mod cli;
 mod compression;
 mod corruption;
