@@ -378,14 +378,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let mut c = store.chunker();
             if let Some(name) = set {
                 let Some(algorithm) = ml_dash::ChunkAlgorithm::from_name(&name) else {
-                    bail!("unknown chunker {name:?}: ram or fastcdc-2020");
+                    bail!("unknown chunker {name:?}: hash16 or fastcdc-2020");
                 };
-                let d = ml_dash::ChunkerConfig::default();
                 c = ml_dash::ChunkerConfig {
                     algorithm,
-                    min: min.unwrap_or(d.min),
-                    avg: avg.unwrap_or(d.avg),
-                    max: max.unwrap_or(d.max),
+                    min: min.unwrap_or(c.min),
+                    avg: avg.unwrap_or(c.avg),
+                    max: max.unwrap_or(c.max),
                 };
                 store.set_chunker(c)?;
             }

@@ -293,15 +293,15 @@ pub enum Cmd {
         json: bool,
     },
     /// Show how the store cuts files into chunks, or change it for uploads from now on
-    /// (--set ram|fastcdc-2020; sizes default to min 16 KiB, avg 64 KiB, max 256 KiB).
+    /// (--set hash16|fastcdc-2020; sizes not given stay as they are).
     Chunker {
-        /// The algorithm new uploads use: ram (the default of new stores) or fastcdc-2020.
+        /// The algorithm new uploads use: hash16 (the default of new stores) or fastcdc-2020.
         #[arg(long)]
         set: Option<String>,
         /// Smallest chunk in bytes (with --set).
         #[arg(long, requires = "set")]
         min: Option<usize>,
-        /// Average chunk in bytes (with --set; for ram, the threshold window).
+        /// Average chunk in bytes (with --set; hash16 needs at least 512).
         #[arg(long, requires = "set")]
         avg: Option<usize>,
         /// Largest chunk in bytes (with --set).

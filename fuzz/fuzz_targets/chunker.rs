@@ -16,14 +16,14 @@ fuzz_target!(|data: &[u8]| {
         } else {
             ChunkAlgorithm::FastCdc2020
         },
-        min: 64,
-        avg: 256,
-        max: 1024,
+        min: 128,
+        avg: 512,
+        max: 2048,
     };
     let c = Chunker::new(cfg).unwrap();
     let mut whole = Vec::new();
     assert_eq!(c.cuts(data, true, &mut whole), data.len());
-    assert!(whole.iter().all(|&l| l <= 1024));
+    assert!(whole.iter().all(|&l| l <= 2048));
     for simd in Simd::available() {
         let mut again = Vec::new();
         Chunker::with_simd(cfg, simd)

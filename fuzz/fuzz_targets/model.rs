@@ -13,9 +13,9 @@ use ml_dash::{ListFilter, NewVersion, Store, StoreOptions};
 fn opts() -> StoreOptions {
     StoreOptions::default()
         .chunker(ChunkerConfig {
-            min: 64,
-            avg: 256,
-            max: 1024,
+            min: 128,
+            avg: 512,
+            max: 2048,
             ..ChunkerConfig::default()
         })
         .pack_target(1 << 20)

@@ -153,12 +153,13 @@ impl Chunker {
             && cfg.avg < cfg.max
             && cfg.min.is_multiple_of(2)
             && cfg.avg.is_multiple_of(2)
-            && cfg.max.is_multiple_of(2);
+            && cfg.max.is_multiple_of(2)
+            && (cfg.algorithm != ChunkAlgorithm::Hash16 || cfg.avg >= HASH16_MIN_AVG);
         if !ok {
             return Err(Error::invalid(
                 "chunker config",
                 format!("{cfg:?}"),
-                "need even sizes with 64 <= min < avg < max <= 16 MiB",
+                "need even sizes with 64 <= min < avg < max <= 16 MiB (hash16: avg >= 512)",
             ));
         }
         if !Simd::available().contains(&simd) {
@@ -169,13 +170,19 @@ impl Chunker {
             ));
         }
         let (mask_s, mask_l) = v2020::select_masks(cfg.avg, Normalization::Level1);
-        let bits = cfg.avg.ilog2();
+        // hash16: avg >= 512, so log2(avg) - 1 - the filter's 8 bits is at least 0.
+        let (top_s, top_l) = match cfg.avg.ilog2().checked_sub(1 + HASH16_FILTER_BITS) {
+            Some(l) if cfg.algorithm == ChunkAlgorithm::Hash16 => {
+                (!(u32::MAX >> (l + 2)), !(u32::MAX >> l))
+            }
+            _ => (0, 0),
+        };
         Ok(Chunker {
             cfg,
             mask_s,
             mask_l,
-            top_s: !(u32::MAX >> (bits + 1 - HASH16_FILTER_BITS)),
-            top_l: !(u32::MAX >> (bits - 1 - HASH16_FILTER_BITS)),
+            top_s,
+            top_l,
             simd,
         })
     }
@@ -210,8 +217,9 @@ impl Chunker {
         Some(len)
     }
 
-    /// `Hash16`: the first end in `[min, avg)` that passes the filter and whose hash clears
-    /// `top_s`, else the first in `[avg, max)` clearing `top_l`, else `max`. A cut depends only
+    /// `Hash16`: the first end `e` from `min - 1` to `avg - 1` (a chunk of `min` to `avg`
+    /// bytes) that passes the filter and whose hash clears `top_s`, else the first from
+    /// `avg - 1` on clearing `top_l`, else `max`. A cut depends only
     /// on the 16 bytes before it (and the chunk's start), so it is final as soon as it is
     /// found.
     fn hash16_cut(&self, data: &[u8], eof: bool) -> Option<usize> {
@@ -279,6 +287,8 @@ fn hash16_qualifies(data: &[u8], e: usize, top: u32) -> bool {
 }
 
 const HASH16_FILTER_BITS: u32 = 8;
+/// The smallest `avg` hash16 takes: below it the filter alone would be rarer than a cut.
+const HASH16_MIN_AVG: usize = 512;
 const HASH16_FILTER_TOP: u32 = !(u32::MAX >> HASH16_FILTER_BITS);
 const HASH16_K0: u32 = 0xC2B2_AE3D;
 /// Mixed into the filter so that runs of zero bytes never qualify: they are cut at `max`,
@@ -448,6 +458,21 @@ mod tests {
             }
         }
         assert!(Chunker::new(ChunkerConfig::default()).is_ok());
+        // hash16 needs avg >= 512; FastCDC keeps taking smaller ones.
+        let small_avg = ChunkerConfig {
+            algorithm: ChunkAlgorithm::Hash16,
+            min: 64,
+            avg: 256,
+            max: 1024,
+        };
+        assert!(Chunker::new(small_avg).is_err());
+        assert!(Chunker::new(small_avg.fastcdc()).is_ok());
+        let c = Chunker::new(ChunkerConfig {
+            avg: 512,
+            ..small_avg
+        })
+        .unwrap();
+        assert_eq!((c.top_s, c.top_l), (0xC000_0000, 0));
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Default for StoreOptions {
     }
 }
 impl StoreOptions {
-    /// How a new store cuts files into chunks (default RAM, min 16 KiB / avg 64 KiB / max
+    /// How a new store cuts files into chunks (default hash16, min 16 KiB / avg 64 KiB / max
     /// 256 KiB). It is recorded in the store's `FORMAT` file; an existing store keeps its
     /// recorded chunker whatever is given here (`Store::set_chunker` changes it), and a store
     /// made before chunkers were recorded cuts with FastCDC at these sizes.
@@ -279,12 +279,14 @@ fn recorded_chunker(root: &Path, given: ChunkerConfig) -> Result<ChunkerConfig> 
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| bad(format!("FORMAT file is damaged: chunker {k} is {}", c[k])))
     };
-    let name = c.get("algorithm").and_then(|a| a.as_str()).unwrap_or("");
+    let name = c
+        .get("algorithm")
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| bad("FORMAT file is damaged: chunker algorithm missing".into()))?;
     let algorithm = ChunkAlgorithm::from_name(name).ok_or_else(|| {
         bad(format!(
-            "the store cuts files with chunker {:?}, which this version of ml-dash does not \
-             know (a newer version made it)",
-            c["algorithm"]
+            "the store cuts files with chunker {name:?}, which this version of ml-dash does \
+             not know (a newer version made it)"
         ))
     })?;
     Ok(ChunkerConfig {

@@ -1,6 +1,6 @@
-//! The chunker is part of a store's format: new stores record RAM in `FORMAT`, stores without a
-//! record keep cutting with FastCDC, `set_chunker` moves a store, and RAM keeps the dedup of
-//! shifted and edited files.
+//! The chunker is part of a store's format: new stores record hash16 in `FORMAT`, stores
+//! without a record keep cutting with FastCDC, `set_chunker` moves a store, and hash16 keeps
+//! FastCDC's dedup of shifted and edited files.
 
 use ml_dash::{ChunkAlgorithm, ChunkerConfig, Store, StoreOptions};
 
@@ -129,7 +129,10 @@ fn bad_and_unknown_chunkers_are_refused_and_change_nothing() {
     v["chunker"]["algorithm"] = "zigzag".into();
     write_format(&root, &v);
     let e = Store::open(&root).err().expect("refused").to_string();
-    assert!(e.contains("zigzag") && e.contains("newer version"), "{e}");
+    assert!(
+        e.contains("chunker \"zigzag\"") && e.contains("newer version"),
+        "{e}"
+    );
     // Damaged sizes: refused too.
     v["chunker"]["algorithm"] = "hash16".into();
     v["chunker"]["avg"] = "big".into();
@@ -174,14 +177,21 @@ fn cli_shows_and_sets_the_chunker() {
         "{r:?}"
     );
     let before = std::fs::read(root.join("FORMAT")).unwrap();
-    refused(
-        &run(&root, &["chunker", "--set", "gear"]),
-        "unknown chunker",
+    let r = run(&root, &["chunker", "--set", "gear"]);
+    refused(&r, "unknown chunker");
+    assert!(
+        r.2.contains("unknown chunker \"gear\": hash16 or fastcdc-2020"),
+        "{r:?}"
     );
-    refused(
-        &run(&root, &["chunker", "--set", "hash16", "--min", "99999999"]),
-        "chunker config",
+    let r = run(&root, &["chunker", "--set", "hash16", "--min", "99999999"]);
+    refused(&r, "chunker config");
+    assert!(r.2.contains("chunker config"), "{r:?}");
+    let r = run(
+        &root,
+        &["chunker", "--set", "hash16", "--avg", "256", "--min", "64"],
     );
+    refused(&r, "hash16 with a small avg");
+    assert!(r.2.contains("avg >= 512"), "{r:?}");
     assert_eq!(std::fs::read(root.join("FORMAT")).unwrap(), before);
 }
 
