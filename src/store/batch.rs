@@ -770,18 +770,16 @@ fn ingest_item(
         }
         Source::Opened(Opened { file, path, before }) => {
             use std::os::unix::fs::MetadataExt;
-            cfg.layout = match store.opts.delta_depth {
-                0 => None,
-                // The path still names the opened file: its zip layout, read through a second
-                // handle (a stale layout only changes where chunks are cut).
-                _ => File::open(&path)
-                    .ok()
-                    .filter(|f| {
-                        f.metadata()
-                            .is_ok_and(|m| m.ino() == before.ino() && m.dev() == before.dev())
-                    })
-                    .and_then(|mut f| zip_layout(&mut f, before.len())),
-            };
+            // The path still names the opened file: its zip layout, read through a second
+            // handle (a stale layout only changes where chunks are cut). With deltas off too:
+            // chunks aligned to tensors dedup unchanged tensors whatever moves around them.
+            cfg.layout = File::open(&path)
+                .ok()
+                .filter(|f| {
+                    f.metadata()
+                        .is_ok_and(|m| m.ino() == before.ino() && m.dev() == before.dev())
+                })
+                .and_then(|mut f| zip_layout(&mut f, before.len()));
             cfg.size_hint = Some(before.len());
             let handle = file.try_clone().at(&path).map_err(Failed::Item)?;
             let ing =
@@ -795,13 +793,10 @@ fn ingest_item(
             let before = file.metadata().at(&src).map_err(item)?;
             // A zip archive (PyTorch checkpoints) is laid out from its central directory, at
             // the end; a second handle reads it (a stale layout only changes where chunks are
-            // cut).
-            cfg.layout = match store.opts.delta_depth {
-                0 => None,
-                _ => File::open(&src)
-                    .ok()
-                    .and_then(|mut f| zip_layout(&mut f, before.len())),
-            };
+            // cut). With deltas off too, as for safetensors files.
+            cfg.layout = File::open(&src)
+                .ok()
+                .and_then(|mut f| zip_layout(&mut f, before.len()));
             cfg.size_hint = Some(before.len());
             let ing =
                 ingest::ingest(checked(Box::new(file)), target, &cfg, sink).map_err(failed)?;

@@ -401,6 +401,52 @@ fn pytorch_zip_checkpoints_from_files_store_as_deltas() {
     }
 }
 
+/// With deltas off, a `torch.save` archive read from a file is still cut on its tensors: every
+/// tensor of at least a chunk starts a chunk.
+#[test]
+fn pytorch_zip_files_are_cut_on_tensors_with_deltas_off() {
+    let t = tmp();
+    let root = t.path().join("store");
+    let s = Store::open_with(&root, StoreOptions::default().delta_depth(0)).unwrap();
+    let ck = torch_checkpoints(1, false).remove(0);
+    let src = write_file(t.path(), "ck.pth", &ck);
+    s.put_file(&src, &key("ck.pth"), NewVersion::default(), None)
+        .unwrap();
+    assert!(read(&s, "ck.pth", None).unwrap() == ck);
+    let layout =
+        ml_dash::testing::tensors::Layout::zip(&mut std::io::Cursor::new(&ck[..]), ck.len() as u64)
+            .expect("a zip layout");
+    let manifests = files_with_ext(&root.join("manifests"), "manifest");
+    assert_eq!(manifests.len(), 1);
+    let m =
+        ml_dash::testing::manifest::Manifest::decode(&std::fs::read(&manifests[0]).unwrap(), "")
+            .unwrap();
+    let cuts: std::collections::HashSet<u64> = m
+        .chunks
+        .iter()
+        .scan(0u64, |at, (_, len)| {
+            let start = *at;
+            *at += u64::from(*len);
+            Some(start)
+        })
+        .collect();
+    let big: Vec<_> = layout
+        .tensors
+        .iter()
+        .filter(|t| t.len() >= 64 * 1024)
+        .collect();
+    assert!(big.len() >= 2, "{:?}", layout.tensors.len());
+    for t in big {
+        assert!(
+            cuts.contains(&t.start),
+            "tensor {} at {} starts no chunk",
+            t.name,
+            t.start
+        );
+    }
+    assert_eq!(delta_records(&root), 0);
+}
+
 #[test]
 fn damaged_zip_directories_are_stored_exactly() {
     let t = tmp();
