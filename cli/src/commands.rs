@@ -390,13 +390,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             }
             let mut out = io::stdout().lock();
             if json {
-                let v = serde_json::json!({
-                    "algorithm": c.algorithm.name(),
-                    "min": c.min,
-                    "avg": c.avg,
-                    "max": c.max,
-                });
-                writeln!(out, "{v}")?;
+                writeln!(out, "{}", c.to_json())?;
             } else {
                 writeln!(
                     out,

@@ -30,8 +30,8 @@ esac
 { head -c 100 /dev/urandom; cat "$src"; } > "$work/shifted.bin"
 printf 'x' > "$work/tiny"
 declare -A best
-t() { /usr/bin/time -f "%e %M" -o "$work/t" "$@" > /dev/null; cat "$work/t"; }
-upd() { local k=$1 v=$2; if [ -z "${best[$k]:-}" ] || awk "BEGIN{exit !($v < ${best[$k]})}"; then best[$k]=$v; fi; }
+# shellcheck source=scripts/bench/best_of.sh
+. "$(dirname "$0")/best_of.sh"
 declare -A shifted_new
 algs="fastcdc-2020 hash16"
 for r in $(seq "$runs"); do

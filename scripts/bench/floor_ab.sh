@@ -10,8 +10,8 @@ work=$(mktemp -d /var/tmp/floor2.XXXXXX); trap 'rm -rf "$work"' EXIT
 src=$work/data.bin
 head -c $((size << 20)) /dev/urandom > "$src"
 declare -A best
-t() { /usr/bin/time -f "%e %M" -o "$work/t" "$@" > /dev/null; cat "$work/t"; }
-upd() { local k=$1 v=$2; if [ -z "${best[$k]:-}" ] || awk "BEGIN{exit !($v < ${best[$k]})}"; then best[$k]=$v; fi; }
+# shellcheck source=scripts/bench/best_of.sh
+. "$(dirname "$0")/best_of.sh"
 for r in $(seq "$runs"); do
   cat "$src" > /dev/null; sync
   read -r s _ < <(t openssl dgst -sha256 "$src"); upd ssl "$s"

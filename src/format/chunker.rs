@@ -85,6 +85,42 @@ impl ChunkerConfig {
             ..self
         }
     }
+    /// As a store's `FORMAT` file records it (and `ml-dash chunker --json` prints it):
+    /// `{"algorithm","min","avg","max"}`.
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "algorithm": self.algorithm.name(),
+            "min": self.min,
+            "avg": self.avg,
+            "max": self.max,
+        })
+    }
+    /// Read back what `to_json` wrote; the error says what is wrong (an unknown algorithm, a
+    /// missing or bad field). Sizes are not checked here: `Chunker::new` does.
+    pub fn from_json(v: &serde_json::Value) -> std::result::Result<ChunkerConfig, String> {
+        let size = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| format!("chunker {k} is {}", v[k]))
+        };
+        let name = v
+            .get("algorithm")
+            .and_then(|a| a.as_str())
+            .ok_or("chunker algorithm missing")?;
+        let algorithm = ChunkAlgorithm::from_name(name).ok_or_else(|| {
+            format!(
+                "the store cuts files with chunker {name:?}, which this version of ml-dash \
+                 does not know (a newer version made it)"
+            )
+        })?;
+        Ok(ChunkerConfig {
+            algorithm,
+            min: size("min")?,
+            avg: size("avg")?,
+            max: size("max")?,
+        })
+    }
 }
 
 /// Largest chunk any decoder accepts (a bound for corrupt lengths, above every valid `max`).
@@ -103,17 +139,9 @@ pub enum Simd {
 impl Simd {
     /// The fastest kind this CPU runs.
     pub fn detect() -> Simd {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("bmi2")
-            {
-                return Simd::Avx2;
-            }
-        }
-        Simd::Portable
+        *Simd::available().last().expect("portable code always runs")
     }
-    /// Every kind this CPU runs (for tests and benchmarks).
+    /// Every kind this CPU runs, slowest first (for tests and benchmarks).
     pub fn available() -> Vec<Simd> {
         let mut v = vec![Simd::Portable];
         #[cfg(target_arch = "x86_64")]
@@ -481,6 +509,12 @@ mod tests {
             assert_eq!(ChunkAlgorithm::from_name(a.name()), Some(a));
         }
         assert_eq!(ChunkAlgorithm::from_name("gear"), None);
+        let c = ChunkerConfig::default();
+        assert_eq!(ChunkerConfig::from_json(&c.to_json()), Ok(c));
+        assert_eq!(
+            ChunkerConfig::from_json(&c.fastcdc().to_json()),
+            Ok(c.fastcdc())
+        );
     }
 
     /// Pins the cut points of both algorithms: a change here breaks dedup against every

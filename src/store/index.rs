@@ -134,13 +134,12 @@ impl Scope {
     }
 }
 
-/// Wait (up to 10 s) until the flock sled takes on `db` is free, as it is once our own previous
-/// handle has finished closing.
 /// How long `Index::open` waits for a lingering handle of this process to let go of the index.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Wait until the flock sled takes on `db` is free (and let go of it at once), for up to
-/// `deadline`. False if it is still held then.
+/// Wait until the flock sled takes on `db` is free (and let go of it at once), as it is once our
+/// own previous handle has finished closing; for up to `deadline`. False if it is still held
+/// then.
 fn wait_for_sled_lock(db: &Path, deadline: std::time::Instant) -> bool {
     let Ok(f) = std::fs::File::open(db) else {
         return true; // a new index, or one sled will report on

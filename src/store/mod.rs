@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
-use crate::format::chunker::{ChunkAlgorithm, Chunker, ChunkerConfig};
+use crate::format::chunker::{Chunker, ChunkerConfig};
 use crate::format::codec::Compression;
 use crate::format::id::Id;
 use crate::format::manifest::{self};
@@ -215,7 +215,7 @@ fn create_layout(
         "kind": "ml-dash artifact store",
         "packFormat": crate::format::pack::PACK_FORMAT,
         "manifestFormat": manifest::FORMAT,
-        "chunker": chunker_json(chunker),
+        "chunker": chunker.to_json(),
     });
     durable::write_atomic(
         &root.join(FORMAT_FILE),
@@ -249,52 +249,27 @@ fn upgrade_format(root: &Path, timeout: Duration, faults: &crate::store::fault::
     v["format"] = STORE_FORMAT.into();
     let _ = durable::write_atomic(&path, format!("{v}\n").as_bytes(), faults);
 }
-/// A chunker as the `FORMAT` file records it.
-fn chunker_json(c: ChunkerConfig) -> serde_json::Value {
-    serde_json::json!({
-        "algorithm": c.algorithm.name(),
-        "min": c.min,
-        "avg": c.avg,
-        "max": c.max,
+/// `root`'s `FORMAT` file as JSON.
+fn read_format(root: &Path) -> Result<serde_json::Value> {
+    let path = root.join(FORMAT_FILE);
+    let b = fs::read(&path).at(&path)?;
+    serde_json::from_slice(&b).map_err(|_| Error::BadStore {
+        root: root.to_path_buf(),
+        reason: "FORMAT file is damaged".into(),
+        source: None,
     })
 }
 /// The chunker `root`'s `FORMAT` file records; FastCDC at the sizes of `given` for a store
 /// that records none (made before chunkers were recorded).
 fn recorded_chunker(root: &Path, given: ChunkerConfig) -> Result<ChunkerConfig> {
-    let bad = |reason: String| Error::BadStore {
-        root: root.to_path_buf(),
-        reason,
-        source: None,
-    };
-    let path = root.join(FORMAT_FILE);
-    let b = fs::read(&path).at(&path)?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&b).map_err(|_| bad("FORMAT file is damaged".into()))?;
-    let Some(c) = v.get("chunker") else {
-        return Ok(given.fastcdc());
-    };
-    let size = |k: &str| {
-        c.get(k)
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| bad(format!("FORMAT file is damaged: chunker {k} is {}", c[k])))
-    };
-    let name = c
-        .get("algorithm")
-        .and_then(|a| a.as_str())
-        .ok_or_else(|| bad("FORMAT file is damaged: chunker algorithm missing".into()))?;
-    let algorithm = ChunkAlgorithm::from_name(name).ok_or_else(|| {
-        bad(format!(
-            "the store cuts files with chunker {name:?}, which this version of ml-dash does \
-             not know (a newer version made it)"
-        ))
-    })?;
-    Ok(ChunkerConfig {
-        algorithm,
-        min: size("min")?,
-        avg: size("avg")?,
-        max: size("max")?,
-    })
+    match read_format(root)?.get("chunker") {
+        None => Ok(given.fastcdc()),
+        Some(c) => ChunkerConfig::from_json(c).map_err(|reason| Error::BadStore {
+            root: root.to_path_buf(),
+            reason: format!("FORMAT file: {reason}"),
+            source: None,
+        }),
+    }
 }
 fn check_empty_for_create(root: &Path) -> Result<()> {
     let bad = |reason: String| Error::BadStore {
@@ -451,16 +426,10 @@ impl Store {
     pub fn set_chunker(&self, c: ChunkerConfig) -> Result<()> {
         Chunker::new(c)?;
         let _lock = self.lock()?;
-        let path = self.root.join(FORMAT_FILE);
-        let b = fs::read(&path).at(&path)?;
-        let mut v: serde_json::Value = serde_json::from_slice(&b).map_err(|_| Error::BadStore {
-            root: self.root.clone(),
-            reason: "FORMAT file is damaged".into(),
-            source: None,
-        })?;
-        v["chunker"] = chunker_json(c);
+        let mut v = read_format(&self.root)?;
+        v["chunker"] = c.to_json();
         self.poison(durable::write_atomic(
-            &path,
+            &self.root.join(FORMAT_FILE),
             format!("{v}\n").as_bytes(),
             &self.opts.faults,
         ))
