@@ -20,16 +20,23 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
     ml_dash::testing::random_bytes(seed, n)
 }
 
-/// fp32 weights, roughly normal: what checkpoints hold.
+/// fp32 weights, normal with a spread like trained layers' (full-precision mantissas, so
+/// only the sign and exponent byte is predictable, as in real checkpoints).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the normal samples are meant to be rounded to f32"
+)]
 fn floats(n: usize) -> Vec<u8> {
-    let raw = noise(n * 2, 99);
-    raw.chunks(8)
-        .flat_map(|c| {
-            let u: f32 = c.iter().map(|&b| f32::from(b) / 255.0).sum::<f32>() / 8.0;
-            ((u - 0.5) * 0.1).to_le_bytes()
-        })
-        .take(n)
-        .collect()
+    let mut rng = ml_dash::testing::XorShift::new(99);
+    let mut unit = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + f64::MIN_POSITIVE;
+    let mut out = Vec::with_capacity(n + 4);
+    while out.len() < n {
+        let (u1, u2) = (unit(), unit());
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        out.extend_from_slice(&((z * 0.02) as f32).to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }
 
 fn stages(c: &mut Criterion) {

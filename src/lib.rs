@@ -115,7 +115,8 @@ pub mod testing {
     #[cfg(feature = "remote")]
     pub use crate::format::rpack;
     pub use crate::format::{
-        chunker, codec, delta, digest, manifest, names, pack, record, tensors, time, usize_from,
+        chunker, codec, delta, digest, huffman, manifest, names, pack, planes, record, tensors,
+        time, usize_from,
     };
     #[cfg(feature = "remote")]
     pub use crate::remote::{parse_url, part_size_for};

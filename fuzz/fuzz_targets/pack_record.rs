@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // A valid header around fuzzed data: exercises zstd decoding and the length checks.
-    let codec = Codec::from_u8(data[0] % 5).expect("codecs 0-4 exist");
+    let codec = Codec::from_u8(data[0] % 6).expect("codecs 0-5 exist");
     let raw_len = u16::from_le_bytes([data[1], data[2]]) as u32;
     let stored = &data[3..];
     let id = if data[0] & 4 == 0 {

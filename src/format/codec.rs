@@ -12,20 +12,20 @@
 //! compressing them costs most of the time for a small gain. The same sample is therefore also
 //! histogrammed per byte position modulo 4 and 2; when one position is far more predictable
 //! than the others (the sign/exponent byte of fp32, bf16 or fp16 values), the chunk is stored
-//! as byte planes (`Codec::Planes4` / `Planes2`): plane k holds bytes k, k+w, k+2w, ... and only
-//! the planes predicted to shrink are compressed, by zstd tuned as an entropy coder (a fast,
-//! highly accelerated match search that finds nothing in exponent bytes anyway, and Huffman-coded
-//! literals). That codes a quarter or half of the bytes and saves more than zstd over the whole
-//! chunk (fp32 Adam checkpoints: 83.6 % of raw instead of 92.7 %; bf16: 67.0 % instead of
-//! 78.1 %). Detection is by statistics alone, so it works at any phase (chunk boundaries fall
-//! anywhere in a tensor) and for any container (safetensors, PyTorch zip, raw arrays).
+//! as byte planes (`Codec::Planes`): plane k holds bytes k, k+w, k+2w, ... (`planes.rs`) and
+//! only the planes predicted to shrink are coded, each by what pays: a Huffman code
+//! (`huffman.rs`: exponent bytes have no repeats worth a match search), zstd when the plane is
+//! mostly runs (the high bytes of a delta), or a single value. Detection is by statistics
+//! alone, so it works at any phase (chunk boundaries fall anywhere in a tensor) and for any
+//! container (safetensors, PyTorch zip, raw arrays).
 //!
-//! Plane layout (`stored`): `u8 width`, `u8 mask` (bit k: plane k is zstd), then for each plane
-//! `u32le length` and its bytes, then the `len % width` tail bytes raw.
+//! Plane layouts: docs/format.md. Codecs 2 and 3 (each plane raw or zstd) are what earlier
+//! versions wrote; they are still read.
 
 use std::cell::RefCell;
 
 use crate::error::{Error, Result};
+use crate::format::{huffman, planes};
 
 /// How a chunk's bytes are stored in a pack (the byte value is part of the pack format).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +40,9 @@ pub enum Codec {
     /// The difference to another chunk (its base), itself stored with one of the codecs above
     /// (see `encode_delta`).
     Delta = 4,
+    /// Byte planes of width 2 or 4, each raw, zstd, Huffman-coded or one repeated value (what
+    /// this version writes for float data; codecs 2 and 3 are still read).
+    Planes = 5,
 }
 
 impl Codec {
@@ -50,6 +53,7 @@ impl Codec {
             2 => Some(Codec::Planes4),
             3 => Some(Codec::Planes2),
             4 => Some(Codec::Delta),
+            5 => Some(Codec::Planes),
             _ => None,
         }
     }
@@ -127,10 +131,10 @@ fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     })
 }
 
-/// zstd tuned to be an entropy coder: the sign/exponent plane of floats has no long repeats, so
-/// the match finder is told to skip ahead fast (the "fast" strategy with a large acceleration)
-/// while literals stay Huffman-coded (which zstd turns off by default at such settings).
-/// Output is an ordinary zstd frame.
+/// zstd tuned to be a fast coder of planes that are mostly runs (the high bytes of a delta):
+/// the "fast" strategy with a small hash table finds runs and nothing else, while literals stay
+/// Huffman-coded (which zstd turns off by default at such settings). Output is an ordinary
+/// zstd frame.
 fn zstd_entropy(data: &[u8]) -> Option<Vec<u8>> {
     use zstd::zstd_safe::{CParameter, ParamSwitch, Strategy};
     PLANE_COMPRESSOR.with(|c| {
@@ -170,16 +174,6 @@ fn sample_stats(data: &[u8]) -> ([f64; 4], f64) {
             count(&data[i * stride..i * stride + SAMPLE_SPAN], i * stride);
         }
     }
-    let entropy = |h: &[u32; 256]| -> f64 {
-        let n: u32 = h.iter().sum();
-        if n == 0 {
-            return 0.0;
-        }
-        // H = log2 n - (1/n) sum c log2 c, with c log2 c from a table (counts <= 4096).
-        let t = clog2c_table();
-        let s: f64 = h.iter().map(|&c| t[c as usize]).sum();
-        f64::from(n).log2() - s / f64::from(n)
-    };
     let mut all = [0u32; 256];
     for h in &hist {
         for (a, c) in all.iter_mut().zip(h) {
@@ -195,6 +189,61 @@ fn sample_stats(data: &[u8]) -> ([f64; 4], f64) {
         ],
         entropy(&all),
     )
+}
+
+/// Entropy in bits per byte of a sample's histogram (at most 4 KiB counted).
+fn entropy(h: &[u32; 256]) -> f64 {
+    let n: u32 = h.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    // H = log2 n - (1/n) sum c log2 c, with c log2 c from a table (counts <= 4096).
+    let t = clog2c_table();
+    let s: f64 = h.iter().map(|&c| t[c as usize]).sum();
+    f64::from(n).log2() - s / f64::from(n)
+}
+
+/// Entropy of each byte of the sample's `width`-byte elements after rotating each left by one
+/// bit (the sign of a float to the lowest bit, its exponent whole in the top byte).
+fn rotated_stats(data: &[u8], width: usize) -> Vec<f64> {
+    let mut hist = vec![[0u32; 256]; width];
+    let mut count = |span: &[u8]| {
+        for e in span.chunks_exact(width) {
+            let r = if width == 4 {
+                u32::from_le_bytes(e.try_into().expect("4 bytes"))
+                    .rotate_left(1)
+                    .to_le_bytes()
+                    .to_vec()
+            } else {
+                u16::from_le_bytes(e.try_into().expect("2 bytes"))
+                    .rotate_left(1)
+                    .to_le_bytes()
+                    .to_vec()
+            };
+            for (h, b) in hist.iter_mut().zip(r) {
+                h[b as usize] += 1;
+            }
+        }
+    };
+    if data.len() <= SAMPLE_SPAN * SAMPLE_SPANS {
+        count(data);
+    } else {
+        let stride = (data.len() / SAMPLE_SPANS) & !3;
+        for i in 0..SAMPLE_SPANS {
+            count(&data[i * stride..i * stride + SAMPLE_SPAN]);
+        }
+    }
+    hist.iter().map(entropy).collect()
+}
+
+/// The predicted saving, as a fraction of the chunk, of planes with entropies `hs` when only
+/// the planes that pay are coded.
+fn coded_planes_gain(hs: &[f64]) -> f64 {
+    hs.iter()
+        .map(|&h| gain(h))
+        .filter(|&g| g >= PLANE_MIN_GAIN)
+        .sum::<f64>()
+        / hs.len() as f64
 }
 
 /// `c * log2(c)` for every count a sample histogram can hold (0 for 0).
@@ -224,7 +273,8 @@ fn gain(h: f64) -> f64 {
 enum Plan {
     Raw,
     Zstd,
-    Planes(usize, Vec<f64>),
+    /// Width, per-plane entropies, rotated (see `planes.rs`).
+    Planes(usize, Vec<f64>, bool),
 }
 
 fn plan(data: &[u8]) -> (Plan, f64) {
@@ -250,7 +300,13 @@ fn plan(data: &[u8]) -> (Plan, f64) {
         };
         let planes_gain: f64 = hs.iter().map(|h| gain(*h).max(0.0)).sum::<f64>() / width as f64;
         if planes_gain >= 0.05 {
-            return (Plan::Planes(width, hs), 1.0 - planes_gain);
+            // Floats code smaller with the exponent whole in one byte (the sign then sits with
+            // the mantissa noise), data that only looks like floats may not.
+            let rotated = rotated_stats(data, width);
+            if coded_planes_gain(&rotated) > coded_planes_gain(&hs) + 0.002 {
+                return (Plan::Planes(width, rotated, true), 1.0 - planes_gain);
+            }
+            return (Plan::Planes(width, hs, false), 1.0 - planes_gain);
         }
     }
     if gain(whole) < 0.05 {
@@ -278,7 +334,7 @@ pub fn encode(data: &[u8], policy: Compression) -> Option<(Codec, Vec<u8>)> {
     };
     match plan(data).0 {
         Plan::Raw => None,
-        Plan::Planes(width, hs) => encode_planes(data, width, &hs, level),
+        Plan::Planes(width, hs, rotate) => encode_planes(data, width, &hs, rotate),
         Plan::Zstd => {
             let out = zstd_compress(data, level)?;
             (out.len() + data.len() / 16 <= data.len()).then_some((Codec::Zstd, out))
@@ -286,47 +342,157 @@ pub fn encode(data: &[u8], policy: Compression) -> Option<(Codec, Vec<u8>)> {
     }
 }
 
-fn encode_planes(data: &[u8], width: usize, hs: &[f64], level: i32) -> Option<(Codec, Vec<u8>)> {
+/// A plane whose Huffman code would take less than this fraction of it is also tried with zstd,
+/// which codes long runs (mostly-zero planes of deltas) below Huffman's one bit per byte.
+const PLANE_TRY_ZSTD_BELOW: usize = 4;
+
+/// How one plane of a `Codec::Planes` chunk is stored (the byte value is part of the format).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum PlaneMethod {
+    Raw = 0,
+    Zstd = 1,
+    Huffman = 2,
+    /// One value repeated: the body is that byte.
+    Repeat = 3,
+}
+
+/// The first byte of a `Codec::Planes` record: the width, and this bit when the elements were
+/// rotated left by one bit before splitting.
+const ROTATED: u8 = 0x10;
+
+fn encode_planes(data: &[u8], width: usize, hs: &[f64], rotate: bool) -> Option<(Codec, Vec<u8>)> {
     let n = data.len() / width;
     // Plane lengths are u32 fields: a chunk with longer planes is not plane-coded (it cannot
     // happen: chunks are at most 16 MiB).
     let n32 = u32::try_from(n).ok()?;
-    let mut out = Vec::with_capacity(data.len() + 2 + 4 * width);
-    out.push(u8::try_from(width).expect("a plane width is 2 or 4"));
-    out.push(0); // mask, set below
-    let mut mask = 0u8;
-    let planes = split_planes(data, width);
-    for (k, plane) in planes.iter().enumerate() {
-        let packed = if gain(hs[k]) >= PLANE_MIN_GAIN {
-            let _ = level;
-            zstd_entropy(plane).filter(|c| c.len() + n / 16 <= n)
-        } else {
-            None
-        };
-        match packed {
-            Some(c) => {
-                mask |= 1 << k;
-                let len = u32::try_from(c.len()).expect("at most n, a u32 (filtered above)");
-                out.extend_from_slice(&len.to_le_bytes());
-                out.extend_from_slice(&c);
-            }
-            None => {
-                out.extend_from_slice(&n32.to_le_bytes());
-                out.extend_from_slice(plane);
-            }
-        }
-    }
-    out.extend_from_slice(&data[n * width..]);
-    out[1] = mask;
-    let codec = if width == 4 {
-        Codec::Planes4
+    let mut out = Vec::with_capacity(data.len() + 1 + 5 * width);
+    let width_byte = u8::try_from(width).expect("a plane width is 2 or 4");
+    out.push(if rotate {
+        width_byte | ROTATED
     } else {
-        Codec::Planes2
-    };
-    (mask != 0 && out.len() + data.len() / 16 <= data.len()).then_some((codec, out))
+        width_byte
+    });
+    let mut coded_any = false;
+    PLANE_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let bufs = &mut scratch.0;
+        planes::split(data, width, rotate, bufs);
+        for (k, plane) in bufs.iter().take(width).enumerate() {
+            let at = out.len();
+            out.push(PlaneMethod::Raw as u8);
+            out.extend_from_slice(&n32.to_le_bytes());
+            if gain(hs[k]) >= PLANE_MIN_GAIN && n > 0 {
+                let hist = huffman::histogram(plane);
+                if hist.iter().filter(|&&c| c > 0).count() == 1 {
+                    out[at] = PlaneMethod::Repeat as u8;
+                    out[at + 1..at + 5].copy_from_slice(&1u32.to_le_bytes());
+                    out.push(plane[0]);
+                    coded_any = true;
+                    continue;
+                }
+                let lens = huffman::code_lengths(&hist);
+                let huff_len = huffman::coded_len(&hist, &lens);
+                let zstd = (huff_len * PLANE_TRY_ZSTD_BELOW < n)
+                    .then(|| zstd_entropy(plane))
+                    .flatten()
+                    .filter(|z| z.len() < huff_len);
+                if let Some(z) = zstd.filter(|z| z.len() + n / 16 <= n) {
+                    out[at] = PlaneMethod::Zstd as u8;
+                    let len = u32::try_from(z.len()).expect("below n");
+                    out[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(&z);
+                    coded_any = true;
+                    continue;
+                }
+                if huff_len + n / 16 <= n {
+                    out[at] = PlaneMethod::Huffman as u8;
+                    huffman::encode(plane, &hist, &lens, &mut out);
+                    let len = u32::try_from(out.len() - at - 5).expect("below n");
+                    out[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+                    coded_any = true;
+                    continue;
+                }
+            }
+            out.extend_from_slice(plane);
+        }
+    });
+    out.extend_from_slice(&data[n * width..]);
+    (coded_any && out.len() + data.len() / 16 <= data.len()).then_some((Codec::Planes, out))
 }
 
-fn decode_planes(
+thread_local! {
+    /// Planes of the chunk being coded or decoded on this thread (reused: no allocation per
+    /// chunk).
+    static PLANE_SCRATCH: RefCell<(Vec<Vec<u8>>,)> = const { RefCell::new((Vec::new(),)) };
+}
+
+/// Decode a `Codec::Planes` chunk.
+fn decode_planes(stored: &[u8], raw_len: usize, location: &dyn Fn() -> String) -> Result<Vec<u8>> {
+    let bad = |r: &str| Error::corrupt(location(), format!("plane codec: {r}"));
+    let first = *stored.first().ok_or_else(|| bad("empty"))?;
+    let (width, rotate) = (usize::from(first & !ROTATED), first & ROTATED != 0);
+    if width != 2 && width != 4 {
+        return Err(bad("bad width"));
+    }
+    let n = raw_len / width;
+    let mut out = vec![0u8; raw_len];
+    PLANE_SCRATCH.with(|scratch| -> Result<()> {
+        let mut scratch = scratch.borrow_mut();
+        let bufs = &mut scratch.0;
+        bufs.resize_with(width, Vec::new);
+        // Each plane is either its raw bytes in `stored` or decoded into its scratch buffer.
+        let mut raw: [Option<&[u8]>; 4] = [None; 4];
+        let mut pos = 1usize;
+        for (k, buf) in bufs.iter_mut().enumerate() {
+            let head = stored.get(pos..pos + 5).ok_or_else(|| bad("truncated"))?;
+            let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+            pos += 5;
+            let body = stored
+                .get(pos..pos.checked_add(len).ok_or_else(|| bad("length"))?)
+                .ok_or_else(|| bad("truncated"))?;
+            pos += len;
+            match head[0] {
+                m if m == PlaneMethod::Raw as u8 => {
+                    if len != n {
+                        return Err(bad("raw plane length mismatch"));
+                    }
+                    raw[k] = Some(body);
+                }
+                m if m == PlaneMethod::Repeat as u8 => {
+                    let [v] = body else {
+                        return Err(bad("repeated value length"));
+                    };
+                    buf.clear();
+                    buf.resize(n, *v);
+                }
+                m if m == PlaneMethod::Huffman as u8 => {
+                    buf.resize(n, 0);
+                    huffman::decode(body, buf).map_err(|e| bad(e.0))?;
+                }
+                m if m == PlaneMethod::Zstd as u8 => {
+                    *buf = decode(Codec::Zstd, body, n, location)?;
+                }
+                _ => return Err(bad("unknown plane method")),
+            }
+        }
+        let tail = &stored[pos..];
+        if tail.len() != raw_len - n * width {
+            return Err(bad("tail length mismatch"));
+        }
+        let refs: Vec<&[u8]> = (0..width)
+            .map(|k| raw[k].unwrap_or(bufs[k].as_slice()))
+            .collect();
+        planes::interleave(&refs, rotate, &mut out[..n * width]);
+        out[n * width..].copy_from_slice(tail);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Decode a chunk of codec 2 or 3: byte planes as earlier versions wrote them (each plane raw
+/// or a zstd frame).
+fn decode_planes_zstd(
     width: usize,
     stored: &[u8],
     raw_len: usize,
@@ -338,7 +504,7 @@ fn decode_planes(
     }
     let mask = stored[1];
     let n = raw_len / width;
-    let mut planes: Vec<Vec<u8>> = Vec::with_capacity(width);
+    let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(width);
     let mut pos = 2usize;
     for k in 0..width {
         let len_bytes = stored.get(pos..pos + 4).ok_or_else(|| bad("truncated"))?;
@@ -355,59 +521,17 @@ fn decode_planes(
         } else {
             return Err(bad("raw plane length mismatch"));
         };
-        planes.push(plane);
+        bufs.push(plane);
     }
     let tail = &stored[pos..];
     if tail.len() != raw_len - n * width {
         return Err(bad("tail length mismatch"));
     }
     let mut out = vec![0u8; raw_len];
-    match width {
-        4 => {
-            let (p0, p1, p2, p3) = (&planes[0], &planes[1], &planes[2], &planes[3]);
-            let it = out
-                .chunks_exact_mut(4)
-                .zip(p0.iter().zip(p1))
-                .zip(p2.iter().zip(p3));
-            for ((o, (a, b)), (c, d)) in it {
-                o.copy_from_slice(&[*a, *b, *c, *d]);
-            }
-        }
-        _ => {
-            let (p0, p1) = (&planes[0], &planes[1]);
-            for (o, (a, b)) in out.chunks_exact_mut(2).zip(p0.iter().zip(p1)) {
-                o.copy_from_slice(&[*a, *b]);
-            }
-        }
-    }
+    let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+    planes::interleave(&refs, false, &mut out[..n * width]);
     out[n * width..].copy_from_slice(tail);
     Ok(out)
-}
-
-/// Byte planes of `data` (width 2 or 4), in one pass; the `len % width` tail is left out.
-fn split_planes(data: &[u8], width: usize) -> Vec<Vec<u8>> {
-    let n = data.len() / width;
-    let mut planes: Vec<Vec<u8>> = (0..width).map(|_| vec![0u8; n]).collect();
-    match width {
-        4 => {
-            let [p0, p1, p2, p3] = &mut planes[..] else {
-                unreachable!("4 planes")
-            };
-            let it = data.chunks_exact(4).zip(p0.iter_mut()).zip(p1.iter_mut());
-            for (((c, a), b), (d, e)) in it.zip(p2.iter_mut().zip(p3.iter_mut())) {
-                (*a, *b, *d, *e) = (c[0], c[1], c[2], c[3]);
-            }
-        }
-        _ => {
-            let [p0, p1] = &mut planes[..] else {
-                unreachable!("2 planes")
-            };
-            for ((c, a), b) in data.chunks_exact(2).zip(p0.iter_mut()).zip(p1.iter_mut()) {
-                (*a, *b) = (c[0], c[1]);
-            }
-        }
-    }
-    planes
 }
 
 /// Decode stored bytes back to the `raw_len` raw bytes (not yet checked against the chunk id).
@@ -442,8 +566,9 @@ pub fn decode(
             }
             Ok(out)
         }),
-        Codec::Planes4 => decode_planes(4, stored, raw_len, location),
-        Codec::Planes2 => decode_planes(2, stored, raw_len, location),
+        Codec::Planes4 => decode_planes_zstd(4, stored, raw_len, location),
+        Codec::Planes2 => decode_planes_zstd(2, stored, raw_len, location),
+        Codec::Planes => decode_planes(stored, raw_len, location),
         Codec::Delta => Err(Error::corrupt(
             location(),
             "a delta chunk decodes only with its base",
@@ -452,6 +577,10 @@ pub fn decode(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test data: random words cut to bytes, normal samples to f32"
+)]
 mod tests {
     use super::*;
 
@@ -478,7 +607,7 @@ mod tests {
         let text = b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".repeat(100);
         let (_, c) = encode(&text, Compression::Always(1)).unwrap();
         assert!(decode(Codec::Zstd, &c, text.len() - 1, &|| "t".into()).is_err());
-        assert_eq!(Codec::from_u8(5), None);
+        assert_eq!(Codec::from_u8(6), None);
     }
 
     fn weights(n: usize, bf16: bool) -> Vec<u8> {
@@ -498,12 +627,16 @@ mod tests {
 
     #[test]
     fn floats_use_planes_and_round_trip_at_any_phase() {
-        for (bf16, codec) in [(false, Codec::Planes4), (true, Codec::Planes2)] {
+        for (bf16, width) in [(false, 4), (true, 2)] {
             let w = weights(65536 + 7, bf16);
             for phase in 0..4 {
                 let chunk = &w[phase..];
                 let (c, stored) = encode(chunk, Compression::Auto(1)).expect("floats compress");
-                assert_eq!(c, codec, "bf16={bf16} phase={phase}");
+                assert_eq!(
+                    (c, stored[0] & !ROTATED),
+                    (Codec::Planes, width),
+                    "bf16={bf16} phase={phase}"
+                );
                 assert!(stored.len() < chunk.len() * 15 / 16);
                 let back = decode(c, &stored, chunk.len(), &|| "t".into()).unwrap();
                 assert_eq!(back, chunk);
@@ -513,6 +646,124 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The plane method of each plane of a `Codec::Planes` record.
+    fn methods(stored: &[u8]) -> Vec<u8> {
+        let mut pos = 1;
+        (0..stored[0] & !ROTATED)
+            .map(|_| {
+                let m = stored[pos];
+                pos +=
+                    5 + u32::from_le_bytes(stored[pos + 1..pos + 5].try_into().unwrap()) as usize;
+                m
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_plane_gets_the_method_that_pays() {
+        // fp32 weights: the sign and exponent plane Huffman-coded, a noise plane raw.
+        let mut w = weights(1 << 16, false);
+        let mut rng = crate::test_support::XorShift::new(9);
+        for e in w.chunks_exact_mut(4) {
+            e[0] = rng.next_u64() as u8;
+        }
+        let (_, stored) = encode(&w, Compression::Auto(1)).unwrap();
+        let m = methods(&stored);
+        assert_eq!(m[0], PlaneMethod::Raw as u8, "{m:?}");
+        assert_eq!(m[3], PlaneMethod::Huffman as u8, "{m:?}");
+        // The difference of two nearby versions: high bytes mostly zero with runs (zstd), a
+        // plane of one value (repeat).
+        let mut rng = crate::test_support::XorShift::new(5);
+        let mut d = vec![0u8; 1 << 16];
+        for (i, e) in d.chunks_exact_mut(4).enumerate() {
+            e[0] = rng.next_u64() as u8;
+            e[1] = rng.next_u64() as u8 & 15;
+            e[2] = if i % 300 == 0 { 1 } else { 0 };
+        }
+        let (c, stored) = encode(&d, Compression::Auto(1)).unwrap();
+        assert_eq!(c, Codec::Planes);
+        let m = methods(&stored);
+        assert_eq!(
+            &m[1..],
+            &[
+                PlaneMethod::Huffman as u8,
+                PlaneMethod::Zstd as u8,
+                PlaneMethod::Repeat as u8
+            ],
+            "{m:?}"
+        );
+        assert_eq!(decode(c, &stored, d.len(), &|| "t".into()).unwrap(), d);
+        // Damage in the plane headers is an error.
+        for (at, v) in [(0, 3u8), (1, 9), (2, 0xff)] {
+            let mut bad = stored.clone();
+            bad[at] = v;
+            assert!(
+                decode(c, &bad, d.len(), &|| "t".into()).is_err(),
+                "byte {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn float_elements_are_rotated_when_it_pays() {
+        // Normal weights with full mantissas: the whole exponent in one byte codes smaller.
+        let mut rng = crate::test_support::XorShift::new(21);
+        let mut unit = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + f64::MIN_POSITIVE;
+        let mut fp32 = vec![];
+        while fp32.len() < 1 << 18 {
+            let z = (-2.0 * unit().ln()).sqrt() * (std::f64::consts::TAU * unit()).cos();
+            fp32.extend_from_slice(&((z * 0.02) as f32).to_le_bytes());
+        }
+        let bf16: Vec<u8> = fp32.chunks_exact(4).flat_map(|e| [e[2], e[3]]).collect();
+        for (data, width) in [(&fp32, 4), (&bf16, 2)] {
+            let (c, stored) = encode(data, Compression::Auto(1)).unwrap();
+            assert_eq!((c, stored[0]), (Codec::Planes, width | ROTATED));
+            assert_eq!(
+                decode(c, &stored, data.len(), &|| "t".into()).unwrap(),
+                *data
+            );
+            // Smaller than the same planes unrotated.
+            let hs = sample_stats(data).0;
+            let hs = if width == 4 {
+                hs.to_vec()
+            } else {
+                vec![(hs[0] + hs[2]) / 2.0, (hs[1] + hs[3]) / 2.0]
+            };
+            let (_, plain) = encode_planes(data, usize::from(width), &hs, false).unwrap();
+            assert_eq!(plain[0], width);
+            assert!(
+                stored.len() < plain.len(),
+                "{} >= {}",
+                stored.len(),
+                plain.len()
+            );
+        }
+    }
+
+    #[test]
+    fn planes_of_earlier_versions_still_decode() {
+        // Codec 2 as earlier versions wrote it: width, mask, then each plane raw or zstd.
+        let w = weights(4096 + 2, false);
+        let n = w.len() / 4;
+        let mut planes = vec![];
+        planes::split(&w, 4, false, &mut planes);
+        let mut stored = vec![4u8, 0b1000];
+        for (k, p) in planes.iter().enumerate() {
+            let body = if k == 3 {
+                zstd::bulk::compress(p, 3).unwrap()
+            } else {
+                p.clone()
+            };
+            stored.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            stored.extend_from_slice(&body);
+        }
+        stored.extend_from_slice(&w[n * 4..]);
+        assert_eq!(
+            decode(Codec::Planes4, &stored, w.len(), &|| "t".into()).unwrap(),
+            w
+        );
     }
 
     #[test]

@@ -10,10 +10,12 @@ pub mod codec;
 pub mod delta;
 pub mod digest;
 pub mod glob;
+pub mod huffman;
 pub mod id;
 pub mod manifest;
 pub mod names;
 pub mod pack;
+pub mod planes;
 pub mod record;
 #[cfg(feature = "remote")]
 pub mod rpack;

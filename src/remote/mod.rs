@@ -44,9 +44,10 @@ pub use pull::PullReport;
 pub use push::PushReport;
 
 const MARKER: &str = "ml-dash-remote.json";
-/// Version 2: remote pack indexes may hold delta entries (codec 4 with a base). A version-1
-/// remote is re-marked 2 by the first push to it, so older versions refuse it cleanly.
-const MARKER_BODY: &str = "{\"format\":\"ml-dash remote\",\"version\":2}\n";
+/// Version 2: remote pack indexes may hold delta entries (codec 4 with a base). Version 3:
+/// packs may hold Huffman-coded byte planes (codec 5). An older remote is re-marked 3 by the
+/// first push to it, so older versions refuse it cleanly.
+const MARKER_BODY: &str = "{\"format\":\"ml-dash remote\",\"version\":3}\n";
 /// The marker is a line of JSON: anything longer is not one (and is never read whole).
 const MAX_MARKER_LEN: u64 = 4096;
 /// Requests in flight for small objects (manifests, events, pack index tails).
@@ -395,11 +396,11 @@ impl Remote {
                     serde_json::from_slice(&b).map_err(|e| self.damaged(MARKER, e.to_string()))?;
                 let version = v.get("version").and_then(|f| f.as_u64());
                 if v.get("format").and_then(|f| f.as_str()) != Some("ml-dash remote")
-                    || !matches!(version, Some(1 | 2))
+                    || !matches!(version, Some(1..=3))
                 {
                     return Err(self.damaged(MARKER, "unsupported remote format"));
                 }
-                if version == Some(1) && create {
+                if version < Some(3) && create {
                     self.os
                         .put(&key, MARKER_BODY.as_bytes().to_vec().into())
                         .await

@@ -48,9 +48,10 @@ use crate::format::manifest::{self};
 use crate::store::index::Index;
 
 /// 2: format 1 plus delta records (codec 4), delta bases in index values and remote pack
-/// indexes. A format-1 store is marked 2 when this version opens it, so older versions refuse
-/// it instead of misreading delta records as damage.
-pub const STORE_FORMAT: u32 = 2;
+/// indexes. 3: format 2 plus Huffman-coded byte planes (codec 5). An older store is marked 3
+/// when this version opens it, so older versions refuse it instead of misreading the records
+/// they do not know as damage.
+pub const STORE_FORMAT: u32 = 3;
 /// Default for `StoreOptions::delta_depth`.
 pub const DEFAULT_DELTA_DEPTH: u8 = 2;
 const FORMAT_FILE: &str = "FORMAT";
@@ -223,17 +224,17 @@ fn create_layout(
         faults,
     )
 }
-/// Mark a format-1 store as format 2 (under the lock). Failure (a read-only store) is left
-/// for the first write to run into.
+/// Mark an older store as `STORE_FORMAT` (under the lock). Failure (a read-only store) is
+/// left for the first write to run into.
 fn upgrade_format(root: &Path, timeout: Duration, faults: &crate::store::fault::Faults) {
     let path = root.join(FORMAT_FILE);
-    let is_v1 = |b: &[u8]| {
+    let is_old = |b: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(b)
             .ok()
             .and_then(|v| v.get("format").and_then(|f| f.as_u64()))
-            == Some(1)
+            .is_some_and(|f| f < u64::from(STORE_FORMAT))
     };
-    if !fs::read(&path).is_ok_and(|b| is_v1(&b)) {
+    if !fs::read(&path).is_ok_and(|b| is_old(&b)) {
         return;
     }
     let Ok(_lock) = acquire_lock(&root.join("lock"), timeout) else {
@@ -243,7 +244,7 @@ fn upgrade_format(root: &Path, timeout: Duration, faults: &crate::store::fault::
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&b) else {
         return;
     };
-    if !is_v1(&b) {
+    if !is_old(&b) {
         return;
     }
     v["format"] = STORE_FORMAT.into();
@@ -350,7 +351,7 @@ impl Store {
         let check_format = |b: &[u8]| -> Result<()> {
             let v: serde_json::Value =
                 serde_json::from_slice(b).map_err(|_| bad("FORMAT file is damaged".into()))?;
-            if !matches!(v.get("format").and_then(|f| f.as_u64()), Some(1 | 2)) {
+            if !matches!(v.get("format").and_then(|f| f.as_u64()), Some(1..=3)) {
                 return Err(bad(format!("unsupported store format {}", v["format"])));
             }
             Ok(())

@@ -118,7 +118,7 @@ impl CodecBytes {
         use crate::format::codec::Codec;
         match c {
             Codec::Delta => self.delta += len,
-            Codec::Planes2 | Codec::Planes4 => self.planes += len,
+            Codec::Planes2 | Codec::Planes4 | Codec::Planes => self.planes += len,
             Codec::Raw | Codec::Zstd => self.whole += len,
         }
     }

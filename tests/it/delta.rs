@@ -476,46 +476,58 @@ fn damaged_zip_directories_are_stored_exactly() {
 }
 
 #[test]
-fn format_1_stores_and_remotes_are_marked_format_2() {
+fn older_stores_and_remotes_are_marked_format_3() {
     let t = tmp();
     let root = t.path().join("store");
     let s = Store::open(&root).unwrap();
     put(&s, "a.safetensors", b"not a tensor file");
     let format = root.join("FORMAT");
-    let v2: serde_json::Value = serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
-    assert_eq!(v2["format"], 2);
-    // A store written by the previous version says 1: opening it marks it 2, data intact.
-    let mut v1 = v2.clone();
-    v1["format"] = 1.into();
-    std::fs::write(&format, v1.to_string()).unwrap();
-    let s = Store::open(&root).unwrap();
-    let now: serde_json::Value = serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
-    assert_eq!(now["format"], 2);
-    assert_eq!(now["kind"], v2["kind"]);
-    assert_eq!(
-        read(&s, "a.safetensors", None).unwrap(),
-        b"not a tensor file"
-    );
+    let v3: serde_json::Value = serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
+    assert_eq!(v3["format"], 3);
+    // A store written by an earlier version says 1 or 2: opening it marks it 3, data intact.
+    for old in [1, 2] {
+        let mut v = v3.clone();
+        v["format"] = old.into();
+        std::fs::write(&format, v.to_string()).unwrap();
+        let s = Store::open(&root).unwrap();
+        let now: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
+        assert_eq!(now["format"], 3, "from {old}");
+        assert_eq!(now["kind"], v3["kind"]);
+        assert_eq!(
+            read(&s, "a.safetensors", None).unwrap(),
+            b"not a tensor file"
+        );
+    }
     // Formats this version does not know are refused.
-    let mut v9 = v2.clone();
+    let mut v9 = v3.clone();
     v9["format"] = 9.into();
     std::fs::write(&format, v9.to_string()).unwrap();
     assert!(Store::open(&root).is_err());
 
-    // A version-1 remote is re-marked 2 by a push and stays readable.
+    // A version-1 or 2 remote is re-marked 3 by a push and stays readable.
     let rdir = t.path().join("remote");
     let cfg = ml_dash::RemoteConfig::new(format!("file://{}", rdir.display()));
-    std::fs::write(&format, v2.to_string()).unwrap();
+    std::fs::write(&format, v3.to_string()).unwrap();
     let s = Store::open(&root).unwrap();
     s.push(&ml_dash::Remote::open(&cfg).unwrap(), None).unwrap();
     let marker = rdir.join("ml-dash-remote.json");
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
-    assert_eq!(m["version"], 2);
-    std::fs::write(&marker, "{\"format\":\"ml-dash remote\",\"version\":1}\n").unwrap();
-    put(&s, "b.bin", b"more");
-    s.push(&ml_dash::Remote::open(&cfg).unwrap(), None).unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
-    assert_eq!(m["version"], 2);
+    let version = || -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&marker).unwrap()).unwrap()
+            ["version"]
+            .clone()
+    };
+    assert_eq!(version(), 3);
+    for (old, file) in [(1, "b.bin"), (2, "c.bin")] {
+        std::fs::write(
+            &marker,
+            format!("{{\"format\":\"ml-dash remote\",\"version\":{old}}}\n"),
+        )
+        .unwrap();
+        put(&s, file, b"more");
+        s.push(&ml_dash::Remote::open(&cfg).unwrap(), None).unwrap();
+        assert_eq!(version(), 3, "from {old}");
+    }
     let other = Store::open(t.path().join("other")).unwrap();
     other
         .pull(&ml_dash::Remote::open(&cfg).unwrap(), None)

@@ -1,0 +1,445 @@
+//! A byte-oriented Huffman coder for byte planes (see `codec.rs`). No I/O here.
+//!
+//! The sign/exponent plane of float weights has 2-4 bits of entropy per byte and no repeats
+//! worth finding, so a plain order-0 Huffman code gets what zstd gets on it, without a match
+//! search or a frame. Codes are at most 11 bits long, so one 64-bit load feeds five symbols; a
+//! plane is cut into four streams decoded in one interleaved loop, which keeps the table lookups
+//! of the four independent of each other.
+//!
+//! ```text
+//! coded plane of n bytes:
+//!   lengths:[128]     code length of each byte value, a nibble each (value 2i in the low
+//!                     nibble of byte i, 2i+1 in the high); 0: the value does not occur; 1..=11
+//!   bits:[4 x u32le]  the exact bit count of each of the four streams
+//!   streams           stream k in ceil(bits_k / 8) bytes, one after the other
+//! ```
+//! Stream k (k < 3) codes plane bytes `k*q .. (k+1)*q` with `q = n / 4`; stream 3 the rest.
+//! Codes are canonical (shorter codes first, equal lengths in byte-value order) and written
+//! least significant bit first; the last byte of a stream is padded with zero bits. The lengths
+//! must satisfy Kraft's inequality (an incomplete code is allowed).
+
+/// The longest code.
+pub const MAX_LEN: u32 = 11;
+const TABLE_LEN: usize = 1 << MAX_LEN;
+const STREAMS: usize = 4;
+/// Header: code lengths and stream bit counts.
+pub const HEADER_LEN: usize = 128 + 4 * STREAMS;
+
+/// Byte counts of `data` (four partial histograms, so repeated values do not wait on each
+/// other's increments).
+pub fn histogram(data: &[u8]) -> [u32; 256] {
+    let mut h = [[0u32; 256]; 4];
+    let mut quads = data.chunks_exact(4);
+    for q in &mut quads {
+        h[0][q[0] as usize] += 1;
+        h[1][q[1] as usize] += 1;
+        h[2][q[2] as usize] += 1;
+        h[3][q[3] as usize] += 1;
+    }
+    for &b in quads.remainder() {
+        h[0][b as usize] += 1;
+    }
+    let mut out = h[0];
+    for part in &h[1..] {
+        for (o, c) in out.iter_mut().zip(part) {
+            *o += c;
+        }
+    }
+    out
+}
+
+/// Code lengths (at most `MAX_LEN`) of a Huffman code for the counts `hist`. Values that do not
+/// occur get 0; when only one value occurs it gets length 1.
+pub fn code_lengths(hist: &[u32; 256]) -> [u8; 256] {
+    let mut lens = [0u8; 256];
+    let mut leaves: Vec<(u64, u8)> = (0..=255u8)
+        .filter(|&s| hist[s as usize] > 0)
+        .map(|s| (u64::from(hist[s as usize]), s))
+        .collect();
+    match leaves.len() {
+        0 => return lens,
+        1 => {
+            lens[leaves[0].1 as usize] = 1;
+            return lens;
+        }
+        _ => {}
+    }
+    leaves.sort_unstable();
+    let m = leaves.len();
+    // Two queues: the sorted leaves (nodes 0..m) and the internal nodes (m..2m-1), which are
+    // made in non-decreasing weight order.
+    let mut weight: Vec<u64> = leaves.iter().map(|l| l.0).collect();
+    weight.resize(2 * m - 1, 0);
+    let mut parent = vec![0usize; 2 * m - 1];
+    let (mut next_leaf, mut next_node) = (0usize, m);
+    for j in m..2 * m - 1 {
+        let mut take = || {
+            let leaf_first =
+                next_leaf < m && (next_node >= j || weight[next_leaf] <= weight[next_node]);
+            if leaf_first {
+                next_leaf += 1;
+                next_leaf - 1
+            } else {
+                next_node += 1;
+                next_node - 1
+            }
+        };
+        let (a, b) = (take(), take());
+        weight[j] = weight[a] + weight[b];
+        parent[a] = j;
+        parent[b] = j;
+    }
+    let mut depth = vec![0u32; 2 * m - 1];
+    for j in (0..2 * m - 2).rev() {
+        depth[j] = depth[parent[j]] + 1;
+    }
+    // Lengths over the limit become the limit; then the code is made to fit again (Kraft sum
+    // back to at most 1) by lengthening the least frequent of the shorter codes, longest
+    // first, which costs the fewest bits.
+    let mut kraft: u64 = 0;
+    for (i, &(_, s)) in leaves.iter().enumerate() {
+        let l = depth[i].min(MAX_LEN);
+        lens[s as usize] = l as u8;
+        kraft += 1 << (MAX_LEN - l);
+    }
+    'fit: while kraft > TABLE_LEN as u64 {
+        for l in (1..MAX_LEN).rev() {
+            for &(_, s) in &leaves {
+                if u32::from(lens[s as usize]) == l {
+                    lens[s as usize] += 1;
+                    kraft -= 1 << (MAX_LEN - l - 1);
+                    if kraft <= TABLE_LEN as u64 {
+                        break 'fit;
+                    }
+                }
+            }
+        }
+    }
+    lens
+}
+
+/// Canonical codes for `lens`, bit-reversed for writing least significant bit first. `None`
+/// when the lengths break Kraft's inequality or exceed `MAX_LEN`.
+fn canonical_codes(lens: &[u8; 256]) -> Option<[u16; 256]> {
+    let mut count = [0u32; MAX_LEN as usize + 1];
+    for &l in lens {
+        if u32::from(l) > MAX_LEN {
+            return None;
+        }
+        count[l as usize] += 1;
+    }
+    count[0] = 0;
+    let kraft: u64 = (1..=MAX_LEN as usize)
+        .map(|l| u64::from(count[l]) << (MAX_LEN as usize - l))
+        .sum();
+    if kraft > TABLE_LEN as u64 {
+        return None;
+    }
+    let mut next = [0u32; MAX_LEN as usize + 2];
+    let mut code = 0u32;
+    for l in 1..=MAX_LEN as usize {
+        code = (code + count[l - 1]) << 1;
+        next[l] = code;
+    }
+    let mut codes = [0u16; 256];
+    for s in 0..256 {
+        let l = lens[s] as usize;
+        if l > 0 {
+            let c = next[l];
+            next[l] += 1;
+            codes[s] = u16::try_from(c.reverse_bits() >> (32 - l)).expect("l <= MAX_LEN bits");
+        }
+    }
+    Some(codes)
+}
+
+/// The size in bytes `encode` would produce for a plane with counts `hist` and code `lens`.
+pub fn coded_len(hist: &[u32; 256], lens: &[u8; 256]) -> usize {
+    let bits: u64 = hist
+        .iter()
+        .zip(lens)
+        .map(|(&c, &l)| u64::from(c) * u64::from(l))
+        .sum();
+    // Four streams, each padded to a whole byte.
+    HEADER_LEN + crate::format::usize_from(bits / 8) + STREAMS
+}
+
+/// The plane ranges of the four streams of an `n`-byte plane.
+fn stream_ranges(n: usize) -> [std::ops::Range<usize>; STREAMS] {
+    let q = n / STREAMS;
+    [0..q, q..2 * q, 2 * q..3 * q, 3 * q..n]
+}
+
+/// Append the coded form of `data` (whose counts are `hist`) with code `lens` to `out`.
+pub fn encode(data: &[u8], hist: &[u32; 256], lens: &[u8; 256], out: &mut Vec<u8>) {
+    let codes = canonical_codes(lens).expect("code_lengths makes a valid code");
+    // A symbol's code and length in one word: code in the low 16 bits, length above.
+    let mut table = [0u32; 256];
+    for s in 0..256 {
+        table[s] = u32::from(codes[s]) | (u32::from(lens[s]) << 16);
+    }
+    debug_assert!((0..256).all(|s| hist[s] == 0 || lens[s] > 0));
+    for pair in lens.chunks_exact(2) {
+        out.push(pair[0] | (pair[1] << 4));
+    }
+    let bits_at = out.len();
+    out.resize(bits_at + 4 * STREAMS, 0);
+    for (k, range) in stream_ranges(data.len()).into_iter().enumerate() {
+        let bits = encode_stream(&data[range], &table, out);
+        let bits = u32::try_from(bits).expect("a plane is far below 512 MiB");
+        out[bits_at + 4 * k..bits_at + 4 * k + 4].copy_from_slice(&bits.to_le_bytes());
+    }
+}
+
+/// Append one stream; returns its length in bits.
+fn encode_stream(src: &[u8], table: &[u32; 256], out: &mut Vec<u8>) -> u64 {
+    let start = out.len();
+    // Room for every code at the longest length, and one whole 8-byte store past the end.
+    out.resize(start + src.len() * MAX_LEN as usize / 8 + 16, 0);
+    let buf = &mut out[start..];
+    let (mut pos, mut acc, mut n) = (0usize, 0u64, 0u32);
+    let put = |acc: &mut u64, n: &mut u32, s: u8| {
+        let e = table[s as usize];
+        *acc |= u64::from(e & 0xffff) << *n;
+        *n += e >> 16;
+    };
+    let mut quads = src.chunks_exact(4);
+    for q in &mut quads {
+        // At most 7 + 4 * 11 = 51 bits are pending before the flush.
+        for &s in q {
+            put(&mut acc, &mut n, s);
+        }
+        buf[pos..pos + 8].copy_from_slice(&acc.to_le_bytes());
+        let whole = (n / 8) as usize;
+        pos += whole;
+        acc >>= whole * 8;
+        n &= 7;
+    }
+    for &s in quads.remainder() {
+        put(&mut acc, &mut n, s);
+    }
+    buf[pos..pos + 8].copy_from_slice(&acc.to_le_bytes());
+    let bits = pos as u64 * 8 + u64::from(n);
+    out.truncate(start + crate::format::usize_from(bits.div_ceil(8)));
+    bits
+}
+
+/// Why a coded plane cannot be decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Damaged(pub &'static str);
+
+/// The decoding table: entry = value | length << 8 (little-endian bytes `[value, length]`),
+/// indexed by the next `MAX_LEN` bits. Entries
+/// no code reaches have length 0 (a damaged stream then stops matching its bit count).
+fn decode_table(lens: &[u8; 256]) -> Result<Box<[u16; TABLE_LEN]>, Damaged> {
+    let codes = canonical_codes(lens).ok_or(Damaged("invalid code lengths"))?;
+    let mut table = Box::new([0u16; TABLE_LEN]);
+    for s in 0..256 {
+        let l = u32::from(lens[s]);
+        if l == 0 {
+            continue;
+        }
+        let entry = u16::from_le_bytes([u8::try_from(s).expect("a byte value"), lens[s]]);
+        let mut i = codes[s] as usize;
+        while i < TABLE_LEN {
+            table[i] = entry;
+            i += 1 << l;
+        }
+    }
+    Ok(table)
+}
+
+/// The table index of the next code in `w`: its low `MAX_LEN` bits.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the value is masked to MAX_LEN bits first"
+)]
+fn window(w: u64) -> usize {
+    (w & (TABLE_LEN as u64 - 1)) as usize
+}
+
+/// Decode a coded plane (all of `stored`) into `out`, whose length is the plane's.
+pub fn decode(stored: &[u8], out: &mut [u8]) -> Result<(), Damaged> {
+    if stored.len() < HEADER_LEN {
+        return Err(Damaged("truncated header"));
+    }
+    let mut lens = [0u8; 256];
+    for (i, &b) in stored[..128].iter().enumerate() {
+        lens[2 * i] = b & 15;
+        lens[2 * i + 1] = b >> 4;
+    }
+    let table = decode_table(&lens)?;
+    let mut streams: [&[u8]; STREAMS] = [&[]; STREAMS];
+    let mut bits = [0u64; STREAMS];
+    let mut pos = HEADER_LEN;
+    for k in 0..STREAMS {
+        let b = u32::from_le_bytes(stored[128 + 4 * k..132 + 4 * k].try_into().expect("4"));
+        bits[k] = u64::from(b);
+        let len = b.div_ceil(8) as usize;
+        streams[k] = stored
+            .get(pos..pos + len)
+            .ok_or(Damaged("truncated stream"))?;
+        pos += len;
+    }
+    if pos != stored.len() {
+        return Err(Damaged("bytes after the last stream"));
+    }
+    let ranges = stream_ranges(out.len());
+    // Four disjoint output slices.
+    let (o0, rest) = out.split_at_mut(ranges[0].end);
+    let (o1, rest) = rest.split_at_mut(ranges[1].len());
+    let (o2, o3) = rest.split_at_mut(ranges[2].len());
+    let outs: [&mut [u8]; STREAMS] = [o0, o1, o2, o3];
+    let mut bitpos = [0usize; STREAMS];
+    let mut done = [0usize; STREAMS];
+    let table = &*table;
+    // Interleaved: while every stream has five more values to make and eight bytes to load,
+    // one value of each stream in turn, so that the four lookup chains overlap.
+    let rounds = (0..STREAMS)
+        .map(|k| outs[k].len() / 5)
+        .min()
+        .expect("four streams");
+    for _ in 0..rounds {
+        if (0..STREAMS).any(|k| (bitpos[k] >> 3) + 8 > streams[k].len()) {
+            break;
+        }
+        let mut w = [0u64; STREAMS];
+        for k in 0..STREAMS {
+            let at = bitpos[k] >> 3;
+            let word = u64::from_le_bytes(streams[k][at..at + 8].try_into().expect("8"));
+            w[k] = word >> (bitpos[k] & 7);
+        }
+        let mut vals = [[0u8; 5]; STREAMS];
+        #[allow(
+            clippy::needless_range_loop,
+            reason = "round r of all four streams before round r + 1: the four chains overlap"
+        )]
+        for r in 0..5 {
+            for k in 0..STREAMS {
+                let [v, l] = table[window(w[k])].to_le_bytes();
+                vals[k][r] = v;
+                w[k] >>= l;
+                bitpos[k] += usize::from(l);
+            }
+        }
+        for k in 0..STREAMS {
+            outs[k][done[k]..done[k] + 5].copy_from_slice(&vals[k]);
+            done[k] += 5;
+        }
+    }
+    // Each stream's rest, one value at a time with zero-padded loads.
+    for k in 0..STREAMS {
+        let s = streams[k];
+        for slot in &mut outs[k][done[k]..] {
+            let at = bitpos[k] >> 3;
+            let mut word = [0u8; 8];
+            let avail = s.len().saturating_sub(at).min(8);
+            word[..avail].copy_from_slice(&s[at.min(s.len())..at.min(s.len()) + avail]);
+            let w = u64::from_le_bytes(word) >> (bitpos[k] & 7);
+            let [v, l] = table[window(w)].to_le_bytes();
+            *slot = v;
+            bitpos[k] += usize::from(l);
+        }
+        if bitpos[k] as u64 != bits[k] {
+            return Err(Damaged("a stream's codes do not add up to its bit count"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test data: random words cut to bytes, normal samples to f32"
+)]
+mod tests {
+    use super::*;
+
+    fn round_trip(data: &[u8]) -> usize {
+        let hist = histogram(data);
+        let lens = code_lengths(&hist);
+        let mut out = vec![];
+        encode(data, &hist, &lens, &mut out);
+        assert!(out.len() <= coded_len(&hist, &lens));
+        let mut back = vec![0u8; data.len()];
+        decode(&out, &mut back).unwrap();
+        assert_eq!(back, data);
+        out.len()
+    }
+
+    #[test]
+    fn round_trips_any_length_and_distribution() {
+        let mut rng = crate::test_support::XorShift::new(7);
+        for n in [0usize, 1, 3, 4, 5, 19, 20, 21, 64, 1000, 65536 + 3] {
+            // Uniform bytes, a skewed distribution and a single value.
+            let uniform: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            round_trip(&uniform);
+            let skewed: Vec<u8> = (0..n)
+                .map(|_| (rng.next_u64() % 64).leading_zeros() as u8)
+                .collect();
+            round_trip(&skewed);
+            round_trip(&vec![42u8; n]);
+        }
+    }
+
+    #[test]
+    fn lengths_are_limited_and_fit() {
+        // Fibonacci counts make the deepest Huffman trees.
+        let mut hist = [0u32; 256];
+        let (mut a, mut b) = (1u32, 1u32);
+        for h in hist.iter_mut().take(40) {
+            *h = a;
+            (a, b) = (b, a.saturating_add(b));
+        }
+        let lens = code_lengths(&hist);
+        assert!(lens.iter().all(|&l| u32::from(l) <= MAX_LEN));
+        assert!(canonical_codes(&lens).is_some());
+        let data: Vec<u8> = (0..40u8)
+            .flat_map(|s| std::iter::repeat_n(s, hist[s as usize].min(5000) as usize))
+            .collect();
+        round_trip(&data);
+    }
+
+    #[test]
+    fn skewed_bytes_shrink_to_their_entropy() {
+        // An exponent-like plane: a few values, geometric.
+        let mut rng = crate::test_support::XorShift::new(11);
+        let data: Vec<u8> = (0..1 << 20)
+            .map(|_| 120 + (rng.next_u64() | 1 << 20).trailing_zeros() as u8)
+            .collect();
+        // Entropy of a geometric(1/2) source: 2 bits per byte.
+        let n = round_trip(&data);
+        assert!(n < data.len() / 4 + data.len() / 50, "{n}");
+    }
+
+    #[test]
+    fn damage_is_an_error_not_a_panic() {
+        let mut rng = crate::test_support::XorShift::new(3);
+        let data: Vec<u8> = (0..5000)
+            .map(|_| (rng.next_u64() % 200).leading_zeros() as u8)
+            .collect();
+        let hist = histogram(&data);
+        let lens = code_lengths(&hist);
+        let mut coded = vec![];
+        encode(&data, &hist, &lens, &mut coded);
+        let mut back = vec![0u8; data.len()];
+        assert!(decode(&coded[..coded.len() - 1], &mut back).is_err());
+        assert!(decode(&coded[..HEADER_LEN - 1], &mut back).is_err());
+        let mut longer = coded.clone();
+        longer.push(0);
+        assert!(decode(&longer, &mut back).is_err());
+        // Lengths that break Kraft's inequality.
+        let mut bad = coded.clone();
+        bad[..128].fill(0x11);
+        assert_eq!(
+            decode(&bad, &mut back),
+            Err(Damaged("invalid code lengths"))
+        );
+        // Any flipped bit: an error or other bytes, never a panic.
+        for i in 0..coded.len() * 8 {
+            let mut c = coded.clone();
+            c[i / 8] ^= 1 << (i % 8);
+            let _ = decode(&c, &mut back);
+        }
+    }
+}
