@@ -902,9 +902,10 @@ pub(crate) fn commit_versions(
     versions: &[Prepared],
 ) -> Result<()> {
     let store = s.store;
+    let encoded: Vec<Vec<u8>> = versions.iter().map(|p| p.manifest.encode()).collect();
     let manifest = |i: usize| {
         let m = &versions[i].manifest;
-        (store.manifest_path(m.record.id), m.encode())
+        (store.manifest_path(m.record.id), encoded[i].clone())
     };
     let (active, staged) = std::thread::scope(|t| {
         let staging = (!versions.is_empty())
@@ -939,8 +940,10 @@ pub(crate) fn commit_versions(
     s.index.apply(b)?;
     staged.commit()?;
     let mut b = IndexBatch::default();
-    for p in versions {
+    for (p, bytes) in versions.iter().zip(&encoded) {
         b.put_version(&p.manifest.record);
+        // Every upload hashed its chunks to the record's SHA-256 as it stored them.
+        b.put_proof(p.manifest.record.id, blake3::hash(bytes).as_bytes());
     }
     b.remove_meta("pending");
     s.index.apply(b)

@@ -11,6 +11,7 @@
 //! | `d` ns `\0` ... filename `\0` | highest version ever deleted (u32 BE), kept after gc |
 //! | `x` version id (16) | empty: the version was deleted by id (a `DeleteVersions` event), kept after gc |
 //! | `k` pack id (16) | committed length of the pack (u64 LE) |
+//! | `s` version id (16) | BLAKE3 of the version's manifest file as written by an upload, whose chunks were hashed to the record's SHA-256 as they were stored |
 //! | `m` name | store metadata: `format`, `active_pack`, `last_id`, `pending`, `gc_generation` |
 
 use std::path::Path;
@@ -324,6 +325,18 @@ impl Index {
         }
     }
 
+    /// The BLAKE3 of version `id`'s manifest file when an upload in this store wrote it (see
+    /// `IndexBatch::put_proof`).
+    pub fn proof(&self, id: Id) -> Result<Option<[u8; 32]>> {
+        let mut k = vec![b's'];
+        k.extend_from_slice(&id.0);
+        Ok(self
+            .db
+            .get(k)
+            .map_err(ie)?
+            .and_then(|v| <[u8; 32]>::try_from(&v[..]).ok()))
+    }
+
     /// Every version of one path: `(version, id)` ascending.
     pub fn versions_of(&self, key: &FileKey) -> Result<Vec<(u32, Id)>> {
         let prefix = file_key_bytes(b'p', key);
@@ -448,8 +461,21 @@ impl IndexBatch {
         self.0.insert(pk, &r.id.0[..]);
     }
 
+    /// Record that version `id`'s manifest file, whose BLAKE3 is `manifest`, lists chunks that
+    /// were hashed to the record's SHA-256 as they were stored: reads of a version whose
+    /// manifest still has that hash can rely on the chunk ids alone. Only uploads write this; a
+    /// manifest that came from elsewhere (a pull, a rebuild) has no proof until one is made.
+    pub fn put_proof(&mut self, id: Id, manifest: &[u8; 32]) {
+        let mut k = vec![b's'];
+        k.extend_from_slice(&id.0);
+        self.0.insert(k, &manifest[..]);
+    }
+
     pub fn remove_version(&mut self, r: &FileRecord) {
         let mut k = vec![b'v'];
+        k.extend_from_slice(&r.id.0);
+        self.0.remove(k);
+        let mut k = vec![b's'];
         k.extend_from_slice(&r.id.0);
         self.0.remove(k);
         let mut pk = file_key_bytes(b'p', &r.key());

@@ -125,6 +125,9 @@ pub struct FileReader {
     /// Set when a read to the end found the bytes do not match the record: every later read
     /// fails with it.
     failed: Option<String>,
+    /// The manifest is the one an upload in this store wrote after hashing these chunks to the
+    /// record's SHA-256 (`Index::proof`): reads rely on the chunk ids and skip the SHA-256.
+    proven: bool,
 }
 
 /// Open packs and the locations of delta bases, resolved under the lock so chunks (and the
@@ -304,6 +307,11 @@ impl PackFiles {
 }
 
 pub(crate) fn load_manifest(s: &Session<'_>, rec: &FileRecord) -> Result<Manifest> {
+    load_manifest_hashed(s, rec).map(|(m, _)| m)
+}
+
+/// `load_manifest`, and the BLAKE3 of the manifest file.
+fn load_manifest_hashed(s: &Session<'_>, rec: &FileRecord) -> Result<(Manifest, [u8; 32])> {
     let path = s.store.manifest_path(rec.id);
     let what = format!("manifest of {} v{}", rec.key().display(), rec.version);
     let bytes = std::fs::read(&path).map_err(|e| {
@@ -316,11 +324,12 @@ pub(crate) fn load_manifest(s: &Session<'_>, rec: &FileRecord) -> Result<Manifes
     {
         return Err(Error::corrupt(what, "manifest does not match the index"));
     }
-    Ok(m)
+    Ok((m, *blake3::hash(&bytes).as_bytes()))
 }
 
 pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader> {
-    let m = load_manifest(s, &rec)?;
+    let (m, hash) = load_manifest_hashed(s, &rec)?;
+    let proven = s.index.proof(rec.id)? == Some(hash);
     let mut located = Located::new(s.store.dir("packs"));
     let mut chunks = Vec::with_capacity(m.chunks.len());
     let mut start = 0u64;
@@ -347,8 +356,9 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
         located,
         pos: 0,
         cache: None,
-        whole: Some(WholeFile::new()),
+        whole: (!proven).then(WholeFile::new),
         failed: None,
+        proven,
     })
 }
 
@@ -401,11 +411,27 @@ impl FileReader {
     }
 
     /// Stream the whole file into `out`, decoding chunks in parallel; every chunk is verified
-    /// against its BLAKE3 id and the whole file against the record's SHA-256 (a mismatch is
-    /// an error after the last byte: a caller that must not keep wrong bytes writes to a
-    /// temporary file, as `download` does). Errors writing to `out` are `Error::Output`.
+    /// against its BLAKE3 id. The whole file is also checked against the record's SHA-256
+    /// unless this store's upload proved the chunk list (see [`is_proven`](Self::is_proven)):
+    /// then the chunk ids, listed by a manifest that still hashes as written, already fix every
+    /// byte. A mismatch is an error after the last byte: a caller that must not keep wrong
+    /// bytes writes to a temporary file, as `download` does. Errors writing to `out` are
+    /// `Error::Output`.
     pub fn copy_to(&self, out: &mut (dyn Write + Send)) -> Result<u64> {
+        self.copy_impl(out, !self.proven)
+    }
+
+    /// Like [`copy_to`](Self::copy_to), always hashing the whole file with SHA-256 and
+    /// comparing it with the record (what `verify` does).
+    pub fn copy_to_checking_sha256(&self, out: &mut (dyn Write + Send)) -> Result<u64> {
         self.copy_impl(out, true)
+    }
+
+    /// Did an upload to this store write this version's manifest, exactly as it is now, after
+    /// hashing its chunks to the record's SHA-256? Versions that came by pull, import of
+    /// manifests or an index rebuild are not proven: their reads hash the whole file.
+    pub fn is_proven(&self) -> bool {
+        self.proven
     }
 
     /// Like [`copy_to`](Self::copy_to), every chunk verified against its BLAKE3 id, but the

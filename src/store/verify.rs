@@ -195,7 +195,7 @@ impl Store {
         }
         for (name, r) in to_read {
             let checked = crate::store::read::open_reader(&s, r)
-                .and_then(|reader| reader.copy_to(&mut std::io::sink()));
+                .and_then(|reader| reader.copy_to_checking_sha256(&mut std::io::sink()));
             if let Err(e) = checked {
                 rep.damaged_files.push(Finding::new(
                     VerifyKind::DamagedFile,

@@ -350,7 +350,7 @@ fn mark_remote(remote: &Path) {
     fs::create_dir_all(remote).unwrap();
     let m = remote.join("ml-dash-remote.json");
     if !m.exists() {
-        fs::write(m, "{\"format\":\"ml-dash remote\",\"version\":2}\n").unwrap();
+        fs::write(m, "{\"format\":\"ml-dash remote\",\"version\":3}\n").unwrap();
     }
 }
 
@@ -1191,11 +1191,61 @@ fn a_manifest_whose_chunks_do_not_match_its_checksum_is_never_served() {
         .unwrap()
         .open_file(&key("e", "/a.bin"), None)
         .unwrap();
+    assert!(
+        !r.is_proven(),
+        "a rewritten manifest must not keep its upload's proof"
+    );
     let mut got = Vec::new();
     assert!(
         r.read_to_end(&mut got).is_err(),
         "open_file read {} bytes to the end without an error",
         got.len()
+    );
+}
+
+/// Reads rely on chunk ids alone (no whole-file SHA-256) only for versions whose manifest an
+/// upload to this store wrote, exactly as it is now. After an index rebuild the proof is gone
+/// and reads hash the whole file again; a pulled version has none; both still read right.
+#[test]
+fn only_manifests_an_upload_wrote_skip_the_whole_file_hash() {
+    let t = tmp();
+    let root = t.path().join("store");
+    let a = random_bytes(92, 300_000);
+    put(&root, "e", "/a.bin", &a);
+    let read = |s: &Store| {
+        let r = s.open_file(&key("e", "/a.bin"), None).unwrap();
+        let mut got = Vec::new();
+        r.copy_to(&mut got).unwrap();
+        assert!(got == a);
+        r.is_proven()
+    };
+    let s = Store::open(&root).unwrap();
+    assert!(read(&s), "a fresh upload is proven");
+    let remote = t.path().join("remote");
+    let cfg = ml_dash::RemoteConfig::new(format!("file://{}", remote.display()));
+    s.push(&ml_dash::Remote::open(&cfg).unwrap(), None).unwrap();
+    let other = Store::open(t.path().join("other")).unwrap();
+    other
+        .pull(&ml_dash::Remote::open(&cfg).unwrap(), None)
+        .unwrap();
+    assert!(!read(&other), "a pulled version is not proven");
+    drop(s);
+    fs::remove_dir_all(root.join("index")).unwrap();
+    let s = Store::open(&root).unwrap();
+    assert!(!read(&s), "a rebuilt index holds no proofs");
+    // A new upload is proven again, and the version before it stays unproven.
+    s.put_reader(
+        &b"next"[..],
+        &key("e", "/a.bin"),
+        NewVersion::default(),
+        None,
+    )
+    .unwrap();
+    assert!(s.open_file(&key("e", "/a.bin"), None).unwrap().is_proven());
+    assert!(
+        !s.open_file(&key("e", "/a.bin"), Some(1))
+            .unwrap()
+            .is_proven()
     );
 }
 
