@@ -111,6 +111,12 @@ impl Model {
     /// to 64 bytes by an extra field). With `zip64` the end records are the zip64 ones (as for
     /// archives over 4 GiB) and the directory gives local offsets in zip64 extra fields.
     pub fn torch_zip(&self, bf16: bool, zip64: bool) -> Vec<u8> {
+        self.torch_zip_in(bf16, zip64, "archive")
+    }
+
+    /// `torch_zip` with its entries under `root/` instead of `archive/` (`torch.save` to a path
+    /// names the folder after the file: `epoch_3.pt` holds `epoch_3/data/0`, ...).
+    pub fn torch_zip_in(&self, bf16: bool, zip64: bool, root: &str) -> Vec<u8> {
         let st = self.safetensors(bf16);
         let n = usize::try_from(u64::from_le_bytes(st[..8].try_into().expect("8")))
             .expect("a header of a few KiB");
@@ -122,14 +128,14 @@ impl Model {
             self.tensors.len(),
             self.t
         );
-        entries.push(("archive/data.pkl".into(), pickle.as_bytes()));
+        entries.push((format!("{root}/data.pkl"), pickle.as_bytes()));
         let mut off = 0;
         for (i, (_, rows, cols)) in self.tensors.iter().enumerate() {
             let len = rows * cols * width;
-            entries.push((format!("archive/data/{i}"), &data[off..off + len]));
+            entries.push((format!("{root}/data/{i}"), &data[off..off + len]));
             off += len;
         }
-        entries.push(("archive/version".into(), b"3\n"));
+        entries.push((format!("{root}/version"), b"3\n"));
         // The 16- and 32-bit fields of a zip without zip64 (a real torch.save switches to
         // zip64 past 4 GiB; these sizes have no zip64 field here).
         let u16_field = |n: usize| u16::try_from(n).expect("a name or count under 64 Ki");

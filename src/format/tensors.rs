@@ -14,8 +14,9 @@
 //!
 //! PyTorch (`torch.save`): a zip archive whose entries are stored uncompressed, one per tensor
 //! storage (`archive/data/0`, `archive/data/1`, ...) beside the pickle; the layout comes from the
-//! central directory at the end (zip64 too), so it needs a seekable source. The entries' names
-//! play the tensors' names; their dtype is unknown (`""`).
+//! central directory at the end (zip64 too), so it needs a seekable source. The entries' names,
+//! without the folder all of them share (`torch.save` names it after the file), play the
+//! tensors' names; their dtype is unknown (`""`).
 //!
 //! Nothing here does file I/O of its own; `Layout::zip` reads through the reader it is given.
 
@@ -218,6 +219,20 @@ impl Layout {
         tensors.sort_by_key(|t| (t.start, t.end));
         if tensors.windows(2).any(|w| w[0].end > w[1].start) {
             return None;
+        }
+        // `torch.save` puts every entry in a folder named after the file it wrote
+        // (`epoch_3/data/0`): without that folder, the tensors of the next checkpoint, saved
+        // under another name, are found by name.
+        let root = tensors
+            .first()
+            .and_then(|t| t.name.split_once('/'))
+            .map(|(r, _)| format!("{r}/"));
+        if let Some(root) = root
+            && tensors.iter().all(|t| t.name.starts_with(&root))
+        {
+            for t in &mut tensors {
+                t.name.drain(..root.len());
+            }
         }
         Some(Layout {
             data_start: 0,

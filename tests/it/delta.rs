@@ -346,7 +346,9 @@ fn push_and_pull_carry_the_bases_deltas_need() {
     }
 }
 
-/// `n` PyTorch-style zip checkpoints (see `adam::Model::torch_zip`), like `checkpoints`.
+/// `n` PyTorch-style zip checkpoints (see `adam::Model::torch_zip`), like `checkpoints`. After
+/// the first (`archive/data/0`, ...) each archive's folder is named after its checkpoint, as
+/// `torch.save` names it after the file (`ck1/data/0`, `ck2/data/0`, ...).
 fn torch_checkpoints(n: usize, zip64: bool) -> Vec<Vec<u8>> {
     let mut m = adam::Model::new(1_000_000, 512, 11);
     m.lr = 3e-4;
@@ -356,7 +358,10 @@ fn torch_checkpoints(n: usize, zip64: bool) -> Vec<Vec<u8>> {
             if i > 0 {
                 m.train(100);
             }
-            m.torch_zip(true, zip64)
+            match i {
+                0 => m.torch_zip(true, zip64),
+                _ => m.torch_zip_in(true, zip64, &format!("ck{i}")),
+            }
         })
         .collect()
 }
