@@ -209,17 +209,14 @@ fn rotated_stats(data: &[u8], width: usize) -> Vec<f64> {
     let mut hist = vec![[0u32; 256]; width];
     let mut count = |span: &[u8]| {
         for e in span.chunks_exact(width) {
-            let r = if width == 4 {
-                u32::from_le_bytes(e.try_into().expect("4 bytes"))
-                    .rotate_left(1)
-                    .to_le_bytes()
-                    .to_vec()
+            let mut r = [0u8; 4];
+            if width == 4 {
+                let v = u32::from_le_bytes(e.try_into().expect("4 bytes"));
+                r = v.rotate_left(1).to_le_bytes();
             } else {
-                u16::from_le_bytes(e.try_into().expect("2 bytes"))
-                    .rotate_left(1)
-                    .to_le_bytes()
-                    .to_vec()
-            };
+                let v = u16::from_le_bytes(e.try_into().expect("2 bytes"));
+                r[..2].copy_from_slice(&v.rotate_left(1).to_le_bytes());
+            }
             for (h, b) in hist.iter_mut().zip(r) {
                 h[b as usize] += 1;
             }

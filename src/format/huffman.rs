@@ -16,7 +16,8 @@
 //! Stream k (k < 3) codes plane bytes `k*q .. (k+1)*q` with `q = n / 4`; stream 3 the rest.
 //! Codes are canonical (shorter codes first, equal lengths in byte-value order) and written
 //! least significant bit first; the last byte of a stream is padded with zero bits. The lengths
-//! must satisfy Kraft's inequality (an incomplete code is allowed).
+//! must satisfy Kraft's inequality (an incomplete code is allowed, but bits that match none of
+//! its codes are an error).
 
 /// The longest code.
 pub const MAX_LEN: u32 = 11;
@@ -229,8 +230,8 @@ fn encode_stream(src: &[u8], table: &[u32; 256], out: &mut Vec<u8>) -> u64 {
 pub struct Damaged(pub &'static str);
 
 /// The decoding table: entry = value | length << 8 (little-endian bytes `[value, length]`),
-/// indexed by the next `MAX_LEN` bits. Entries
-/// no code reaches have length 0 (a damaged stream then stops matching its bit count).
+/// indexed by the next `MAX_LEN` bits. Entries no code reaches have length 0: decoding one is
+/// an error.
 fn decode_table(lens: &[u8; 256]) -> Result<Box<[u16; TABLE_LEN]>, Damaged> {
     let codes = canonical_codes(lens).ok_or(Damaged("invalid code lengths"))?;
     let mut table = Box::new([0u16; TABLE_LEN]);
@@ -292,6 +293,8 @@ pub fn decode(stored: &[u8], out: &mut [u8]) -> Result<(), Damaged> {
     let outs: [&mut [u8]; STREAMS] = [o0, o1, o2, o3];
     let mut bitpos = [0usize; STREAMS];
     let mut done = [0usize; STREAMS];
+    // Set when a window matches no code (an incomplete code leaves some unassigned).
+    let mut unassigned = false;
     let table = &*table;
     // Interleaved: while every stream has five more values to make and eight bytes to load,
     // one value of each stream in turn, so that the four lookup chains overlap.
@@ -318,6 +321,7 @@ pub fn decode(stored: &[u8], out: &mut [u8]) -> Result<(), Damaged> {
             for k in 0..STREAMS {
                 let [v, l] = table[window(w[k])].to_le_bytes();
                 vals[k][r] = v;
+                unassigned |= l == 0;
                 w[k] >>= l;
                 bitpos[k] += usize::from(l);
             }
@@ -338,11 +342,15 @@ pub fn decode(stored: &[u8], out: &mut [u8]) -> Result<(), Damaged> {
             let w = u64::from_le_bytes(word) >> (bitpos[k] & 7);
             let [v, l] = table[window(w)].to_le_bytes();
             *slot = v;
+            unassigned |= l == 0;
             bitpos[k] += usize::from(l);
         }
         if bitpos[k] as u64 != bits[k] {
             return Err(Damaged("a stream's codes do not add up to its bit count"));
         }
+    }
+    if unassigned {
+        return Err(Damaged("bits that match no code"));
     }
     Ok(())
 }
@@ -435,6 +443,13 @@ mod tests {
             decode(&bad, &mut back),
             Err(Damaged("invalid code lengths"))
         );
+        // No codes at all, and nothing in the streams: bits that match no code.
+        let empty = [0u8; HEADER_LEN];
+        assert_eq!(
+            decode(&empty, &mut back),
+            Err(Damaged("bits that match no code"))
+        );
+        assert_eq!(decode(&empty, &mut []), Ok(()));
         // Any flipped bit: an error or other bytes, never a panic.
         for i in 0..coded.len() * 8 {
             let mut c = coded.clone();

@@ -14,11 +14,28 @@ use crate::format::chunker::Simd;
 /// The byte planes of `data` (width 2 or 4) into `planes[..width]`, resized to `len / width`
 /// each; the `len % width` tail is left out.
 pub fn split(data: &[u8], width: usize, rotate: bool, planes: &mut Vec<Vec<u8>>) {
-    split_with(data, width, rotate, planes, Simd::detect());
+    split_on(data, width, rotate, planes, Simd::detect());
 }
 
-/// `split` with a given instruction set (tests and benchmarks).
+#[cfg(any(test, feature = "testing"))]
+/// `split` with a given instruction set (tests and benchmarks); one this CPU lacks runs the
+/// portable code.
 pub fn split_with(data: &[u8], width: usize, rotate: bool, planes: &mut Vec<Vec<u8>>, simd: Simd) {
+    split_on(data, width, rotate, planes, runnable(simd));
+}
+
+#[cfg(any(test, feature = "testing"))]
+/// `simd` if this CPU runs it, else the portable code.
+fn runnable(simd: Simd) -> Simd {
+    if Simd::available().contains(&simd) {
+        simd
+    } else {
+        Simd::Portable
+    }
+}
+
+/// `split` on `simd`, which must be one `Simd::available` lists.
+fn split_on(data: &[u8], width: usize, rotate: bool, planes: &mut Vec<Vec<u8>>, simd: Simd) {
     assert!(width == 2 || width == 4, "plane widths are 2 and 4");
     let n = data.len() / width;
     planes.resize_with(width, Vec::new);
@@ -27,7 +44,7 @@ pub fn split_with(data: &[u8], width: usize, rotate: bool, planes: &mut Vec<Vec<
     }
     let done = match simd {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Simd::Avx2` is only chosen when the CPU has AVX2 (`Simd::available`).
+        // SAFETY: `simd` is one `Simd::available` lists: `Simd::Avx2` only when the CPU has AVX2.
         Simd::Avx2 => unsafe { x86::split_avx2(data, width, rotate, planes) },
         _ => 0,
     };
@@ -59,18 +76,25 @@ pub fn split_with(data: &[u8], width: usize, rotate: bool, planes: &mut Vec<Vec<
 
 /// Merge `planes` (2 or 4 of equal length `n`) into `out` (`n * planes.len()` bytes).
 pub fn interleave(planes: &[&[u8]], rotate: bool, out: &mut [u8]) {
-    interleave_with(planes, rotate, out, Simd::detect());
+    interleave_on(planes, rotate, out, Simd::detect());
 }
 
-/// `interleave` with a given instruction set (tests and benchmarks).
+#[cfg(any(test, feature = "testing"))]
+/// `interleave` with a given instruction set (tests and benchmarks); one this CPU lacks runs
+/// the portable code.
 pub fn interleave_with(planes: &[&[u8]], rotate: bool, out: &mut [u8], simd: Simd) {
+    interleave_on(planes, rotate, out, runnable(simd));
+}
+
+/// `interleave` on `simd`, which must be one `Simd::available` lists.
+fn interleave_on(planes: &[&[u8]], rotate: bool, out: &mut [u8], simd: Simd) {
     let width = planes.len();
     assert!(width == 2 || width == 4, "plane widths are 2 and 4");
     let n = planes[0].len();
     assert!(planes.iter().all(|p| p.len() == n) && out.len() == n * width);
     let done = match simd {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Simd::Avx2` is only chosen when the CPU has AVX2 (`Simd::available`).
+        // SAFETY: `simd` is one `Simd::available` lists: `Simd::Avx2` only when the CPU has AVX2.
         Simd::Avx2 => unsafe { x86::interleave_avx2(planes, rotate, out) },
         _ => 0,
     };

@@ -119,6 +119,7 @@ impl Store {
         // Pulled chunks are added like an upload's: not while gc runs (see `writers_lock`).
         let _writers = self.writers_lock(false)?;
         let s = self.session()?;
+        s.ensure_format()?;
         known.settle(&marked, &|c| matches!(s.index.chunk(c), Ok(Some(_))));
         let mut rep = PullReport {
             remote: remote.url.clone(),

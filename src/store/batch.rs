@@ -477,6 +477,7 @@ impl Run<'_, '_> {
         let _writers = self.store.writers_lock(false)?;
         let s = self.store.session()?;
         self.store.check_poison()?;
+        s.ensure_format()?;
         let ix = &s.index;
         let active = match ix.meta_id("active_pack")? {
             Some(id) => ix.pack_len(id)?.map(|len| (id, len)),
@@ -502,7 +503,11 @@ impl Run<'_, '_> {
         let store = self.store;
         let _writers = store.writers_lock(false)?;
         // The snapshot's session ends here: ingest runs without the store lock.
-        let snapshot = Snapshot::take(&store.session()?.index)?;
+        let snapshot = {
+            let s = store.session()?;
+            s.ensure_format()?;
+            Snapshot::take(&s.index)?
+        };
         let mut sink = PackSink::incoming();
         let target = Target {
             lookup: &snapshot,

@@ -1,6 +1,7 @@
 //! The sled index: the only module that imports sled.
 //!
-//! The index is derived data (rebuilt from packs, manifests and events by `Store::rebuild_index`).
+//! The index is derived data (rebuilt from packs, manifests and events by `Store::rebuild_index`),
+//! but for the `s` proofs, which a rebuild drops (reads of those versions then hash whole files).
 //! Everything lives in one sled tree so that one `Batch` updates it atomically:
 //!
 //! | key | value |

@@ -363,16 +363,20 @@ fn pipeline<R: Read + Send>(
         let buf = sink.buffers.pop().unwrap_or_default();
         pool_tx.send(buf).expect("pool has room");
     }
-    let (sha_tx, sha_rx) = bounded::<Bytes>(POOL);
+    // The chunks of each window, in order: the SHA-256 is taken over exactly the bytes the
+    // manifest will list, which is what lets reads of the version skip it (`Index::proof`).
+    let (sha_tx, sha_rx) = bounded::<Vec<Bytes>>(POOL);
     let (batch_tx, batch_rx) = bounded::<Batch>(2);
 
     let res = std::thread::scope(|s| {
         let sha = s.spawn(move || {
             let mut h = sha2::Sha256::new();
             let mut n = 0u64;
-            for b in sha_rx {
-                h.update(&b);
-                n += b.len() as u64;
+            for chunks in sha_rx {
+                for b in chunks {
+                    h.update(&b);
+                    n += b.len() as u64;
+                }
             }
             (Sha256(Digest(h.finalize().into())), n)
         });
@@ -414,7 +418,7 @@ fn read_windows(
     cfg: &IngestConfig<'_>,
     pool_tx: Sender<Vec<u8>>,
     pool_rx: &Receiver<Vec<u8>>,
-    sha_tx: Sender<Bytes>,
+    sha_tx: Sender<Vec<Bytes>>,
     batch_tx: Sender<Batch>,
 ) -> Result<()> {
     let mut carry: Option<Bytes> = None;
@@ -448,16 +452,20 @@ fn read_windows(
             len,
             home: pool_tx.clone(),
         });
-        if fresh > 0 {
-            if let Some(p) = cfg.progress {
-                p.fetch_add(fresh as u64, Ordering::Relaxed);
-            }
-            if sha_tx.send(window.slice(carried..)).is_err() {
-                return Ok(());
-            }
+        if fresh > 0
+            && let Some(p) = cfg.progress
+        {
+            p.fetch_add(fresh as u64, Ordering::Relaxed);
         }
         let cutter = cutter.get_or_insert_with(|| choose_cutter(&window, cfg));
         let (used, batch) = cut_window(cutter, &window, at, eof, cfg, &mut cuts);
+        if !batch.is_empty()
+            && sha_tx
+                .send(batch.iter().map(|c| c.0.clone()).collect())
+                .is_err()
+        {
+            return Ok(());
+        }
         at += used as u64;
         if used < len {
             carry = Some(window.slice(used..));

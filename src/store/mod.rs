@@ -148,6 +148,8 @@ pub struct Store {
     pub(crate) opts: StoreOptions,
     pub(crate) chunker: Chunker,
     poisoned: Arc<Mutex<Option<String>>>,
+    /// `FORMAT` is known to say `STORE_FORMAT` (see `Session::ensure_format`).
+    format_current: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One operation's hold on the store: the lock and the open index.
@@ -250,6 +252,31 @@ fn upgrade_format(root: &Path, timeout: Duration, faults: &crate::store::fault::
     v["format"] = STORE_FORMAT.into();
     let _ = durable::write_atomic(&path, format!("{v}\n").as_bytes(), faults);
 }
+impl Session<'_> {
+    /// Before anything is written: make sure `FORMAT` says `STORE_FORMAT`. Opening tries to
+    /// mark an older store, but a lock that times out or a write that fails leaves it as it
+    /// was; writing records of the current format into it would let older versions read them
+    /// as damage. Holds the store lock (it is a session); checked once per `Store`.
+    pub(crate) fn ensure_format(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let store = self.store;
+        if store.format_current.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut v = read_format(&store.root)?;
+        if v.get("format").and_then(|f| f.as_u64()) < Some(u64::from(STORE_FORMAT)) {
+            v["format"] = STORE_FORMAT.into();
+            durable::write_atomic(
+                &store.root.join(FORMAT_FILE),
+                format!("{v}\n").as_bytes(),
+                &store.opts.faults,
+            )?;
+        }
+        store.format_current.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
 /// `root`'s `FORMAT` file as JSON.
 fn read_format(root: &Path) -> Result<serde_json::Value> {
     let path = root.join(FORMAT_FILE);
@@ -396,6 +423,7 @@ impl Store {
             opts,
             chunker,
             poisoned: Arc::new(Mutex::new(None)),
+            format_current: Arc::default(),
         })
     }
     /// Does any pack, manifest or event exist?

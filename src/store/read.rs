@@ -428,8 +428,9 @@ impl FileReader {
     }
 
     /// Did an upload to this store write this version's manifest, exactly as it is now, after
-    /// hashing its chunks to the record's SHA-256? Versions that came by pull, import of
-    /// manifests or an index rebuild are not proven: their reads hash the whole file.
+    /// hashing its chunks to the record's SHA-256? Versions that came by pull, whose commit
+    /// crash recovery finished, or that an index rebuild re-indexed are not proven: their reads
+    /// hash the whole file.
     pub fn is_proven(&self) -> bool {
         self.proven
     }

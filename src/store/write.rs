@@ -111,7 +111,8 @@ pub(crate) fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
 /// The version a new upload of `key` may store deltas against: the latest live version of
 /// `key`, else the newest live file with the same extension in the same experiment and
 /// prefix (checkpoints are often saved under a new name each time), if it is a safetensors
-/// file. Anything unreadable just means no deltas (verify reports damage).
+/// file or a zip archive (`torch.save`). Anything unreadable just means no deltas (verify
+/// reports damage).
 pub(super) fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
     let ix = &s.index;
     let live = |id: Id| ix.version(id).ok().flatten().filter(|r| !r.is_deleted());

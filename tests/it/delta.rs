@@ -504,6 +504,16 @@ fn older_stores_and_remotes_are_marked_format_3() {
             b"not a tensor file"
         );
     }
+    // When marking it on open did not happen (the lock timed out, the write failed), the
+    // first write marks it before it stores anything.
+    let s = Store::open(&root).unwrap();
+    let mut v2 = v3.clone();
+    v2["format"] = 2.into();
+    std::fs::write(&format, v2.to_string()).unwrap();
+    put(&s, "b.bin", b"written by this version");
+    let now: serde_json::Value = serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
+    assert_eq!(now["format"], 3, "a write marks the store first");
+    drop(s);
     // Formats this version does not know are refused.
     let mut v9 = v3.clone();
     v9["format"] = 9.into();
