@@ -12,7 +12,7 @@
 //! | `d` ns `\0` ... filename `\0` | highest version ever deleted (u32 BE), kept after gc |
 //! | `x` version id (16) | empty: the version was deleted by id (a `DeleteVersions` event), kept after gc |
 //! | `k` pack id (16) | committed length of the pack (u64 LE) |
-//! | `s` version id (16) | BLAKE3 of the version's manifest file as written by an upload, whose chunks were hashed to the record's SHA-256 as they were stored |
+//! | `s` version id (16) | BLAKE3 of the version's manifest file whose chunks an upload (as it stored them) or a `verify` hashed to the record's SHA-256 |
 //! | `m` name | store metadata: `format`, `active_pack`, `last_id`, `pending`, `gc_generation` |
 
 use std::path::Path;
@@ -326,8 +326,8 @@ impl Index {
         }
     }
 
-    /// The BLAKE3 of version `id`'s manifest file when an upload in this store wrote it (see
-    /// `IndexBatch::put_proof`).
+    /// The BLAKE3 of version `id`'s manifest file when an upload in this store wrote it, or a
+    /// `verify` hashed its bytes whole (see `IndexBatch::put_proof`).
     pub fn proof(&self, id: Id) -> Result<Option<[u8; 32]>> {
         let mut k = vec![b's'];
         k.extend_from_slice(&id.0);
@@ -463,9 +463,10 @@ impl IndexBatch {
     }
 
     /// Record that version `id`'s manifest file, whose BLAKE3 is `manifest`, lists chunks that
-    /// were hashed to the record's SHA-256 as they were stored: reads of a version whose
-    /// manifest still has that hash can rely on the chunk ids alone. Only uploads write this; a
-    /// manifest that came from elsewhere (a pull, a rebuild) has no proof until one is made.
+    /// were hashed to the record's SHA-256 (as they were stored by an upload, or read back by
+    /// `verify`): reads of a version whose manifest still has that hash can rely on the chunk
+    /// ids alone. A manifest that came from elsewhere (a pull, a rebuild) has no proof until
+    /// `verify` makes one.
     pub fn put_proof(&mut self, id: Id, manifest: &[u8; 32]) {
         let mut k = vec![b's'];
         k.extend_from_slice(&id.0);

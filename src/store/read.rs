@@ -128,6 +128,8 @@ pub struct FileReader {
     /// The manifest is the one an upload in this store wrote after hashing these chunks to the
     /// record's SHA-256 (`Index::proof`): reads rely on the chunk ids and skip the SHA-256.
     proven: bool,
+    /// BLAKE3 of the manifest file the chunk list was read from (what a proof records).
+    manifest_hash: [u8; 32],
 }
 
 /// Open packs and the locations of delta bases, resolved under the lock so chunks (and the
@@ -311,7 +313,10 @@ pub(crate) fn load_manifest(s: &Session<'_>, rec: &FileRecord) -> Result<Manifes
 }
 
 /// `load_manifest`, and the BLAKE3 of the manifest file.
-fn load_manifest_hashed(s: &Session<'_>, rec: &FileRecord) -> Result<(Manifest, [u8; 32])> {
+pub(crate) fn load_manifest_hashed(
+    s: &Session<'_>,
+    rec: &FileRecord,
+) -> Result<(Manifest, [u8; 32])> {
     let path = s.store.manifest_path(rec.id);
     let what = format!("manifest of {} v{}", rec.key().display(), rec.version);
     let bytes = std::fs::read(&path).map_err(|e| {
@@ -358,6 +363,7 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
         cache: None,
         whole: (!proven).then(WholeFile::new),
         failed: None,
+        manifest_hash: hash,
         proven,
     })
 }
@@ -428,11 +434,16 @@ impl FileReader {
     }
 
     /// Did an upload to this store write this version's manifest, exactly as it is now, after
-    /// hashing its chunks to the record's SHA-256? Versions that came by pull, whose commit
-    /// crash recovery finished, or that an index rebuild re-indexed are not proven: their reads
-    /// hash the whole file.
+    /// hashing its chunks to the record's SHA-256 (or did a `verify` hash them so)? Versions
+    /// that came by pull, whose commit crash recovery finished, or that an index rebuild
+    /// re-indexed are not proven until a `verify`: their reads hash the whole file.
     pub fn is_proven(&self) -> bool {
         self.proven
+    }
+
+    /// BLAKE3 of the manifest file this reader's chunk list came from.
+    pub(crate) fn manifest_hash(&self) -> [u8; 32] {
+        self.manifest_hash
     }
 
     /// Like [`copy_to`](Self::copy_to), every chunk verified against its BLAKE3 id, but the

@@ -34,6 +34,10 @@ pub struct VerifyReport {
     pub problems: Vec<Finding<VerifyKind>>,
     /// Harmless leftovers (a torn pack tail after a crash), reported for information.
     pub notes: Vec<Finding<VerifyKind>>,
+    /// Versions whose whole bytes this run hashed to their record's SHA-256 and that were not
+    /// proven before (pulled, re-indexed, or finished by crash recovery): their proofs are now
+    /// recorded, so later reads rely on the chunk ids and skip the SHA-256.
+    pub proofs_recorded: usize,
 }
 
 impl Store {
@@ -137,15 +141,17 @@ impl Store {
         // 3. Every version: manifest readable, consistent, all its chunks good, and (read
         //    through) its bytes hash to the record's SHA-256.
         let mut indexed: HashSet<Id> = HashSet::new();
-        let mut whole_checked: HashSet<[u8; 32]> = HashSet::new();
-        let mut to_read: Vec<(String, crate::FileRecord)> = Vec::new();
+        // Versions with the same chunks and checksum are read once; a good read proves them
+        // all (each by the hash of its own manifest file, as loaded here).
+        let mut same_bytes: HashMap<[u8; 32], Vec<(Id, [u8; 32])>> = HashMap::new();
+        let mut to_read: Vec<(String, crate::FileRecord, [u8; 32])> = Vec::new();
         for r in s.index.scan_versions(&Default::default()) {
             let r = r?;
             rep.versions += 1;
             indexed.insert(r.id);
             let name = format!("{} v{}", r.key().display(), r.version);
             let manifest_exists = self.manifest_path(r.id).exists();
-            match crate::store::read::load_manifest(&s, &r) {
+            match crate::store::read::load_manifest_hashed(&s, &r) {
                 // A deleted version whose manifest gc already removed: fine.
                 Err(_) if r.is_deleted() && !manifest_exists => {}
                 Err(e) if r.is_deleted() => {
@@ -162,7 +168,7 @@ impl Store {
                 }
                 // A deleted version's chunks are garbage: gc may already have taken them.
                 Ok(_) if r.is_deleted() => {}
-                Ok(m) => {
+                Ok((m, manifest_hash)) => {
                     let same = m.record.key() == r.key()
                         && m.record.version == r.version
                         && m.record.content_type == r.content_type;
@@ -186,22 +192,46 @@ impl Store {
                             h.update(id.as_bytes());
                         }
                         h.update(r.checksum.0.0.as_slice());
-                        if whole_checked.insert(*h.finalize().as_bytes()) {
-                            to_read.push((name, r));
+                        let key = *h.finalize().as_bytes();
+                        let group = same_bytes.entry(key).or_default();
+                        if group.is_empty() {
+                            to_read.push((name, r.clone(), key));
                         }
+                        group.push((r.id, manifest_hash));
                     }
                 }
             }
         }
-        for (name, r) in to_read {
-            let checked = crate::store::read::open_reader(&s, r)
-                .and_then(|reader| reader.copy_to_checking_sha256(&mut std::io::sink()));
-            if let Err(e) = checked {
-                rep.damaged_files.push(Finding::new(
+        let mut proofs = crate::store::index::IndexBatch::default();
+        for (name, r, key) in to_read {
+            let checked = crate::store::read::open_reader(&s, r).and_then(|reader| {
+                reader.copy_to_checking_sha256(&mut std::io::sink())?;
+                Ok(reader.manifest_hash())
+            });
+            match checked {
+                Err(e) => rep.damaged_files.push(Finding::new(
                     VerifyKind::DamagedFile,
                     format!("{name}: {e}"),
-                ));
+                )),
+                Ok(read_from) => {
+                    let group = &same_bytes[&key];
+                    // The chunk list read must be the one the group was formed on (a manifest
+                    // rewritten between the two loads proves nothing).
+                    if group[0].1 != read_from {
+                        continue;
+                    }
+                    for &(id, manifest_hash) in group {
+                        if s.index.proof(id)? == Some(manifest_hash) {
+                            continue;
+                        }
+                        proofs.put_proof(id, &manifest_hash);
+                        rep.proofs_recorded += 1;
+                    }
+                }
             }
+        }
+        if rep.proofs_recorded > 0 {
+            s.index.apply(proofs)?;
         }
         // 4. Manifests the index does not know (other than deleted ones gc is removing).
         for (id, path) in list_ids(&self.dir("manifests"), "manifest")? {

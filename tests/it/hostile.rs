@@ -1204,8 +1204,9 @@ fn a_manifest_whose_chunks_do_not_match_its_checksum_is_never_served() {
 }
 
 /// Reads rely on chunk ids alone (no whole-file SHA-256) only for versions whose manifest an
-/// upload to this store wrote, exactly as it is now. After an index rebuild the proof is gone
-/// and reads hash the whole file again; a pulled version has none; both still read right.
+/// upload to this store wrote, exactly as it is now, or that `verify` hashed whole. After an
+/// index rebuild the proof is gone and reads hash the whole file again; a pulled version has
+/// none; both still read right, and a `verify` proves them.
 #[test]
 fn only_manifests_an_upload_wrote_skip_the_whole_file_hash() {
     let t = tmp();
@@ -1229,6 +1230,8 @@ fn only_manifests_an_upload_wrote_skip_the_whole_file_hash() {
         .pull(&ml_dash::Remote::open(&cfg).unwrap(), None)
         .unwrap();
     assert!(!read(&other), "a pulled version is not proven");
+    assert_eq!(other.verify().unwrap().proofs_recorded, 1);
+    assert!(read(&other), "verify proved the pulled version");
     drop(s);
     fs::remove_dir_all(root.join("index")).unwrap();
     let s = Store::open(&root).unwrap();
@@ -1246,6 +1249,19 @@ fn only_manifests_an_upload_wrote_skip_the_whole_file_hash() {
         !s.open_file(&key("e", "/a.bin"), Some(1))
             .unwrap()
             .is_proven()
+    );
+    let rep = s.verify().unwrap();
+    assert!(rep.ok && rep.proofs_recorded == 1, "{rep:?}");
+    assert!(
+        s.open_file(&key("e", "/a.bin"), Some(1))
+            .unwrap()
+            .is_proven(),
+        "verify proved the re-indexed version"
+    );
+    assert_eq!(
+        s.verify().unwrap().proofs_recorded,
+        0,
+        "proofs are made once"
     );
 }
 
