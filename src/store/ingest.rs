@@ -11,7 +11,7 @@
 //! piece of a tensor is paired with the same piece of the same tensor (by name, dtype and
 //! length) in that version, and stored as a delta against it (`delta.rs`) when that is
 //! predicted to save at least `DELTA_MIN_GAIN` and the chain stays within `delta_depth`.
-//! Windows come from a fixed pool of buffers (`POOL` × `WINDOW`), so memory is bounded whatever
+//! Windows come from a fixed pool of buffers (`POOL` × `hot_bytes()`), so memory is bounded whatever
 //! the file size and a slow stage applies back-pressure to the reader. Chunks are `Bytes` slices
 //! of those buffers (no copy); a buffer returns to the pool when its last chunk is dropped.
 //! The files of one commit share a `PackSink`: the pack being appended to stays open from one
@@ -44,12 +44,13 @@ use crate::store::index::{ChunkLookup, Index, IndexBatch};
 use crate::store::packs::PackWriter;
 use crate::store::read::Located;
 
-const WINDOW: usize = 8 << 20;
-
-const POOL: usize = 6;
+/// Windows in flight: one being read, the others being cut, hashed and stored. Each is
+/// `hot_bytes()` long (at least 4 of the largest chunks), so the bytes in flight stay in the
+/// CPU cache from the read to the SHA-256 and BLAKE3 passes.
+const POOL: usize = 4;
 
 /// The first window of a source whose size is known is only as large as the source (plus one
-/// byte, to see its end), but at least this: a small file never costs a whole `WINDOW`.
+/// byte, to see its end), but at least this: a small file never costs a whole window.
 const SMALL_WINDOW: usize = 64 << 10;
 
 /// Sources of known size up to this are read whole and ingested on the calling thread: for small
@@ -427,7 +428,7 @@ fn read_windows(
     // Absolute offset of the current window's first byte.
     let mut at = 0u64;
     // The carried tail is shorter than one max-size chunk; keep windows well above that.
-    let window_len = WINDOW.max(4 * cfg.chunker.config().max);
+    let window_len = crate::store::hot_bytes().max(4 * cfg.chunker.config().max);
     // A source of known size gets a first window that fits it (a longer source then simply
     // continues in whole windows).
     let mut want = match cfg.size_hint.and_then(|n| usize::try_from(n).ok()) {

@@ -55,6 +55,14 @@ pub const STORE_FORMAT: u32 = 3;
 /// Default for `StoreOptions::delta_depth`.
 pub const DEFAULT_DELTA_DEPTH: u8 = 2;
 const FORMAT_FILE: &str = "FORMAT";
+
+/// How many bytes an ingest reads, or a download decodes, ahead of hashing them: few enough
+/// that the SHA-256 and BLAKE3 passes find them still in the CPU cache (on the reference
+/// machine SHA-256 runs at 1.75 GiB/s over cached bytes and at 1.1 GiB/s over bytes that went
+/// back to memory), and 1 MiB per worker thread so every core has chunks to work on.
+pub(crate) fn hot_bytes() -> usize {
+    (rayon::current_num_threads() << 20).clamp(2 << 20, 8 << 20)
+}
 /// Store settings. Builder-style setters document their defaults.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {

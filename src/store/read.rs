@@ -26,9 +26,6 @@ use crate::store::index::Index;
 use crate::store::packs;
 use crate::store::{Session, Store};
 
-/// Raw bytes decoded together by a download (at least one chunk): 128 chunks at the default
-/// chunk size, 2 of the largest chunks a record can hold.
-const BATCH_BYTES: u64 = 32 << 20;
 /// Decoded bytes all downloads of this process hold at once (batches being decoded, queued
 /// or written), whatever the chunk sizes and however many files are copied in parallel.
 const BYTES_IN_FLIGHT: u64 = 256 << 20;
@@ -474,7 +471,9 @@ impl FileReader {
 
     fn copy_impl(&self, out: &mut (dyn Write + Send), sha256: bool) -> Result<u64> {
         let total: u64 = self.chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum();
-        if total <= BATCH_BYTES {
+        // Raw bytes decoded together (at least one chunk): hashed while still in the cache.
+        let batch_bytes = crate::store::hot_bytes() as u64;
+        if total <= batch_bytes {
             // One batch (a small file, e.g. one of the thousands an export copies): on this
             // thread, without the writer thread.
             let _held = BUDGET.take(total);
@@ -525,11 +524,11 @@ impl FileReader {
             let produced = (|| -> Result<()> {
                 let mut start = 0;
                 while start < self.chunks.len() {
-                    // Chunks up to BATCH_BYTES of raw bytes, at least one.
+                    // Chunks up to `batch_bytes` of raw bytes, at least one.
                     let mut end = start + 1;
                     let mut bytes = u64::from(self.chunks[start].loc.raw_len);
                     while end < self.chunks.len()
-                        && bytes + u64::from(self.chunks[end].loc.raw_len) <= BATCH_BYTES
+                        && bytes + u64::from(self.chunks[end].loc.raw_len) <= batch_bytes
                     {
                         bytes += u64::from(self.chunks[end].loc.raw_len);
                         end += 1;
