@@ -182,17 +182,6 @@ fn to_py<T: serde::Serialize>(py: Python<'_>, v: &T) -> PyResult<Py<PyAny>> {
 /// The process that first made a store call (0: none yet); see `Experiment::store`.
 static STORE_USED_BY: AtomicU32 = AtomicU32::new(0);
 
-/// An empty buffer with room for `n` bytes, or `MemoryError` (a failed `Vec` allocation
-/// would abort the interpreter).
-fn buffer(n: u64) -> PyResult<Vec<u8>> {
-    let mut v = Vec::new();
-    usize::try_from(n)
-        .ok()
-        .and_then(|n| v.try_reserve_exact(n).ok())
-        .ok_or_else(|| PyMemoryError::new_err(format!("cannot allocate {n} bytes")))?;
-    Ok(v)
-}
-
 /// One experiment of a store: `Experiment(name=, project=, local_path=".ml-dash")`.
 #[pyclass(module = "ml_dash", subclass)]
 pub struct Experiment {
@@ -569,9 +558,14 @@ impl Experiment {
         let version = self::version(version)?;
         let e = self.store(py)?;
         let r = py.detach(|| e.open(path, version)).map_err(py_err)?;
-        let mut data = buffer(r.len())?;
-        py.detach(|| r.copy_to(&mut data)).map_err(py_err)?;
-        Ok(PyBytes::new(py, &data))
+        let n = usize::try_from(r.len())
+            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {} bytes", r.len())))?;
+        // Decoded straight into the bytes object.
+        PyBytes::new_with(py, n, |buf| {
+            let mut out: &mut [u8] = buf;
+            py.detach(|| r.copy_to(&mut out)).map_err(py_err)?;
+            Ok(())
+        })
     }
 
     /// A seekable reader of the file (`ml_dash.Experiment.open_file` wraps it in a file object);
@@ -941,28 +935,33 @@ impl Reader {
     /// `n` is None or negative.
     #[pyo3(signature = (n = None))]
     fn read<'py>(&self, py: Python<'py>, n: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.with(py, |r| {
-            let left = r.len().saturating_sub(r.stream_position()?);
-            // None or negative: all the rest.
-            let n = n
-                .and_then(|n| u64::try_from(n).ok())
-                .map_or(left, |n| left.min(n));
-            let mut buf = match buffer(n) {
-                Ok(b) => b,
-                Err(e) => return Ok(Err(e)),
-            };
-            buf.resize(usize::try_from(n).expect("fits: `buffer` reserved it"), 0);
-            let mut got = 0;
-            while got < buf.len() {
-                match r.read(&mut buf[got..])? {
-                    0 => break,
-                    k => got += k,
+        let left = self.with(py, |r| Ok(r.len().saturating_sub(r.stream_position()?)))?;
+        // None or negative: all the rest.
+        let n = n
+            .and_then(|n| u64::try_from(n).ok())
+            .map_or(left, |n| left.min(n));
+        let n = usize::try_from(n)
+            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {n} bytes")))?;
+        // Read straight into the bytes object (no buffer of our own to copy from).
+        let mut got = 0;
+        let out = PyBytes::new_with(py, n, |buf| {
+            got = self.with(py, |r| {
+                let mut got = 0;
+                while got < buf.len() {
+                    match r.read(&mut buf[got..])? {
+                        0 => break,
+                        k => got += k,
+                    }
                 }
-            }
-            buf.truncate(got);
-            Ok(Ok(buf))
-        })??;
-        Ok(PyBytes::new(py, &data))
+                Ok(got)
+            })?;
+            Ok(())
+        })?;
+        if got < n {
+            // Another thread moved the position between the two steps: what was read.
+            return Ok(PyBytes::new(py, &out.as_bytes()[..got]));
+        }
+        Ok(out)
     }
 
     #[pyo3(signature = (offset, whence = 0))]

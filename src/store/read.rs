@@ -116,7 +116,9 @@ pub struct FileReader {
     chunks: Vec<ChunkRef>,
     located: Located,
     pos: u64,
-    cache: Option<(usize, Vec<u8>)>,
+    /// Decoded chunks `first..first + n`: the one being read and, after a read that went on
+    /// from the chunk before, those after it, decoded together in parallel (read-ahead).
+    cache: Option<(usize, Vec<Vec<u8>>)>,
     /// Hashing of the bytes read so far in order from the start (`None` once a read jumps).
     whole: Option<WholeFile>,
     /// Set when a read to the end found the bytes do not match the record: every later read
@@ -127,6 +129,9 @@ pub struct FileReader {
     proven: bool,
     /// BLAKE3 of the manifest file the chunk list was read from (what a proof records).
     manifest_hash: [u8; 32],
+    /// The process that opened it: a process forked since has no rayon threads, so reads
+    /// there decode on the caller's thread.
+    opened_by: u32,
 }
 
 /// Open packs and the locations of delta bases, resolved under the lock so chunks (and the
@@ -362,6 +367,7 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
         failed: None,
         manifest_hash: hash,
         proven,
+        opened_by: std::process::id(),
     })
 }
 
@@ -589,11 +595,52 @@ impl Read for FileReader {
             return Ok(0);
         }
         let i = self.chunks.partition_point(|c| c.start <= self.pos) - 1;
-        if self.cache.as_ref().map(|(ci, _)| *ci) != Some(i) {
-            let data = self.read_chunk(i).map_err(io::Error::other)?;
+        let cached = |c: &Option<(usize, Vec<Vec<u8>>)>| {
+            c.as_ref()
+                .is_some_and(|(first, d)| (*first..first + d.len()).contains(&i))
+        };
+        if !cached(&self.cache) {
+            // Reading on from the chunk before (a stream, `torch.load`): decode the chunks of
+            // the next `hot_bytes()` at once, on every core. A jump decodes only its chunk.
+            let sequential = i == 0
+                || self
+                    .cache
+                    .as_ref()
+                    .is_some_and(|(first, d)| first + d.len() == i);
+            let mut end = i + 1;
+            let forked = std::process::id() != self.opened_by;
+            if sequential && !forked {
+                let budget = crate::store::hot_bytes() as u64;
+                let mut bytes = u64::from(self.chunks[i].loc.raw_len);
+                while end < self.chunks.len()
+                    && bytes + u64::from(self.chunks[end].loc.raw_len) <= budget
+                {
+                    bytes += u64::from(self.chunks[end].loc.raw_len);
+                    end += 1;
+                }
+            }
+            let decoded: Vec<Result<Vec<u8>>> = if end == i + 1 {
+                vec![self.read_chunk(i)]
+            } else {
+                (i..end)
+                    .into_par_iter()
+                    .map(|k| self.read_chunk(k))
+                    .collect()
+            };
+            // Chunks up to the first that fails: its error is this read's only if it is the
+            // chunk asked for (bytes before a damaged chunk still read).
+            let mut data = Vec::with_capacity(decoded.len());
+            for d in decoded {
+                match d {
+                    Ok(d) => data.push(d),
+                    Err(e) if data.is_empty() => return Err(io::Error::other(e)),
+                    Err(_) => break,
+                }
+            }
             self.cache = Some((i, data));
         }
-        let (_, data) = self.cache.as_ref().expect("filled above");
+        let (first, chunks) = self.cache.as_ref().expect("filled above");
+        let data = &chunks[i - first];
         let off = crate::format::usize_from(self.pos - self.chunks[i].start);
         let n = buf.len().min(data.len() - off);
         buf[..n].copy_from_slice(&data[off..off + n]);

@@ -1265,6 +1265,45 @@ fn only_manifests_an_upload_wrote_skip_the_whole_file_hash() {
     );
 }
 
+/// A stream read decodes the chunks ahead of it together; a damaged chunk among them fails
+/// only the read that reaches it: every byte before it is returned, and nothing after.
+#[test]
+fn a_stream_read_returns_every_byte_before_a_damaged_chunk() {
+    let t = tmp();
+    let root = t.path().join("store");
+    let a = random_bytes(93, 1_500_000);
+    put(&root, "e", "/a.bin", &a);
+    let packs = pack_files(&root);
+    assert_eq!(packs.len(), 1);
+    let recs = pack_records(&packs[0]);
+    assert!(recs.len() >= 8, "{} chunks", recs.len());
+    // Random bytes are stored raw, in file order: a chunk's start is the sum of those before.
+    assert!(recs.iter().all(|r| r.codec == Codec::Raw as u8));
+    let bad = recs.len() / 2;
+    let start: u64 = recs[..bad].iter().map(|r| r.stored_len).sum();
+    flip_byte(&packs[0], recs[bad].data_start() + 10);
+
+    let mut r = Store::open(&root)
+        .unwrap()
+        .open_file(&key("e", "/a.bin"), None)
+        .unwrap();
+    let (mut got, mut buf) = (Vec::new(), vec![0u8; 4096]);
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => panic!("read to the end past a damaged chunk"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        got.len() as u64,
+        start,
+        "bytes read before the damaged chunk"
+    );
+    assert!(got == a[..got.len()]);
+    assert!(r.read(&mut buf).is_err(), "reading on fails again");
+}
+
 // ---------------------------------------------------------------------------------------------
 // A remote pack with a rotten record.
 
