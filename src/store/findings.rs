@@ -105,6 +105,9 @@ pub enum VerifyKind {
     Quarantined,
     /// Packs kept for `repair`'s unreferenced chunks (harmless).
     HeldPacks,
+    /// Proofs of the versions hashed whole could not be written (their reads keep hashing
+    /// the whole file).
+    ProofsNotRecorded,
 }
 
 /// What `gc` left alone.

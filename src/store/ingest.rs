@@ -11,7 +11,8 @@
 //! piece of a tensor is paired with the same piece of the same tensor (by name, dtype and
 //! length) in that version, and stored as a delta against it (`delta.rs`) when that is
 //! predicted to save at least `DELTA_MIN_GAIN` and the chain stays within `delta_depth`.
-//! Windows come from a fixed pool of buffers (`POOL` × `hot_bytes()`), so memory is bounded whatever
+//! Windows come from a fixed pool of buffers (`POOL` of them, each `hot_bytes()` or 4 of the
+//! largest chunks, the first one large enough for a safetensors header), so memory is bounded whatever
 //! the file size and a slow stage applies back-pressure to the reader. Chunks are `Bytes` slices
 //! of those buffers (no copy); a buffer returns to the pool when its last chunk is dropped.
 //! The files of one commit share a `PackSink`: the pack being appended to stays open from one
@@ -429,11 +430,14 @@ fn read_windows(
     let mut at = 0u64;
     // The carried tail is shorter than one max-size chunk; keep windows well above that.
     let window_len = crate::store::hot_bytes().max(4 * cfg.chunker.config().max);
-    // A source of known size gets a first window that fits it (a longer source then simply
-    // continues in whole windows).
+    // The cutter is chosen from the first window: it holds any safetensors header. A source
+    // of known size gets a first window that fits it (a longer source then simply continues in
+    // whole windows).
+    let first_len =
+        window_len.max(crate::format::usize_from(crate::format::tensors::MAX_HEADER) + 8);
     let mut want = match cfg.size_hint.and_then(|n| usize::try_from(n).ok()) {
-        Some(n) => n.saturating_add(1).clamp(SMALL_WINDOW, window_len),
-        None => window_len,
+        Some(n) => n.saturating_add(1).clamp(SMALL_WINDOW, first_len),
+        None => first_len,
     };
     loop {
         let Ok(mut buf) = pool_rx.recv() else {

@@ -125,7 +125,8 @@ pub struct FileReader {
     /// fails with it.
     failed: Option<String>,
     /// The manifest is the one an upload in this store wrote after hashing these chunks to the
-    /// record's SHA-256 (`Index::proof`): reads rely on the chunk ids and skip the SHA-256.
+    /// record's SHA-256, or one a `verify` read whole (`Index::proof`): reads rely on the chunk
+    /// ids and skip the SHA-256.
     proven: bool,
     /// BLAKE3 of the manifest file the chunk list was read from (what a proof records).
     manifest_hash: [u8; 32],
@@ -421,9 +422,9 @@ impl FileReader {
 
     /// Stream the whole file into `out`, decoding chunks in parallel; every chunk is verified
     /// against its BLAKE3 id. The whole file is also checked against the record's SHA-256
-    /// unless this store's upload proved the chunk list (see [`is_proven`](Self::is_proven)):
-    /// then the chunk ids, listed by a manifest that still hashes as written, already fix every
-    /// byte. A mismatch is an error after the last byte: a caller that must not keep wrong
+    /// unless an upload to this store or a `verify` proved the chunk list (see
+    /// [`is_proven`](Self::is_proven)): then the chunk ids, listed by a manifest that still
+    /// hashes as written, already fix every byte. A mismatch is an error after the last byte: a caller that must not keep wrong
     /// bytes writes to a temporary file, as `download` does. Errors writing to `out` are
     /// `Error::Output`.
     pub fn copy_to(&self, out: &mut (dyn Write + Send)) -> Result<u64> {
@@ -601,12 +602,12 @@ impl Read for FileReader {
         };
         if !cached(&self.cache) {
             // Reading on from the chunk before (a stream, `torch.load`): decode the chunks of
-            // the next `hot_bytes()` at once, on every core. A jump decodes only its chunk.
-            let sequential = i == 0
-                || self
-                    .cache
-                    .as_ref()
-                    .is_some_and(|(first, d)| first + d.len() == i);
+            // the next `hot_bytes()` at once, on every core. A first read or a jump (a header
+            // sniffed, a seek) decodes only its chunk.
+            let sequential = self
+                .cache
+                .as_ref()
+                .is_some_and(|(first, d)| first + d.len() == i);
             let mut end = i + 1;
             let forked = std::process::id() != self.opened_by;
             if sequential && !forked {
@@ -652,6 +653,7 @@ impl Read for FileReader {
         }
         self.pos += n as u64;
         if self.pos >= self.record.size_bytes {
+            self.cache = None; // read to the end: keep no decoded chunks
             self.check_whole()?;
         }
         Ok(n)

@@ -188,8 +188,9 @@ impl Store {
                         // Every chunk is good: the whole file must still hash to its record.
                         // Versions with the same chunks and checksum are read once.
                         let mut h = blake3::Hasher::new();
-                        for (id, _) in &m.chunks {
+                        for (id, len) in &m.chunks {
                             h.update(id.as_bytes());
+                            h.update(&len.to_le_bytes());
                         }
                         h.update(r.checksum.0.0.as_slice());
                         let key = *h.finalize().as_bytes();
@@ -230,8 +231,19 @@ impl Store {
                 }
             }
         }
-        if rep.proofs_recorded > 0 {
-            s.index.apply(proofs)?;
+        // Proofs only speed up later reads: failing to write them (a full disk) must not cost
+        // the report.
+        if rep.proofs_recorded > 0
+            && let Err(e) = s.index.apply(proofs)
+        {
+            rep.notes.push(Finding::new(
+                VerifyKind::ProofsNotRecorded,
+                format!(
+                    "proofs of {} version(s) not recorded: {e}",
+                    rep.proofs_recorded
+                ),
+            ));
+            rep.proofs_recorded = 0;
         }
         // 4. Manifests the index does not know (other than deleted ones gc is removing).
         for (id, path) in list_ids(&self.dir("manifests"), "manifest")? {

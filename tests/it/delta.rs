@@ -262,6 +262,41 @@ fn frozen_and_reserialized_tensors_still_dedup() {
     assert!(read(&s, "b.safetensors", None).unwrap() == b);
 }
 
+/// A safetensors header of several MiB (long metadata, or tens of thousands of tensors) is
+/// still read whole before the cutter is chosen: the file gets its tensor grid and deltas
+/// whatever the machine's thread count.
+#[test]
+fn a_header_of_several_mib_still_gets_the_grid_and_deltas() {
+    let t = tmp();
+    let s = Store::open(t.path()).unwrap();
+    let pad = "x".repeat(3 << 20);
+    let with_big_header = |ck: &[u8]| {
+        let header_len = usize_from(u64::from_le_bytes(ck[..8].try_into().unwrap()));
+        let header = std::str::from_utf8(&ck[8..8 + header_len]).unwrap();
+        let longer = header.replacen(
+            "\"__metadata__\":{",
+            &format!("\"__metadata__\":{{\"pad\":\"{pad}\","),
+            1,
+        );
+        let mut f = (longer.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(longer.as_bytes());
+        f.extend_from_slice(&ck[8 + header_len..]);
+        f
+    };
+    let ck: Vec<Vec<u8>> = checkpoints(2, 100)
+        .iter()
+        .map(|c| with_big_header(c))
+        .collect();
+    put(&s, "big.safetensors", &ck[0]);
+    put(&s, "big.safetensors", &ck[1]);
+    assert!(
+        delta_records(t.path()) > 0,
+        "no piece was stored as a delta"
+    );
+    assert!(read(&s, "big.safetensors", Some(1)).unwrap() == ck[0]);
+    assert!(read(&s, "big.safetensors", None).unwrap() == ck[1]);
+}
+
 #[test]
 fn files_that_only_look_like_safetensors_are_stored_exactly() {
     let t = tmp();
