@@ -12,9 +12,10 @@
 //! length) in that version, and stored as a delta against it (`delta.rs`) when that is
 //! predicted to save at least `DELTA_MIN_GAIN` and the chain stays within `delta_depth`.
 //! Windows come from a fixed pool of buffers (`POOL` of them, each `hot_bytes()` or 4 of the
-//! largest chunks, the first one large enough for a safetensors header), so memory is bounded whatever
-//! the file size and a slow stage applies back-pressure to the reader. Chunks are `Bytes` slices
-//! of those buffers (no copy); a buffer returns to the pool when its last chunk is dropped.
+//! largest chunks, the first one large enough for a safetensors header), so memory is bounded
+//! whatever the file size and a slow stage applies back-pressure to the reader. Chunks are
+//! `Bytes` slices of those buffers (no copy); a buffer returns to the pool when its last chunk
+//! is dropped.
 //! The files of one commit share a `PackSink`: the pack being appended to stays open from one
 //! file to the next and is fsynced once, when the commit finishes the sink (a full pack is
 //! fsynced as soon as the next one starts). Chunks appended by the commit are found again by the

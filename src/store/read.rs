@@ -424,9 +424,9 @@ impl FileReader {
     /// against its BLAKE3 id. The whole file is also checked against the record's SHA-256
     /// unless an upload to this store or a `verify` proved the chunk list (see
     /// [`is_proven`](Self::is_proven)): then the chunk ids, listed by a manifest that still
-    /// hashes as written, already fix every byte. A mismatch is an error after the last byte: a caller that must not keep wrong
-    /// bytes writes to a temporary file, as `download` does. Errors writing to `out` are
-    /// `Error::Output`.
+    /// hashes as written, already fix every byte. A mismatch is an error after the last byte:
+    /// a caller that must not keep wrong bytes writes to a temporary file, as `download` does.
+    /// Errors writing to `out` are `Error::Output`.
     pub fn copy_to(&self, out: &mut (dyn Write + Send)) -> Result<u64> {
         self.copy_impl(out, !self.proven)
     }
