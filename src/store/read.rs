@@ -406,6 +406,18 @@ impl FileReader {
         self.record.size_bytes == 0
     }
 
+    /// The chunks decoded together from `start`: up to `budget` raw bytes, at least one.
+    /// Returns the end index and their raw bytes.
+    fn batch_from(&self, start: usize, budget: u64) -> (usize, u64) {
+        let mut end = start + 1;
+        let mut bytes = u64::from(self.chunks[start].loc.raw_len);
+        while end < self.chunks.len() && bytes + u64::from(self.chunks[end].loc.raw_len) <= budget {
+            bytes += u64::from(self.chunks[end].loc.raw_len);
+            end += 1;
+        }
+        (end, bytes)
+    }
+
     fn read_chunk(&self, i: usize) -> Result<Vec<u8>> {
         let c = &self.chunks[i];
         self.located.read(&c.loc, &c.id, &|| {
@@ -531,15 +543,7 @@ impl FileReader {
             let produced = (|| -> Result<()> {
                 let mut start = 0;
                 while start < self.chunks.len() {
-                    // Chunks up to `batch_bytes` of raw bytes, at least one.
-                    let mut end = start + 1;
-                    let mut bytes = u64::from(self.chunks[start].loc.raw_len);
-                    while end < self.chunks.len()
-                        && bytes + u64::from(self.chunks[end].loc.raw_len) <= batch_bytes
-                    {
-                        bytes += u64::from(self.chunks[end].loc.raw_len);
-                        end += 1;
-                    }
+                    let (end, bytes) = self.batch_from(start, batch_bytes);
                     let held = BUDGET.take(bytes);
                     let batch = (start..end)
                         .into_par_iter()
@@ -608,18 +612,12 @@ impl Read for FileReader {
                 .cache
                 .as_ref()
                 .is_some_and(|(first, d)| first + d.len() == i);
-            let mut end = i + 1;
             let forked = std::process::id() != self.opened_by;
-            if sequential && !forked {
-                let budget = crate::store::hot_bytes() as u64;
-                let mut bytes = u64::from(self.chunks[i].loc.raw_len);
-                while end < self.chunks.len()
-                    && bytes + u64::from(self.chunks[end].loc.raw_len) <= budget
-                {
-                    bytes += u64::from(self.chunks[end].loc.raw_len);
-                    end += 1;
-                }
-            }
+            let end = if sequential && !forked {
+                self.batch_from(i, crate::store::hot_bytes() as u64).0
+            } else {
+                i + 1
+            };
             let decoded: Vec<Result<Vec<u8>>> = if end == i + 1 {
                 vec![self.read_chunk(i)]
             } else {
