@@ -10,6 +10,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ml_dash::ExperimentKey;
 use ml_dash::testing::chunker::{Chunker, Simd};
 use ml_dash::testing::codec::{self, Compression};
+use ml_dash::testing::huffman;
 use ml_dash::{ChunkAlgorithm, ChunkerConfig};
 use ml_dash::{NewVersion, Store};
 use sha2::Digest as _;
@@ -118,6 +119,35 @@ fn stages(c: &mut Criterion) {
                 .sum::<usize>()
         });
     });
+    // Huffman-coded planes of 64 KiB: a sign/exponent-like plane (about 2.5 bits per value,
+    // decoded several values per lookup) and a mantissa-like one (about 7 bits).
+    let mut rng = ml_dash::testing::XorShift::new(5);
+    let exponents: Vec<u8> = (0..64 * MIB)
+        .map(|_| 120 + u8::try_from((rng.next_u64() | 1 << 12).trailing_zeros()).expect("< 13"))
+        .collect();
+    let mantissas: Vec<u8> = (0..64 * MIB)
+        .map(|_| u8::try_from(rng.next_u64() % 181).expect("< 181"))
+        .collect();
+    for (name, plane) in [("exponents", &exponents), ("mantissas", &mantissas)] {
+        let coded: Vec<Vec<u8>> = plane
+            .chunks(64 * 1024)
+            .map(|p| {
+                let hist = huffman::histogram(p);
+                let lens = huffman::code_lengths(&hist);
+                let mut out = vec![];
+                huffman::encode(p, &hist, &lens, &mut out);
+                out
+            })
+            .collect();
+        let mut back = vec![0u8; 64 * 1024];
+        g.bench_function(format!("huffman_decode_{name}_64MiB"), |b| {
+            b.iter(|| {
+                for c in &coded {
+                    huffman::decode(c, &mut back).unwrap();
+                }
+            });
+        });
+    }
     g.bench_function("pack_append_64MiB", |b| {
         b.iter_with_setup(
             || tempfile::tempdir().unwrap(),

@@ -229,26 +229,77 @@ fn encode_stream(src: &[u8], table: &[u32; 256], out: &mut Vec<u8>) -> u64 {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Damaged(pub &'static str);
 
-/// The decoding table: entry = value | length << 8 (little-endian bytes `[value, length]`),
-/// indexed by the next `MAX_LEN` bits. Entries no code reaches have length 0: decoding one is
-/// an error.
-fn decode_table(lens: &[u8; 256]) -> Result<Box<[u16; TABLE_LEN]>, Damaged> {
+/// The decoding table, indexed by the next `MAX_LEN` bits of a stream. An entry holds the
+/// values of the codes the window begins with (one, or with `multi` up to three whose codes
+/// fit in the window together):
+///
+/// ```text
+/// byte 0: bits they use (bits 0-3), 0 (bits 4-5), how many (bits 6-7); bytes 1-3: the values
+/// ```
+/// so that the entry itself is the shift that consumes them (shifts use the low six bits).
+/// Windows no code reaches get `UNASSIGNED`.
+fn decode_table(lens: &[u8; 256], multi: bool) -> Result<Box<[u32; TABLE_LEN]>, Damaged> {
     let codes = canonical_codes(lens).ok_or(Damaged("invalid code lengths"))?;
-    let mut table = Box::new([0u16; TABLE_LEN]);
-    for s in 0..256 {
-        let l = u32::from(lens[s]);
+    let mut table = Box::new([UNASSIGNED; TABLE_LEN]);
+    for s in 0..256u32 {
+        let l = u32::from(lens[s as usize]);
         if l == 0 {
             continue;
         }
-        let entry = u16::from_le_bytes([u8::try_from(s).expect("a byte value"), lens[s]]);
-        let mut i = codes[s] as usize;
+        let entry = l | 1 << 6 | s << 8;
+        let mut i = codes[s as usize] as usize;
         while i < TABLE_LEN {
             table[i] = entry;
             i += 1 << l;
         }
     }
+    if multi {
+        // Window w begins with the code of table[w]; its rest, w >> l, is read as a window of
+        // its own, whose first code counts when it fits in the bits that are really known.
+        // Entries are read before they are extended (rest < w), except window 0, whose rest is
+        // itself: its entry is extended last.
+        let one = |e: u32| (e & 15, e >> 8 & 0xff);
+        for w in (1..TABLE_LEN).chain([0]) {
+            let e = table[w];
+            if e == UNASSIGNED {
+                continue;
+            }
+            let (mut used, v) = one(e);
+            let (mut count, mut values) = (1u32, v);
+            let mut rest = w >> used;
+            while count < 3 {
+                let next = if rest == w { e } else { table[rest] };
+                if next == UNASSIGNED {
+                    break;
+                }
+                // Only the first code of `next` (entries below w may already be extended).
+                let (l, v) = one(next);
+                let l = if next >> 6 & 3 == 1 {
+                    l
+                } else {
+                    u32::from(lens[v as usize])
+                };
+                if used + l > MAX_LEN {
+                    break;
+                }
+                values |= v << (8 * count);
+                count += 1;
+                used += l;
+                rest >>= l;
+            }
+            table[w] = used | count << 6 | values << 8;
+        }
+    }
     Ok(table)
 }
+
+/// The table entry of windows no code reaches: no values, and a shift of 63 bits, more than
+/// any five codes use.
+const UNASSIGNED: u32 = 63;
+
+/// Planes whose codes average at most this many bits per value are decoded with a table of
+/// several values per entry (more work to build, fewer lookups).
+const MULTI_MAX_BITS: u64 = 5;
 
 /// The table index of the next code in `w`: its low `MAX_LEN` bits.
 #[allow(
@@ -269,7 +320,6 @@ pub fn decode(stored: &[u8], out: &mut [u8]) -> Result<(), Damaged> {
         lens[2 * i] = b & 15;
         lens[2 * i + 1] = b >> 4;
     }
-    let table = decode_table(&lens)?;
     let mut streams: [&[u8]; STREAMS] = [&[]; STREAMS];
     let mut bits = [0u64; STREAMS];
     let mut pos = HEADER_LEN;
@@ -285,74 +335,170 @@ pub fn decode(stored: &[u8], out: &mut [u8]) -> Result<(), Damaged> {
     if pos != stored.len() {
         return Err(Damaged("bytes after the last stream"));
     }
-    let ranges = stream_ranges(out.len());
+    let n = out.len();
+    let total: u64 = bits.iter().sum();
+    let multi = total <= n as u64 * MULTI_MAX_BITS;
+    let table = decode_table(&lens, multi)?;
+    let ranges = stream_ranges(n);
     // Four disjoint output slices.
     let (o0, rest) = out.split_at_mut(ranges[0].end);
     let (o1, rest) = rest.split_at_mut(ranges[1].len());
     let (o2, o3) = rest.split_at_mut(ranges[2].len());
-    let outs: [&mut [u8]; STREAMS] = [o0, o1, o2, o3];
-    let mut bitpos = [0usize; STREAMS];
-    let mut done = [0usize; STREAMS];
-    // Set when a window matches no code (an incomplete code leaves some unassigned).
-    let mut unassigned = false;
-    let table = &*table;
-    // Interleaved: while every stream has five more values to make and eight bytes to load,
-    // one value of each stream in turn, so that the four lookup chains overlap.
-    let rounds = (0..STREAMS)
-        .map(|k| outs[k].len() / 5)
-        .min()
-        .expect("four streams");
-    for _ in 0..rounds {
-        if (0..STREAMS).any(|k| (bitpos[k] >> 3) + 8 > streams[k].len()) {
-            break;
-        }
-        let mut w = [0u64; STREAMS];
-        for k in 0..STREAMS {
-            let at = bitpos[k] >> 3;
-            let word = u64::from_le_bytes(streams[k][at..at + 8].try_into().expect("8"));
-            w[k] = word >> (bitpos[k] & 7);
-        }
-        let mut vals = [[0u8; 5]; STREAMS];
-        #[allow(
-            clippy::needless_range_loop,
-            reason = "round r of all four streams before round r + 1: the four chains overlap"
-        )]
-        for r in 0..5 {
-            for k in 0..STREAMS {
-                let [v, l] = table[window(w[k])].to_le_bytes();
-                vals[k][r] = v;
-                unassigned |= l == 0;
-                w[k] >>= l;
-                bitpos[k] += usize::from(l);
-            }
-        }
-        for k in 0..STREAMS {
-            outs[k][done[k]..done[k] + 5].copy_from_slice(&vals[k]);
-            done[k] += 5;
-        }
-    }
+    let mut outs = [o0, o1, o2, o3];
+    let mut bit = [0usize; STREAMS];
+    let done = interleaved(&table, multi, &streams, &mut outs, &mut bit)?;
     // Each stream's rest, one value at a time with zero-padded loads.
     for k in 0..STREAMS {
         let s = streams[k];
         for slot in &mut outs[k][done[k]..] {
-            let at = bitpos[k] >> 3;
+            let at = (bit[k] >> 3).min(s.len());
             let mut word = [0u8; 8];
-            let avail = s.len().saturating_sub(at).min(8);
-            word[..avail].copy_from_slice(&s[at.min(s.len())..at.min(s.len()) + avail]);
-            let w = u64::from_le_bytes(word) >> (bitpos[k] & 7);
-            let [v, l] = table[window(w)].to_le_bytes();
+            let avail = (s.len() - at).min(8);
+            word[..avail].copy_from_slice(&s[at..at + avail]);
+            let w = u64::from_le_bytes(word) >> (bit[k] & 7);
+            let e = table[window(w)];
+            if e == UNASSIGNED {
+                return Err(Damaged("bits that match no code"));
+            }
+            let [_, v, ..] = e.to_le_bytes();
             *slot = v;
-            unassigned |= l == 0;
-            bitpos[k] += usize::from(l);
+            bit[k] += usize::from(lens[usize::from(v)]);
         }
-        if bitpos[k] as u64 != bits[k] {
+        if bit[k] as u64 != bits[k] {
             return Err(Damaged("a stream's codes do not add up to its bit count"));
         }
     }
-    if unassigned {
-        return Err(Damaged("bits that match no code"));
-    }
     Ok(())
+}
+
+/// The bulk of `decode`: while every stream has room for five more lookups and eight bytes to
+/// load, one lookup of each stream in turn, so that the four chains of lookups overlap. Codes
+/// are at most 11 bits, so one load holds five lookups' worth. Returns how many values each
+/// stream made; `bit` is where each stream goes on.
+fn interleaved(
+    table: &[u32; TABLE_LEN],
+    multi: bool,
+    streams: &[&[u8]; STREAMS],
+    outs: &mut [&mut [u8]; STREAMS],
+    bit: &mut [usize; STREAMS],
+) -> Result<[usize; STREAMS], Damaged> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("bmi2") {
+        // SAFETY: the CPU has BMI2.
+        return unsafe { interleaved_bmi2(table, multi, streams, outs, bit) };
+    }
+    if multi {
+        interleaved_body::<true>(table, streams, outs, bit)
+    } else {
+        interleaved_body::<false>(table, streams, outs, bit)
+    }
+}
+
+/// `interleaved_body` with shifts that need no fixed register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+fn interleaved_bmi2(
+    table: &[u32; TABLE_LEN],
+    multi: bool,
+    streams: &[&[u8]; STREAMS],
+    outs: &mut [&mut [u8]; STREAMS],
+    bit: &mut [usize; STREAMS],
+) -> Result<[usize; STREAMS], Damaged> {
+    if multi {
+        interleaved_body::<true>(table, streams, outs, bit)
+    } else {
+        interleaved_body::<false>(table, streams, outs, bit)
+    }
+}
+
+/// `MULTI`: the table holds several values per entry; else one, which keeps the four outputs
+/// in step.
+#[inline(always)]
+fn interleaved_body<const MULTI: bool>(
+    table: &[u32; TABLE_LEN],
+    streams: &[&[u8]; STREAMS],
+    outs: &mut [&mut [u8]; STREAMS],
+    bit: &mut [usize; STREAMS],
+) -> Result<[usize; STREAMS], Damaged> {
+    // Five lookups of up to three values each, and the last store's extra byte.
+    const ROOM: usize = 16;
+    // Bit 63 of each loaded word (never read: five codes use at most 55 bits) marks where it
+    // started, so the bits a round used are the leading zeros after it.
+    const MARK: u64 = 1 << 63;
+    let load = |s: &[u8], bit: usize| -> Option<u64> {
+        let at = bit >> 3;
+        let word = s.get(at..at + 8)?;
+        Some(u64::from_le_bytes(word.try_into().expect("8")) >> (bit & 7) | MARK)
+    };
+    let [s0, s1, s2, s3] = *streams;
+    let [b0, b1, b2, b3] = bit;
+    let mut done = [0usize; STREAMS];
+    let lens = outs.each_ref().map(|o| o.len());
+    let bases = outs.each_mut().map(|o| o.as_mut_ptr());
+    while (0..STREAMS).all(|k| done[k] + ROOM <= lens[k]) {
+        let (Some(mut w0), Some(mut w1), Some(mut w2), Some(mut w3)) =
+            (load(s0, *b0), load(s1, *b1), load(s2, *b2), load(s3, *b3))
+        else {
+            break;
+        };
+        // SAFETY: each stream's output has ROOM bytes from `done`; a round writes 4 bytes at
+        // most 12 past it (four lookups of at most three values before the fifth store).
+        let mut d: [*mut u8; STREAMS] = std::array::from_fn(|k| unsafe { bases[k].add(done[k]) });
+        for _ in 0..5 {
+            let t0 = table[window(w0)];
+            let t1 = table[window(w1)];
+            let t2 = table[window(w2)];
+            let t3 = table[window(w3)];
+            if !MULTI {
+                let [_, v0, ..] = t0.to_le_bytes();
+                let [_, v1, ..] = t1.to_le_bytes();
+                let [_, v2, ..] = t2.to_le_bytes();
+                let [_, v3, ..] = t3.to_le_bytes();
+                // SAFETY: see above (one byte each).
+                unsafe {
+                    d[0].write(v0);
+                    d[1].write(v1);
+                    d[2].write(v2);
+                    d[3].write(v3);
+                    d = d.map(|p| p.add(1));
+                }
+            } else {
+                // SAFETY: see above.
+                unsafe {
+                    d[0].cast::<[u8; 4]>()
+                        .write_unaligned((t0 >> 8).to_le_bytes());
+                    d[1].cast::<[u8; 4]>()
+                        .write_unaligned((t1 >> 8).to_le_bytes());
+                    d[2].cast::<[u8; 4]>()
+                        .write_unaligned((t2 >> 8).to_le_bytes());
+                    d[3].cast::<[u8; 4]>()
+                        .write_unaligned((t3 >> 8).to_le_bytes());
+                    d[0] = d[0].add((t0 >> 6 & 3) as usize);
+                    d[1] = d[1].add((t1 >> 6 & 3) as usize);
+                    d[2] = d[2].add((t2 >> 6 & 3) as usize);
+                    d[3] = d[3].add((t3 >> 6 & 3) as usize);
+                }
+            }
+            w0 = w0.wrapping_shr(t0);
+            w1 = w1.wrapping_shr(t1);
+            w2 = w2.wrapping_shr(t2);
+            w3 = w3.wrapping_shr(t3);
+        }
+        let used = [w0, w1, w2, w3].map(|w| w.leading_zeros() as usize);
+        // Five codes use at most 55 bits; an `UNASSIGNED` entry's shift alone is 63.
+        if used.iter().any(|&u| u > 55) {
+            return Err(Damaged("bits that match no code"));
+        }
+        for k in 0..STREAMS {
+            // SAFETY: d[k] was advanced from bases[k] within its output (see above).
+            done[k] = usize::try_from(unsafe { d[k].offset_from(bases[k]) }).expect("forward");
+        }
+        *b0 += used[0];
+        *b1 += used[1];
+        *b2 += used[2];
+        *b3 += used[3];
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -418,6 +564,93 @@ mod tests {
         // Entropy of a geometric(1/2) source: 2 bits per byte.
         let n = round_trip(&data);
         assert!(n < data.len() / 4 + data.len() / 50, "{n}");
+    }
+
+    /// Each entry of the several-values table holds what the one-value table decodes from
+    /// its window, one code after the other: as many codes as fit (up to three), their bits.
+    #[test]
+    fn the_several_values_table_decodes_as_the_one_value_table() {
+        let mut fib = [0u8; 256];
+        let (mut a, mut b) = (1u32, 1u32);
+        let mut hist = [0u32; 256];
+        for h in hist.iter_mut().take(40) {
+            *h = a;
+            (a, b) = (b, a.saturating_add(b));
+        }
+        fib.copy_from_slice(&code_lengths(&hist));
+        let mut geometric = [0u8; 256];
+        for (s, l) in geometric.iter_mut().enumerate().take(11) {
+            *l = u8::try_from(s + 1).unwrap().min(11);
+        }
+        // Incomplete codes: windows no code reaches.
+        let mut two = [0u8; 256];
+        two[7] = 2;
+        two[9] = 2;
+        let mut sparse = [0u8; 256];
+        sparse[..100].fill(8);
+        sparse[200] = 1;
+        for lens in [fib, geometric, two, sparse] {
+            let single = decode_table(&lens, false).unwrap();
+            let multi = decode_table(&lens, true).unwrap();
+            for w in 0..TABLE_LEN {
+                let (mut rest, mut used, mut values) = (w, 0u32, vec![]);
+                while values.len() < 3 {
+                    let e = single[rest];
+                    let l = e & 15;
+                    if e == UNASSIGNED || used + l > MAX_LEN {
+                        break;
+                    }
+                    values.push(u8::try_from(e >> 8).unwrap());
+                    used += l;
+                    rest >>= l;
+                }
+                let e = multi[w];
+                if values.is_empty() {
+                    assert_eq!(e, UNASSIGNED, "window {w}");
+                    assert_eq!(single[w], UNASSIGNED, "window {w}");
+                    continue;
+                }
+                assert_eq!(e & 15, used, "window {w}");
+                assert_eq!(
+                    e >> 6 & 3,
+                    u32::try_from(values.len()).unwrap(),
+                    "window {w}"
+                );
+                assert_eq!(
+                    &e.to_le_bytes()[1..=values.len()],
+                    &values[..],
+                    "window {w}"
+                );
+            }
+        }
+    }
+
+    /// Bits that match no code, deep inside a stream (where the four streams are decoded
+    /// together), with one value per lookup and with several.
+    #[test]
+    fn an_unassigned_code_in_the_bulk_is_an_error() {
+        for (lens_of, symbols) in [(2u8, 2usize), (8, 128)] {
+            let mut lens = [0u8; 256];
+            lens[..symbols].fill(lens_of);
+            let mut rng = crate::test_support::XorShift::new(9);
+            let data: Vec<u8> = (0..40_000)
+                .map(|_| u8::try_from(rng.next_u64() % symbols as u64).unwrap())
+                .collect();
+            let hist = histogram(&data);
+            let mut coded = vec![];
+            encode(&data, &hist, &lens, &mut coded);
+            let mut back = vec![0u8; data.len()];
+            decode(&coded, &mut back).unwrap();
+            assert_eq!(back, data);
+            // Every code starts with a 0 bit (the codes fill only half the code space), so a
+            // run of 1 bits in the middle of stream 0 matches none.
+            coded[HEADER_LEN + 1000..HEADER_LEN + 1004].fill(0xff);
+            assert_eq!(
+                decode(&coded, &mut back),
+                Err(Damaged("bits that match no code")),
+                "{symbols} codes of {lens_of} bits"
+            );
+        }
     }
 
     #[test]
