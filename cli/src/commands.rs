@@ -1013,8 +1013,17 @@ fn download_from(
             .map_or("download".into(), |n| n.to_string_lossy()),
         std::process::id()
     ));
+    // A device or a pipe (`/dev/null`) is written in place: it cannot be renamed over.
+    let special = if to_stdout {
+        None
+    } else {
+        ml_dash::special_destination(&dest)?
+    };
+    let in_place = to_stdout || special.is_some();
     let mut out: Box<dyn Write> = if to_stdout {
         Box::new(io::BufWriter::with_capacity(1 << 20, io::stdout()))
+    } else if let Some(f) = special {
+        Box::new(f)
     } else {
         Box::new(
             std::fs::File::create(&tmp)
@@ -1045,11 +1054,16 @@ fn download_from(
     })();
     drop(out);
     if let Err(e) = copied {
-        let _ = std::fs::remove_file(&tmp);
+        if !in_place {
+            let _ = std::fs::remove_file(&tmp);
+        }
         return Err(e);
     }
     if !to_stdout {
-        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+        if !in_place {
+            std::fs::rename(&tmp, &dest)
+                .with_context(|| format!("cannot write {}", dest.display()))?;
+        }
         print_downloaded(&rec, &dest, json)?;
     }
     Ok(0)

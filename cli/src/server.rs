@@ -608,6 +608,14 @@ pub fn download(
         return Ok(0);
     }
     let dest = PathBuf::from(output.unwrap_or(&name));
+    if let Some(f) = ml_dash::special_destination(&dest)? {
+        // A device or a pipe (`/dev/null`) is written in place: it cannot be renamed over.
+        let mut out = io::BufWriter::with_capacity(1 << 20, f);
+        let r = s.download(exp, full, version, &mut out)?;
+        out.flush()?;
+        crate::commands::print_downloaded(&r, &dest, json)?;
+        return Ok(0);
+    }
     let dir = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -39,6 +39,20 @@ pub fn remove_file(p: &Path, faults: &Faults) -> Result<()> {
     fs::remove_file(p).at(p)
 }
 
+/// `dest` opened for writing when it exists and is neither a regular file nor a directory (a
+/// character device such as `/dev/null`, a named pipe, a socket): such a destination cannot be
+/// replaced by a rename, and must not be (renaming over `/dev/null` would put a regular file in
+/// its place), so the bytes go straight into it. `None` for anything else, which is written
+/// beside and renamed into place.
+pub fn special_destination(dest: &Path) -> Result<Option<File>> {
+    match fs::metadata(dest) {
+        Ok(m) if !m.is_file() && !m.is_dir() => {
+            OpenOptions::new().write(true).open(dest).at(dest).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 fn temp_name(dest: &Path) -> PathBuf {
     let name = dest
         .file_name()

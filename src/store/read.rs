@@ -748,7 +748,8 @@ impl Store {
 
     /// Download a version to `dest`. The bytes land under a temporary name and are renamed into
     /// place only when every chunk has been verified, so `dest` never holds wrong bytes. Like
-    /// `cp`, the copy is not fsynced (the store can always make it again).
+    /// `cp`, the copy is not fsynced (the store can always make it again). A `dest` that is a
+    /// device or a named pipe (`/dev/null`) is written in place: it cannot be renamed over.
     pub fn download(&self, key: &FileKey, version: Option<u32>, dest: &Path) -> Result<FileRecord> {
         let r = self.open_file(key, version)?;
         if dest.is_dir() {
@@ -758,21 +759,27 @@ impl Store {
                 "is a directory",
             ));
         }
-        let mut out = AtomicFile::create(dest, &self.opts.faults)?;
-        let copied = match crate::interrupt::current() {
-            Some(flag) => r.copy_to(&mut crate::interrupt::CheckedWrite {
-                inner: &mut out,
-                flag,
-            }),
-            None => r.copy_to(&mut out),
+        // A device or a pipe takes the bytes straight in, as they verify; anything else gets
+        // them under a temporary name.
+        let mut special = crate::store::durable::special_destination(dest)?;
+        let mut atomic = None;
+        let out: &mut (dyn Write + Send) = match &mut special {
+            Some(f) => f,
+            None => atomic.insert(AtomicFile::create(dest, &self.opts.faults)?),
         };
-        // Interrupted: the temporary file goes with `out`; `dest` is untouched.
+        let copied = match crate::interrupt::current() {
+            Some(flag) => r.copy_to(&mut crate::interrupt::CheckedWrite { inner: out, flag }),
+            None => r.copy_to(out),
+        };
+        // Interrupted: the temporary file goes with `atomic`; `dest` is untouched.
         crate::interrupt::check()?;
         copied.map_err(|e| match e {
             Error::Output(source) => Error::io(dest, source),
             other => other,
         })?;
-        out.commit_no_sync()?;
+        if let Some(out) = atomic {
+            out.commit_no_sync()?;
+        }
         Ok(r.record)
     }
 

@@ -1121,6 +1121,33 @@ fn unicode_names_and_odd_destinations() {
         ],
     );
     refused(&r, "download into a missing directory");
+    // A named pipe (as `/dev/null` is a device) is written in place, not renamed over.
+    let fifo = d.path().join("pipe");
+    mkfifo(&fifo);
+    let got = drain_fifo_while(&fifo, || {
+        ok(&run(
+            &root,
+            &[
+                "download",
+                "--project",
+                "p",
+                "--experiment",
+                "e",
+                &full,
+                "-o",
+                s(&fifo),
+            ],
+        ));
+    })
+    .expect("the pipe was replaced");
+    same_bytes(got, &data, "download into a pipe");
+    assert_eq!(
+        dir_names(d.path())
+            .iter()
+            .filter(|n| n.contains("tmp"))
+            .count(),
+        0
+    );
     // Metadata with multi-byte characters longer than the error preview is refused cleanly.
     let long = format!("[\"{}\"]", "é".repeat(100));
     let r = run(

@@ -239,6 +239,14 @@ fn the_cli_downloads_from_a_remote_without_pulling() {
     );
     ok(&run_args(args(None)));
     assert_eq!(std::fs::read(&out).unwrap(), b"second");
+    // A named pipe is written in place, not renamed over.
+    std::fs::remove_file(&out).unwrap();
+    mkfifo(&out);
+    let got = drain_fifo_while(&out, || {
+        ok(&run_args(args(Some("1"))));
+    })
+    .expect("the pipe was replaced");
+    same_bytes(got, &data, "version 1 into a pipe");
     let r = run_args(args(Some("7")));
     refused(&r, "no version 7");
     assert!(r.2.contains("not found"), "{}", r.2);

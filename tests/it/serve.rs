@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-use crate::util::{bin, ok, random_bytes, run, tmp};
+use crate::util::{bin, drain_fifo_while, mkfifo, ok, random_bytes, run, tmp};
 
 /// A running server and the URL it listens on; killed on drop.
 struct Server {
@@ -142,6 +142,29 @@ fn the_cli_uploads_lists_and_downloads_through_a_server_into_the_same_store() {
     );
     assert_eq!(r.0, 0, "{}", r.2);
     assert_eq!(std::fs::read(&out).unwrap(), data);
+    // A named pipe is written in place, not renamed over.
+    let fifo = d.path().join("pipe");
+    mkfifo(&fifo);
+    let got = drain_fifo_while(&fifo, || {
+        let r = remote(
+            d.path(),
+            &s.url,
+            &[],
+            &[
+                "download",
+                "--project",
+                "vision",
+                "--experiment",
+                "run-1",
+                "/models/model.bin",
+                "-o",
+                fifo.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r.0, 0, "{}", r.2);
+    })
+    .expect("the pipe was replaced");
+    assert!(got == data, "the pipe got {} bytes", got.len());
     let r = remote(
         d.path(),
         &s.url,

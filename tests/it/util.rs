@@ -395,3 +395,41 @@ pub fn mkfifo(p: &Path) {
     let ok = Command::new("mkfifo").arg(p).status().expect("run mkfifo");
     assert!(ok.success(), "mkfifo {}", p.display());
 }
+
+/// Run `write` (which writes into the FIFO at `p`) while a thread reads the FIFO to its end;
+/// the bytes read, or `None` when `p` is no longer a FIFO afterwards (something renamed a file
+/// over it; the reader is left waiting on the pipe it opened). The FIFO is opened for writing
+/// here too once `write` returns, so that a `write` that never opened it cannot leave the
+/// reader waiting.
+pub fn drain_fifo_while(p: &Path, write: impl FnOnce()) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let path = p.to_path_buf();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![];
+        fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        got
+    });
+    write();
+    if !is_fifo(p) {
+        return None;
+    }
+    // Without blocking: a reader that is gone leaves nobody to open against.
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let nonblocking = rustix::fs::OFlags::NONBLOCK.bits().cast_signed();
+    drop(
+        fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nonblocking)
+            .open(p),
+    );
+    Some(reader.join().unwrap())
+}
+
+/// `p` is still a FIFO (nothing renamed a regular file over it).
+fn is_fifo(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_fifo())
+}
