@@ -47,7 +47,8 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok((h, inner)) = delta::parse(data) {
         let base = vec![0u8; 1 + data.len() % 300];
-        let _ = delta::decode(&h, inner, base.len(), &base, &String::new);
+        let mut out = vec![0u8; base.len()];
+        let _ = delta::decode_into(&h, inner, &base, &mut out, &String::new, &mut |_, _| {});
     }
     let half = data.len() / 2;
     let (a, b) = (&data[..half], &data[half..2 * half]);
@@ -55,7 +56,14 @@ fuzz_target!(|data: &[u8]| {
     if let Some(stored) = delta::encode(a, b, &ChunkId::of(b), 1, t, Compression::Auto(1), -1.0) {
         let (h, inner) = delta::parse(&stored).expect("what encode writes parses");
         assert_eq!(h.base, ChunkId::of(b));
-        let back = delta::decode(&h, inner, a.len(), b, &String::new).expect("decodes");
+        let mut back = vec![0u8; a.len()];
+        let mut upto = 0;
+        delta::decode_into(&h, inner, b, &mut back, &String::new, &mut |at, piece| {
+            assert_eq!(at, upto, "pieces in order, without gaps");
+            upto += piece.len();
+        })
+        .expect("decodes");
+        assert_eq!(upto, a.len());
         assert_eq!(back, a);
     }
 });

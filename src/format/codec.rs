@@ -424,16 +424,39 @@ thread_local! {
     static PLANE_SCRATCH: RefCell<(Vec<Vec<u8>>,)> = const { RefCell::new((Vec::new(),)) };
 }
 
-/// Decode a `Codec::Planes` chunk.
-fn decode_planes(stored: &[u8], raw_len: usize, location: &dyn Fn() -> String) -> Result<Vec<u8>> {
+/// What a decoder hands each piece of a chunk to as soon as the piece holds its raw bytes:
+/// `(offset, piece)`, pieces in order, together the whole chunk, each starting at a multiple of
+/// `PIECE` and `PIECE` bytes long but the last (shorter, or longer by the few bytes at the end
+/// of a chunk of planes that make no whole value), so 8-byte words stay whole. Undoing a delta
+/// and hashing happen there, while the piece is still in the cache.
+pub type Then<'a> = &'a mut dyn FnMut(usize, &mut [u8]);
+
+/// Bytes per piece handed to a `Then`: a multiple of 8 and of BLAKE3's 1 KiB chunks, small
+/// enough to stay in the first-level cache with the planes it came from.
+pub const PIECE: usize = 16 << 10;
+
+/// `then` on each piece of `out`.
+fn in_pieces(out: &mut [u8], then: Then<'_>) {
+    for (i, p) in out.chunks_mut(PIECE).enumerate() {
+        then(i * PIECE, p);
+    }
+}
+
+/// Decode a `Codec::Planes` chunk into `out`, merging its planes piece by piece.
+fn decode_planes_into(
+    stored: &[u8],
+    out: &mut [u8],
+    location: &dyn Fn() -> String,
+    then: Then<'_>,
+) -> Result<()> {
     let bad = |r: &str| Error::corrupt(location(), format!("plane codec: {r}"));
+    let raw_len = out.len();
     let first = *stored.first().ok_or_else(|| bad("empty"))?;
     let (width, rotate) = (usize::from(first & !ROTATED), first & ROTATED != 0);
     if width != 2 && width != 4 {
         return Err(bad("bad width"));
     }
     let n = raw_len / width;
-    let mut out = vec![0u8; raw_len];
     PLANE_SCRATCH.with(|scratch| -> Result<()> {
         let mut scratch = scratch.borrow_mut();
         let bufs = &mut scratch.0;
@@ -464,8 +487,11 @@ fn decode_planes(stored: &[u8], raw_len: usize, location: &dyn Fn() -> String) -
                     buf.resize(n, *v);
                 }
                 m if m == PlaneMethod::Huffman as u8 => {
-                    buf.resize(n, 0);
-                    huffman::decode(body, buf).map_err(|e| bad(e.0))?;
+                    // Grown once per thread, never cleared: the decoder writes every byte.
+                    if buf.len() < n {
+                        buf.resize(n, 0);
+                    }
+                    huffman::decode(body, &mut buf[..n]).map_err(|e| bad(e.0))?;
                 }
                 m if m == PlaneMethod::Zstd as u8 => {
                     *buf = decode(Codec::Zstd, body, n, location)?;
@@ -477,14 +503,27 @@ fn decode_planes(stored: &[u8], raw_len: usize, location: &dyn Fn() -> String) -
         if tail.len() != raw_len - n * width {
             return Err(bad("tail length mismatch"));
         }
-        let refs: Vec<&[u8]> = (0..width)
-            .map(|k| raw[k].unwrap_or(bufs[k].as_slice()))
+        let planes: Vec<&[u8]> = (0..width)
+            .map(|k| raw[k].unwrap_or_else(|| &bufs[k][..n]))
             .collect();
-        planes::interleave(&refs, rotate, &mut out[..n * width]);
-        out[n * width..].copy_from_slice(tail);
-        Ok(())
-    })?;
-    Ok(out)
+        // Values per piece; the last piece also takes the tail.
+        let step = PIECE / width;
+        let mut at = 0;
+        loop {
+            let last = n - at <= step;
+            let end = if last { n } else { at + step };
+            let piece: Vec<&[u8]> = planes.iter().map(|p| &p[at..end]).collect();
+            let bytes = &mut out[at * width..];
+            planes::interleave(&piece, rotate, &mut bytes[..(end - at) * width]);
+            if last {
+                bytes[(end - at) * width..].copy_from_slice(tail);
+                then(at * width, bytes);
+                return Ok(());
+            }
+            then(at * width, &mut bytes[..PIECE]);
+            at = end;
+        }
+    })
 }
 
 /// Decode a chunk of codec 2 or 3: byte planes as earlier versions wrote them (each plane raw
@@ -545,17 +584,8 @@ pub fn decode(
             }
             Ok(stored.to_vec())
         }
-        Codec::Zstd => DECOMPRESSOR.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.is_none() {
-                *d = Some(
-                    zstd::bulk::Decompressor::new()
-                        .map_err(|e| Error::corrupt(location(), e.to_string()))?,
-                );
-            }
+        Codec::Zstd => with_decompressor(location, |d| {
             let out = d
-                .as_mut()
-                .expect("set above")
                 .decompress(stored, raw_len)
                 .map_err(|e| Error::corrupt(location(), format!("zstd: {e}")))?;
             if out.len() != raw_len {
@@ -565,12 +595,75 @@ pub fn decode(
         }),
         Codec::Planes4 => decode_planes_zstd(4, stored, raw_len, location),
         Codec::Planes2 => decode_planes_zstd(2, stored, raw_len, location),
-        Codec::Planes => decode_planes(stored, raw_len, location),
+        Codec::Planes => {
+            let mut out = vec![0u8; raw_len];
+            decode_planes_into(stored, &mut out, location, &mut |_, _| {})?;
+            Ok(out)
+        }
         Codec::Delta => Err(Error::corrupt(
             location(),
             "a delta chunk decodes only with its base",
         )),
     }
+}
+
+/// Decode stored bytes into `out` (exactly the raw length), handing each piece to `then` as
+/// soon as it holds its raw bytes (see `Then`); not yet checked against the chunk id.
+pub fn decode_into(
+    codec: Codec,
+    stored: &[u8],
+    out: &mut [u8],
+    location: &dyn Fn() -> String,
+    then: Then<'_>,
+) -> Result<()> {
+    match codec {
+        Codec::Raw => {
+            if stored.len() != out.len() {
+                return Err(Error::corrupt(location(), "raw chunk length mismatch"));
+            }
+            for (i, (p, s)) in out.chunks_mut(PIECE).zip(stored.chunks(PIECE)).enumerate() {
+                p.copy_from_slice(s);
+                then(i * PIECE, p);
+            }
+            Ok(())
+        }
+        Codec::Zstd => {
+            with_decompressor(location, |d| {
+                let n = d
+                    .decompress_to_buffer(stored, &mut *out)
+                    .map_err(|e| Error::corrupt(location(), format!("zstd: {e}")))?;
+                if n != out.len() {
+                    return Err(Error::corrupt(location(), "decompressed length mismatch"));
+                }
+                Ok(())
+            })?;
+            in_pieces(out, then);
+            Ok(())
+        }
+        Codec::Planes => decode_planes_into(stored, out, location, then),
+        Codec::Planes4 | Codec::Planes2 | Codec::Delta => {
+            out.copy_from_slice(&decode(codec, stored, out.len(), location)?);
+            in_pieces(out, then);
+            Ok(())
+        }
+    }
+}
+
+/// `f` with this thread's zstd decompressor.
+fn with_decompressor<T>(
+    location: &dyn Fn() -> String,
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> Result<T>,
+) -> Result<T> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| Error::corrupt(location(), e.to_string()))?,
+            );
+        }
+        f(d.as_mut().expect("set above"))
+    })
 }
 
 #[cfg(test)]

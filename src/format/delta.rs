@@ -262,6 +262,7 @@ pub fn encode(
 
 /// Decode a delta record's stored bytes into the `raw_len` raw bytes, given its base's raw
 /// bytes (not yet checked against the chunk id: the caller does that).
+#[cfg(test)]
 pub fn decode(
     h: &Header,
     inner: &[u8],
@@ -269,15 +270,33 @@ pub fn decode(
     base: &[u8],
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    if base.len() != raw_len {
+    let mut out = vec![0u8; raw_len];
+    decode_into(h, inner, base, &mut out, location, &mut |_, _| {})?;
+    Ok(out)
+}
+
+/// Decode a delta record's stored bytes into `out` (its raw length), given its base's raw
+/// bytes. The difference is undone piece by piece as the inner codec makes each piece, and
+/// `then` gets the piece next (see `codec::Then`).
+pub fn decode_into(
+    h: &Header,
+    inner: &[u8],
+    base: &[u8],
+    out: &mut [u8],
+    location: &dyn Fn() -> String,
+    then: codec::Then<'_>,
+) -> Result<()> {
+    if base.len() != out.len() {
         return Err(Error::corrupt(
             location(),
             format!("delta base {} has the wrong length", h.base),
         ));
     }
-    let mut out = codec::decode(h.inner, inner, raw_len, location)?;
-    undo(&mut out, base, h.transform);
-    Ok(out)
+    let t = h.transform;
+    codec::decode_into(h.inner, inner, out, location, &mut |at, piece| {
+        undo(piece, &base[at..at + piece.len()], t);
+        then(at, piece);
+    })
 }
 
 #[cfg(test)]
@@ -347,6 +366,47 @@ mod tests {
                     assert_eq!(g(&b).wrapping_add(unzigzag32(want)), g(&a));
                 }
             }
+        }
+    }
+
+    /// Decoding hands out the chunk in whole pieces, in order, each already undone: pieces of
+    /// `PIECE` bytes at multiples of `PIECE`, the last one shorter and holding any tail that is
+    /// no whole value; whatever the length and the inner codec.
+    #[test]
+    fn deltas_decode_piece_by_piece_at_any_length() {
+        let p = codec::PIECE;
+        for (len, t) in [
+            (3 * p + 4, Transform::Sub32),
+            (3 * p + 7, Transform::Sub32),
+            (2 * p, Transform::Sub16),
+            (2 * p + 3, Transform::Sub16),
+            (p - 5, Transform::Xor),
+            (5 * p + 1, Transform::Xor),
+        ] {
+            let old = floats(len.div_ceil(4), 11, 1e-2);
+            let new = floats(len.div_ceil(4), 12, 1e-2);
+            let (old, new) = (&old[..len], &new[..len]);
+            let base_id = ChunkId::of(old);
+            let stored = encode(new, old, &base_id, 1, t, Compression::Auto(1), -1.0)
+                .expect("a delta is wanted whatever it saves");
+            let (h, inner) = parse(&stored).unwrap();
+            let mut out = vec![0u8; len];
+            let mut seen = vec![];
+            let mut hashed = blake3::Hasher::new();
+            decode_into(&h, inner, old, &mut out, &String::new, &mut |at, piece| {
+                seen.push((at, piece.len()));
+                hashed.update(piece);
+            })
+            .unwrap();
+            assert_eq!(out, new, "{len} {t:?} {:?}", h.inner);
+            assert_eq!(ChunkId::from_hash(hashed.finalize()), ChunkId::of(new));
+            let want: Vec<(usize, usize)> = (0..len.div_ceil(p))
+                .map(|i| (i * p, p.min(len - i * p)))
+                .collect();
+            // The plane codec's last piece takes the bytes that are no whole value.
+            let merged = seen.len() + 1 == want.len()
+                && seen.last().map(|l| l.0) == Some(want[want.len() - 2].0);
+            assert!(seen == want || merged, "{len} {t:?}: {seen:?}");
         }
     }
 

@@ -131,6 +131,11 @@ impl ChunkId {
     pub fn of(data: &[u8]) -> ChunkId {
         ChunkId(Digest(*blake3::hash(data).as_bytes()))
     }
+
+    /// The id of a chunk hashed piece by piece.
+    pub fn from_hash(h: blake3::Hash) -> ChunkId {
+        ChunkId(Digest(*h.as_bytes()))
+    }
 }
 
 #[cfg(test)]

@@ -568,8 +568,15 @@ impl RemoteFile {
             let (dh, inner) = crate::format::delta::parse_header(stored)
                 .map_err(|r| Error::corrupt(self.what(), format!("chunk {id}: {r}")))?;
             let base = self.decode(&dh.base, records, depth + 1)?;
-            let raw =
-                crate::format::delta::decode(&dh, inner, h.raw_len as usize, &base, &location)?;
+            let mut raw = vec![0u8; h.raw_len as usize];
+            crate::format::delta::decode_into(
+                &dh,
+                inner,
+                &base,
+                &mut raw,
+                &location,
+                &mut |_, _| {},
+            )?;
             if ChunkId::of(&raw) != h.id {
                 return Err(Error::corrupt(
                     self.what(),

@@ -1,4 +1,4 @@
-//! Pack files on disk: `PackWriter` appends records (fsync on `sync`), `read_chunk` reads and
+//! Pack files on disk: `PackWriter` appends records (fsync on `sync`), `read_chunk_into` reads and
 //! proves one chunk (following delta bases), `holds` compares a record with bytes, `scan` walks
 //! every record of a pack past damage. The format itself is `format::pack`.
 //!
@@ -6,6 +6,7 @@
 //! one. A crash can leave an incomplete record at the very end of a pack (a torn tail); nothing
 //! is ever appended after a torn tail (see `PackWriter::reopen`).
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -18,8 +19,8 @@ use crate::format::digest::ChunkId;
 use crate::format::id::Id;
 use crate::format::pack::{
     ChunkLoc, PACK_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RecordHeader, check_pack_header,
-    check_stored, decode_and_verify, decode_record_header, encode_pack_header,
-    encode_record_header, len_field, pack_file_name,
+    check_stored, decode_record_header, encode_pack_header, encode_record_header, len_field,
+    pack_file_name,
 };
 use crate::format::usize_from;
 use crate::store::fault::{FaultKind, Faults};
@@ -27,12 +28,8 @@ use crate::store::fault::{FaultKind, Faults};
 /// Where the base of a delta chunk is: its location and its open pack.
 pub type BaseLookup<'a> = &'a dyn Fn(&ChunkId) -> Result<(Arc<File>, ChunkLoc)>;
 
-/// Read one chunk at a known location, check it is the expected chunk, and return raw bytes.
-/// A delta chunk's base (and its base, ...) is found through `bases`; a chain is followed for
-/// at most `delta::MAX_DEPTH` steps (so a damaged or looping chain ends in an error), and only
-/// the chunk asked for is proven against its id (which proves its bases' bytes too). The depth
-/// a delta record announces is how its writer stored it; the same base may sit at another
-/// depth in this store (pulled from elsewhere), so only the step count bounds the walk.
+/// `read_chunk_into` a new buffer.
+#[cfg(test)]
 pub fn read_chunk(
     file: &File,
     loc: &ChunkLoc,
@@ -40,7 +37,27 @@ pub fn read_chunk(
     bases: BaseLookup<'_>,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    read_chained(file, loc, id, 0, true, bases, location)
+    let mut out = vec![0u8; loc.raw_len as usize];
+    read_chunk_into(file, loc, id, bases, location, &mut out)?;
+    Ok(out)
+}
+
+/// Read one chunk at a known location into `out` (its raw length) and check it is the
+/// expected chunk. A delta chunk's base (and its base, ...) is found through `bases`; a chain
+/// is followed for at most `delta::MAX_DEPTH` steps (so a damaged or looping chain ends in an
+/// error), and only the chunk asked for is proven against its id (which proves its bases' bytes
+/// too). The depth a delta record announces is how its writer stored it; the same base may sit
+/// at another depth in this store (pulled from elsewhere), so only the step count bounds the
+/// walk. On an error `out` holds no meaning.
+pub fn read_chunk_into(
+    file: &File,
+    loc: &ChunkLoc,
+    id: &ChunkId,
+    bases: BaseLookup<'_>,
+    location: &dyn Fn() -> String,
+    out: &mut [u8],
+) -> Result<()> {
+    read_chained(file, loc, id, 0, true, bases, location, out)
 }
 
 /// Does the record at `loc` hold exactly `expect`, the raw bytes of chunk `id`? The record
@@ -61,9 +78,73 @@ pub fn holds(
         return read_record_unverified(file, loc, id, &location)
             .is_ok_and(|buf| buf[RECORD_HEADER_LEN..] == *expect);
     }
-    read_chained(file, loc, id, 0, false, bases, &location).is_ok_and(|raw| raw == expect)
+    let mut raw = Spare::take(expect.len());
+    read_chained(file, loc, id, 0, false, bases, &location, &mut raw)
+        .is_ok_and(|()| *raw == *expect)
 }
 
+thread_local! {
+    /// Buffers this thread reuses for the records it reads and the delta bases it decodes.
+    static SPARES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer of at least `len` bytes from this thread's spares (grown when short, never zeroed
+/// again: whoever takes it writes the bytes it reads), returned to them on drop. A chain of
+/// deltas holds two per step at once.
+struct Spare {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Spare {
+    /// Spares kept per thread, and the largest kept (larger chunks are rare: they get a fresh
+    /// buffer each time).
+    const KEEP: usize = 2 * crate::format::delta::MAX_DEPTH as usize + 2;
+    const KEEP_LEN: usize = 4 << 20;
+
+    fn take(len: usize) -> Spare {
+        let mut buf = SPARES.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        Spare { buf, len }
+    }
+}
+
+impl std::ops::Deref for Spare {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Spare {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.len() <= Self::KEEP_LEN {
+            SPARES.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < Self::KEEP {
+                    s.push(buf);
+                }
+            });
+        }
+    }
+}
+
+/// Decode chunk `id` at `loc` into `out` (its raw length) through its chain of bases, `steps`
+/// below the chunk asked for; with `prove`, the chunk asked for is hashed piece by piece as it
+/// is decoded and checked against its id.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one step of a recursive walk: where, what, how deep, and where to"
+)]
 fn read_chained(
     file: &File,
     loc: &ChunkLoc,
@@ -72,17 +153,36 @@ fn read_chained(
     prove: bool,
     bases: BaseLookup<'_>,
     location: &dyn Fn() -> String,
-) -> Result<Vec<u8>> {
-    let buf = read_record_unverified(file, loc, id, location)?;
-    let h = decode_record_header(&buf).expect("checked by read_record_unverified");
+    out: &mut [u8],
+) -> Result<()> {
+    if out.len() != loc.raw_len as usize {
+        return Err(Error::Internal(format!(
+            "chunk {id} of {} bytes read into {}",
+            loc.raw_len,
+            out.len()
+        )));
+    }
+    let mut buf = Spare::take(usize_from(loc.record_len()));
+    read_record_into(file, loc, id, location, &mut buf)?;
+    let h = decode_record_header(&buf).expect("checked by read_record_into");
     let stored = &buf[RECORD_HEADER_LEN..];
-    let verify = prove && steps == 0;
+    let mut hasher = (prove && steps == 0).then(blake3::Hasher::new);
+    let mut hash = |_: usize, piece: &mut [u8]| {
+        if let Some(h) = &mut hasher {
+            h.update(piece);
+        }
+    };
     if h.codec != Codec::Delta {
-        return if verify {
-            decode_and_verify(&h, stored, location)
-        } else {
-            codec::decode(h.codec, stored, h.raw_len as usize, location)
-        };
+        codec::decode_into(h.codec, stored, out, location, &mut hash)?;
+        if let Some(hasher) = hasher
+            && ChunkId::from_hash(hasher.finalize()) != h.id
+        {
+            return Err(Error::corrupt(
+                location(),
+                format!("chunk {} fails its BLAKE3 check", h.id),
+            ));
+        }
+        return Ok(());
     }
     if steps >= crate::format::delta::MAX_DEPTH {
         return Err(Error::corrupt(
@@ -101,9 +201,27 @@ fn read_chained(
         ));
     }
     let (bfile, bloc) = bases(&dh.base)?;
-    let base = read_chained(&bfile, &bloc, &dh.base, steps + 1, false, bases, location)?;
-    let raw = crate::format::delta::decode(&dh, inner, h.raw_len as usize, &base, location)?;
-    if verify && ChunkId::of(&raw) != h.id {
+    if bloc.raw_len != loc.raw_len {
+        return Err(Error::corrupt(
+            location(),
+            format!("delta base {} has the wrong length", dh.base),
+        ));
+    }
+    let mut base = Spare::take(out.len());
+    read_chained(
+        &bfile,
+        &bloc,
+        &dh.base,
+        steps + 1,
+        false,
+        bases,
+        location,
+        &mut base,
+    )?;
+    crate::format::delta::decode_into(&dh, inner, &base, out, location, &mut hash)?;
+    if let Some(hasher) = hasher
+        && ChunkId::from_hash(hasher.finalize()) != h.id
+    {
         return Err(Error::corrupt(
             location(),
             format!(
@@ -112,7 +230,7 @@ fn read_chained(
             ),
         ));
     }
-    Ok(raw)
+    Ok(())
 }
 
 /// Read one whole record (header and stored bytes, as in the pack) and check it holds chunk
@@ -137,9 +255,21 @@ fn read_record_unverified(
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; usize_from(loc.record_len())];
-    file.read_exact_at(&mut buf, loc.offset)
+    read_record_into(file, loc, id, location, &mut buf)?;
+    Ok(buf)
+}
+
+/// `read_record_unverified` into `buf` (the record's length).
+fn read_record_into(
+    file: &File,
+    loc: &ChunkLoc,
+    id: &ChunkId,
+    location: &dyn Fn() -> String,
+    buf: &mut [u8],
+) -> Result<()> {
+    file.read_exact_at(buf, loc.offset)
         .map_err(|e| Error::corrupt(location(), format!("cannot read chunk {id}: {e}")))?;
-    let h = decode_record_header(&buf)
+    let h = decode_record_header(buf)
         .map_err(|r| Error::corrupt(location(), format!("chunk {id}: {r}")))?;
     if h.id != *id
         || h.stored_len != loc.stored_len
@@ -151,7 +281,7 @@ fn read_record_unverified(
             format!("chunk {id}: record header does not match the index"),
         ));
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// Give a fsynced pack written under its incoming name (`PackWriter::create_incoming`) its

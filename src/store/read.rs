@@ -234,6 +234,19 @@ impl Located {
         id: &ChunkId,
         location: &dyn Fn() -> String,
     ) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; loc.raw_len as usize];
+        self.read_into(loc, id, location, &mut out)?;
+        Ok(out)
+    }
+
+    /// `read` into `out` (the chunk's raw length).
+    pub(crate) fn read_into(
+        &self,
+        loc: &ChunkLoc,
+        id: &ChunkId,
+        location: &dyn Fn() -> String,
+        out: &mut [u8],
+    ) -> Result<()> {
         let pack_of = |l: &ChunkLoc| {
             self.packs.get(&l.pack).cloned().ok_or_else(|| {
                 Error::corrupt(location(), format!("pack {} was not opened", l.pack))
@@ -245,7 +258,7 @@ impl Located {
             })?;
             Ok((pack_of(l)?, *l))
         };
-        packs::read_chunk(&*pack_of(loc)?, loc, id, &lookup, location)
+        packs::read_chunk_into(&*pack_of(loc)?, loc, id, &lookup, location, out)
     }
 }
 
@@ -307,7 +320,8 @@ impl PackFiles {
                 .ok_or_else(|| Error::corrupt(b.to_string(), "delta base is not in the store"))?;
             Ok((self.get(l.pack)?, l))
         };
-        packs::read_chunk(&file, loc, id, &lookup, &String::new).is_ok()
+        let mut raw = vec![0u8; loc.raw_len as usize];
+        packs::read_chunk_into(&file, loc, id, &lookup, &String::new, &mut raw).is_ok()
     }
 }
 
@@ -419,8 +433,15 @@ impl FileReader {
     }
 
     fn read_chunk(&self, i: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.chunks[i].loc.raw_len as usize];
+        self.read_chunk_into(i, &mut out)?;
+        Ok(out)
+    }
+
+    /// Chunk `i` into `out` (its raw length).
+    fn read_chunk_into(&self, i: usize, out: &mut [u8]) -> Result<()> {
         let c = &self.chunks[i];
-        self.located.read(&c.loc, &c.id, &|| {
+        let location = || {
             format!(
                 "{} v{} (chunk {} at pack {} offset {})",
                 self.record.key().display(),
@@ -429,7 +450,23 @@ impl FileReader {
                 c.loc.pack,
                 c.loc.offset
             )
-        })
+        };
+        self.located.read_into(&c.loc, &c.id, &location, out)
+    }
+
+    /// Chunks `start..end` decoded in parallel into `buf` (their raw bytes, in order).
+    fn decode_batch(&self, start: usize, end: usize, buf: &mut [u8]) -> Result<()> {
+        let mut parts = Vec::with_capacity(end - start);
+        let mut rest = buf;
+        for c in &self.chunks[start..end] {
+            let (part, after) = rest.split_at_mut(c.loc.raw_len as usize);
+            parts.push(part);
+            rest = after;
+        }
+        parts
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(k, part)| self.read_chunk_into(start + k, part))
     }
 
     /// Stream the whole file into `out`, decoding chunks in parallel; every chunk is verified
@@ -496,47 +533,40 @@ impl FileReader {
             // One batch (a small file, e.g. one of the thousands an export copies): on this
             // thread, without the writer thread.
             let _held = BUDGET.take(total);
-            let batch = (0..self.chunks.len())
-                .into_par_iter()
-                .map(|i| self.read_chunk(i))
-                .collect::<Result<Vec<_>>>()?;
+            let mut bytes = vec![0u8; crate::format::usize_from(total)];
+            self.decode_batch(0, self.chunks.len(), &mut bytes)?;
             let mut whole = WholeFile::new();
-            for c in &batch {
-                out.write_all(c).map_err(Error::Output)?;
-                if sha256 {
-                    whole.update(c);
-                } else {
-                    whole.upto += c.len() as u64;
-                }
+            out.write_all(&bytes).map_err(Error::Output)?;
+            if sha256 {
+                whole.update(&bytes);
+            } else {
+                whole.upto += total;
             }
             out.flush().map_err(Error::Output)?;
             return self.finish_copy(whole, sha256);
         }
         // Decoded batches go to the writer and, shared, to a thread of their own that computes
         // the SHA-256, so hashing overlaps writing and decoding instead of following them. A
-        // batch's share of the decode budget returns when both are done with it.
-        type Shared = std::sync::Arc<(Vec<Vec<u8>>, Held)>;
-        let (tx, rx) = crossbeam_channel::bounded::<Shared>(2);
-        let (sha_tx, sha_rx) = crossbeam_channel::bounded::<Shared>(2);
+        // batch's share of the decode budget returns, and its buffer comes back for another
+        // batch, when both are done with it.
+        let (free_tx, free_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        let (tx, rx) = crossbeam_channel::bounded::<Arc<Batch>>(2);
+        let (sha_tx, sha_rx) = crossbeam_channel::bounded::<Arc<Batch>>(2);
         std::thread::scope(|s| {
             let hasher = s.spawn(move || {
                 let mut whole = WholeFile::new();
                 for batch in sha_rx {
-                    for c in &batch.0 {
-                        if sha256 {
-                            whole.update(c);
-                        } else {
-                            whole.upto += c.len() as u64;
-                        }
+                    if sha256 {
+                        whole.update(batch.bytes());
+                    } else {
+                        whole.upto += batch.len as u64;
                     }
                 }
                 whole
             });
             let writer = s.spawn(move || -> io::Result<()> {
                 for batch in rx {
-                    for c in &batch.0 {
-                        out.write_all(c)?;
-                    }
+                    out.write_all(batch.bytes())?;
                 }
                 out.flush()
             });
@@ -545,11 +575,18 @@ impl FileReader {
                 while start < self.chunks.len() {
                     let (end, bytes) = self.batch_from(start, batch_bytes);
                     let held = BUDGET.take(bytes);
-                    let batch = (start..end)
-                        .into_par_iter()
-                        .map(|i| self.read_chunk(i))
-                        .collect::<Result<Vec<_>>>()?;
-                    let batch = std::sync::Arc::new((batch, held));
+                    let len = crate::format::usize_from(bytes);
+                    let mut buf = free_rx.try_recv().unwrap_or_default();
+                    if buf.len() < len {
+                        buf.resize(len, 0);
+                    }
+                    self.decode_batch(start, end, &mut buf[..len])?;
+                    let batch = Arc::new(Batch {
+                        buf,
+                        len,
+                        _held: held,
+                        free: free_tx.clone(),
+                    });
                     if sha_tx.send(batch.clone()).is_err() || tx.send(batch).is_err() {
                         break; // the writer failed; its error is reported below
                     }
@@ -569,6 +606,28 @@ impl FileReader {
             written.map_err(Error::Output)?;
             self.finish_copy(whole, sha256)
         })
+    }
+}
+
+/// Decoded chunks on their way to the writer and the hasher of a copy: the first `len` bytes
+/// of `buf`. Dropped by the last of them, it gives its share of the decode budget back and
+/// its buffer to the next batch.
+struct Batch {
+    buf: Vec<u8>,
+    len: usize,
+    _held: Held,
+    free: crossbeam_channel::Sender<Vec<u8>>,
+}
+
+impl Batch {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let _ = self.free.send(std::mem::take(&mut self.buf));
     }
 }
 
