@@ -3,7 +3,8 @@
 //! with [`Error::Interrupted`], before anything is committed, as if it had not started.
 //!
 //! Checked: every read of a file being stored (so an upload stops within one read), every
-//! write of a download (its temporary file is removed), each poll of a lock wait, and once
+//! write of a download (its temporary file is removed), the wait of a download for a reader of
+//! the named pipe it writes to, each poll of a lock wait, and once
 //! more just before an upload commits. The flag follows the call to the threads it reads a
 //! source on.
 

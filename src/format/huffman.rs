@@ -2,9 +2,11 @@
 //!
 //! The sign/exponent plane of float weights has 2-4 bits of entropy per byte and no repeats
 //! worth finding, so a plain order-0 Huffman code gets what zstd gets on it, without a match
-//! search or a frame. Codes are at most 11 bits long, so one 64-bit load feeds five symbols; a
+//! search or a frame. Codes are at most 11 bits long, so one 64-bit load feeds five lookups; a
 //! plane is cut into four streams decoded in one interleaved loop, which keeps the table lookups
-//! of the four independent of each other.
+//! of the four independent of each other. Planes of short codes (at most 5 bits per value on
+//! average) are decoded with a table whose entries hold every code their window begins with, up
+//! to three values per lookup.
 //!
 //! ```text
 //! coded plane of n bytes:

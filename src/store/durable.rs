@@ -43,9 +43,32 @@ pub fn remove_file(p: &Path, faults: &Faults) -> Result<()> {
 /// character device such as `/dev/null`, a named pipe, a socket): such a destination cannot be
 /// replaced by a rename, and must not be (renaming over `/dev/null` would put a regular file in
 /// its place), so the bytes go straight into it. `None` for anything else, which is written
-/// beside and renamed into place.
+/// beside and renamed into place. A named pipe is opened once a reader has it open, waiting
+/// for one as a shell redirection does, but without blocking: an interrupt
+/// (`with_interrupt`) ends the wait.
 pub fn special_destination(dest: &Path) -> Result<Option<File>> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
     match fs::metadata(dest) {
+        Ok(m) if m.file_type().is_fifo() => loop {
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(OFlags::NONBLOCK.bits().cast_signed())
+                .open(dest)
+            {
+                Ok(f) => {
+                    // Writes block again (a reader that falls behind slows the download).
+                    rustix::fs::fcntl_setfl(&f, OFlags::empty())
+                        .map_err(std::io::Error::from)
+                        .at(dest)?;
+                    return Ok(Some(f));
+                }
+                Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => {
+                    crate::interrupt::check()?;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e).at(dest),
+            }
+        },
         Ok(m) if !m.is_file() && !m.is_dir() => {
             OpenOptions::new().write(true).open(dest).at(dest).map(Some)
         }

@@ -97,10 +97,9 @@ struct Spare {
 }
 
 impl Spare {
-    /// Spares kept per thread, and the largest kept (larger chunks are rare: they get a fresh
-    /// buffer each time).
-    const KEEP: usize = 2 * crate::format::delta::MAX_DEPTH as usize + 2;
-    const KEEP_LEN: usize = 4 << 20;
+    /// Bytes of spares a thread keeps at most (enough for a chain of depth 2 of 2 MiB chunks;
+    /// larger chunks or longer chains get fresh buffers for the rest).
+    const KEEP_BYTES: usize = 16 << 20;
 
     fn take(len: usize) -> Spare {
         let mut buf = SPARES.with(|s| s.borrow_mut().pop()).unwrap_or_default();
@@ -127,14 +126,13 @@ impl std::ops::DerefMut for Spare {
 impl Drop for Spare {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        if buf.len() <= Self::KEEP_LEN {
-            SPARES.with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < Self::KEEP {
-                    s.push(buf);
-                }
-            });
-        }
+        SPARES.with(|s| {
+            let mut s = s.borrow_mut();
+            let kept: usize = s.iter().map(Vec::len).sum();
+            if kept + buf.len() <= Self::KEEP_BYTES {
+                s.push(buf);
+            }
+        });
     }
 }
 

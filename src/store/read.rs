@@ -611,7 +611,7 @@ impl FileReader {
 
 /// Decoded chunks on their way to the writer and the hasher of a copy: the first `len` bytes
 /// of `buf`. Dropped by the last of them, it gives its share of the decode budget back and
-/// its buffer to the next batch.
+/// its buffer to a later batch.
 struct Batch {
     buf: Vec<u8>,
     len: usize,
@@ -627,7 +627,10 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        let _ = self.free.send(std::mem::take(&mut self.buf));
+        // At most two idle buffers wait for a batch (the budget counts only batches in use).
+        if self.free.len() < 2 {
+            let _ = self.free.send(std::mem::take(&mut self.buf));
+        }
     }
 }
 

@@ -206,4 +206,25 @@ fn an_interrupted_upload_or_download_changes_nothing() {
     // Not interrupted, the same calls work.
     exp.download("/kept.bin", &dest).unwrap();
     assert!(exp.store().verify().unwrap().ok);
+
+    // A download into a named pipe nobody reads waits for a reader, and an interrupt ends
+    // the wait; the pipe stays a pipe.
+    let fifo = t.path().join("pipe");
+    mkfifo(&fifo);
+    let flag = Arc::new(AtomicBool::new(false));
+    let setter = {
+        let f = Arc::clone(&flag);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            f.store(true, Ordering::SeqCst);
+        })
+    };
+    let r = ml_dash::with_interrupt(Arc::clone(&flag), || exp.download("/kept.bin", &fifo));
+    setter.join().unwrap();
+    assert!(matches!(r, Err(Error::Interrupted)), "{r:?}");
+    let got = drain_fifo_while(&fifo, || {
+        exp.download("/kept.bin", &fifo).unwrap();
+    })
+    .expect("the pipe was replaced");
+    assert!(got == std::fs::read(&dest).unwrap(), "{} bytes", got.len());
 }
