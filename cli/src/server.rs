@@ -608,9 +608,12 @@ pub fn download(
         return Ok(0);
     }
     let dest = PathBuf::from(output.unwrap_or(&name));
-    if let Some(f) = ml_dash::special_destination(&dest)? {
+    if std::fs::metadata(&dest).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
         // A device or a pipe (`/dev/null`) is written in place: it cannot be renamed over.
-        let mut out = io::BufWriter::with_capacity(1 << 20, f);
+        let mut out = OpenLate {
+            dest: &dest,
+            file: None,
+        };
         let r = s.download(exp, full, version, &mut out)?;
         out.flush()?;
         crate::commands::print_downloaded(&r, &dest, json)?;
@@ -635,6 +638,34 @@ pub fn download(
         .with_context(|| format!("cannot move the download to {}", dest.display()))?;
     crate::commands::print_downloaded(&r, &dest, json)?;
     Ok(0)
+}
+
+/// A device or named pipe, opened at the first write or flush: a missing file or a refusal by
+/// the server is reported before the download waits for a reader of the pipe.
+struct OpenLate<'a> {
+    dest: &'a Path,
+    file: Option<io::BufWriter<File>>,
+}
+
+impl OpenLate<'_> {
+    fn file(&mut self) -> io::Result<&mut io::BufWriter<File>> {
+        if self.file.is_none() {
+            let f = ml_dash::special_destination(self.dest)
+                .map_err(io::Error::other)?
+                .ok_or_else(|| io::Error::other("no longer a device or a pipe"))?;
+            self.file = Some(io::BufWriter::with_capacity(1 << 20, f));
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+}
+
+impl Write for OpenLate<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.file()?.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file()?.flush()
+    }
 }
 
 /// A new file beside the destination, for the bytes until they are verified.

@@ -165,6 +165,24 @@ fn the_cli_uploads_lists_and_downloads_through_a_server_into_the_same_store() {
     })
     .expect("the pipe was replaced");
     assert!(got == data, "the pipe got {} bytes", got.len());
+    // A file the server does not have is an error at once, without waiting for a reader.
+    let r = remote(
+        d.path(),
+        &s.url,
+        &[],
+        &[
+            "download",
+            "--project",
+            "vision",
+            "--experiment",
+            "run-1",
+            "/models/nope.bin",
+            "-o",
+            fifo.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(r.0, 0);
+    assert!(r.2.contains("not found"), "{}", r.2);
     let r = remote(
         d.path(),
         &s.url,
