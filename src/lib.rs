@@ -79,7 +79,7 @@ pub use remote::{
     RemoteGcOptions, RemoteGcReport,
 };
 pub use store::batch::Opened;
-pub use store::durable::special_destination;
+pub use store::durable::{is_special_destination, special_destination};
 #[cfg(feature = "remote")]
 pub use store::findings::PullKind;
 pub use store::findings::{Finding, GcKind, RebuildKind, VerifyKind};

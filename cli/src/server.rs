@@ -608,7 +608,7 @@ pub fn download(
         return Ok(0);
     }
     let dest = PathBuf::from(output.unwrap_or(&name));
-    if std::fs::metadata(&dest).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+    if ml_dash::is_special_destination(&dest) {
         // A device or a pipe (`/dev/null`) is written in place: it cannot be renamed over.
         let mut out = OpenLate {
             dest: &dest,

@@ -486,15 +486,19 @@ fn decode_planes_into(
                     buf.clear();
                     buf.resize(n, *v);
                 }
+                // Buffers grow once per thread and are never cleared: the decoders below write
+                // every byte.
                 m if m == PlaneMethod::Huffman as u8 => {
-                    // Grown once per thread, never cleared: the decoder writes every byte.
                     if buf.len() < n {
                         buf.resize(n, 0);
                     }
                     huffman::decode(body, &mut buf[..n]).map_err(|e| bad(e.0))?;
                 }
                 m if m == PlaneMethod::Zstd as u8 => {
-                    *buf = decode(Codec::Zstd, body, n, location)?;
+                    if buf.len() < n {
+                        buf.resize(n, 0);
+                    }
+                    decode_into(Codec::Zstd, body, &mut buf[..n], location, &mut |_, _| {})?;
                 }
                 _ => return Err(bad("unknown plane method")),
             }

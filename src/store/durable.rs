@@ -49,6 +49,7 @@ pub fn remove_file(p: &Path, faults: &Faults) -> Result<()> {
 pub fn special_destination(dest: &Path) -> Result<Option<File>> {
     use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
     match fs::metadata(dest) {
+        Ok(m) if !special(&m) => Ok(None),
         Ok(m) if m.file_type().is_fifo() => loop {
             match OpenOptions::new()
                 .write(true)
@@ -69,11 +70,19 @@ pub fn special_destination(dest: &Path) -> Result<Option<File>> {
                 Err(e) => return Err(e).at(dest),
             }
         },
-        Ok(m) if !m.is_file() && !m.is_dir() => {
-            OpenOptions::new().write(true).open(dest).at(dest).map(Some)
-        }
-        _ => Ok(None),
+        Ok(_) => OpenOptions::new().write(true).open(dest).at(dest).map(Some),
+        Err(_) => Ok(None),
     }
+}
+
+fn special(m: &fs::Metadata) -> bool {
+    !m.is_file() && !m.is_dir()
+}
+
+/// Does `dest` exist as something other than a regular file or a directory, which a download
+/// writes in place (see `special_destination`)?
+pub fn is_special_destination(dest: &Path) -> bool {
+    fs::metadata(dest).is_ok_and(|m| special(&m))
 }
 
 fn temp_name(dest: &Path) -> PathBuf {

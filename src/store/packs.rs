@@ -170,62 +170,55 @@ fn read_chained(
             h.update(piece);
         }
     };
-    if h.codec != Codec::Delta {
-        codec::decode_into(h.codec, stored, out, location, &mut hash)?;
-        if let Some(hasher) = hasher
-            && ChunkId::from_hash(hasher.finalize()) != h.id
-        {
+    // The base a delta chunk was decoded on, for the error below.
+    let on = if h.codec == Codec::Delta {
+        if steps >= crate::format::delta::MAX_DEPTH {
             return Err(Error::corrupt(
                 location(),
-                format!("chunk {} fails its BLAKE3 check", h.id),
+                format!("delta chain above chunk {id} is longer than any writer makes"),
             ));
         }
-        return Ok(());
-    }
-    if steps >= crate::format::delta::MAX_DEPTH {
-        return Err(Error::corrupt(
-            location(),
-            format!("delta chain above chunk {id} is longer than any writer makes"),
-        ));
-    }
-    // Only the chunk asked for is proven (below), and that proves every byte under it: the
-    // inner checksum is for checking a record on its own.
-    let (dh, inner) = crate::format::delta::parse_header(stored)
-        .map_err(|r| Error::corrupt(location(), format!("chunk {id}: {r}")))?;
-    if loc.base != Some(dh.base) {
-        return Err(Error::corrupt(
-            location(),
-            format!("delta chunk {id}: its base differs from the index"),
-        ));
-    }
-    let (bfile, bloc) = bases(&dh.base)?;
-    if bloc.raw_len != loc.raw_len {
-        return Err(Error::corrupt(
-            location(),
-            format!("delta base {} has the wrong length", dh.base),
-        ));
-    }
-    let mut base = Spare::take(out.len());
-    read_chained(
-        &bfile,
-        &bloc,
-        &dh.base,
-        steps + 1,
-        false,
-        bases,
-        location,
-        &mut base,
-    )?;
-    crate::format::delta::decode_into(&dh, inner, &base, out, location, &mut hash)?;
+        // Only the chunk asked for is proven (below), and that proves every byte under it: the
+        // inner checksum is for checking a record on its own.
+        let (dh, inner) = crate::format::delta::parse_header(stored)
+            .map_err(|r| Error::corrupt(location(), format!("chunk {id}: {r}")))?;
+        if loc.base != Some(dh.base) {
+            return Err(Error::corrupt(
+                location(),
+                format!("delta chunk {id}: its base differs from the index"),
+            ));
+        }
+        let (bfile, bloc) = bases(&dh.base)?;
+        if bloc.raw_len != loc.raw_len {
+            return Err(Error::corrupt(
+                location(),
+                format!("delta base {} has the wrong length", dh.base),
+            ));
+        }
+        let mut base = Spare::take(out.len());
+        read_chained(
+            &bfile,
+            &bloc,
+            &dh.base,
+            steps + 1,
+            false,
+            bases,
+            location,
+            &mut base,
+        )?;
+        crate::format::delta::decode_into(&dh, inner, &base, out, location, &mut hash)?;
+        Some(dh.base)
+    } else {
+        codec::decode_into(h.codec, stored, out, location, &mut hash)?;
+        None
+    };
     if let Some(hasher) = hasher
         && ChunkId::from_hash(hasher.finalize()) != h.id
     {
+        let on = on.map_or(String::new(), |b| format!(" (a delta on chunk {b})"));
         return Err(Error::corrupt(
             location(),
-            format!(
-                "chunk {} (a delta on chunk {}) fails its BLAKE3 check",
-                h.id, dh.base
-            ),
+            format!("chunk {}{on} fails its BLAKE3 check", h.id),
         ));
     }
     Ok(())

@@ -176,6 +176,21 @@ fn a_file_replaced_by_a_rename_is_stored_as_it_was_queued() {
     same_bytes(&back, &original, "the file as queued");
 }
 
+/// `f` under `with_interrupt`, with the flag set from another thread after `delay`.
+fn interrupted_after<T>(delay: Duration, f: impl FnOnce() -> T) -> T {
+    let flag = Arc::new(AtomicBool::new(false));
+    let setter = {
+        let f = Arc::clone(&flag);
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            f.store(true, Ordering::SeqCst);
+        })
+    };
+    let r = ml_dash::with_interrupt(flag, f);
+    setter.join().unwrap();
+    r
+}
+
 #[test]
 fn an_interrupted_upload_or_download_changes_nothing() {
     let t = tmp();
@@ -183,16 +198,7 @@ fn an_interrupted_upload_or_download_changes_nothing() {
     let p = write_file(t.path(), "big.bin", &random_bytes(4, 48 << 20));
     exp.file(&p).to("kept.bin").save().unwrap();
     let before = snapshot_durable(&t.path().join("store"));
-    let flag = Arc::new(AtomicBool::new(false));
-    let setter = {
-        let f = Arc::clone(&flag);
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
-            f.store(true, Ordering::SeqCst);
-        })
-    };
-    let r = ml_dash::with_interrupt(Arc::clone(&flag), || exp.file(&p).save());
-    setter.join().unwrap();
+    let r = interrupted_after(Duration::from_millis(20), || exp.file(&p).save());
     assert!(matches!(r, Err(Error::Interrupted)), "{r:?}");
     assert_eq!(versions(&exp), 1);
     assert_eq!(snapshot_durable(&t.path().join("store")), before);
@@ -211,16 +217,9 @@ fn an_interrupted_upload_or_download_changes_nothing() {
     // the wait; the pipe stays a pipe.
     let fifo = t.path().join("pipe");
     mkfifo(&fifo);
-    let flag = Arc::new(AtomicBool::new(false));
-    let setter = {
-        let f = Arc::clone(&flag);
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
-            f.store(true, Ordering::SeqCst);
-        })
-    };
-    let r = ml_dash::with_interrupt(Arc::clone(&flag), || exp.download("/kept.bin", &fifo));
-    setter.join().unwrap();
+    let r = interrupted_after(Duration::from_millis(200), || {
+        exp.download("/kept.bin", &fifo)
+    });
     assert!(matches!(r, Err(Error::Interrupted)), "{r:?}");
     let got = drain_fifo_while(&fifo, || {
         exp.download("/kept.bin", &fifo).unwrap();

@@ -1088,44 +1088,8 @@ fn unicode_names_and_odd_destinations() {
     );
     assert_eq!(code, 0, "{err}");
     same_bytes(got, &data, "unicode download");
-    // A directory as the destination is refused and left as it was.
-    let target = d.path().join("a-dir");
-    std::fs::create_dir(&target).unwrap();
-    let r = run(
-        &root,
-        &[
-            "download",
-            "--project",
-            "p",
-            "--experiment",
-            "e",
-            &full,
-            "-o",
-            s(&target),
-        ],
-    );
-    refused(&r, "download into a directory");
-    assert!(dir_names(&target).is_empty());
-    // A destination in a missing directory is refused.
-    let r = run(
-        &root,
-        &[
-            "download",
-            "--project",
-            "p",
-            "--experiment",
-            "e",
-            &full,
-            "-o",
-            s(&d.path().join("missing-dir").join("x")),
-        ],
-    );
-    refused(&r, "download into a missing directory");
-    // A named pipe (as `/dev/null` is a device) is written in place, not renamed over.
-    let fifo = d.path().join("pipe");
-    mkfifo(&fifo);
-    let got = drain_fifo_while(&fifo, || {
-        ok(&run(
+    let download_to = |out: &str| {
+        run(
             &root,
             &[
                 "download",
@@ -1135,9 +1099,23 @@ fn unicode_names_and_odd_destinations() {
                 "e",
                 &full,
                 "-o",
-                s(&fifo),
+                out,
             ],
-        ));
+        )
+    };
+    // A directory as the destination is refused and left as it was.
+    let target = d.path().join("a-dir");
+    std::fs::create_dir(&target).unwrap();
+    refused(&download_to(s(&target)), "download into a directory");
+    assert!(dir_names(&target).is_empty());
+    // A destination in a missing directory is refused.
+    let r = download_to(s(&d.path().join("missing-dir").join("x")));
+    refused(&r, "download into a missing directory");
+    // A named pipe (as `/dev/null` is a device) is written in place, not renamed over.
+    let fifo = d.path().join("pipe");
+    mkfifo(&fifo);
+    let got = drain_fifo_while(&fifo, || {
+        ok(&download_to(s(&fifo)));
     })
     .expect("the pipe was replaced");
     same_bytes(got, &data, "download into a pipe");

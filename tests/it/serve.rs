@@ -122,82 +122,39 @@ fn the_cli_uploads_lists_and_downloads_through_a_server_into_the_same_store() {
     assert_eq!(json_lines(&over).len(), 2);
 
     // Download: a version, verified, lands whole.
+    let download = |args: &[&str]| {
+        let mut all = vec!["download", "--project", "vision", "--experiment", "run-1"];
+        all.extend_from_slice(args);
+        remote(d.path(), &s.url, &[], &all)
+    };
     let out = d.path().join("back.bin");
-    let r = remote(
-        d.path(),
-        &s.url,
-        &[],
-        &[
-            "download",
-            "--project",
-            "vision",
-            "--experiment",
-            "run-1",
-            "/models/model.bin",
-            "--version",
-            "1",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let r = download(&[
+        "/models/model.bin",
+        "--version",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(r.0, 0, "{}", r.2);
     assert_eq!(std::fs::read(&out).unwrap(), data);
     // A named pipe is written in place, not renamed over.
     let fifo = d.path().join("pipe");
     mkfifo(&fifo);
     let got = drain_fifo_while(&fifo, || {
-        let r = remote(
-            d.path(),
-            &s.url,
-            &[],
-            &[
-                "download",
-                "--project",
-                "vision",
-                "--experiment",
-                "run-1",
-                "/models/model.bin",
-                "-o",
-                fifo.to_str().unwrap(),
-            ],
-        );
+        let r = download(&["/models/model.bin", "-o", fifo.to_str().unwrap()]);
         assert_eq!(r.0, 0, "{}", r.2);
     })
     .expect("the pipe was replaced");
     assert!(got == data, "the pipe got {} bytes", got.len());
-    // A file the server does not have is an error at once, without waiting for a reader.
-    let r = remote(
-        d.path(),
-        &s.url,
-        &[],
-        &[
-            "download",
-            "--project",
-            "vision",
-            "--experiment",
-            "run-1",
-            "/models/nope.bin",
-            "-o",
-            fifo.to_str().unwrap(),
-        ],
-    );
-    assert_ne!(r.0, 0);
-    assert!(r.2.contains("not found"), "{}", r.2);
-    let r = remote(
-        d.path(),
-        &s.url,
-        &[],
-        &[
-            "download",
-            "--project",
-            "vision",
-            "--experiment",
-            "run-1",
-            "/models/nope.bin",
-        ],
-    );
-    assert_ne!(r.0, 0);
-    assert!(r.2.contains("not found"), "{}", r.2);
+    // A file the server does not have is an error, into a pipe at once (without waiting for
+    // a reader).
+    for extra in [&["-o", fifo.to_str().unwrap()][..], &[]] {
+        let mut args = vec!["/models/nope.bin"];
+        args.extend_from_slice(extra);
+        let r = download(&args);
+        assert_ne!(r.0, 0);
+        assert!(r.2.contains("not found"), "{}", r.2);
+    }
     // Commands that need the store itself are refused with --server.
     let r = remote(d.path(), &s.url, &[], &["verify"]);
     assert_ne!(r.0, 0);
