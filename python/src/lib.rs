@@ -557,14 +557,25 @@ impl Experiment {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let version = self::version(version)?;
         let e = self.store(py)?;
-        let r = py.detach(|| e.open(path, version)).map_err(py_err)?;
+        let mut r = py.detach(|| e.open(path, version)).map_err(py_err)?;
         let n = usize::try_from(r.len())
             .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {} bytes", r.len())))?;
-        // Decoded straight into the bytes object.
+        // Decoded straight into the bytes object: by the reader, which decodes whole chunks in
+        // place, when the chunk ids alone prove the bytes; else by `copy_to`, which hashes the
+        // SHA-256 beside the decoding.
         PyBytes::new_with(py, n, |buf| {
-            let mut out: &mut [u8] = buf;
-            py.detach(|| r.copy_to(&mut out)).map_err(py_err)?;
-            Ok(())
+            py.detach(|| {
+                if r.is_proven() {
+                    r.read_exact(buf).map_err(|e| match e.downcast::<Error>() {
+                        Ok(engine) => engine,
+                        Err(io) => Error::Output(io),
+                    })
+                } else {
+                    let mut out: &mut [u8] = buf;
+                    r.copy_to(&mut out).map(|_| ())
+                }
+            })
+            .map_err(py_err)
         })
     }
 
@@ -964,6 +975,24 @@ impl Reader {
         Ok(out)
     }
 
+    /// Fill `b` (any writable, contiguous buffer: a `bytearray`, the `memoryview` a file
+    /// object or `torch.load` hands over) from the current position; fewer bytes only at the
+    /// end. Returns how many. The chunks are decoded straight into `b`.
+    fn readinto(&self, py: Python<'_>, b: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let mut view = buffer::Writable::get(b)?;
+        let dest = view.bytes();
+        self.with(py, move |r| {
+            let mut got = 0;
+            while got < dest.len() {
+                match r.read(&mut dest[got..])? {
+                    0 => break,
+                    k => got += k,
+                }
+            }
+            Ok(got)
+        })
+    }
+
     #[pyo3(signature = (offset, whence = 0))]
     fn seek(&self, py: Python<'_>, offset: i64, whence: i32) -> PyResult<u64> {
         let pos =
@@ -984,6 +1013,95 @@ impl Reader {
 
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.inner.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+}
+
+/// A caller's writable buffer, held (so that it can be neither freed nor resized) while bytes
+/// are written into it.
+///
+/// The abi3 build for Python 3.9 has no declarations of the buffer protocol (the limited API
+/// gained them in 3.11), so the two functions and `Py_buffer` are declared here. Every
+/// `CPython` 3 exports both functions, and the struct's layout has not changed since 3.3:
+/// 3.11 made it part of the stable ABI as it was.
+mod buffer {
+    use std::ffi::{c_char, c_int, c_void};
+
+    use pyo3::ffi::{Py_ssize_t, PyObject};
+    use pyo3::prelude::*;
+
+    #[repr(C)]
+    struct PyBuffer {
+        buf: *mut c_void,
+        obj: *mut PyObject,
+        len: Py_ssize_t,
+        itemsize: Py_ssize_t,
+        readonly: c_int,
+        ndim: c_int,
+        format: *mut c_char,
+        shape: *mut Py_ssize_t,
+        strides: *mut Py_ssize_t,
+        suboffsets: *mut Py_ssize_t,
+        internal: *mut c_void,
+    }
+
+    unsafe extern "C" {
+        fn PyObject_GetBuffer(obj: *mut PyObject, view: *mut PyBuffer, flags: c_int) -> c_int;
+        fn PyBuffer_Release(view: *mut PyBuffer);
+    }
+
+    /// Contiguous bytes, writable (`PyBUF_SIMPLE | PyBUF_WRITABLE`).
+    const PYBUF_WRITABLE: c_int = 0x0001;
+
+    pub(crate) struct Writable {
+        /// Boxed: the exporter may keep the view's address until it is released.
+        view: Box<PyBuffer>,
+    }
+
+    impl Writable {
+        /// `obj`'s bytes, or the `BufferError` / `TypeError` of an object that has no writable,
+        /// contiguous buffer.
+        pub(crate) fn get(obj: &Bound<'_, PyAny>) -> PyResult<Writable> {
+            let mut view = Box::new(PyBuffer {
+                buf: std::ptr::null_mut(),
+                obj: std::ptr::null_mut(),
+                len: 0,
+                itemsize: 0,
+                readonly: 0,
+                ndim: 0,
+                format: std::ptr::null_mut(),
+                shape: std::ptr::null_mut(),
+                strides: std::ptr::null_mut(),
+                suboffsets: std::ptr::null_mut(),
+                internal: std::ptr::null_mut(),
+            });
+            // SAFETY: `obj` is a live object (the GIL is held through `obj`), `view` a
+            // zeroed `Py_buffer` that outlives the call.
+            let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), &raw mut *view, PYBUF_WRITABLE) };
+            if rc != 0 {
+                return Err(PyErr::fetch(obj.py()));
+            }
+            Ok(Writable { view })
+        }
+
+        /// The buffer's bytes. Another Python thread may write into them at the same time (as
+        /// with a `readinto` of any file): what it sees is unspecified, never unsafe for us.
+        pub(crate) fn bytes(&mut self) -> &mut [u8] {
+            let len = usize::try_from(self.view.len).unwrap_or(0);
+            if len == 0 || self.view.buf.is_null() {
+                return &mut [];
+            }
+            // SAFETY: a writable, contiguous buffer of `len` bytes, kept alive and at its place
+            // by the export held until `drop`.
+            unsafe { std::slice::from_raw_parts_mut(self.view.buf.cast::<u8>(), len) }
+        }
+    }
+
+    impl Drop for Writable {
+        fn drop(&mut self) {
+            // SAFETY: the view was filled by `PyObject_GetBuffer` and is released once, with
+            // the GIL held.
+            Python::attach(|_| unsafe { PyBuffer_Release(&raw mut *self.view) });
+        }
     }
 }
 

@@ -198,6 +198,34 @@ def test_a_process_forked_after_store_use_gets_an_error_not_a_hang(stored, workd
     assert out.strip() == "done"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_reader_forked_while_it_decodes_ahead_reads_on_in_the_child(workdir):
+    # A reader that streams decodes the next batch on the thread pool; a child forked then
+    # has no pool threads to finish it and must decode what it reads itself.
+    (workdir / "big.bin").write_bytes(multi_chunk_bytes(12_000_000, seed=4))
+    out = run_child("""
+        import os, signal, warnings
+        from ml_dash import Experiment
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        data = open("big.bin", "rb").read()
+        exp = Experiment(name="e", project="p")
+        exp.file("big.bin", prefix="/d")
+        for round in range(5):
+            fh = exp.open_file("/d/big.bin", buffer_size=4096)
+            head = fh.read(100_000) + fh.read(100_000)  # streaming: a batch is decoded ahead
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(30)
+                ok = head + fh.read() == data
+                os._exit(0 if ok else 3)
+            _, status = os.waitpid(pid, 0)
+            assert status == 0, f"child status {status:#x} (signal 14: it hung)"
+            assert head + fh.read() == data  # the parent's reader is unaffected
+        print("done")
+    """, workdir)
+    assert out.strip() == "done"
+
+
 def test_parameters_and_metrics_from_many_threads_on_one_experiment(workdir):
     n_threads, n_each = 4, 8
     errors = []

@@ -72,6 +72,37 @@ def test_a_zip_checkpoint_loads_straight_from_the_store(workdir):
             assert pickle.loads(z.read("archive/data.pkl"))["w"][-1] == 9999
 
 
+def test_readinto_fills_any_writable_buffer(workdir):
+    import array
+
+    data = os.urandom(3_000_000)
+    with Experiment(name="e", project="p") as exp:
+        exp.file(write(workdir / "w.bin", data), prefix="/m")
+        raw = exp._reader("/m/w.bin")
+        b = bytearray(1_000_001)
+        assert raw.readinto(b) == len(b) and bytes(b) == data[:1_000_001]
+        ints = array.array("i", [0] * 1000)  # counted in bytes, not items
+        assert raw.readinto(ints) == 4000 and ints.tobytes() == data[1_000_001:1_004_001]
+        big = bytearray(5_000_000)
+        with memoryview(big) as m:
+            assert raw.readinto(m[7:]) == len(data) - 1_004_001  # fewer only at the end
+        assert big[7:7 + len(data) - 1_004_001] == data[1_004_001:] and big[:7] == bytes(7)
+        assert raw.readinto(bytearray(10)) == 0
+        raw.seek(0)
+        with pytest.raises((BufferError, TypeError)):
+            raw.readinto(b"read-only")
+        with memoryview(bytearray(100)) as m, pytest.raises((BufferError, TypeError)):
+            raw.readinto(m[::2])  # not contiguous
+        assert raw.tell() == 0
+        raw.close()
+        with pytest.raises(ValueError):
+            raw.readinto(bytearray(10))
+        # The file object reads through it, a buffer of its own or the caller's.
+        with exp.open_file("/m/w.bin", buffer_size=4096) as fh:
+            out = bytearray(len(data))
+            assert fh.readinto(out) == len(data) and out == data
+
+
 def test_parameters_logs_and_metrics(workdir):
     with Experiment(name="e", project="p") as exp:
         assert exp.parameters().get() == {}

@@ -111,14 +111,24 @@ struct ChunkRef {
 }
 
 /// A version's bytes, readable and seekable. Holds no lock.
+///
+/// Reads that go on from where the last one ended are served from batches of chunks decoded
+/// in parallel, and the batch after the one being read is decoded in the background while
+/// the caller works (read-ahead). A read that starts at a chunk and wants at least that whole
+/// chunk gets its whole chunks decoded straight into the caller's buffer.
 pub struct FileReader {
-    record: FileRecord,
-    chunks: Vec<ChunkRef>,
-    located: Located,
+    /// The version's chunks, shared with a read-ahead in flight.
+    shared: Arc<Chunks>,
     pos: u64,
-    /// Decoded chunks `first..first + n`: the one being read and, after a read that went on
-    /// from the chunk before, those after it, decoded together in parallel (read-ahead).
-    cache: Option<(usize, Vec<Vec<u8>>)>,
+    /// Chunks decoded for reads (the batch being read).
+    cache: Option<Decoded>,
+    /// The next batch, being decoded in the background.
+    ahead: Option<Ahead>,
+    /// A batch buffer no longer read, for the next batch (decoded bytes need no zeroing).
+    spare: Vec<u8>,
+    /// The last chunk a read took bytes from: a read in it or in the chunk after goes on
+    /// (streams, `torch.load`), anything else is a jump (a header sniffed, a seek).
+    last: Option<usize>,
     /// Hashing of the bytes read so far in order from the start (`None` once a read jumps).
     whole: Option<WholeFile>,
     /// Set when a read to the end found the bytes do not match the record: every later read
@@ -131,12 +141,47 @@ pub struct FileReader {
     /// BLAKE3 of the manifest file the chunk list was read from (what a proof records).
     manifest_hash: [u8; 32],
     /// The process that opened it: a process forked since has no rayon threads, so reads
-    /// there decode on the caller's thread.
+    /// there decode on the caller's thread and nothing is read ahead.
     opened_by: u32,
+}
+
+/// A version's chunks, their offsets in the file and how to read them.
+#[derive(Clone)]
+struct Chunks {
+    record: FileRecord,
+    list: Vec<ChunkRef>,
+    located: Located,
+}
+
+/// Chunks `first..end` decoded and verified: the file's bytes `start..stop`, in `buf`.
+/// `failed` is the error of chunk `end` when it is where a batch stopped: bytes before a
+/// damaged chunk still read, and a read of that chunk gets its error.
+struct Decoded {
+    first: usize,
+    end: usize,
+    start: u64,
+    stop: u64,
+    buf: Vec<u8>,
+    failed: Option<Error>,
+}
+
+impl Decoded {
+    /// Does it answer a read in chunk `i` (with bytes, or with the chunk's error)?
+    fn answers(&self, i: usize) -> bool {
+        (self.first..self.end).contains(&i) || (i == self.end && self.failed.is_some())
+    }
+}
+
+/// A batch of chunks (`first..end`) being decoded in the background.
+struct Ahead {
+    first: usize,
+    end: usize,
+    done: crossbeam_channel::Receiver<Decoded>,
 }
 
 /// Open packs and the locations of delta bases, resolved under the lock so chunks (and the
 /// bases they are stored against) can be read after it is released.
+#[derive(Clone)]
 pub(crate) struct Located {
     packs_dir: PathBuf,
     bases: HashMap<ChunkId, ChunkLoc>,
@@ -373,11 +418,16 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
         start += u64::from(len);
     }
     Ok(FileReader {
-        record: rec,
-        chunks,
-        located,
+        shared: Arc::new(Chunks {
+            record: rec,
+            list: chunks,
+            located,
+        }),
         pos: 0,
         cache: None,
+        ahead: None,
+        spare: Vec::new(),
+        last: None,
         whole: (!proven).then(WholeFile::new),
         failed: None,
         manifest_hash: hash,
@@ -389,15 +439,17 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
 impl FileReader {
     /// Pack files this reader holds open.
     pub(crate) fn packs_open(&self) -> usize {
-        self.located.packs.len()
+        self.shared.located.packs.len()
     }
-}
 
-impl FileReader {
     /// Each chunk's `(offset in the file, id, location)`, and the open packs and delta chains.
-    pub(crate) fn into_parts(self) -> (Vec<(u64, ChunkId, ChunkLoc)>, Located) {
-        let chunks = self.chunks.iter().map(|c| (c.start, c.id, c.loc)).collect();
-        (chunks, self.located)
+    pub(crate) fn into_parts(mut self) -> (Vec<(u64, ChunkId, ChunkLoc)>, Located) {
+        if let Some(a) = self.ahead.take() {
+            let _ = a.done.recv(); // let the read-ahead give its share of the chunks back
+        }
+        let chunks = Arc::unwrap_or_clone(self.shared);
+        let list = chunks.list.iter().map(|c| (c.start, c.id, c.loc)).collect();
+        (list, chunks.located)
     }
 
     /// The whole version in memory, verified (for small files; `copy_to` streams any size).
@@ -407,40 +459,36 @@ impl FileReader {
 
     /// The version being read.
     pub fn record(&self) -> &FileRecord {
-        &self.record
+        &self.shared.record
     }
 
     /// Its size (bytes).
     pub fn len(&self) -> u64 {
-        self.record.size_bytes
+        self.shared.record.size_bytes
     }
 
     /// Is it empty?
     pub fn is_empty(&self) -> bool {
-        self.record.size_bytes == 0
+        self.shared.record.size_bytes == 0
     }
+}
 
+impl Chunks {
     /// The chunks decoded together from `start`: up to `budget` raw bytes, at least one.
     /// Returns the end index and their raw bytes.
     fn batch_from(&self, start: usize, budget: u64) -> (usize, u64) {
         let mut end = start + 1;
-        let mut bytes = u64::from(self.chunks[start].loc.raw_len);
-        while end < self.chunks.len() && bytes + u64::from(self.chunks[end].loc.raw_len) <= budget {
-            bytes += u64::from(self.chunks[end].loc.raw_len);
+        let mut bytes = u64::from(self.list[start].loc.raw_len);
+        while end < self.list.len() && bytes + u64::from(self.list[end].loc.raw_len) <= budget {
+            bytes += u64::from(self.list[end].loc.raw_len);
             end += 1;
         }
         (end, bytes)
     }
 
-    fn read_chunk(&self, i: usize) -> Result<Vec<u8>> {
-        let mut out = vec![0u8; self.chunks[i].loc.raw_len as usize];
-        self.read_chunk_into(i, &mut out)?;
-        Ok(out)
-    }
-
     /// Chunk `i` into `out` (its raw length).
     fn read_chunk_into(&self, i: usize, out: &mut [u8]) -> Result<()> {
-        let c = &self.chunks[i];
+        let c = &self.list[i];
         let location = || {
             format!(
                 "{} v{} (chunk {} at pack {} offset {})",
@@ -454,21 +502,85 @@ impl FileReader {
         self.located.read_into(&c.loc, &c.id, &location, out)
     }
 
-    /// Chunks `start..end` decoded in parallel into `buf` (their raw bytes, in order).
-    fn decode_batch(&self, start: usize, end: usize, buf: &mut [u8]) -> Result<()> {
+    /// Chunks `start..end` decoded into `buf` (their raw bytes, in order), in parallel unless
+    /// `on_this_thread`. Returns how many decoded before the first that failed, and its error.
+    fn decode_some(
+        &self,
+        start: usize,
+        end: usize,
+        buf: &mut [u8],
+        on_this_thread: bool,
+    ) -> (usize, Option<Error>) {
         let mut parts = Vec::with_capacity(end - start);
         let mut rest = buf;
-        for c in &self.chunks[start..end] {
+        for c in &self.list[start..end] {
             let (part, after) = rest.split_at_mut(c.loc.raw_len as usize);
             parts.push(part);
             rest = after;
         }
-        parts
-            .into_par_iter()
-            .enumerate()
-            .try_for_each(|(k, part)| self.read_chunk_into(start + k, part))
+        let results: Vec<Result<()>> = if on_this_thread || parts.len() == 1 {
+            let mut out = Vec::with_capacity(parts.len());
+            for (k, part) in parts.into_iter().enumerate() {
+                let r = self.read_chunk_into(start + k, part);
+                let bad = r.is_err();
+                out.push(r);
+                if bad {
+                    break;
+                }
+            }
+            out
+        } else {
+            parts
+                .into_par_iter()
+                .enumerate()
+                .map(|(k, part)| self.read_chunk_into(start + k, part))
+                .collect()
+        };
+        let mut ok = 0;
+        for r in results {
+            match r {
+                Ok(()) => ok += 1,
+                Err(e) => return (ok, Some(e)),
+            }
+        }
+        (ok, None)
     }
 
+    /// Chunks `start..end` decoded in parallel into `buf`: all of them, or the first error.
+    fn decode_batch(&self, start: usize, end: usize, buf: &mut [u8]) -> Result<()> {
+        match self.decode_some(start, end, buf, false) {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// Chunks `first..end` decoded into `buf` (grown as needed, never zeroed again).
+    fn decode(&self, first: usize, end: usize, mut buf: Vec<u8>, on_this_thread: bool) -> Decoded {
+        let len: u64 = self.list[first..end]
+            .iter()
+            .map(|c| u64::from(c.loc.raw_len))
+            .sum();
+        let len = crate::format::usize_from(len);
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let (ok, failed) = self.decode_some(first, end, &mut buf[..len], on_this_thread);
+        let start = self.list[first].start;
+        let stop = self.list[first..first + ok]
+            .iter()
+            .fold(start, |at, c| at + u64::from(c.loc.raw_len));
+        Decoded {
+            first,
+            end: first + ok,
+            start,
+            stop,
+            buf,
+            failed,
+        }
+    }
+}
+
+impl FileReader {
     /// Stream the whole file into `out`, decoding chunks in parallel; every chunk is verified
     /// against its BLAKE3 id. The whole file is also checked against the record's SHA-256
     /// unless an upload to this store or a `verify` proved the chunk list (see
@@ -512,13 +624,17 @@ impl FileReader {
     fn finish_copy(&self, whole: WholeFile, sha256: bool) -> Result<u64> {
         let n = whole.upto;
         if sha256 {
-            whole.check(&self.record)?;
-        } else if n != self.record.size_bytes {
+            whole.check(&self.shared.record)?;
+        } else if n != self.shared.record.size_bytes {
             return Err(Error::corrupt(
-                format!("{} v{}", self.record.key().display(), self.record.version),
+                format!(
+                    "{} v{}",
+                    self.shared.record.key().display(),
+                    self.shared.record.version
+                ),
                 format!(
                     "its chunks make {n} bytes, the record says {}",
-                    self.record.size_bytes
+                    self.shared.record.size_bytes
                 ),
             ));
         }
@@ -526,7 +642,12 @@ impl FileReader {
     }
 
     fn copy_impl(&self, out: &mut (dyn Write + Send), sha256: bool) -> Result<u64> {
-        let total: u64 = self.chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum();
+        let total: u64 = self
+            .shared
+            .list
+            .iter()
+            .map(|c| u64::from(c.loc.raw_len))
+            .sum();
         // Raw bytes decoded together (at least one chunk): hashed while still in the cache.
         let batch_bytes = crate::store::hot_bytes() as u64;
         if total <= batch_bytes {
@@ -534,7 +655,8 @@ impl FileReader {
             // thread, without the writer thread.
             let _held = BUDGET.take(total);
             let mut bytes = vec![0u8; crate::format::usize_from(total)];
-            self.decode_batch(0, self.chunks.len(), &mut bytes)?;
+            self.shared
+                .decode_batch(0, self.shared.list.len(), &mut bytes)?;
             let mut whole = WholeFile::new();
             out.write_all(&bytes).map_err(Error::Output)?;
             if sha256 {
@@ -572,15 +694,15 @@ impl FileReader {
             });
             let produced = (|| -> Result<()> {
                 let mut start = 0;
-                while start < self.chunks.len() {
-                    let (end, bytes) = self.batch_from(start, batch_bytes);
+                while start < self.shared.list.len() {
+                    let (end, bytes) = self.shared.batch_from(start, batch_bytes);
                     let held = BUDGET.take(bytes);
                     let len = crate::format::usize_from(bytes);
                     let mut buf = free_rx.try_recv().unwrap_or_default();
                     if buf.len() < len {
                         buf.resize(len, 0);
                     }
-                    self.decode_batch(start, end, &mut buf[..len])?;
+                    self.shared.decode_batch(start, end, &mut buf[..len])?;
                     let batch = Arc::new(Batch {
                         buf,
                         len,
@@ -637,14 +759,120 @@ impl Drop for Batch {
 impl FileReader {
     /// After the last byte was read in order from the start: compare with the record.
     fn check_whole(&mut self) -> io::Result<()> {
-        if let Some(w) = self.whole.take_if(|w| w.upto == self.record.size_bytes)
-            && let Err(e) = w.check(&self.record)
+        let size = self.shared.record.size_bytes;
+        if let Some(w) = self.whole.take_if(|w| w.upto == size)
+            && let Err(e) = w.check(&self.shared.record)
         {
             self.failed = Some(e.to_string());
         }
         match &self.failed {
             Some(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why.clone())),
             None => Ok(()),
+        }
+    }
+
+    /// Can this reader decode on the rayon pool in the background? Not in a process forked
+    /// since it was opened (no pool threads there), and not from a pool thread itself: one
+    /// waiting there for its read-ahead could hold up the very thread that would run it.
+    fn can_read_ahead(&self) -> bool {
+        std::process::id() == self.opened_by && rayon::current_thread_index().is_none()
+    }
+
+    /// Start decoding chunks from `next` in the background, unless that is under way already.
+    fn read_ahead(&mut self, next: usize) {
+        if self.ahead.is_some() || next >= self.shared.list.len() || !self.can_read_ahead() {
+            return;
+        }
+        let end = self
+            .shared
+            .batch_from(next, crate::store::hot_bytes() as u64)
+            .0;
+        let (tx, done) = crossbeam_channel::bounded(1);
+        let shared = self.shared.clone();
+        let buf = std::mem::take(&mut self.spare);
+        rayon::spawn(move || {
+            // The reader may be gone (dropped, or it jumped elsewhere): the result goes with it.
+            let _ = tx.send(shared.decode(next, end, buf, false));
+        });
+        self.ahead = Some(Ahead {
+            first: next,
+            end,
+            done,
+        });
+    }
+
+    /// Put a batch no longer read aside for its buffer.
+    fn retire(&mut self, old: Option<Decoded>) {
+        if let Some(d) = old
+            && d.buf.len() > self.spare.len()
+        {
+            self.spare = d.buf;
+        }
+    }
+
+    /// Bytes from `self.pos` (in chunk `i`) into `buf`, at least one. `streaming`: the read
+    /// goes on from the last, so the chunks after it are decoded with it.
+    fn fill(&mut self, i: usize, streaming: bool, buf: &mut [u8]) -> io::Result<usize> {
+        let on_this_thread = std::process::id() != self.opened_by;
+        if on_this_thread {
+            // Forked while a batch was being decoded ahead: no thread of this process will
+            // ever finish it.
+            self.ahead = None;
+        }
+        loop {
+            if let Some(d) = &mut self.cache
+                && d.answers(i)
+            {
+                if i == d.end {
+                    let e = d.failed.take().expect("answers a failed chunk");
+                    self.cache = None;
+                    return Err(io::Error::other(e));
+                }
+                let off = crate::format::usize_from(self.pos - d.start);
+                let n = buf.len().min(crate::format::usize_from(d.stop - self.pos));
+                buf[..n].copy_from_slice(&d.buf[off..off + n]);
+                return Ok(n);
+            }
+            // The batch decoded ahead, when it holds chunk `i`, becomes the one read; one that
+            // does not is left to end on its own (the read jumped).
+            if let Some(a) = self.ahead.take()
+                && (a.first..a.end).contains(&i)
+            {
+                let d = a
+                    .done
+                    .recv()
+                    .map_err(|_| io::Error::other("the read-ahead ended without a result"))?;
+                let old = self.cache.replace(d);
+                self.retire(old);
+                continue;
+            }
+            let c = &self.shared.list[i];
+            if self.pos == c.start && buf.len() as u64 >= u64::from(c.loc.raw_len) {
+                // Whole chunks wanted: decoded straight into the caller's buffer.
+                let (end, bytes) = self.shared.batch_from(i, buf.len() as u64);
+                let dest = &mut buf[..crate::format::usize_from(bytes)];
+                let (ok, failed) = self.shared.decode_some(i, end, dest, on_this_thread);
+                if ok == 0 {
+                    let e = failed.expect("a batch that decoded nothing failed");
+                    return Err(io::Error::other(e));
+                }
+                let n: u64 = self.shared.list[i..i + ok]
+                    .iter()
+                    .map(|c| u64::from(c.loc.raw_len))
+                    .sum();
+                return Ok(crate::format::usize_from(n));
+            }
+            let end = if streaming && !on_this_thread {
+                self.shared
+                    .batch_from(i, crate::store::hot_bytes() as u64)
+                    .0
+            } else {
+                i + 1
+            };
+            let spare = std::mem::take(&mut self.spare);
+            let d = self.shared.decode(i, end, spare, on_this_thread);
+            let old = self.cache.replace(d);
+            self.retire(old);
         }
     }
 }
@@ -654,57 +882,18 @@ impl Read for FileReader {
         if let Some(why) = &self.failed {
             return Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()));
         }
-        if self.pos >= self.record.size_bytes {
+        let size = self.shared.record.size_bytes;
+        if self.pos >= size {
             self.check_whole()?;
             return Ok(0);
         }
         if buf.is_empty() {
             return Ok(0);
         }
-        let i = self.chunks.partition_point(|c| c.start <= self.pos) - 1;
-        let cached = |c: &Option<(usize, Vec<Vec<u8>>)>| {
-            c.as_ref()
-                .is_some_and(|(first, d)| (*first..first + d.len()).contains(&i))
-        };
-        if !cached(&self.cache) {
-            // Reading on from the chunk before (a stream, `torch.load`): decode the chunks of
-            // the next `hot_bytes()` at once, on every core. A first read or a jump (a header
-            // sniffed, a seek) decodes only its chunk.
-            let sequential = self
-                .cache
-                .as_ref()
-                .is_some_and(|(first, d)| first + d.len() == i);
-            let forked = std::process::id() != self.opened_by;
-            let end = if sequential && !forked {
-                self.batch_from(i, crate::store::hot_bytes() as u64).0
-            } else {
-                i + 1
-            };
-            let decoded: Vec<Result<Vec<u8>>> = if end == i + 1 {
-                vec![self.read_chunk(i)]
-            } else {
-                (i..end)
-                    .into_par_iter()
-                    .map(|k| self.read_chunk(k))
-                    .collect()
-            };
-            // Chunks up to the first that fails: its error is this read's only if it is the
-            // chunk asked for (bytes before a damaged chunk still read).
-            let mut data = Vec::with_capacity(decoded.len());
-            for d in decoded {
-                match d {
-                    Ok(d) => data.push(d),
-                    Err(e) if data.is_empty() => return Err(io::Error::other(e)),
-                    Err(_) => break,
-                }
-            }
-            self.cache = Some((i, data));
-        }
-        let (first, chunks) = self.cache.as_ref().expect("filled above");
-        let data = &chunks[i - first];
-        let off = crate::format::usize_from(self.pos - self.chunks[i].start);
-        let n = buf.len().min(data.len() - off);
-        buf[..n].copy_from_slice(&data[off..off + n]);
+        let chunk_of = |list: &[ChunkRef], pos: u64| list.partition_point(|c| c.start <= pos) - 1;
+        let i = chunk_of(&self.shared.list, self.pos);
+        let streaming = self.last.is_some_and(|l| i == l || i == l + 1);
+        let n = self.fill(i, streaming, buf)?;
         if self.whole.as_ref().is_some_and(|w| w.upto != self.pos) {
             self.whole = None; // not read in order: no whole-file check
         }
@@ -712,8 +901,22 @@ impl Read for FileReader {
             w.update(&buf[..n]);
         }
         self.pos += n as u64;
-        if self.pos >= self.record.size_bytes {
-            self.cache = None; // read to the end: keep no decoded chunks
+        let last = chunk_of(&self.shared.list, self.pos - 1);
+        // A read that went on from the last one, or that took whole chunks, is a stream: the
+        // chunks after what is decoded are decoded while the caller works on these bytes.
+        if streaming || last > i {
+            let next = match &self.cache {
+                Some(d) if (d.first..d.end).contains(&last) => d.end,
+                _ => last + 1,
+            };
+            self.read_ahead(next);
+        }
+        self.last = Some(last);
+        if self.pos >= size {
+            // Read to the end: keep no decoded chunks.
+            self.cache = None;
+            self.ahead = None;
+            self.spare = Vec::new();
             self.check_whole()?;
         }
         Ok(n)
@@ -724,7 +927,7 @@ impl Seek for FileReader {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let new = match to {
             SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => self.record.size_bytes.checked_add_signed(d),
+            SeekFrom::End(d) => self.shared.record.size_bytes.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
         match new {
@@ -842,7 +1045,7 @@ impl Store {
         if let Some(out) = atomic {
             out.commit_no_sync()?;
         }
-        Ok(r.record)
+        Ok(r.record().clone())
     }
 
     /// Download a version into a writer (no atomicity: the writer sees bytes as they verify).
@@ -854,7 +1057,7 @@ impl Store {
     ) -> Result<FileRecord> {
         let r = self.open_file(key, version)?;
         r.copy_to(out)?;
-        Ok(r.record)
+        Ok(r.record().clone())
     }
 }
 

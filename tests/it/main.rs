@@ -25,6 +25,7 @@ mod ingest;
 mod journal;
 mod lazy;
 mod parallel;
+mod reads;
 mod recovery;
 mod remote;
 mod remote_gc;

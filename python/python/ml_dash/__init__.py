@@ -49,12 +49,8 @@ class _RawFile(io.RawIOBase):
         return True
 
     def readinto(self, b):
-        # Count bytes, not items: `b` may be any writable buffer (e.g. array("i"): 4-byte items).
-        with memoryview(b) as view, view.cast("B") as m:
-            data = self._r.read(len(m))
-            n = len(data)
-            m[:n] = data
-        return n
+        # Decoded straight into `b` (bytes, not items: array("i") takes 4 per item).
+        return self._r.readinto(b)
 
     def readall(self):
         return self._r.read(-1)
