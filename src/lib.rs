@@ -131,6 +131,11 @@ pub mod testing {
     }
     pub use crate::store::packs::{self, PackWriter};
     pub use crate::store::read::read_all;
+
+    /// How many batches `r` started decoding ahead of its reads.
+    pub fn batches_read_ahead(r: &crate::FileReader) -> u64 {
+        r.batches_read_ahead()
+    }
     pub use crate::store::write::ImportedVersion;
     pub use crate::test_support::{XorShift, random_bytes};
 

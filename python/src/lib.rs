@@ -931,6 +931,22 @@ impl Reader {
     }
 }
 
+/// Read into all of `buf`, fewer bytes only at the end (`readinto`). An error after some
+/// bytes were read ends the call with those bytes and the next read meets it again: the
+/// reader stays where the good bytes end, so the file object above it keeps its position.
+fn fill(r: &mut dyn Source, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if got == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(got)
+}
+
 #[pymethods]
 impl Reader {
     #[getter]
@@ -956,6 +972,7 @@ impl Reader {
         // Read straight into the bytes object (no buffer of our own to copy from).
         let mut got = 0;
         let out = PyBytes::new_with(py, n, |buf| {
+            // All or an error: a short `bytes` would read as the end of the file.
             got = self.with(py, |r| {
                 let mut got = 0;
                 while got < buf.len() {
@@ -981,16 +998,7 @@ impl Reader {
     fn readinto(&self, py: Python<'_>, b: &Bound<'_, PyAny>) -> PyResult<usize> {
         let mut view = buffer::Writable::get(b)?;
         let dest = view.bytes();
-        self.with(py, move |r| {
-            let mut got = 0;
-            while got < dest.len() {
-                match r.read(&mut dest[got..])? {
-                    0 => break,
-                    k => got += k,
-                }
-            }
-            Ok(got)
-        })
+        self.with(py, move |r| fill(r, dest))
     }
 
     #[pyo3(signature = (offset, whence = 0))]

@@ -170,6 +170,28 @@ def test_damaged_data_raises_store_error_never_wrong_bytes(workdir):
         assert not (workdir / "out.bin").exists()
 
 
+def test_readinto_stops_at_a_damaged_chunk_with_the_good_bytes(workdir):
+    payload = os.urandom(3_000_000)
+    with Experiment(name="e", project="p") as exp:
+        exp.file(write(workdir / "d.bin", payload))
+    pack = next((workdir / ".ml-dash" / "packs").glob("*.pack"))
+    b = bytearray(pack.read_bytes())
+    b[len(b) // 2] ^= 0x20
+    pack.write_bytes(bytes(b))
+    with Experiment(name="e", project="p") as exp:
+        raw = exp._reader("/d.bin")
+        buf = bytearray(len(payload))
+        n = raw.readinto(buf)
+        assert 0 < n < len(payload) and buf[:n] == payload[:n]
+        assert buf[n:] == bytes(len(payload) - n), "bytes of the damaged chunk reached the buffer"
+        assert raw.tell() == n
+        with pytest.raises(StoreError):
+            raw.readinto(buf)
+        with pytest.raises(StoreError), exp.open_file("/d.bin") as fh:
+            fh.readinto(bytearray(len(payload)))
+            fh.read(1)
+
+
 def test_ingest_releases_the_gil(workdir):
     big = write(workdir / "big.bin", os.urandom(96 << 20))
     ticks = 0

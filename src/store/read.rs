@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -126,9 +127,18 @@ pub struct FileReader {
     ahead: Option<Ahead>,
     /// A batch buffer no longer read, for the next batch (decoded bytes need no zeroing).
     spare: Vec<u8>,
-    /// The last chunk a read took bytes from: a read in it or in the chunk after goes on
-    /// (streams, `torch.load`), anything else is a jump (a header sniffed, a seek).
-    last: Option<usize>,
+    /// The last chunk a read took bytes from, and where that read ended. A read from there
+    /// on (small skips forward allowed) in that chunk or the next goes on in order; anything
+    /// else is a jump (a header sniffed, a seek).
+    last: Option<(usize, u64)>,
+    /// Bytes read in order since the last jump: from `STREAM_BYTES` on, reads are a stream
+    /// (`torch.load`, a copy) and the chunks after them are decoded ahead.
+    run: u64,
+    /// Whether streaming reads may decode ahead (not for readers the store uses internally
+    /// while it holds its lock).
+    may_read_ahead: bool,
+    /// Batches decoded ahead so far (for tests).
+    ahead_started: u64,
     /// Hashing of the bytes read so far in order from the start (`None` once a read jumps).
     whole: Option<WholeFile>,
     /// Set when a read to the end found the bytes do not match the record: every later read
@@ -172,11 +182,23 @@ impl Decoded {
     }
 }
 
-/// A batch of chunks (`first..end`) being decoded in the background.
+/// Bytes read in order after which reads are taken for a stream and decoded ahead: more than
+/// the few small reads of a header or a record read in place.
+const STREAM_BYTES: u64 = 256 << 10;
+
+/// A batch of chunks (`first..end`) being decoded in the background. Dropped unread (the
+/// reader jumped elsewhere, or is gone), it stops the decoding at the next chunk.
 struct Ahead {
     first: usize,
     end: usize,
     done: crossbeam_channel::Receiver<Decoded>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Open packs and the locations of delta bases, resolved under the lock so chunks (and the
@@ -428,6 +450,9 @@ pub(crate) fn open_reader(s: &Session<'_>, rec: FileRecord) -> Result<FileReader
         ahead: None,
         spare: Vec::new(),
         last: None,
+        run: 0,
+        may_read_ahead: true,
+        ahead_started: 0,
         whole: (!proven).then(WholeFile::new),
         failed: None,
         manifest_hash: hash,
@@ -442,11 +467,23 @@ impl FileReader {
         self.shared.located.packs.len()
     }
 
+    /// How many batches this reader started decoding ahead of its reads.
+    #[cfg(feature = "testing")]
+    pub(crate) fn batches_read_ahead(&self) -> u64 {
+        self.ahead_started
+    }
+
+    /// This reader, never decoding ahead of its reads (for the few bytes the store reads of a
+    /// version while it holds its lock).
+    pub(crate) fn without_read_ahead(mut self) -> FileReader {
+        self.may_read_ahead = false;
+        self.ahead = None;
+        self
+    }
+
     /// Each chunk's `(offset in the file, id, location)`, and the open packs and delta chains.
     pub(crate) fn into_parts(mut self) -> (Vec<(u64, ChunkId, ChunkLoc)>, Located) {
-        if let Some(a) = self.ahead.take() {
-            let _ = a.done.recv(); // let the read-ahead give its share of the chunks back
-        }
+        self.ahead = None;
         let chunks = Arc::unwrap_or_clone(self.shared);
         let list = chunks.list.iter().map(|c| (c.start, c.id, c.loc)).collect();
         (list, chunks.located)
@@ -504,13 +541,21 @@ impl Chunks {
 
     /// Chunks `start..end` decoded into `buf` (their raw bytes, in order), in parallel unless
     /// `on_this_thread`. Returns how many decoded before the first that failed, and its error.
+    /// Once `cancel` is set, chunks not started fail.
     fn decode_some(
         &self,
         start: usize,
         end: usize,
         buf: &mut [u8],
         on_this_thread: bool,
+        cancel: Option<&AtomicBool>,
     ) -> (usize, Option<Error>) {
+        let read = |k: usize, part: &mut [u8]| {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(Error::Internal("read-ahead cancelled".into()));
+            }
+            self.read_chunk_into(start + k, part)
+        };
         let mut parts = Vec::with_capacity(end - start);
         let mut rest = buf;
         for c in &self.list[start..end] {
@@ -521,7 +566,7 @@ impl Chunks {
         let results: Vec<Result<()>> = if on_this_thread || parts.len() == 1 {
             let mut out = Vec::with_capacity(parts.len());
             for (k, part) in parts.into_iter().enumerate() {
-                let r = self.read_chunk_into(start + k, part);
+                let r = read(k, part);
                 let bad = r.is_err();
                 out.push(r);
                 if bad {
@@ -533,7 +578,7 @@ impl Chunks {
             parts
                 .into_par_iter()
                 .enumerate()
-                .map(|(k, part)| self.read_chunk_into(start + k, part))
+                .map(|(k, part)| read(k, part))
                 .collect()
         };
         let mut ok = 0;
@@ -548,14 +593,21 @@ impl Chunks {
 
     /// Chunks `start..end` decoded in parallel into `buf`: all of them, or the first error.
     fn decode_batch(&self, start: usize, end: usize, buf: &mut [u8]) -> Result<()> {
-        match self.decode_some(start, end, buf, false) {
+        match self.decode_some(start, end, buf, false, None) {
             (_, Some(e)) => Err(e),
             (_, None) => Ok(()),
         }
     }
 
     /// Chunks `first..end` decoded into `buf` (grown as needed, never zeroed again).
-    fn decode(&self, first: usize, end: usize, mut buf: Vec<u8>, on_this_thread: bool) -> Decoded {
+    fn decode(
+        &self,
+        first: usize,
+        end: usize,
+        mut buf: Vec<u8>,
+        on_this_thread: bool,
+        cancel: Option<&AtomicBool>,
+    ) -> Decoded {
         let len: u64 = self.list[first..end]
             .iter()
             .map(|c| u64::from(c.loc.raw_len))
@@ -564,7 +616,7 @@ impl Chunks {
         if buf.len() < len {
             buf.resize(len, 0);
         }
-        let (ok, failed) = self.decode_some(first, end, &mut buf[..len], on_this_thread);
+        let (ok, failed) = self.decode_some(first, end, &mut buf[..len], on_this_thread, cancel);
         let start = self.list[first].start;
         let stop = self.list[first..first + ok]
             .iter()
@@ -775,7 +827,9 @@ impl FileReader {
     /// since it was opened (no pool threads there), and not from a pool thread itself: one
     /// waiting there for its read-ahead could hold up the very thread that would run it.
     fn can_read_ahead(&self) -> bool {
-        std::process::id() == self.opened_by && rayon::current_thread_index().is_none()
+        self.may_read_ahead
+            && std::process::id() == self.opened_by
+            && rayon::current_thread_index().is_none()
     }
 
     /// Start decoding chunks from `next` in the background, unless that is under way already.
@@ -790,15 +844,26 @@ impl FileReader {
         let (tx, done) = crossbeam_channel::bounded(1);
         let shared = self.shared.clone();
         let buf = std::mem::take(&mut self.spare);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = cancel.clone();
         rayon::spawn(move || {
-            // The reader may be gone (dropped, or it jumped elsewhere): the result goes with it.
-            let _ = tx.send(shared.decode(next, end, buf, false));
+            // A panic here would abort the process (rayon's pool has no handler): it ends the
+            // job instead, and the read that waits for it fails.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                shared.decode(next, end, buf, false, Some(&cancelled))
+            }));
+            if let Ok(d) = decoded {
+                // The reader may be gone (dropped, or it jumped elsewhere): then so is this.
+                let _ = tx.send(d);
+            }
         });
         self.ahead = Some(Ahead {
             first: next,
             end,
             done,
+            cancel,
         });
+        self.ahead_started += 1;
     }
 
     /// Put a batch no longer read aside for its buffer.
@@ -851,16 +916,20 @@ impl FileReader {
                 // Whole chunks wanted: decoded straight into the caller's buffer.
                 let (end, bytes) = self.shared.batch_from(i, buf.len() as u64);
                 let dest = &mut buf[..crate::format::usize_from(bytes)];
-                let (ok, failed) = self.shared.decode_some(i, end, dest, on_this_thread);
-                if ok == 0 {
-                    let e = failed.expect("a batch that decoded nothing failed");
-                    return Err(io::Error::other(e));
-                }
+                let (ok, failed) = self.shared.decode_some(i, end, dest, on_this_thread, None);
                 let n: u64 = self.shared.list[i..i + ok]
                     .iter()
                     .map(|c| u64::from(c.loc.raw_len))
                     .sum();
-                return Ok(crate::format::usize_from(n));
+                let n = crate::format::usize_from(n);
+                if let Some(e) = failed {
+                    // What the damaged chunk decoded to (and what came after it) is not data.
+                    dest[n..].fill(0);
+                    if ok == 0 {
+                        return Err(io::Error::other(e));
+                    }
+                }
+                return Ok(n);
             }
             let end = if streaming && !on_this_thread {
                 self.shared
@@ -870,7 +939,7 @@ impl FileReader {
                 i + 1
             };
             let spare = std::mem::take(&mut self.spare);
-            let d = self.shared.decode(i, end, spare, on_this_thread);
+            let d = self.shared.decode(i, end, spare, on_this_thread, None);
             let old = self.cache.replace(d);
             self.retire(old);
         }
@@ -892,8 +961,16 @@ impl Read for FileReader {
         }
         let chunk_of = |list: &[ChunkRef], pos: u64| list.partition_point(|c| c.start <= pos) - 1;
         let i = chunk_of(&self.shared.list, self.pos);
-        let streaming = self.last.is_some_and(|l| i == l || i == l + 1);
+        let in_order = self
+            .last
+            .is_some_and(|(l, end)| (i == l || i == l + 1) && self.pos >= end);
+        if !in_order {
+            self.run = 0;
+        }
+        let streaming =
+            in_order && self.run >= STREAM_BYTES && self.last.is_some_and(|(l, _)| i == l + 1);
         let n = self.fill(i, streaming, buf)?;
+        self.run += n as u64;
         if self.whole.as_ref().is_some_and(|w| w.upto != self.pos) {
             self.whole = None; // not read in order: no whole-file check
         }
@@ -902,16 +979,17 @@ impl Read for FileReader {
         }
         self.pos += n as u64;
         let last = chunk_of(&self.shared.list, self.pos - 1);
-        // A read that went on from the last one, or that took whole chunks, is a stream: the
-        // chunks after what is decoded are decoded while the caller works on these bytes.
-        if streaming || last > i {
+        // A stream: the chunks after what is decoded are decoded while the caller works on
+        // these bytes. Not after a short read, which the caller is likely to follow at once
+        // with the rest (whole chunks of it are decoded straight into its buffer then).
+        if self.run >= STREAM_BYTES && self.last.is_some_and(|(l, _)| last > l) && n == buf.len() {
             let next = match &self.cache {
                 Some(d) if (d.first..d.end).contains(&last) => d.end,
                 _ => last + 1,
             };
             self.read_ahead(next);
         }
-        self.last = Some(last);
+        self.last = Some((last, self.pos));
         if self.pos >= size {
             // Read to the end: keep no decoded chunks.
             self.cache = None;

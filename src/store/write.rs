@@ -141,7 +141,9 @@ pub(super) fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
                 .max_by_key(|r| r.id)?
         }
     };
-    let mut r = crate::store::read::open_reader(s, rec).ok()?;
+    let mut r = crate::store::read::open_reader(s, rec)
+        .ok()?
+        .without_read_ahead();
     let mut first = vec![0u8; 8];
     r.read_exact(&mut first).ok()?;
     let n = u64::from_le_bytes(first[..8].try_into().ok()?);

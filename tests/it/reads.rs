@@ -154,3 +154,38 @@ fn a_damaged_chunk_ends_a_stream_exactly_where_it_starts() {
     let mut out = Vec::new();
     assert!(exp.download_to("/r.bin", None, &mut out).is_err());
 }
+
+#[test]
+fn only_streams_decode_ahead() {
+    let dir = tmp();
+    let exp = experiment(&dir.path().join("store"), "p", "e");
+    let data = mixed(8 << 20);
+    exp.file(write_file(dir.path(), "m.bin", &data))
+        .save()
+        .unwrap();
+    let ahead = ml_dash::testing::batches_read_ahead;
+
+    // Random access, a few small reads at each place: nothing is decoded ahead.
+    let mut r = exp.open("/m.bin", None).unwrap();
+    let mut rng = XorShift::new(8);
+    let mut b = [0u8; 100];
+    for _ in 0..200 {
+        let at = usize_from(rng.below(data.len() as u64 - 300));
+        r.seek(SeekFrom::Start(at as u64)).unwrap();
+        for k in 0..3 {
+            r.read_exact(&mut b).unwrap();
+            assert!(b[..] == data[at + 100 * k..at + 100 * (k + 1)]);
+        }
+    }
+    assert_eq!(ahead(&r), 0, "random reads decoded batches ahead");
+
+    // A stream of 64 KiB reads: batches are decoded ahead as it goes.
+    let mut r = exp.open("/m.bin", None).unwrap();
+    let (got, err) = stream(&mut r, 64 << 10);
+    assert!(err.is_none() && got == data);
+    assert!(
+        ahead(&r) >= 2,
+        "a stream decoded {} batches ahead",
+        ahead(&r)
+    );
+}
