@@ -113,10 +113,11 @@ struct ChunkRef {
 
 /// A version's bytes, readable and seekable. Holds no lock.
 ///
-/// Reads that go on from where the last one ended are served from batches of chunks decoded
-/// in parallel, and the batch after the one being read is decoded in the background while
-/// the caller works (read-ahead). A read that starts at a chunk and wants at least that whole
-/// chunk gets its whole chunks decoded straight into the caller's buffer.
+/// Streaming reads (`STREAM_BYTES` read in order since the last jump) are served from batches
+/// of chunks decoded in parallel, and the batch after the one being read is decoded in the
+/// background while the caller works (read-ahead). A read that starts at a chunk and wants at
+/// least that whole chunk, which no decoded batch holds, gets its whole chunks decoded
+/// straight into the caller's buffer. Random reads decode only the chunks they touch.
 pub struct FileReader {
     /// The version's chunks, shared with a read-ahead in flight.
     shared: Arc<Chunks>,
