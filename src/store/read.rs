@@ -880,9 +880,10 @@ impl FileReader {
     /// goes on from the last, so the chunks after it are decoded with it.
     fn fill(&mut self, i: usize, streaming: bool, buf: &mut [u8]) -> io::Result<usize> {
         let on_this_thread = std::process::id() != self.opened_by;
-        if on_this_thread {
-            // Forked while a batch was being decoded ahead: no thread of this process will
-            // ever finish it.
+        if on_this_thread || rayon::current_thread_index().is_some() {
+            // Never wait for a batch decoded ahead: forked while it was decoded, no thread of
+            // this process will finish it; on a pool thread, the batch (or a part of it) may
+            // be queued behind this very thread, or under it on its stack. Dropped, it stops.
             self.ahead = None;
         }
         loop {

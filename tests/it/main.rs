@@ -26,6 +26,7 @@ mod journal;
 mod lazy;
 mod parallel;
 mod reads;
+mod reads_adversarial;
 mod recovery;
 mod remote;
 mod remote_gc;
