@@ -2,7 +2,8 @@
 `torch.load(path)` on the same `torch.save` files, best of N with `sync` before each timed step.
 
 Stores the given files, in order, as versions of one path in a fresh store (the first whole,
-later ones as deltas against it unless ML_DASH_DELTA_DEPTH=0), then times for each version:
+later ones as deltas on the version before, as the default delta depth allows), then times
+for each version:
   torch.load(path)              the file, from the page cache
   torch.load(open_file)         through the store's file object
   open_file().read()            every byte through the file object
