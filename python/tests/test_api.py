@@ -151,14 +151,20 @@ def test_errors_are_python_exceptions(workdir):
     exp.close()
 
 
-def test_damaged_data_raises_store_error_never_wrong_bytes(workdir):
-    payload = os.urandom(400_000)
+def store_damaged(workdir: Path, size: int) -> bytes:
+    """Store `size` random bytes as /d.bin, then flip a bit in the middle of the pack."""
+    payload = os.urandom(size)
     with Experiment(name="e", project="p") as exp:
         exp.file(write(workdir / "d.bin", payload))
     pack = next((workdir / ".ml-dash" / "packs").glob("*.pack"))
     b = bytearray(pack.read_bytes())
     b[len(b) // 2] ^= 0x20
     pack.write_bytes(bytes(b))
+    return payload
+
+
+def test_damaged_data_raises_store_error_never_wrong_bytes(workdir):
+    store_damaged(workdir, 400_000)
     with Experiment(name="e", project="p") as exp:
         with pytest.raises(StoreError):
             exp.read_bytes("/d.bin")
@@ -171,13 +177,7 @@ def test_damaged_data_raises_store_error_never_wrong_bytes(workdir):
 
 
 def test_readinto_stops_at_a_damaged_chunk_with_the_good_bytes(workdir):
-    payload = os.urandom(3_000_000)
-    with Experiment(name="e", project="p") as exp:
-        exp.file(write(workdir / "d.bin", payload))
-    pack = next((workdir / ".ml-dash" / "packs").glob("*.pack"))
-    b = bytearray(pack.read_bytes())
-    b[len(b) // 2] ^= 0x20
-    pack.write_bytes(bytes(b))
+    payload = store_damaged(workdir, 3_000_000)
     with Experiment(name="e", project="p") as exp:
         raw = exp._reader("/d.bin")
         buf = bytearray(len(payload))

@@ -7,33 +7,6 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
 use crate::util::*;
 
-/// A file of several read-ahead batches: random stretches (stored raw) between compressible
-/// ones (coded), so that batches mix both kinds of records.
-fn mixed(len: usize) -> Vec<u8> {
-    let mut data = random_bytes(11, len);
-    for (k, block) in data.chunks_mut(1 << 20).enumerate() {
-        if k % 2 == 1 {
-            for (i, b) in block.iter_mut().enumerate() {
-                *b = b"0123456789 ckpt "[(i + k) % 16];
-            }
-        }
-    }
-    data
-}
-
-/// Read everything with reads of `size` bytes, stopping at the first error.
-fn stream(r: &mut ml_dash::FileReader, size: usize) -> (Vec<u8>, Option<std::io::Error>) {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; size];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return (got, None),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => return (got, Some(e)),
-        }
-    }
-}
-
 const SIZES: [usize; 8] = [
     1,
     777,
@@ -49,7 +22,7 @@ const SIZES: [usize; 8] = [
 fn streams_of_any_read_size_match_the_source() {
     let dir = tmp();
     let exp = experiment(&dir.path().join("store"), "p", "e");
-    let data = mixed(11 << 20);
+    let data = mixed(11, 11 << 20);
     exp.file(write_file(dir.path(), "m.bin", &data))
         .save()
         .unwrap();
@@ -159,7 +132,7 @@ fn a_damaged_chunk_ends_a_stream_exactly_where_it_starts() {
 fn only_streams_decode_ahead() {
     let dir = tmp();
     let exp = experiment(&dir.path().join("store"), "p", "e");
-    let data = mixed(8 << 20);
+    let data = mixed(8, 8 << 20);
     exp.file(write_file(dir.path(), "m.bin", &data))
         .save()
         .unwrap();

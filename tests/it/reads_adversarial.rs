@@ -69,19 +69,6 @@ fn chunk_starts(root: &Path, rec: &ml_dash::FileRecord) -> Vec<u64> {
     panic!("no manifest for {}", rec.id);
 }
 
-/// Read everything from the current position with reads of `size`, up to the first error.
-fn stream(r: &mut FileReader, size: usize) -> (Vec<u8>, Option<std::io::Error>) {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; size];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return (got, None),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => return (got, Some(e)),
-        }
-    }
-}
-
 /// Read exactly `n` bytes with reads of at most `size` bytes.
 fn read_n(r: &mut FileReader, n: usize, size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n);
@@ -93,19 +80,6 @@ fn read_n(r: &mut FileReader, n: usize, size: usize) -> Vec<u8> {
         out.extend_from_slice(&buf[..k]);
     }
     out
-}
-
-/// Random data with compressible stretches (a mix of raw and coded records).
-fn mixed(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = random_bytes(seed, len);
-    for (k, block) in data.chunks_mut(768 << 10).enumerate() {
-        if k % 3 == 1 {
-            for (i, b) in block.iter_mut().enumerate() {
-                *b = b"weights and biases "[(i + k) % 19];
-            }
-        }
-    }
-    data
 }
 
 fn store_with(

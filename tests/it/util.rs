@@ -433,3 +433,31 @@ fn is_fifo(p: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt as _;
     fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_fifo())
 }
+
+/// Random data with compressible stretches, so that a version mixes raw and coded records
+/// (and spans several read-ahead batches when it is a few MiB long).
+pub fn mixed(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = random_bytes(seed, len);
+    for (k, block) in data.chunks_mut(768 << 10).enumerate() {
+        if k % 3 == 1 {
+            for (i, b) in block.iter_mut().enumerate() {
+                *b = b"weights and biases "[(i + k) % 19];
+            }
+        }
+    }
+    data
+}
+
+/// Read everything from the current position with reads of `size` bytes, stopping at the
+/// first error: the bytes read, and the error if there was one.
+pub fn stream(r: &mut impl std::io::Read, size: usize) -> (Vec<u8>, Option<std::io::Error>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; size];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return (got, None),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return (got, Some(e)),
+        }
+    }
+}
