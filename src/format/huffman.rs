@@ -256,40 +256,27 @@ fn decode_table(lens: &[u8; 256], multi: bool) -> Result<Box<[u32; TABLE_LEN]>, 
         }
     }
     if multi {
-        // Window w begins with the code of table[w]; its rest, w >> l, is read as a window of
-        // its own, whose first code counts when it fits in the bits that are really known.
-        // Entries are read before they are extended (rest < w), except window 0, whose rest is
-        // itself: its entry is extended last.
-        let one = |e: u32| (e & 15, e >> 8 & 0xff);
-        for w in (1..TABLE_LEN).chain([0]) {
-            let e = table[w];
-            if e == UNASSIGNED {
-                continue;
-            }
-            let (mut used, v) = one(e);
-            let (mut count, mut values) = (1u32, v);
-            let mut rest = w >> used;
-            while count < 3 {
-                let next = if rest == w { e } else { table[rest] };
-                if next == UNASSIGNED {
-                    break;
-                }
-                // Only the first code of `next` (entries below w may already be extended).
-                let (l, v) = one(next);
-                let l = if next >> 6 & 3 == 1 {
-                    l
-                } else {
-                    u32::from(lens[v as usize])
-                };
-                if used + l > MAX_LEN {
-                    break;
-                }
-                values |= v << (8 * count);
-                count += 1;
-                used += l;
-                rest >>= l;
-            }
-            table[w] = used | count << 6 | values << 8;
+        // Window w begins with the code of single[w]; its rest, w >> l, is read as a window
+        // of its own, whose first code counts when it fits in the bits that are really known.
+        // An `UNASSIGNED` entry's length field (15) never fits, so those windows stay as they
+        // are. Branch-free: the three candidates are computed and one is picked.
+        let single = table.clone();
+        for (w, slot) in table.iter_mut().enumerate() {
+            let e1 = single[w];
+            let u1 = e1 & 15;
+            let e2 = single[w >> u1];
+            let u2 = u1 + (e2 & 15);
+            let e3 = single[w >> u2];
+            let u3 = u2 + (e3 & 15);
+            let two = u2 | 2 << 6 | (e1 >> 8 & 0xff) << 8 | (e2 >> 8 & 0xff) << 16;
+            let three = (two & !(3 << 6 | 15)) | u3 | 3 << 6 | (e3 >> 8 & 0xff) << 24;
+            *slot = if u3 <= MAX_LEN {
+                three
+            } else if u2 <= MAX_LEN {
+                two
+            } else {
+                e1
+            };
         }
     }
     Ok(table)
@@ -300,8 +287,11 @@ fn decode_table(lens: &[u8; 256], multi: bool) -> Result<Box<[u32; TABLE_LEN]>, 
 const UNASSIGNED: u32 = 63;
 
 /// Planes whose codes average at most this many bits per value are decoded with a table of
-/// several values per entry (more work to build, fewer lookups).
+/// several values per entry (more work to build, fewer lookups)...
 const MULTI_MAX_BITS: u64 = 5;
+/// ...when they are at least this long: building that table costs about as much as decoding
+/// 8 KiB with the one-value table.
+const MULTI_MIN_LEN: usize = 8 << 10;
 
 /// The table index of the next code in `w`: its low `MAX_LEN` bits.
 #[allow(
@@ -339,7 +329,7 @@ pub fn decode(stored: &[u8], out: &mut [u8]) -> Result<(), Damaged> {
     }
     let n = out.len();
     let total: u64 = bits.iter().sum();
-    let multi = total <= n as u64 * MULTI_MAX_BITS;
+    let multi = n >= MULTI_MIN_LEN && total <= n as u64 * MULTI_MAX_BITS;
     let table = decode_table(&lens, multi)?;
     let ranges = stream_ranges(n);
     // Four disjoint output slices.
