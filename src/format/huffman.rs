@@ -5,8 +5,8 @@
 //! search or a frame. Codes are at most 11 bits long, so one 64-bit load feeds five lookups; a
 //! plane is cut into four streams decoded in one interleaved loop, which keeps the table lookups
 //! of the four independent of each other. Planes of short codes (at most 5 bits per value on
-//! average) are decoded with a table whose entries hold every code their window begins with, up
-//! to three values per lookup.
+//! average) and of at least 8 KiB are decoded with a table whose entries hold every code their
+//! window begins with, up to three values per lookup.
 //!
 //! ```text
 //! coded plane of n bytes:
@@ -516,7 +516,22 @@ mod tests {
     #[test]
     fn round_trips_any_length_and_distribution() {
         let mut rng = crate::test_support::XorShift::new(7);
-        for n in [0usize, 1, 3, 4, 5, 19, 20, 21, 64, 1000, 65536 + 3] {
+        for n in [
+            0usize,
+            1,
+            3,
+            4,
+            5,
+            19,
+            20,
+            21,
+            64,
+            1000,
+            8191,
+            8192,
+            20_001,
+            65536 + 3,
+        ] {
             // Uniform bytes, a skewed distribution and a single value.
             let uniform: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             round_trip(&uniform);
@@ -647,8 +662,15 @@ mod tests {
 
     #[test]
     fn damage_is_an_error_not_a_panic() {
+        // Below and above `MULTI_MIN_LEN`: one value per lookup, and several.
+        for n in [5000, 20_000] {
+            damage_of_a_plane_of(n);
+        }
+    }
+
+    fn damage_of_a_plane_of(n: usize) {
         let mut rng = crate::test_support::XorShift::new(3);
-        let data: Vec<u8> = (0..5000)
+        let data: Vec<u8> = (0..n)
             .map(|_| (rng.next_u64() % 200).leading_zeros() as u8)
             .collect();
         let hist = histogram(&data);
