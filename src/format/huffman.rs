@@ -260,7 +260,7 @@ fn decode_table(lens: &[u8; 256], multi: bool) -> Result<Box<[u32; TABLE_LEN]>, 
         // of its own, whose first code counts when it fits in the bits that are really known.
         // An `UNASSIGNED` entry's length field (15) never fits, so those windows stay as they
         // are. Branch-free: the three candidates are computed and one is picked.
-        let single = table.clone();
+        let single: [u32; TABLE_LEN] = *table;
         for (w, slot) in table.iter_mut().enumerate() {
             let e1 = single[w];
             let u1 = e1 & 15;

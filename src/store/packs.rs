@@ -753,31 +753,17 @@ mod tests {
     #[test]
     fn writeback_steps_leave_every_record_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let chunk = |i: u32| -> Vec<u8> {
-            let mut c = vec![0u8; 3 << 20];
-            for (k, b) in (0u32..).zip(c.iter_mut()) {
-                *b = k.wrapping_mul(2_654_435_761).wrapping_add(i).to_le_bytes()[3];
-            }
-            c
-        };
-        let mut w = PackWriter::create(dir.path(), &Faults::none()).unwrap();
-        let small = b"not a whole page".to_vec();
-        let mut locs = vec![(
-            small.clone(),
-            w.append(
-                ChunkId::of(&small),
-                len_field(&small).unwrap(),
-                Codec::Raw,
-                &small,
-            )
-            .unwrap(),
-        )];
-        for i in 0..6 {
-            let c = chunk(i);
+        let mut locs = vec![];
+        let mut append = |w: &mut PackWriter, c: Vec<u8>| {
             let l = w
                 .append(ChunkId::of(&c), len_field(&c).unwrap(), Codec::Raw, &c)
                 .unwrap();
             locs.push((c, l));
+        };
+        let mut w = PackWriter::create(dir.path(), &Faults::none()).unwrap();
+        append(&mut w, b"not a whole page".to_vec());
+        for seed in 0..6 {
+            append(&mut w, crate::test_support::random_bytes(seed, 3 << 20));
         }
         w.sync().unwrap();
         let (id, committed) = (w.id, w.len());
@@ -787,12 +773,8 @@ mod tests {
         let mut w = PackWriter::reopen(dir.path(), id, committed, &Faults::none())
             .unwrap()
             .unwrap();
-        for i in 6..12 {
-            let c = chunk(i);
-            let l = w
-                .append(ChunkId::of(&c), len_field(&c).unwrap(), Codec::Raw, &c)
-                .unwrap();
-            locs.push((c, l));
+        for seed in 6..12 {
+            append(&mut w, crate::test_support::random_bytes(seed, 3 << 20));
         }
         w.sync().unwrap();
         assert!(w.len() > committed + 2 * WRITEBACK_STEP);
