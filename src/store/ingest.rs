@@ -26,7 +26,7 @@
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -43,7 +43,7 @@ use crate::format::id::Id;
 use crate::format::pack::{ChunkLoc, RECORD_HEADER_LEN, len_field};
 use crate::format::tensors::{Grid, Layout};
 use crate::store::index::{ChunkLookup, Index, IndexBatch};
-use crate::store::packs::PackWriter;
+use crate::store::packs::{Compared, PackWriter, Spare};
 use crate::store::read::Located;
 
 /// Windows in flight: one being read, the others being cut, hashed and stored. Each is
@@ -59,6 +59,10 @@ const SMALL_WINDOW: usize = 64 << 10;
 /// files (many of them in one batch) starting the pipeline's threads would cost more than the
 /// work.
 const INLINE_MAX: u64 = 1 << 20;
+
+/// Sources from this size on (or of unknown size) look up the version before them to compare
+/// their chunks with (`Previous`); for smaller ones the lookup would cost more than it saves.
+const COMPARE_MIN: u64 = 8 << 20;
 
 /// What an ingest produced. Nothing is visible until the caller commits it.
 pub struct Ingested {
@@ -264,10 +268,11 @@ pub struct IngestConfig<'a> {
 /// its own (a delta costs a base read on every read).
 pub const DELTA_MIN_GAIN: f64 = 0.03;
 
-/// An earlier version an upload may store deltas against: its tensor layout and where each of
-/// its chunks starts, with their locations resolved (under the session's lock).
+/// An earlier version of the file (or of a file like it) an upload compares its chunks with and
+/// may store deltas against: its tensor layout, if it has one, and where each of its chunks
+/// starts, with their locations resolved (under the session's lock).
 pub struct Previous {
-    pub(crate) layout: Layout,
+    pub(crate) layout: Option<Layout>,
     /// Chunk starting at each file offset: `(id, length, location)`.
     pub(crate) chunk_at: HashMap<u64, (ChunkId, u32, ChunkLoc)>,
     pub(crate) located: Located,
@@ -310,7 +315,17 @@ impl Drop for PoolBuf {
     }
 }
 
-type Batch = Vec<(Bytes, Option<Hint>)>;
+/// One chunk on its way to the workers.
+struct Piece {
+    bytes: Bytes,
+    /// The base a delta may be stored against.
+    hint: Option<Hint>,
+    /// The previous version's chunk at the same place (same tensor piece, else same offset)
+    /// and of the same length: likely these very bytes.
+    same: Option<(ChunkId, ChunkLoc)>,
+}
+
+type Batch = Vec<Piece>;
 
 enum Processed {
     Known(ChunkId, u32),
@@ -372,6 +387,12 @@ fn pipeline<R: Read + Send>(
     let (batch_tx, batch_rx) = bounded::<Batch>(2);
 
     let res = std::thread::scope(|s| {
+        // The previous version is looked up beside the reader for a large source: chunks cut
+        // once it is known are compared with its chunks at the same place before they are
+        // hashed (a checkpoint's unchanged part). A tensor grid waits for it when it needs it.
+        if cfg.size_hint.is_none_or(|n| n >= COMPARE_MIN) {
+            s.spawn(|| cfg.previous.get_or_init(cfg.find_previous).is_some());
+        }
         let sha = s.spawn(move || {
             let mut h = sha2::Sha256::new();
             let mut n = 0u64;
@@ -467,7 +488,7 @@ fn read_windows(
         let (used, batch) = cut_window(cutter, &window, at, eof, cfg, &mut cuts);
         if !batch.is_empty()
             && sha_tx
-                .send(batch.iter().map(|c| c.0.clone()).collect())
+                .send(batch.iter().map(|c| c.bytes.clone()).collect())
                 .is_err()
         {
             return Ok(());
@@ -504,6 +525,13 @@ fn cut_window(
     cuts: &mut Cuts,
 ) -> (usize, Batch) {
     let mut pos = 0;
+    // Looked up in the background (`pipeline`): the chunks cut before it is known are simply
+    // not compared with it.
+    let previous = cfg.previous.get().and_then(Option::as_ref);
+    let same_offset = |pos: usize, len: usize| {
+        let &(id, raw_len, loc) = previous?.chunk_at.get(&(at + pos as u64))?;
+        (raw_len as usize == len).then_some((id, loc))
+    };
     match cutter {
         Cutter::Cdc(chunker) => {
             cuts.cdc.clear();
@@ -513,7 +541,11 @@ fn cut_window(
                 .iter()
                 .map(|&l| {
                     pos += l;
-                    (window.slice(pos - l..pos), None)
+                    Piece {
+                        bytes: window.slice(pos - l..pos),
+                        hint: None,
+                        same: same_offset(pos - l, l),
+                    }
                 })
                 .collect();
             (used, batch)
@@ -527,7 +559,14 @@ fn cut_window(
                 .map(|&(l, place)| {
                     pos += l;
                     let hint = place.and_then(|p| hint(cfg, grid, matches, p, l));
-                    (window.slice(pos - l..pos), hint)
+                    Piece {
+                        bytes: window.slice(pos - l..pos),
+                        hint,
+                        same: match hint {
+                            Some(h) => Some((h.base, h.loc)),
+                            None => same_offset(pos - l, l),
+                        },
+                    }
                 })
                 .collect();
             (used, batch)
@@ -545,15 +584,15 @@ fn choose_cutter<'a>(first: &[u8], cfg: &IngestConfig<'a>) -> Cutter<'a> {
         0 => None,
         _ => cfg.previous.get_or_init(cfg.find_previous).as_ref(),
     };
-    let matches = match previous {
+    let matches = match previous.and_then(|p| p.layout.as_ref()) {
         Some(prev) if cfg.delta_depth > 0 => {
-            let by_name = prev.layout.by_name();
+            let by_name = prev.by_name();
             layout
                 .tensors
                 .iter()
                 .map(|t| {
                     let &i = by_name.get(t.name.as_str())?;
-                    let p = &prev.layout.tensors[i];
+                    let p = &prev.tensors[i];
                     (p.dtype == t.dtype && p.len() == t.len()).then_some(i)
                 })
                 .collect()
@@ -575,7 +614,7 @@ fn hint(
     len: usize,
 ) -> Option<Hint> {
     let prev = cfg.previous.get()?.as_ref()?;
-    let p = &prev.layout.tensors[matches[tensor]?];
+    let p = &prev.layout.as_ref()?.tensors[matches[tensor]?];
     let &(base, base_len, loc) = prev.chunk_at.get(&(p.start + offset))?;
     (base_len as usize == len).then_some(Hint {
         base,
@@ -584,11 +623,22 @@ fn hint(
     })
 }
 
+/// May a chunk be stored as a delta against `h` (the chain stays within `delta_depth`)?
+fn delta_allowed(h: &Hint, cfg: &IngestConfig<'_>) -> bool {
+    cfg.previous
+        .get()
+        .and_then(Option::as_ref)
+        .and_then(|p| p.located.depth(&h.loc))
+        .is_some_and(|d| d < cfg.delta_depth)
+}
+
 /// Store `chunk` as a delta against the hinted base, if the chain allows and it pays.
+/// `decoded`: the base's record as decoded when the chunk was compared with it (not proven yet).
 fn encode_delta(
     id: &ChunkId,
     chunk: &[u8],
     h: &Hint,
+    decoded: Option<&[u8]>,
     cfg: &IngestConfig<'_>,
 ) -> Option<(Codec, Vec<u8>)> {
     let prev = cfg.previous.get()?.as_ref()?;
@@ -601,15 +651,26 @@ fn encode_delta(
     if depth > cfg.delta_depth {
         return None;
     }
-    // A base that cannot be read back (damage) is simply not used.
-    let base = prev.located.read(&h.loc, &h.base, &String::new).ok()?;
+    // The base proven against its id before a delta depends on it; a base that cannot be read
+    // back (damage) is simply not used.
+    let mut read = None;
+    let base: &[u8] = match decoded {
+        Some(d) if ChunkId::of(d) == h.base => d,
+        _ => {
+            let mut buf = Spare::take(chunk.len());
+            prev.located
+                .read_into(&h.loc, &h.base, &String::new, &mut buf)
+                .ok()?;
+            read.insert(buf)
+        }
+    };
     let t = match h.width {
         Some(w) => crate::format::delta::Transform::for_width(w),
-        None => crate::format::delta::Transform::guess(chunk, &base),
+        None => crate::format::delta::Transform::guess(chunk, base),
     };
     let stored = crate::format::delta::encode(
         chunk,
-        &base,
+        base,
         &h.base,
         depth,
         t,
@@ -619,30 +680,99 @@ fn encode_delta(
     Some((Codec::Delta, stored))
 }
 
+/// How comparing chunks with the previous version's has gone in this upload. A chunk is
+/// compared with the previous version's at its place before it is hashed; when that many
+/// comparisons in a row found other bytes (a file whose every chunk changed), only one chunk
+/// in `SAMPLE_EVERY` is compared, until one is the same again. Chunks whose comparison decodes
+/// the base of their delta are always compared (the decoding is needed anyway).
+#[derive(Default)]
+struct Tries {
+    misses_in_row: AtomicU32,
+    skipped: AtomicU32,
+}
+
+impl Tries {
+    const MISSES_BEFORE_SAMPLING: u32 = 16;
+    const SAMPLE_EVERY: u32 = 16;
+
+    fn worth_it(&self) -> bool {
+        self.misses_in_row.load(Ordering::Relaxed) < Self::MISSES_BEFORE_SAMPLING
+            || self
+                .skipped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(Self::SAMPLE_EVERY)
+    }
+
+    fn record(&self, same: bool) {
+        if same {
+            self.misses_in_row.store(0, Ordering::Relaxed);
+        } else {
+            self.misses_in_row.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn process(
-    chunk: Bytes,
-    hint: Option<Hint>,
+    piece: Piece,
     index: &dyn ChunkLookup,
     fresh: &HashMap<ChunkId, ChunkLoc>,
     cfg: &IngestConfig<'_>,
+    tries: &Tries,
 ) -> Result<Processed> {
+    let Piece {
+        bytes: chunk,
+        hint,
+        same,
+    } = piece;
+    let len = len_field(&chunk)?;
+    let delta_base = hint.filter(|h| delta_allowed(h, cfg));
+    // The previous version's chunk at this place: if its record decodes to exactly these
+    // bytes, they are that chunk, and need no hash. Its record was written from bytes with
+    // that id (or proven against it when it came from elsewhere), so a record that decodes to
+    // them is sound: the same proof the check of a known chunk below gives.
+    let mut tried = None;
+    let mut decoded = None;
+    if let Some((x, xloc)) = same
+        && (delta_base.is_some() || tries.worth_it())
+    {
+        match cfg.pack_files.compare(index, &xloc, &x, &chunk) {
+            Compared::Same => {
+                tries.record(true);
+                return Ok(Processed::Known(x, len));
+            }
+            Compared::Differs(d) => {
+                if delta_base.is_none() {
+                    tries.record(false);
+                }
+                tried = Some((x, xloc));
+                decoded = d;
+            }
+        }
+    }
     let id = ChunkId::of(&chunk);
     // Appended by this commit, from bytes hashed here: not durable yet, but it will be before
     // anything refers to it (the whole commit fails otherwise).
     if fresh.contains_key(&id) {
-        return Ok(Processed::Known(id, len_field(&chunk)?));
+        return Ok(Processed::Known(id, len));
     }
     // A known chunk is referenced only if its record really holds these bytes: damage (bit
     // rot, a chain whose base is gone) must not turn a new upload into an unreadable one.
-    // Otherwise the chunk is written again and its new location takes over the id.
+    // Otherwise the chunk is written again and its new location takes over the id. (A record
+    // just found to hold other bytes is not read again.)
     let known = index.chunk_loc(&id)?;
     if let Some(loc) = known
+        && tried != Some((id, loc))
         && cfg.pack_files.holds(index, &loc, &id, &chunk)
     {
-        return Ok(Processed::Known(id, len_field(&chunk)?));
+        return Ok(Processed::Known(id, len));
     }
-    let packed = hint
-        .and_then(|h| encode_delta(&id, &chunk, &h, cfg))
+    let base_decoded = decoded.filter(|_| {
+        tried
+            .zip(delta_base)
+            .is_some_and(|((x, xloc), h)| x == h.base && xloc == h.loc)
+    });
+    let packed = delta_base
+        .and_then(|h| encode_delta(&id, &chunk, &h, base_decoded.as_deref(), cfg))
         .or_else(|| codec::encode(&chunk, cfg.compression));
     Ok(Processed::New {
         id,
@@ -658,6 +788,7 @@ fn write_chunks(
     cfg: &IngestConfig<'_>,
     sink: &mut PackSink,
 ) -> Result<Ingested> {
+    let tries = Tries::default();
     let mut out = Ingested {
         checksum: Sha256::default(),
         size: 0,
@@ -681,7 +812,7 @@ fn write_chunks(
         };
         let res = (|| -> Result<()> {
             for batch in batches {
-                store_batch(batch, index, cfg, sink, &mut out, &mut full)?;
+                store_batch(batch, index, cfg, &tries, sink, &mut out, &mut full)?;
             }
             Ok(())
         })();
@@ -706,6 +837,7 @@ fn store_batch(
     batch: Batch,
     index: Target<'_>,
     cfg: &IngestConfig<'_>,
+    tries: &Tries,
     sink: &mut PackSink,
     out: &mut Ingested,
     full: &mut OnFull<'_>,
@@ -714,12 +846,12 @@ fn store_batch(
     let processed: Vec<Result<Processed>> = if batch.len() == 1 {
         batch
             .into_iter()
-            .map(|(c, h)| process(c, h, index.lookup, fresh, cfg))
+            .map(|p| process(p, index.lookup, fresh, cfg, tries))
             .collect()
     } else {
         batch
             .into_par_iter()
-            .map(|(c, h)| process(c, h, index.lookup, fresh, cfg))
+            .map(|p| process(p, index.lookup, fresh, cfg, tries))
             .collect()
     };
     for p in processed {
@@ -796,8 +928,166 @@ fn ingest_inline(
     let mut full = |mut w: PackWriter, locs: Vec<(ChunkId, ChunkLoc)>| {
         sync_and_record(index.record, &mut w, locs, &mut synced)
     };
-    let stored = store_batch(batch, index, cfg, sink, &mut out, &mut full);
+    let tries = Tries::default();
+    let stored = store_batch(batch, index, cfg, &tries, sink, &mut out, &mut full);
     sink.deferred.append(&mut synced);
     stored?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::chunker::ChunkerConfig;
+    use crate::store::fault::Faults;
+    use crate::store::read::PackFiles;
+    use crate::test_support::random_bytes;
+    use std::os::unix::fs::FileExt;
+
+    /// Chunk locations in memory, as a snapshot holds them.
+    struct Locs(HashMap<ChunkId, ChunkLoc>);
+
+    impl ChunkLookup for Locs {
+        fn chunk_loc(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+            Ok(self.0.get(id).copied())
+        }
+    }
+
+    /// One pack holding `chunks` (coded as a store codes them), and their locations.
+    fn stored(dir: &Path, chunks: &[&[u8]]) -> Locs {
+        let mut w = PackWriter::create(dir, &Faults::none()).unwrap();
+        let mut locs = HashMap::new();
+        for c in chunks {
+            let (codec, bytes) =
+                codec::encode(c, Compression::default()).unwrap_or((Codec::Raw, c.to_vec()));
+            let id = ChunkId::of(c);
+            let loc = w.append(id, len_field(c).unwrap(), codec, &bytes).unwrap();
+            locs.insert(id, loc);
+        }
+        w.sync().unwrap();
+        Locs(locs)
+    }
+
+    /// Float32 weights: their records are coded byte planes, which a compare decodes.
+    fn floats(seed: u64, n: usize) -> Vec<u8> {
+        let mut r = crate::test_support::XorShift::new(seed);
+        (0..n)
+            .flat_map(|_| ((r.unit_f32() - 0.5) * 0.04).to_le_bytes())
+            .collect()
+    }
+
+    fn run(dir: &Path, locs: &Locs, piece: Piece, tries: &Tries) -> Processed {
+        let chunker = Chunker::new(ChunkerConfig::default()).unwrap();
+        let previous = OnceLock::new();
+        let pack_files = PackFiles::new(dir.to_path_buf());
+        let faults = Faults::none();
+        let cfg = IngestConfig {
+            packs_dir: dir,
+            chunker: &chunker,
+            compression: Compression::default(),
+            pack_target: 1 << 30,
+            size_hint: None,
+            progress: None,
+            faults: &faults,
+            previous: &previous,
+            find_previous: &|| None,
+            delta_depth: 0,
+            layout: None,
+            pack_files: &pack_files,
+        };
+        process(piece, locs, &HashMap::new(), &cfg, tries).unwrap()
+    }
+
+    fn piece(bytes: &[u8], same: (ChunkId, ChunkLoc)) -> Piece {
+        Piece {
+            bytes: Bytes::copy_from_slice(bytes),
+            hint: None,
+            same: Some(same),
+        }
+    }
+
+    /// A chunk the previous version had at the same place is proven by comparing it with the
+    /// record, and only those exact bytes are: one byte off, and the chunk is hashed and
+    /// stored as new; a record that rotted is never referenced, and the new copy takes over.
+    #[test]
+    fn a_chunk_is_the_previous_versions_only_if_its_record_holds_exactly_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = random_bytes(7, 100_000);
+        let coded = floats(8, 50_000);
+        let locs = stored(dir.path(), &[&raw, &coded]);
+        for (name, c) in [("raw", &raw), ("coded", &coded)] {
+            let id = ChunkId::of(c);
+            let loc = locs.0[&id];
+            assert_eq!(
+                loc.codec == Codec::Raw,
+                name == "raw",
+                "the test wants one record of each kind"
+            );
+            let tries = Tries::default();
+            match run(dir.path(), &locs, piece(c, (id, loc)), &tries) {
+                Processed::Known(got, len) => assert_eq!((got, len as usize), (id, c.len())),
+                Processed::New { .. } => panic!("{name}: an unchanged chunk was stored again"),
+            }
+            assert_eq!(tries.misses_in_row.load(Ordering::Relaxed), 0);
+
+            for at in [0, c.len() / 2, c.len() - 1] {
+                let mut edited = c.clone();
+                edited[at] ^= 0x40;
+                match run(dir.path(), &locs, piece(&edited, (id, loc)), &tries) {
+                    Processed::New {
+                        id: got, takeover, ..
+                    } => {
+                        assert_eq!(got, ChunkId::of(&edited), "{name}, byte {at}");
+                        assert!(!takeover);
+                    }
+                    Processed::Known(..) => panic!("{name}: byte {at} changed, yet known"),
+                }
+            }
+            assert_eq!(tries.misses_in_row.load(Ordering::Relaxed), 3);
+        }
+
+        // Rot in each record: the same bytes are now stored again, taking over the id.
+        let pack = dir.path().join(crate::format::pack::pack_file_name(
+            locs.0[&ChunkId::of(&raw)].pack,
+        ));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&pack)
+            .unwrap();
+        for c in [&raw, &coded] {
+            let loc = locs.0[&ChunkId::of(c)];
+            let at = loc.offset + RECORD_HEADER_LEN as u64 + u64::from(loc.stored_len) / 2;
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 1], at).unwrap();
+        }
+        for c in [&raw, &coded] {
+            let id = ChunkId::of(c);
+            let loc = locs.0[&id];
+            match run(dir.path(), &locs, piece(c, (id, loc)), &Tries::default()) {
+                Processed::New {
+                    id: got, takeover, ..
+                } => assert!(got == id && takeover),
+                Processed::Known(..) => panic!("a rotten record was referenced"),
+            }
+        }
+    }
+
+    /// After a run of chunks that all differ from the previous version's, only one in
+    /// `SAMPLE_EVERY` is compared, until one is the same again.
+    #[test]
+    fn comparing_backs_off_after_misses_and_resumes_on_a_hit() {
+        let t = Tries::default();
+        for _ in 0..Tries::MISSES_BEFORE_SAMPLING {
+            assert!(t.worth_it());
+            t.record(false);
+        }
+        let compared = (0..Tries::SAMPLE_EVERY * 4)
+            .filter(|_| t.worth_it())
+            .count();
+        assert_eq!(compared, 4);
+        t.record(true);
+        assert!((0..8).all(|_| t.worth_it()));
+    }
 }

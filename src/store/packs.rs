@@ -1,5 +1,5 @@
 //! Pack files on disk: `PackWriter` appends records (fsync on `sync`), `read_chunk_into` reads and
-//! proves one chunk (following delta bases), `holds` compares a record with bytes, `scan` walks
+//! proves one chunk (following delta bases), `compare` compares a record with bytes, `scan` walks
 //! every record of a pack past damage. The format itself is `format::pack`.
 //!
 //! A pack is never rewritten in place: `gc` copies live chunks to a new pack and deletes the old
@@ -60,27 +60,47 @@ pub fn read_chunk_into(
     read_chained(file, loc, id, 0, true, bases, location, out)
 }
 
-/// Does the record at `loc` hold exactly `expect`, the raw bytes of chunk `id`? The record
-/// is decoded (through its delta bases) and compared, which proves it as its BLAKE3 check
-/// would, without hashing: ingest asks this of every chunk it would deduplicate against.
-pub fn holds(
+/// What a record holds, against bytes in hand.
+pub enum Compared {
+    /// Exactly those bytes.
+    Same,
+    /// Other bytes, or it could not be read: what it decoded to, if it was decoded (a record
+    /// of another length, or a raw one, is compared without decoding). Those bytes are not
+    /// proven against the record's id.
+    Differs(Option<Spare>),
+}
+
+/// Does the record at `loc` hold exactly `expect`, the raw bytes of chunk `id`? The record is
+/// decoded (through its delta bases, found through `bases`) and compared, which proves it as
+/// its BLAKE3 check would, without hashing: ingest asks this of every chunk it would
+/// deduplicate against. The decoded bytes of a record that differs are kept.
+pub fn compare(
     file: &File,
     loc: &ChunkLoc,
     id: &ChunkId,
     expect: &[u8],
     bases: BaseLookup<'_>,
-) -> bool {
+) -> Compared {
     if loc.raw_len as usize != expect.len() {
-        return false;
+        return Compared::Differs(None);
     }
     let location = String::new;
     if loc.codec == Codec::Raw {
-        return read_record_unverified(file, loc, id, &location)
-            .is_ok_and(|buf| buf[RECORD_HEADER_LEN..] == *expect);
+        let mut buf = Spare::take(usize_from(loc.record_len()));
+        let same = read_record_into(file, loc, id, &location, &mut buf).is_ok()
+            && buf[RECORD_HEADER_LEN..] == *expect;
+        return if same {
+            Compared::Same
+        } else {
+            Compared::Differs(None)
+        };
     }
     let mut raw = Spare::take(expect.len());
-    read_chained(file, loc, id, 0, false, bases, &location, &mut raw)
-        .is_ok_and(|()| *raw == *expect)
+    match read_chained(file, loc, id, 0, false, bases, &location, &mut raw) {
+        Ok(()) if *raw == *expect => Compared::Same,
+        Ok(()) => Compared::Differs(Some(raw)),
+        Err(_) => Compared::Differs(None),
+    }
 }
 
 thread_local! {
@@ -91,7 +111,7 @@ thread_local! {
 /// A buffer of at least `len` bytes from this thread's spares (grown when short, never zeroed
 /// again: whoever takes it writes the bytes it reads), returned to them on drop. A chain of
 /// deltas holds two per step at once.
-struct Spare {
+pub struct Spare {
     buf: Vec<u8>,
     len: usize,
 }
@@ -101,7 +121,7 @@ impl Spare {
     /// larger chunks or longer chains get fresh buffers for the rest).
     const KEEP_BYTES: usize = 16 << 20;
 
-    fn take(len: usize) -> Spare {
+    pub(crate) fn take(len: usize) -> Spare {
         let mut buf = SPARES.with(|s| s.borrow_mut().pop()).unwrap_or_default();
         if buf.len() < len {
             buf.resize(len, 0);

@@ -364,8 +364,20 @@ impl PackFiles {
         id: &ChunkId,
         expect: &[u8],
     ) -> bool {
+        matches!(self.compare(index, loc, id, expect), packs::Compared::Same)
+    }
+
+    /// `packs::compare` of the record of chunk `id` at `loc` with `expect`, delta bases found
+    /// through `index`.
+    pub(crate) fn compare(
+        &self,
+        index: &dyn crate::store::index::ChunkLookup,
+        loc: &ChunkLoc,
+        id: &ChunkId,
+        expect: &[u8],
+    ) -> packs::Compared {
         let Ok(file) = self.get(loc.pack) else {
-            return false;
+            return packs::Compared::Differs(None);
         };
         let lookup = |b: &ChunkId| -> Result<(Arc<File>, ChunkLoc)> {
             let l = index
@@ -373,7 +385,7 @@ impl PackFiles {
                 .ok_or_else(|| Error::corrupt(b.to_string(), "delta base is not in the store"))?;
             Ok((self.get(l.pack)?, l))
         };
-        packs::holds(&file, loc, id, expect, &lookup)
+        packs::compare(&file, loc, id, expect, &lookup)
     }
 
     /// Does the record at `loc` decode (delta bases found through `index`) to chunk `id`?

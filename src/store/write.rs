@@ -108,11 +108,15 @@ pub(crate) fn check_new(key: &FileKey, v: &NewVersion) -> Result<()> {
     }
     Ok(())
 }
-/// The version a new upload of `key` may store deltas against: the latest live version of
+/// The version a new upload of `key` compares its chunks with, and may store deltas against
+/// when it is a safetensors file or a zip archive (`torch.save`): the latest live version of
 /// `key`, else the newest live file with the same extension in the same experiment and
-/// prefix (checkpoints are often saved under a new name each time), if it is a safetensors
-/// file or a zip archive (`torch.save`). Anything unreadable just means no deltas (verify
-/// reports damage).
+/// prefix (checkpoints are often saved under a new name each time). Anything unreadable just
+/// means none (verify reports damage).
+/// The most chunks a `Previous` version may have (its chunk map costs about 150 bytes a chunk:
+/// 40 MiB at most; 16 GiB of content-defined chunks, far more of a checkpoint's tensor pieces).
+const PREVIOUS_MAX_CHUNKS: usize = 1 << 18;
+
 pub(super) fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
     let ix = &s.index;
     let live = |id: Id| ix.version(id).ok().flatten().filter(|r| !r.is_deleted());
@@ -154,14 +158,15 @@ pub(super) fn previous_for(s: &Session<'_>, key: &FileKey) -> Option<Previous> {
     } else {
         None
     };
-    let layout = match layout {
-        Some(l) => l,
-        None => {
-            let len = r.len();
-            zip_layout(&mut r, len)?
-        }
-    };
+    let layout = layout.or_else(|| {
+        let len = r.len();
+        zip_layout(&mut r, len)
+    });
     let (chunks, located) = r.into_parts();
+    // Its chunks are kept in memory for the whole upload: a version of so many is not used.
+    if chunks.len() > PREVIOUS_MAX_CHUNKS {
+        return None;
+    }
     let chunk_at = chunks
         .into_iter()
         .map(|(start, id, loc)| (start, (id, loc.raw_len, loc)))

@@ -590,6 +590,56 @@ fn uploading_the_same_bytes_again_heals_a_rotten_chunk() {
     assert_downloads(&root, "e", "/copy/model.bin", &data, "the copy");
 }
 
+/// A large checkpoint, uploaded again as a new version, has its chunks compared with the
+/// previous version's records instead of hashed. Records that rotted in between, and chunks
+/// edited by a byte, must never pass for the previous version's: every version downloads
+/// byte-exact.
+#[test]
+fn a_large_file_uploaded_again_is_compared_with_records_that_may_have_rotted() {
+    let t = tmp();
+    let root = t.path().join("store");
+    // Random bytes (stored raw) then float weights (stored as coded byte planes).
+    let mut data = random_bytes(21, 6 << 20);
+    let mut r = ml_dash::testing::XorShift::new(22);
+    while data.len() < 12 << 20 {
+        data.extend_from_slice(&((r.unit_f32() - 0.5) * 0.04).to_le_bytes());
+    }
+    upload(&root, "e", "/ck/model.bin", &data)
+        .0
+        .ok("first upload");
+    let packs = pack_files(&root);
+    assert_eq!(packs.len(), 1);
+    let records = pack_records(&packs[0]);
+    assert!(records.len() > 50, "{} records", records.len());
+    for i in [
+        0,
+        records.len() / 3,
+        records.len() * 3 / 4,
+        records.len() - 1,
+    ] {
+        let r = &records[i];
+        flip_byte(&packs[0], r.data_start() + r.stored_len / 2);
+    }
+
+    let mut edited = data.clone();
+    for at in [100, 3 << 20, 9 << 20, (12 << 20) - 5] {
+        edited[at] ^= 0x01;
+    }
+    let (o, rec) = upload(&root, "e", "/ck/model.bin", &edited);
+    o.ok("upload of an edited copy");
+    assert_eq!(rec.unwrap().version, 2);
+    assert_downloads(&root, "e", "/ck/model.bin", &edited, "the edited copy");
+
+    let (o, rec) = upload(&root, "e", "/ck/model.bin", &data);
+    o.ok("upload of the original again");
+    assert_eq!(rec.unwrap().version, 3);
+    upload(&root, "e", "/ck/other.bin", &data)
+        .0
+        .ok("upload under another name");
+    assert_downloads(&root, "e", "/ck/model.bin", &data, "the original again");
+    assert_downloads(&root, "e", "/ck/other.bin", &data, "the copy");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Numbers and names from a remote.
 
