@@ -60,8 +60,9 @@ const SMALL_WINDOW: usize = 64 << 10;
 /// work.
 const INLINE_MAX: u64 = 1 << 20;
 
-/// Sources from this size on (or of unknown size) look up the version before them to compare
-/// their chunks with (`Previous`); for smaller ones the lookup would cost more than it saves.
+/// Sources from this size on (or of unknown size and longer than the first window) look up the
+/// version before them to compare their chunks with (`Previous`); for smaller ones the lookup
+/// would cost more than it saves.
 const COMPARE_MIN: u64 = 8 << 20;
 
 /// What an ingest produced. Nothing is visible until the caller commits it.
@@ -390,9 +391,9 @@ fn pipeline<R: Read + Send>(
         // The previous version is looked up beside the reader for a large source: chunks cut
         // once it is known are compared with its chunks at the same place before they are
         // hashed (a checkpoint's unchanged part). A tensor grid waits for it when it needs it.
-        if cfg.size_hint.is_none_or(|n| n >= COMPARE_MIN) {
+        let look_up = || {
             s.spawn(|| cfg.previous.get_or_init(cfg.find_previous).is_some());
-        }
+        };
         let sha = s.spawn(move || {
             let mut h = sha2::Sha256::new();
             let mut n = 0u64;
@@ -406,7 +407,7 @@ fn pipeline<R: Read + Send>(
         });
         let sink = &mut *sink;
         let worker = s.spawn(move || write_chunks(batch_rx, index, cfg, sink));
-        let read = read_windows(&mut src, cfg, pool_tx, &pool_rx, sha_tx, batch_tx);
+        let read = read_windows(&mut src, cfg, &look_up, pool_tx, &pool_rx, sha_tx, batch_tx);
         let written = worker
             .join()
             .map_err(|_| Error::Internal("ingest worker panicked".into()))?;
@@ -437,9 +438,12 @@ fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Read `src` in windows, cut them and send the chunks on. `look_up` starts the lookup of the
+/// previous version, once the first window shows the source is large enough for it to pay.
 fn read_windows(
     src: &mut impl Read,
     cfg: &IngestConfig<'_>,
+    look_up: &dyn Fn(),
     pool_tx: Sender<Vec<u8>>,
     pool_rx: &Receiver<Vec<u8>>,
     sha_tx: Sender<Vec<Bytes>>,
@@ -448,6 +452,7 @@ fn read_windows(
     let mut carry: Option<Bytes> = None;
     let mut cuts = Cuts::default();
     let mut cutter: Option<Cutter<'_>> = None;
+    let mut looked_up = false;
     // Absolute offset of the current window's first byte.
     let mut at = 0u64;
     // The carried tail is shorter than one max-size chunk; keep windows well above that.
@@ -472,6 +477,10 @@ fn read_windows(
         }
         let fresh = read_full(src, &mut buf[carried..]).map_err(Error::Source)?;
         let eof = carried + fresh < want;
+        if !looked_up && !eof && cfg.size_hint.is_none_or(|n| n >= COMPARE_MIN) {
+            looked_up = true;
+            look_up();
+        }
         want = window_len;
         let len = carried + fresh;
         let window = Bytes::from_owner(PoolBuf {
