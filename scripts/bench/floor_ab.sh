@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compare ml-dash binaries on the floor.sh steps (upload of new data, upload of stored data,
-# verified download), interleaved run by run so that machine noise hits all alike; best of
-# RUNS, `sync` before each step, page cache warm. Build the binaries first (e.g. a worktree
-# of an older commit: `cargo build --release -p ml-dash-cli`, then copy target/release/ml-dash).
+# verified download), interleaved run by run (in alternating order) so that machine noise hits
+# all alike; best of RUNS, `sync` before each step, page cache warm. Build the binaries first
+# (e.g. a worktree of an older commit: `cargo build --release -p ml-dash-cli`, then copy
+# target/release/ml-dash).
 #   scripts/bench/floor_ab.sh SIZE_MIB RUNS name=path/to/ml-dash [name=path ...]
 set -euo pipefail
 size=$1; runs=$2; shift 2
@@ -15,7 +16,13 @@ declare -A best
 for r in $(seq "$runs"); do
   cat "$src" > /dev/null; sync
   read -r s _ < <(t openssl dgst -sha256 "$src"); upd ssl "$s"
-  for nb in "$@"; do
+  # The binaries' order alternates from run to run: on a VM, whichever runs second may write
+  # into pages the host has just taken back, and pay for it.
+  order=("$@")
+  if [ $((r % 2)) = 0 ]; then
+    order=(); for ((i = $#; i >= 1; i--)); do order+=("${!i}"); done
+  fi
+  for nb in "${order[@]}"; do
     n=${nb%%=*}; b=${nb#*=}
     rm -rf "$work/s-$n"; sync
     read -r s m < <(t "$b" --root "$work/s-$n" upload "$src" --project p --experiment e); upd "$n.new" "$s"
