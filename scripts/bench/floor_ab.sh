@@ -16,12 +16,7 @@ declare -A best
 for r in $(seq "$runs"); do
   cat "$src" > /dev/null; sync
   read -r s _ < <(t openssl dgst -sha256 "$src"); upd ssl "$s"
-  # The binaries' order alternates from run to run: on a VM, whichever runs second may write
-  # into pages the host has just taken back, and pay for it.
-  order=("$@")
-  if [ $((r % 2)) = 0 ]; then
-    order=(); for ((i = $#; i >= 1; i--)); do order+=("${!i}"); done
-  fi
+  order_for "$r" "$@"
   for nb in "${order[@]}"; do
     n=${nb%%=*}; b=${nb#*=}
     rm -rf "$work/s-$n"; sync

@@ -15,12 +15,11 @@ work=$(mktemp -d /var/tmp/series-ab.XXXXXX); trap 'rm -rf "$work"' EXIT
 "$py" "$bench/gen_data.py" "$work/data" 5 192 64 0 > /dev/null
 cat "$work"/data/ckpt_*.bin > /dev/null
 
+# shellcheck source=scripts/bench/best_of.sh
+. "$bench/best_of.sh"
 declare -A walls=() users=()
 for r in $(seq "$rounds"); do
-  order=("$@")
-  if [ $((r % 2)) = 0 ]; then
-    order=(); for ((i = $#; i >= 1; i--)); do order+=("${!i}"); done
-  fi
+  order_for "$r" "$@"
   for nb in "${order[@]}"; do
     n=${nb%%=*}; b=${nb#*=}
     rm -rf "$work/store"
@@ -33,14 +32,16 @@ for r in $(seq "$rounds"); do
       wall=$(awk "BEGIN{print $wall + $w}")
       [ "$k" = 1 ] || user=$(awk "BEGIN{print $user + $u}")
     done
+    "$b" --root "$work/store" stats --json | grep -q "\"versions\":5,.*\"logicalBytes\":$((5 * 256 << 20))" \
+      || { echo "$n: the store does not hold the five versions" >&2; exit 1; }
     echo "round $r $n: series wall $wall s, user CPU of uploads 2-5 $user s" >&2
     walls[$n]="${walls[$n]:-} $wall"; users[$n]="${users[$n]:-} $user"
   done
 done
 
-stat() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f / %.2f", v[1], m}'; }
+best_median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f / %.2f", v[1], m}'; }
 echo "| binary | series wall, best / median s | user CPU of uploads 2-5, best / median s | ($rounds rounds) |"
 echo "|---|---|---|---|"
 for nb in "$@"; do n=${nb%%=*}
-  echo "| $n | $(stat <<< "${walls[$n]}") | $(stat <<< "${users[$n]}") | |"
+  echo "| $n | $(best_median <<< "${walls[$n]}") | $(best_median <<< "${users[$n]}") | |"
 done
