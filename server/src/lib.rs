@@ -289,7 +289,29 @@ fn router(app: Shared) -> Router {
             auth::authenticate,
         ))
         .layer(axum::middleware::from_fn(log_request))
+        .layer(axum::middleware::from_fn(close_after_error))
         .with_state(app)
+}
+
+/// An error answered to a request that has a body may leave part of that body unread (an
+/// upload refused halfway, a caller refused before it was read); hyper then closes the
+/// connection after the response. The response says so (`Connection: close`): a client that
+/// kept the connection for its next request would otherwise send it into a socket being
+/// closed and get no response at all.
+async fn close_after_error(req: Request, next: Next) -> Response {
+    use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+    let headers = req.headers();
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = next.run(req).await;
+    let status = resp.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        resp.headers_mut()
+            .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Errors the framework answers itself (a method a route does not have, a query string or

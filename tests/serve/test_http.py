@@ -133,6 +133,7 @@ def test_checks_after_the_file(server):
         r = upload(h, exp, "both.bin", data, checksum=None, before=[("trailer", "crc32c")],
                    after=[("crc32c", good_crc), ("checksum", good_sum)])
         assert r.status_code == 201, r.text
+        assert r.headers.get("connection") != "close"
         before = store_state(server.root)
 
         bad_sum = sha256_bytes(data + b"x")
@@ -152,6 +153,9 @@ def test_checks_after_the_file(server):
         for status, kw in refused:
             r = upload(h, exp, "refused.bin", data, checksum=None, **kw)
             body = assert_api_error(r, status)
+            # Part of the body may be unread: the server closes the connection, and says so,
+            # so that the client does not send its next request into it.
+            assert r.headers.get("connection") == "close", (kw, r.headers)
             if status == 422:
                 assert body["code"] == "CHECKSUM_MISMATCH", body
         # A checksum before the file leaves no room for another after it.
