@@ -23,7 +23,8 @@ for i in 1 2 3 4; do
 done
 rm "$work/shared"
 now() { date +%s.%N; }
-stats() { sort -g | awk '{a[NR]=$1} END{printf "%.3f / %.3f / %.3f", a[1], a[int((NR+1)/2)], a[NR]}'; }
+# shellcheck source=scripts/bench/best_of.sh
+. "$(dirname "$0")/best_of.sh"
 
 echo "## list and a 1 MiB upload during a $big MiB upload (best / median / worst of $lists, seconds)"
 echo

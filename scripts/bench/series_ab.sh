@@ -4,7 +4,7 @@
 # files in order into a fresh store with each binary, the binaries' order alternating from
 # round to round (on a VM, whichever runs second may pay for pages the host just took back).
 # A `sync` before each upload. Prints, per binary, the series' wall time and the user CPU of
-# uploads 2-5 (the ones that deduplicate), best and median over the rounds.
+# uploads 2-5 (the ones that deduplicate), best, median and worst over the rounds.
 #   scripts/bench/series_ab.sh ROUNDS name=path/to/ml-dash [name=path ...]
 # Needs numpy: the venv compare.sh creates (scripts/bench/.venv), or python3 with numpy.
 set -euo pipefail
@@ -39,9 +39,9 @@ for r in $(seq "$rounds"); do
   done
 done
 
-best_median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f / %.2f", v[1], m}'; }
-echo "| binary | series wall, best / median s | user CPU of uploads 2-5, best / median s | ($rounds rounds) |"
+echo "| binary | series wall, best / median / worst s | user CPU of uploads 2-5, best / median / worst s | ($rounds rounds) |"
 echo "|---|---|---|---|"
 for nb in "$@"; do n=${nb%%=*}
-  echo "| $n | $(best_median <<< "${walls[$n]}") | $(best_median <<< "${users[$n]}") | |"
+  # shellcheck disable=SC2086 # one value per round, split on purpose
+  echo "| $n | $(printf '%s\n' ${walls[$n]} | stats) | $(printf '%s\n' ${users[$n]} | stats) | |"
 done
